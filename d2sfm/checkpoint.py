@@ -1,0 +1,88 @@
+"""Reading and writing D2-Net checkpoints in the official layout, ``{'model': state_dict, ...}``, safely.
+
+A checkpoint is a pickle, and unpickling can run arbitrary code, so files are read with ``weights_only=True``:
+only tensors, containers and an allow-list of harmless classes that training scripts store beside the state dict
+(the original ``train.py`` saves its ``argparse.Namespace``) can be rebuilt. Anything else is refused in one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from d2sfm.errors import D2sfmError
+from d2sfm.fileutil import atomic_path
+from d2sfm.model import D2Net
+
+SAFE_EXTRA_TYPES = [argparse.Namespace]
+
+
+def _expected_shapes() -> dict[str, torch.Size]:
+    return {name: tensor.shape for name, tensor in D2Net().state_dict().items()}
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Unpickle a checkpoint without executing code from it; D2sfmError for anything that is not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise D2sfmError(f"{path}: no such weights file; pass --weights with an existing .pth file or a known name")
+    try:
+        with torch.serialization.safe_globals(SAFE_EXTRA_TYPES):
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe pickle"
+        raise D2sfmError(
+            f"{path}: refused to load, the file holds objects that could run code ({reason}); "
+            "use a checkpoint that stores only tensors"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError) as error:
+        raise D2sfmError(
+            f"{path}: not a readable PyTorch checkpoint ({type(error).__name__}); the file may be truncated or "
+            "of another kind: download it again or pass another --weights"
+        ) from None
+    if not isinstance(content, dict) or "model" not in content or not isinstance(content["model"], dict):
+        raise D2sfmError(
+            f"{path}: not a D2-Net checkpoint (expected a dict with a 'model' state dict, as the official "
+            "d2_tf.pth); pass another --weights"
+        )
+    return content
+
+
+def validate_state_dict(state: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
+    """Check names and shapes against the D2-Net layout; one line naming the first problems found."""
+    expected = _expected_shapes()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+        raise D2sfmError(f"{source}: not a D2-Net state dict ({'; '.join(parts)}); pass a D2-Net checkpoint")
+    for name, shape in expected.items():
+        value = state[name]
+        if not isinstance(value, torch.Tensor) or value.shape != shape:
+            got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise D2sfmError(f"{source}: {name} has shape {got}, D2-Net needs {tuple(shape)}; wrong model file")
+    return {name: state[name].float() for name in expected}
+
+
+def load_model(path: str | os.PathLike, use_relu: bool = True, trainable_layers: int = 1) -> D2Net:
+    """Build a D2Net and load weights from an official-layout checkpoint."""
+    state = validate_state_dict(read_checkpoint(path)["model"], str(path))
+    model = D2Net(use_relu=use_relu, trainable_layers=trainable_layers)
+    model.load_state_dict(state)
+    return model
+
+
+def save_checkpoint(path: str | os.PathLike, model: D2Net, **extra: Any) -> None:
+    """Write ``{'model': state_dict, **extra}`` atomically, readable by the original D2-Net code and by us."""
+    with atomic_path(path) as temporary:
+        torch.save({"model": model.state_dict(), **extra}, temporary)

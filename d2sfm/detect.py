@@ -1,0 +1,121 @@
+"""D2-Net hard detection, sub-pixel refinement and descriptor sampling at one pyramid level (paper eq. 1-3).
+
+The rules are those of the original ``HardDetectionModule`` / ``HandcraftedLocalizationModule``, but evaluated
+sparsely: the original filters all C channels at every cell with five 3x3 derivative convolutions and only then
+picks the few detections; here the channel-max and 3x3-max tests select the candidates first (a cell's winning
+channel is almost always unique), and derivatives, the edge test and the Newton step are computed from the 3x3
+neighbourhood of those candidates only. Everything stays on the feature map's device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+EDGE_THRESHOLD = 5.0
+_OFFSETS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)]
+
+
+@dataclass
+class LevelDetections:
+    """Detections of one level, for a batch of feature maps, in the original's order (image, channel, row, col)."""
+
+    batch_index: torch.Tensor  # (K,) long
+    cell: torch.Tensor  # (K, 3) long: channel, row, column of the detection cell
+    position: torch.Tensor  # (K, 2) float: refined (i, j) on the feature map
+    score: torch.Tensor  # (K,) raw feature value at the detection cell
+    descriptor: torch.Tensor  # (K, C) L2-normalised
+    detected_cells: torch.Tensor  # (B, 1, H, W) bool: every hard detection, before refinement (for banning)
+
+
+def _neighbourhoods(features: torch.Tensor, b, c, i, j) -> torch.Tensor:
+    """(K, 9) values of the 3x3 neighbourhood of each (b, c, i, j), zero outside the map (as conv padding)."""
+    _, _, height, width = features.shape
+    values = []
+    for di, dj in _OFFSETS:
+        ii, jj = i + di, j + dj
+        inside = (ii >= 0) & (ii < height) & (jj >= 0) & (jj < width)
+        v = features[b, c, ii.clamp(0, height - 1), jj.clamp(0, width - 1)]
+        values.append(torch.where(inside, v, torch.zeros_like(v)))
+    return torch.stack(values, dim=1)
+
+
+def _derivatives(patch: torch.Tensor):
+    """Finite differences of the original filters, from (K, 9) neighbourhoods (row-major, centre at 4)."""
+    up, left, centre, right, down = patch[:, 1], patch[:, 3], patch[:, 4], patch[:, 5], patch[:, 7]
+    dii = up - 2 * centre + down
+    djj = left - 2 * centre + right
+    dij = 0.25 * (patch[:, 0] - patch[:, 2] - patch[:, 6] + patch[:, 8])
+    di = 0.5 * down - 0.5 * up
+    dj = 0.5 * right - 0.5 * left
+    return dii, dij, djj, di, dj
+
+
+def hard_detection_candidates(features: torch.Tensor, banned: torch.Tensor | None) -> torch.Tensor:
+    """Indices (K, 4) of cells that are the maximum over channels and over their 3x3 window in that channel."""
+    is_channel_max = features == features.amax(dim=1, keepdim=True)
+    is_channel_max &= features == F.max_pool2d(features, 3, stride=1, padding=1)
+    if banned is not None:
+        is_channel_max &= ~banned
+    return is_channel_max.nonzero()
+
+
+def sample_descriptors(features: torch.Tensor, b: torch.Tensor, position: torch.Tensor):
+    """Bilinear descriptors at sub-pixel (i, j); drops points whose 4 neighbours are not all inside the map,
+    exactly like the original ``interpolate_dense_features``. Returns (descriptors (K', C), kept mask (K,))."""
+    _, _, height, width = features.shape
+    i, j = position[:, 0], position[:, 1]
+    i0, j0 = torch.floor(i).long(), torch.floor(j).long()
+    i1, j1 = torch.ceil(i).long(), torch.ceil(j).long()
+    kept = (i0 >= 0) & (j0 >= 0) & (i1 < height) & (j1 < width)
+    b, i, j, i0, j0, i1, j1 = (t[kept] for t in (b, i, j, i0, j0, i1, j1))
+    fi, fj = (i - i0.float())[:, None], (j - j0.float())[:, None]
+    descriptors = (
+        (1 - fi) * (1 - fj) * features[b, :, i0, j0]
+        + (1 - fi) * fj * features[b, :, i0, j1]
+        + fi * (1 - fj) * features[b, :, i1, j0]
+        + fi * fj * features[b, :, i1, j1]
+    )
+    return descriptors, kept
+
+
+def detect_level(
+    features: torch.Tensor, banned: torch.Tensor | None = None, edge_threshold: float = EDGE_THRESHOLD
+) -> LevelDetections:
+    """Hard detections of a (B, C, H, W) float32 map, refined, with scores and descriptors.
+
+    ``banned`` (B, 1, H, W) bool marks cells already detected at a coarser level; they are excluded here.
+    """
+    batch, _, height, width = features.shape
+    b, c, i, j = hard_detection_candidates(features, banned).unbind(dim=1)
+
+    patch = _neighbourhoods(features, b, c, i, j)
+    dii, dij, djj, di, dj = _derivatives(patch)
+    det = dii * djj - dij * dij
+    trace = dii + djj
+    ratio_limit = (edge_threshold + 1) ** 2 / edge_threshold
+    not_edge = (trace * trace / det <= ratio_limit) & (det > 0)
+    b, c, i, j = b[not_edge], c[not_edge], i[not_edge], j[not_edge]
+    dii, dij, djj, di, dj, det = (t[not_edge] for t in (dii, dij, djj, di, dj, det))
+
+    detected_cells = torch.zeros(batch, 1, height, width, dtype=torch.bool, device=features.device)
+    detected_cells[b, 0, i, j] = True
+
+    step_i = -((djj / det) * di + (-dij / det) * dj)
+    step_j = -((-dij / det) * di + (dii / det) * dj)
+    inside_cell = (step_i.abs() < 0.5) & (step_j.abs() < 0.5)
+    b, c, i, j = b[inside_cell], c[inside_cell], i[inside_cell], j[inside_cell]
+    position = torch.stack([i.float() + step_i[inside_cell], j.float() + step_j[inside_cell]], dim=1)
+
+    raw_descriptors, kept = sample_descriptors(features, b, position)
+    b, c, i, j, position = b[kept], c[kept], i[kept], j[kept], position[kept]
+    return LevelDetections(
+        batch_index=b,
+        cell=torch.stack([c, i, j], dim=1),
+        position=position,
+        score=features[b, c, i, j],
+        descriptor=F.normalize(raw_descriptors, dim=1),
+        detected_cells=detected_cells,
+    )

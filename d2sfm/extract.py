@@ -1,0 +1,202 @@
+"""``python -m d2sfm.extract``: images -> features.h5 with D2-Net keypoints and descriptors.
+
+Images are decoded and resized in loader workers while the network runs; consecutive images of one network input
+size are batched on the GPU. Finished images are skipped on a rerun, unreadable ones are skipped and listed, and
+the exit status is 1 when any image failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device, run_main
+from d2sfm.errors import D2sfmError
+from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig, resize_for_network
+from d2sfm.images import ImageReadError, list_images, read_image_bgr
+from d2sfm.io import FeatureWriter
+from d2sfm.pyramid import MULTI_SCALE
+from d2sfm.weights import resolve_weights
+
+
+def image_sources(images: Path, image_list: Path | None) -> tuple[Path, list[str]]:
+    """(root, names): every image under a folder, the names listed in ``image_list`` relative to the folder,
+    or, when ``images`` is a text file, the paths it lists (relative to the current folder or absolute)."""
+    if images.is_file() and image_list is None:
+        return Path("."), _read_list(images)
+    if not images.is_dir():
+        raise D2sfmError(f"{images}: no such folder or image list; pass a folder of images or a text file of paths")
+    if image_list is None:
+        return images, list_images(images)
+    return images, _read_list(image_list)
+
+
+def _read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise D2sfmError(f"{path}: no such image list; pass a text file with one image path per line")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    if not names:
+        raise D2sfmError(f"{path}: the image list is empty; put one image path per line")
+    return list(dict.fromkeys(names))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _PreparedImages(Dataset):
+    """Reads and resizes images in loader workers; a bad image becomes an error message, not an exception."""
+
+    def __init__(self, root: Path, names: Sequence[str], config: ExtractionConfig) -> None:
+        self.root, self.names, self.config = root, list(names), config
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int):
+        name = self.names[index]
+        try:
+            image = read_image_bgr(self.root / name)
+        except ImageReadError as error:
+            return name, None, None, str(error)
+        return name, resize_for_network(image, self.config.max_edge, self.config.max_sum_edges), image.shape[:2], None
+
+
+def _as_is(item):
+    return item
+
+
+def _batches(loader: Iterator, batch_size: int):
+    """Group consecutive prepared images of equal size (exact batching: no padding ever changes a feature)."""
+    pending: list = []
+    for name, image, size, error in loader:
+        if error is not None:
+            yield [], [(name, error)]
+            continue
+        if pending and (len(pending) == batch_size or pending[0][1].shape != image.shape):
+            yield pending, []
+            pending = []
+        pending.append((name, image, size))
+    if pending:
+        yield pending, []
+
+
+def extract_features(
+    root: Path, names: Sequence[str], output: Path, extractor: D2Extractor, settings: dict,
+    descriptor_dtype=np.float16, overwrite: bool = False, batch_size: int = 1, workers: int = 1,
+    progress: bool = True,
+) -> tuple[int, list[tuple[str, str]]]:
+    """Extract every image not yet in ``output``. Returns (number extracted now, [(name, error), ...])."""
+    writer = FeatureWriter(output, settings, descriptor_dtype=descriptor_dtype, overwrite=overwrite)
+    pending = [name for name in names if name not in writer.done]
+    failures: list[tuple[str, str]] = []
+    if not pending:
+        return 0, failures
+    loader = DataLoader(
+        _PreparedImages(root, pending, extractor.config), batch_size=None, collate_fn=_as_is, num_workers=workers,
+        prefetch_factor=max(2, batch_size) if workers else None,
+    )
+    extracted = 0
+    with tqdm(total=len(pending), desc="extracting D2 features", unit="img", disable=not progress) as bar:
+        for batch, errors in _batches(iter(loader), batch_size):
+            failures.extend(errors)
+            if batch:
+                results = extractor.extract_batch([b[1] for b in batch], [b[2] for b in batch])
+                for (name, _, _), features in zip(batch, results):
+                    writer.write(name, features)
+                extracted += len(batch)
+                bar.set_postfix(keypoints=len(results[-1].keypoints), failed=len(failures))
+            bar.update(len(batch) + len(errors))
+    return extracted, failures
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m d2sfm.extract",
+        description="Extract D2-Net features from images into an HDF5 file (one group per image; keypoints in "
+        "COLMAP's convention at the original resolution). Rerunning resumes: finished images are skipped.",
+    )
+    parser.add_argument("images", type=Path, help="a folder of images (searched recursively) or a text file "
+                        "listing image paths, one per line")
+    parser.add_argument("--image-list", type=Path, default=None,
+                        help="with a folder: extract only the images named in this file (paths relative to it)")
+    parser.add_argument("--output", "-o", type=Path, default=Path("features.h5"),
+                        help="features file to write or resume (default: features.h5)")
+    add_weights_argument(parser)
+    add_device_argument(parser)
+    parser.add_argument("--multiscale", action="store_true",
+                        help="multi-scale pyramid at scales 0.5, 1, 2 (the paper's D2-Net MS); default single scale")
+    parser.add_argument("--scales", type=float, nargs="+", default=None,
+                        help="custom pyramid scales, coarse to fine (overrides --multiscale), e.g. 0.5 1 2")
+    parser.add_argument("--max-edge", type=int, default=1600,
+                        help="resize so that the longer side is at most this many pixels (default 1600)")
+    parser.add_argument("--max-sum-edges", type=int, default=2800,
+                        help="then resize so that width + height is at most this (default 2800)")
+    parser.add_argument("--max-keypoints", type=int, default=0,
+                        help="keep at most this many keypoints per image, the highest-scoring (default: all)")
+    parser.add_argument("--preprocessing", choices=["caffe", "torch"], default="caffe",
+                        help="input normalisation the weights were trained with (caffe for all official D2-Net "
+                        "weights: BGR minus the ImageNet means)")
+    parser.add_argument("--no-relu", action="store_true", help="no ReLU after conv4_3 (the original's --no-relu)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="backbone arithmetic on a GPU: fp32 (default, matches the original), bf16 or fp16 "
+                        "(faster, less memory, slightly different keypoints)")
+    parser.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
+                        help="backbone convolutions: exact (default; on the CPU bitwise the original's) or "
+                        "winograd (CPU only, ~2x faster backbone, ~0.5%% of keypoints differ)")
+    parser.add_argument("--float32-descriptors", action="store_true",
+                        help="store descriptors as float32 (default float16, half the disk space)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per network call when they share a size (default 4 on GPU, 1 on CPU)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="image loading processes (default 4 on GPU, 1 on CPU; 0 loads in the main process)")
+    parser.add_argument("--overwrite", action="store_true", help="delete the output file first and redo every image")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    root, names = image_sources(args.images, args.image_list)
+    device = resolve_device(args.device)
+    weights = resolve_weights(args.weights, progress=not args.quiet)
+    scales = args.scales or (MULTI_SCALE if args.multiscale else (1.0,))
+    config = ExtractionConfig(
+        scales=tuple(scales), max_edge=args.max_edge, max_sum_edges=args.max_sum_edges,
+        preprocessing=args.preprocessing, use_relu=not args.no_relu, max_keypoints=args.max_keypoints,
+        precision=args.precision, conv=args.conv,
+    )
+    on_gpu = device.type == "cuda"
+    batch_size = args.batch_size or (4 if on_gpu else 1)
+    workers = args.workers if args.workers is not None else (4 if on_gpu else 1)
+    if batch_size < 1 or workers < 0:
+        raise D2sfmError("--batch-size must be >= 1 and --workers >= 0")
+    extractor = D2Extractor(weights, config, device)
+    settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}
+    extracted, failures = extract_features(
+        root, names, args.output, extractor, settings,
+        descriptor_dtype=np.float32 if args.float32_descriptors else np.float16,
+        overwrite=args.overwrite, batch_size=batch_size, workers=workers, progress=not args.quiet,
+    )
+    skipped = len(names) - extracted - len(failures)
+    print(f"wrote {args.output}: {extracted} images extracted, {skipped} already done, {len(failures)} failed")
+    for name, error in failures:
+        print(f"  failed: {error}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    run_main(main)

@@ -1,0 +1,73 @@
+"""Reading images the way COLMAP does, so that keypoints line up with what pycolmap later reads for MVS.
+
+* EXIF orientation is ignored, as COLMAP ignores it: pycolmap's ``Bitmap.read`` returns the stored pixel grid,
+  and keypoints must be expressed on that grid (checked by a test against pycolmap itself).
+* Grayscale is repeated to three channels; an alpha channel is dropped; 16-bit images are scaled to 0..255.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from d2sfm.errors import D2sfmError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm", ".jp2"}
+
+
+class ImageReadError(D2sfmError):
+    """An image file that cannot be decoded; batch commands skip it and report it at the end."""
+
+
+def read_image_bgr(path: str | os.PathLike) -> np.ndarray:
+    """Return the image as an (H, W, 3) uint8 BGR array on its stored pixel grid."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such image file; check the image folder or list")
+    data = np.fromfile(path, dtype=np.uint8)  # also reads non-ASCII paths, which cv2.imread cannot on Windows
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+    if image is None:
+        raise ImageReadError(f"{path}: cannot be decoded as an image; remove it or convert it to JPEG/PNG")
+    return to_bgr_uint8(image, path)
+
+
+def to_bgr_uint8(image: np.ndarray, source: str | os.PathLike = "image") -> np.ndarray:
+    """Normalise any decoded image (gray, BGR, BGRA; 8, 16 bit or float) to (H, W, 3) uint8 BGR."""
+    if image.dtype == np.uint16:
+        image = np.round(image.astype(np.float32) * (255.0 / 65535.0)).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ImageReadError(f"{source}: unsupported pixel type {image.dtype}; convert it to 8- or 16-bit")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    channels = image.shape[2]
+    if channels == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif channels == 4:
+        image = image[:, :, :3]
+    elif channels != 3:
+        raise ImageReadError(f"{source}: {channels} channels; convert it to gray, RGB or RGBA")
+    if min(image.shape[:2]) < 8:
+        raise ImageReadError(f"{source}: {image.shape[1]}x{image.shape[0]} pixels is too small for D2-Net")
+    return np.ascontiguousarray(image)
+
+
+def list_images(folder: str | os.PathLike) -> list[str]:
+    """Image files under ``folder`` (recursively), as sorted POSIX paths relative to it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise D2sfmError(f"{folder}: no such image folder; pass a folder of images or an image list file")
+    names = sorted(
+        path.relative_to(folder).as_posix()
+        for path in folder.rglob("*")
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not names:
+        raise D2sfmError(
+            f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); put images there"
+        )
+    return names

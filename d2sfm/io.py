@@ -1,0 +1,132 @@
+"""features.h5: one HDF5 group per image (its path relative to the image folder), as hloc lays it out.
+
+Each group holds ``keypoints`` (N, 2) float32 x, y in COLMAP's convention at the original resolution, ``scales``
+(N,), ``scores`` (N,), ``descriptors`` (N, 512) float16 (float32 on request) and ``image_size`` (width, height).
+Differences from hloc: keypoints are stored in COLMAP's convention (hloc stores pixel centres at 0 and adds 0.5 on
+import) and descriptors are N x D (hloc: D x N). The file records both facts and the extraction settings as
+attributes.
+
+Each image is written under a temporary name and moved to its final name only when complete, and the file is
+closed after each image, so an interrupted run leaves only complete entries (plus scratch that the next run
+removes), and a resumed run skips every finished image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+
+from d2sfm.errors import D2sfmError
+from d2sfm.extractor import Features
+
+SCRATCH_GROUP = "_d2sfm_incomplete"
+FORMAT_ATTRS = {"d2sfm_format": "features-1", "keypoint_convention": "colmap", "descriptor_layout": "N x D"}
+
+
+def _open(path: Path, mode: str) -> h5py.File:
+    try:
+        return h5py.File(path, mode)
+    except OSError as error:
+        raise D2sfmError(
+            f"{path}: cannot open as HDF5 ({str(error).splitlines()[0]}); delete it or pass another output path"
+        ) from None
+
+
+def _entry_names(handle: h5py.File) -> list[str]:
+    names: list[str] = []
+
+    def visit(name: str, item) -> None:
+        if isinstance(item, h5py.Group) and "keypoints" in item and not name.startswith(SCRATCH_GROUP):
+            names.append(name)
+
+    handle.visititems(visit)
+    return names
+
+
+def list_entries(path: str | os.PathLike) -> list[str]:
+    """Names of the complete entries of a features file (empty if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with _open(path, "r") as handle:
+        return _entry_names(handle)
+
+
+class FeatureWriter:
+    """Appends images to a features file whose settings must match; skips what is already complete."""
+
+    def __init__(self, path: str | os.PathLike, settings: dict, descriptor_dtype=np.float16,
+                 overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.descriptor_dtype = np.dtype(descriptor_dtype)
+        self.settings = json.loads(json.dumps({**settings, "descriptor_dtype": self.descriptor_dtype.name}))
+        if overwrite and self.path.exists():
+            self.path.unlink()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _open(self.path, "a") as handle:
+            stored = handle.attrs.get("settings")
+            if stored is not None:
+                self._check_settings(json.loads(stored))
+            else:
+                handle.attrs["settings"] = json.dumps(self.settings, sort_keys=True)
+                for key, value in FORMAT_ATTRS.items():
+                    handle.attrs[key] = value
+            if SCRATCH_GROUP in handle:
+                del handle[SCRATCH_GROUP]
+            self.done = set(_entry_names(handle))
+
+    def _check_settings(self, stored: dict) -> None:
+        differing = [key for key in sorted(set(stored) | set(self.settings)) if stored.get(key) != self.settings.get(key)]
+        if differing:
+            key = differing[0]
+            raise D2sfmError(
+                f"{self.path}: holds features extracted with other settings ({key}: {stored.get(key)!r} there, "
+                f"{self.settings.get(key)!r} now); pass --overwrite to replace them or choose another output file"
+            )
+
+    def write(self, name: str, features: Features) -> None:
+        with _open(self.path, "a") as handle:
+            scratch = f"{SCRATCH_GROUP}/{uuid.uuid4().hex}"
+            group = handle.create_group(scratch)
+            group.create_dataset("keypoints", data=features.keypoints.astype(np.float32))
+            group.create_dataset("scales", data=features.scales.astype(np.float32))
+            group.create_dataset("scores", data=features.scores.astype(np.float32))
+            group.create_dataset("descriptors", data=features.descriptors.astype(self.descriptor_dtype))
+            group.create_dataset("image_size", data=np.asarray(features.image_size, dtype=np.int64))
+            if name in handle:
+                del handle[name]
+            if posixpath.dirname(name):
+                handle.require_group(posixpath.dirname(name))
+            handle.move(scratch, name)
+        self.done.add(name)
+
+
+def read_features(path: str | os.PathLike, name: str) -> Features:
+    with _open(Path(path), "r") as handle:
+        if name not in handle or "keypoints" not in handle[name]:
+            raise D2sfmError(f"{path}: has no features for {name!r}; run d2sfm.extract on that image first")
+        group = handle[name]
+        return Features(
+            keypoints=group["keypoints"][()],
+            scales=group["scales"][()],
+            scores=group["scores"][()],
+            descriptors=group["descriptors"][()],
+            image_size=tuple(int(v) for v in group["image_size"][()]),
+        )
+
+
+def read_settings(path: str | os.PathLike) -> dict:
+    with _open(Path(path), "r") as handle:
+        return json.loads(handle.attrs["settings"])
+
+
+def iter_features(path: str | os.PathLike) -> Iterator[tuple[str, Features]]:
+    for name in list_entries(path):
+        yield name, read_features(path, name)

@@ -1,0 +1,34 @@
+"""The one place where keypoint coordinate conventions are converted.
+
+* D2-Net's network convention (``lib/pyramid.py``): rows ``i`` and columns ``j`` of the image the network saw,
+  pixel centres at integers.
+* COLMAP's convention (stored in features.h5 and the database): ``x`` right, ``y`` down, the top-left pixel's centre
+  at (0.5, 0.5), at the original image resolution.
+
+A pixel of the resized image covers ``[j, j+1) * factor`` of the original, so its centre maps to
+``(j + 0.5) * factor`` in COLMAP's convention; scaling the centre-at-integer coordinate (as the original
+``extract_features.py`` does) would shift points by half a pixel times ``factor - 1``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def network_ij_to_colmap_xy(ij: np.ndarray, factor_i: float = 1.0, factor_j: float = 1.0) -> np.ndarray:
+    """(N, 2) network (i, j) at the network resolution -> (N, 2) COLMAP (x, y) at the original resolution.
+
+    ``factor_*`` = original size / network input size along that axis.
+    """
+    ij = np.asarray(ij, dtype=np.float64)
+    x = (ij[:, 1] + 0.5) * factor_j
+    y = (ij[:, 0] + 0.5) * factor_i
+    return np.stack([x, y], axis=1)
+
+
+def colmap_xy_to_network_ij(xy: np.ndarray, factor_i: float = 1.0, factor_j: float = 1.0) -> np.ndarray:
+    """Inverse of :func:`network_ij_to_colmap_xy`."""
+    xy = np.asarray(xy, dtype=np.float64)
+    i = xy[:, 1] / factor_i - 0.5
+    j = xy[:, 0] / factor_j - 0.5
+    return np.stack([i, j], axis=1)

@@ -1,0 +1,82 @@
+"""Single- and multi-scale D2-Net extraction over an image pyramid (the original ``lib/pyramid.py``).
+
+At each scale the image is resized bilinearly, its feature map is summed with the (upsampled) fused map of the
+previous, coarser scale, and cells detected at a coarser scale are banned. Keypoints come back in the network
+convention of the input image (rows ``i``, columns ``j``, pixel centres at integers) with the pyramid scale 1/s,
+matching the original's ``keypoints`` columns exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from d2sfm.detect import EDGE_THRESHOLD, detect_level
+
+SINGLE_SCALE = (1.0,)
+MULTI_SCALE = (0.5, 1.0, 2.0)
+
+
+@dataclass
+class RawFeatures:
+    """D2 features of one network input, in the network convention."""
+
+    keypoints_ijs: torch.Tensor  # (N, 3): row, column, 1/scale
+    scores: torch.Tensor  # (N,)
+    descriptors: torch.Tensor  # (N, C), L2-normalised
+
+
+def _upscale_to_input(position: torch.Tensor) -> torch.Tensor:
+    """Feature-map (i, j) -> level-image (i, j); two x2 steps as the original's ``upscale_positions``."""
+    for _ in range(2):
+        position = position * 2 + 0.5
+    return position
+
+
+def extract_pyramid(
+    backbone: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    scales: Sequence[float] = SINGLE_SCALE,
+    edge_threshold: float = EDGE_THRESHOLD,
+) -> list[RawFeatures]:
+    """Run D2 on a batch of same-size preprocessed images (B, 3, H, W); one RawFeatures per image.
+
+    ``backbone`` maps images to float32 dense features (B, C, H/4, W/4) (see ``model.D2Net.test_time_layers``).
+    """
+    batch, _, height, width = images.shape
+    per_image: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in range(batch)]
+    previous = banned = None
+    for level, scale in enumerate(scales):
+        level_images = images if scale == 1 else F.interpolate(
+            images, scale_factor=scale, mode="bilinear", align_corners=True
+        )
+        level_height, level_width = level_images.shape[2:]
+        features = backbone(level_images).float()
+        del level_images
+        fmap_size = features.shape[2:]
+        if previous is not None:
+            features += F.interpolate(previous, size=fmap_size, mode="bilinear", align_corners=True)
+        if banned is not None:
+            banned = F.interpolate(banned.float(), size=fmap_size).bool()
+
+        found = detect_level(features, banned, edge_threshold)
+        banned = found.detected_cells if banned is None else banned | found.detected_cells
+
+        position = _upscale_to_input(found.position)
+        position[:, 0] *= height / level_height
+        position[:, 1] *= width / level_width
+        level_scale = torch.full_like(position[:, :1], 1.0) * 1 / scale
+        keypoints = torch.cat([position, level_scale], dim=1)
+        scores = found.score / (level + 1)
+        for image_index in range(batch):
+            rows = found.batch_index == image_index
+            per_image[image_index].append((keypoints[rows], scores[rows], found.descriptor[rows]))
+        previous = features
+        del features, found
+    return [
+        RawFeatures(*(torch.cat([level[k] for level in levels]) for k in range(3)))
+        for levels in per_image
+    ]

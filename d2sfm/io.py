@@ -85,10 +85,10 @@ class FeatureWriter:
     def _check_settings(self, stored: dict) -> None:
         differing = [key for key in sorted(set(stored) | set(self.settings)) if stored.get(key) != self.settings.get(key)]
         if differing:
-            key = differing[0]
+            changes = "; ".join(f"{k}: {stored.get(k)!r} there, {self.settings.get(k)!r} now" for k in differing)
             raise D2sfmError(
-                f"{self.path}: holds features extracted with other settings ({key}: {stored.get(key)!r} there, "
-                f"{self.settings.get(key)!r} now); pass --overwrite to replace them or choose another output file"
+                f"{self.path}: holds features extracted with other settings ({changes}); "
+                "pass --overwrite to replace them or choose another output file"
             )
 
     def write(self, name: str, features: Features) -> None:

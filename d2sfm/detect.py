@@ -1,10 +1,10 @@
 """D2-Net hard detection, sub-pixel refinement and descriptor sampling at one pyramid level (paper eq. 1-3).
 
 The rules are those of the original ``HardDetectionModule`` / ``HandcraftedLocalizationModule``, but evaluated
-sparsely: the original filters all C channels at every cell with five 3x3 derivative convolutions and only then
-picks the few detections; here the channel-max and 3x3-max tests select the candidates first (a cell's winning
-channel is almost always unique), and derivatives, the edge test and the Newton step are computed from the 3x3
-neighbourhood of those candidates only. Everything stays on the feature map's device.
+sparsely: the original filters all C channels at every cell with five 3x3 derivative convolutions and a 3x3 max
+pooling and only then picks the few detections; here each cell's winning channel (almost always unique) is the
+only candidate, and the 3x3-maximum test, derivatives, edge test and Newton step are computed from that channel's
+3x3 neighbourhood alone. Everything stays on the feature map's device.
 """
 
 from __future__ import annotations
@@ -30,16 +30,18 @@ class LevelDetections:
     detected_cells: torch.Tensor  # (B, 1, H, W) bool: every hard detection, before refinement (for banning)
 
 
-def _neighbourhoods(features: torch.Tensor, b, c, i, j) -> torch.Tensor:
-    """(K, 9) values of the 3x3 neighbourhood of each (b, c, i, j), zero outside the map (as conv padding)."""
+def _neighbourhoods(features: torch.Tensor, b, c, i, j) -> tuple[torch.Tensor, torch.Tensor]:
+    """(K, 9) values of the 3x3 neighbourhood of each (b, c, i, j), zero outside the map (as conv padding),
+    and (K, 9) whether each neighbour is inside the map."""
     _, _, height, width = features.shape
-    values = []
+    values, insides = [], []
     for di, dj in _OFFSETS:
         ii, jj = i + di, j + dj
         inside = (ii >= 0) & (ii < height) & (jj >= 0) & (jj < width)
         v = features[b, c, ii.clamp(0, height - 1), jj.clamp(0, width - 1)]
         values.append(torch.where(inside, v, torch.zeros_like(v)))
-    return torch.stack(values, dim=1)
+        insides.append(inside)
+    return torch.stack(values, dim=1), torch.stack(insides, dim=1)
 
 
 def _derivatives(patch: torch.Tensor):
@@ -53,13 +55,29 @@ def _derivatives(patch: torch.Tensor):
     return dii, dij, djj, di, dj
 
 
-def hard_detection_candidates(features: torch.Tensor, banned: torch.Tensor | None) -> torch.Tensor:
-    """Indices (K, 4) of cells that are the maximum over channels and over their 3x3 window in that channel."""
-    is_channel_max = features == features.amax(dim=1, keepdim=True)
-    is_channel_max &= features == F.max_pool2d(features, 3, stride=1, padding=1)
-    if banned is not None:
-        is_channel_max &= ~banned
-    return is_channel_max.nonzero()
+def channel_max_candidates(features: torch.Tensor, banned: torch.Tensor | None) -> torch.Tensor:
+    """(K, 4) long (b, c, i, j) of every channel that holds its cell's maximum, in the original's order.
+
+    One candidate per cell, plus the rare exact ties. Ties at a maximum of 0 in a non-negative map (dead cells
+    after the ReLU) are left out: their whole 3x3 window would have to be 0 to pass the local-maximum test, and
+    then the Hessian determinant is 0, which the edge test rejects.
+    """
+    batch, channels, height, width = features.shape
+    maximum, channel = features.max(dim=1)
+    tied = (features == maximum[:, None]).sum(dim=1, dtype=torch.int16) > 1
+    if features.min() >= 0:
+        tied &= maximum > 0
+    keep = torch.ones_like(maximum, dtype=torch.bool) if banned is None else ~banned[:, 0]
+    b, i, j = (keep & ~tied).nonzero().unbind(dim=1)
+    candidates = [torch.stack([b, channel[b, i, j], i, j], dim=1)]
+    if tied.any():
+        tb, ti, tj = (keep & tied).nonzero().unbind(dim=1)
+        holders = (features[tb, :, ti, tj] == maximum[tb, ti, tj][:, None]).nonzero()
+        row, tc = holders.unbind(dim=1)
+        candidates.append(torch.stack([tb[row], tc, ti[row], tj[row]], dim=1))
+    candidates = torch.cat(candidates)
+    key = ((candidates[:, 0] * channels + candidates[:, 1]) * height + candidates[:, 2]) * width + candidates[:, 3]
+    return candidates[torch.argsort(key)]
 
 
 def sample_descriptors(features: torch.Tensor, b: torch.Tensor, position: torch.Tensor):
@@ -89,9 +107,12 @@ def detect_level(
     ``banned`` (B, 1, H, W) bool marks cells already detected at a coarser level; they are excluded here.
     """
     batch, _, height, width = features.shape
-    b, c, i, j = hard_detection_candidates(features, banned).unbind(dim=1)
+    b, c, i, j = channel_max_candidates(features, banned).unbind(dim=1)
+    patch, inside = _neighbourhoods(features, b, c, i, j)
+    # 3x3 maximum in its channel (max pooling ignores what lies outside the map)
+    local_max = ((patch <= patch[:, 4:5]) | ~inside).all(dim=1)
+    b, c, i, j, patch = b[local_max], c[local_max], i[local_max], j[local_max], patch[local_max]
 
-    patch = _neighbourhoods(features, b, c, i, j)
     dii, dij, djj, di, dj = _derivatives(patch)
     det = dii * djj - dij * dij
     trace = dii + djj

@@ -189,13 +189,15 @@ class _WinogradConv(nn.Module):
 
 
 def winograd_layers(layers: nn.Sequential, min_in_channels: int = 128) -> nn.Module:
-    """Replace the wide 3x3 convolutions by NNPACK Winograd ones (CPU only). The first layers stay on oneDNN,
-    where Winograd is not faster. Raises RuntimeError where this torch has no NNPACK."""
+    """Replace the wide 3x3 convolutions by NNPACK Winograd ones (CPU only); the first layers, where Winograd is
+    not faster, run on oneDNN. Raises RuntimeError where this torch has no NNPACK."""
     if not torch._nnpack_available():  # also initialises NNPACK, which must happen before its first call
         raise RuntimeError("this PyTorch build has no NNPACK")
-    replaced = [
-        _WinogradConv(layer) if isinstance(layer, nn.Conv2d) and layer.in_channels >= min_in_channels
-        else copy.deepcopy(layer)
-        for layer in layers
+    first_wide = next(i for i, layer in enumerate(layers)
+                      if isinstance(layer, nn.Conv2d) and layer.in_channels >= min_in_channels)
+    head = onednn_layers(nn.Sequential(*list(layers)[:first_wide]))
+    tail = [
+        _WinogradConv(layer) if isinstance(layer, nn.Conv2d) else copy.deepcopy(layer)
+        for layer in list(layers)[first_wide:]
     ]
-    return nn.Sequential(*replaced).eval()
+    return nn.Sequential(head, *tail).eval()

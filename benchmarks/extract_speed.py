@@ -1,0 +1,191 @@
+"""Extraction speed and memory: d2sfm against the original D2-Net code, side by side in one run.
+
+    python benchmarks/extract_speed.py --reference /path/to/d2-net            # CPU, the reference images
+    python benchmarks/extract_speed.py --images DIR --max-edge 1600 --device cuda --precision fp32 bf16 fp16
+
+Every (implementation, pyramid) runs in its own child process, so its peak memory (RSS on the CPU, allocated
+memory on a GPU) is its own. Each child first runs one warm-up image, then times every image. The original code is
+imported from ``--reference`` (a local checkout of mihaidusmanu/d2-net; it needs matplotlib and imageio
+installed) at run time and is never part of this repository. Outputs are compared with the original's: the table
+says how many keypoints are identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_IMAGES = REPO.parent / "shared" / "reference" / "d2net_original_hed_vgg16"
+DEFAULT_WEIGHTS = REPO.parent / "shared" / "weights" / "d2_hed_vgg16.pth"
+PYRAMIDS = {"SS": (1.0,), "MS": (0.5, 1.0, 2.0)}
+
+
+def _load_images(folder: Path, limit: int, max_edge: int, max_sum_edges: int):
+    from d2sfm.extractor import resize_for_network
+    from d2sfm.images import list_images, read_image_bgr
+
+    names = list_images(folder)[:limit]
+    return names, [resize_for_network(read_image_bgr(folder / n), max_edge, max_sum_edges) for n in names]
+
+
+def _peak_memory_mb(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_child(spec: dict) -> dict:
+    """Time one implementation on every image; return per-image seconds, keypoints, peak memory."""
+    import torch
+
+    torch.set_grad_enabled(False)
+    names, images = _load_images(Path(spec["images"]), spec["limit"], spec["max_edge"], spec["max_sum_edges"])
+    device = spec["device"]
+    scales = PYRAMIDS[spec["pyramid"]]
+    if spec["impl"] == "original":
+        sys.path.insert(0, spec["reference"])
+        from lib.model_test import D2Net as OriginalD2Net  # noqa: the reference checkout, imported at run time
+        from lib.pyramid import process_multiscale
+
+        model = OriginalD2Net(model_file=spec["weights"], use_relu=True, use_cuda=device.startswith("cuda"))
+        mean = np.array([103.939, 116.779, 123.68], np.float32)
+
+        def extract(image):
+            tensor = torch.from_numpy((image.astype(np.float32) - mean).transpose(2, 0, 1).copy())[None]
+            keypoints, _, _ = process_multiscale(tensor.to(device), model, scales=list(scales))
+            return keypoints[:, [1, 0]] + 0.5
+    else:
+        from d2sfm.extractor import D2Extractor, ExtractionConfig
+
+        conv = "winograd" if spec["impl"] == "winograd" else "exact"
+        config = ExtractionConfig(scales=scales, conv=conv, precision=spec["precision"],
+                                  max_edge=spec["max_edge"], max_sum_edges=spec["max_sum_edges"])
+        extractor = D2Extractor(spec["weights"], config, device)
+
+        def extract(image):
+            return extractor.extract_batch([image], [image.shape[:2]])[0].keypoints
+
+    def synchronise():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    extract(images[0])  # warm-up: allocator, oneDNN / cuDNN kernel selection
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    seconds, keypoints = [], []
+    for image in images:
+        synchronise()
+        start = time.perf_counter()
+        points = extract(image)
+        synchronise()
+        seconds.append(time.perf_counter() - start)
+        keypoints.append(np.asarray(points, dtype=np.float64).tolist())
+    return {"seconds": seconds, "keypoints": keypoints, "peak_mb": _peak_memory_mb(device),
+            "size": [list(images[0].shape[:2])], "names": names}
+
+
+def _identical_fraction(ours, theirs) -> float:
+    from scipy.spatial import cKDTree
+
+    same = total = 0
+    for a, b in zip(ours, theirs):
+        a, b = np.asarray(a).reshape(-1, 2), np.asarray(b).reshape(-1, 2)
+        total += max(len(a), len(b))
+        if len(a) and len(b):
+            same += int(np.sum(cKDTree(b).query(a)[0] <= 1e-3))
+    return same / max(total, 1)
+
+
+def machine_description(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return f"{model}, {os.cpu_count()} cores, {platform.system()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of images (default: the "
+                        "640-px reference images of ../shared)")
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="local checkout of the original D2-Net code: adds it as the baseline")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], help="GPU: fp32 bf16 fp16")
+    parser.add_argument("--impl", nargs="+", default=None,
+                        help="implementations to run (default: exact, plus winograd on the CPU)")
+    parser.add_argument("--pyramid", nargs="+", default=["SS", "MS"], choices=list(PYRAMIDS))
+    parser.add_argument("--limit", type=int, default=1000, help="at most this many images")
+    parser.add_argument("--max-edge", type=int, default=1600)
+    parser.add_argument("--max-sum-edges", type=int, default=2800)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:  # internal: one measurement, in its own process
+        spec = json.loads(args.child.read_text())
+        args.child.write_text(json.dumps(run_child(spec)))
+        return
+
+    impls = args.impl or (["exact", "winograd"] if args.device == "cpu" else ["exact"])
+    runs = []
+    for pyramid in args.pyramid:
+        candidates = ([("original", "fp32")] if args.reference else []) + [
+            (impl, precision) for impl in impls for precision in args.precision
+        ]
+        for impl, precision in candidates:
+            spec = {"impl": impl, "precision": precision, "pyramid": pyramid, "device": args.device,
+                    "images": str(args.images), "weights": str(args.weights), "limit": args.limit,
+                    "reference": str(args.reference) if args.reference else None,
+                    "max_edge": args.max_edge, "max_sum_edges": args.max_sum_edges}
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+                json.dump(spec, handle)
+            subprocess.run([sys.executable, __file__, "--child", handle.name], check=True)
+            result = json.loads(Path(handle.name).read_text())
+            os.unlink(handle.name)
+            runs.append({**spec, **result})
+            print(f"  {pyramid} {impl} {precision}: {np.mean(result['seconds']):.3f} s/image", file=sys.stderr)
+
+    print(f"\nmachine: {machine_description(args.device)}")
+    print(f"images: {args.images} ({len(runs[0]['seconds'])} images, network input "
+          f"{runs[0]['size'][0][1]}x{runs[0]['size'][0][0]} for the first)\n")
+    header = "| pyramid | implementation | precision | s/image | images/s | speed-up vs original | peak memory (MB) | identical keypoints |"
+    print(header)
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for run in runs:
+        baseline = next((r for r in runs if r["impl"] == "original" and r["pyramid"] == run["pyramid"]), None)
+        mean = float(np.mean(run["seconds"]))
+        ratio = f"{np.mean(baseline['seconds']) / mean:.2f}x" if baseline else "n/a"
+        identical = f"{100 * _identical_fraction(run['keypoints'], baseline['keypoints']):.2f}%" if baseline else "n/a"
+        print(f"| {run['pyramid']} | {run['impl']} | {run['precision']} | {mean:.3f} | {1 / mean:.2f} | {ratio} | "
+              f"{run['peak_mb']:.0f} | {identical} |")
+    if args.json:
+        args.json.write_text(json.dumps(runs))
+
+
+if __name__ == "__main__":
+    main()

@@ -124,7 +124,8 @@ def machine_description(device: str) -> str:
         pass
     import torch
 
-    return f"{model}, {os.cpu_count()} cores, {platform.system()}, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    return (f"{model}, {os.cpu_count()} cores, {platform.system()}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads)")
 
 
 def main() -> None:
@@ -173,8 +174,8 @@ def main() -> None:
     print(f"\nmachine: {machine_description(args.device)}")
     print(f"images: {args.images} ({len(runs[0]['seconds'])} images, network input "
           f"{runs[0]['size'][0][1]}x{runs[0]['size'][0][0]} for the first)\n")
-    header = "| pyramid | implementation | precision | s/image | images/s | speed-up vs original | peak memory (MB) | identical keypoints |"
-    print(header)
+    print("| pyramid | implementation | precision | s/image | images/s | speed-up vs original | peak memory (MB) "
+          "| identical keypoints |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for run in runs:
         baseline = next((r for r in runs if r["impl"] == "original" and r["pyramid"] == run["pyramid"]), None)

@@ -83,7 +83,8 @@ class FeatureWriter:
             self.done = set(_entry_names(handle))
 
     def _check_settings(self, stored: dict) -> None:
-        differing = [key for key in sorted(set(stored) | set(self.settings)) if stored.get(key) != self.settings.get(key)]
+        keys = sorted(set(stored) | set(self.settings))
+        differing = [key for key in keys if stored.get(key) != self.settings.get(key)]
         if differing:
             changes = "; ".join(f"{k}: {stored.get(k)!r} there, {self.settings.get(k)!r} now" for k in differing)
             raise D2sfmError(

@@ -57,7 +57,7 @@ def run_child(spec: dict) -> dict:
     scales = PYRAMIDS[spec["pyramid"]]
     if spec["impl"] == "original":
         sys.path.insert(0, spec["reference"])
-        from lib.model_test import D2Net as OriginalD2Net  # noqa: the reference checkout, imported at run time
+        from lib.model_test import D2Net as OriginalD2Net  # the reference checkout, imported at run time
         from lib.pyramid import process_multiscale
 
         model = OriginalD2Net(model_file=spec["weights"], use_relu=True, use_cuda=device.startswith("cuda"))

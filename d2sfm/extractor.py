@@ -79,6 +79,7 @@ class Features:
     scores: np.ndarray  # (N,) float32
     descriptors: np.ndarray  # (N, 512) float32, L2-normalised
     image_size: tuple[int, int] = field(default=(0, 0))  # width, height of the original image
+    global_descriptor: np.ndarray | None = None  # (512,) float32 for image retrieval
 
 
 def network_input_size(height: int, width: int, max_edge: int, max_sum_edges: int) -> tuple[int, int]:
@@ -185,4 +186,5 @@ class D2Extractor:
             scores=pick(scores).cpu().numpy().astype(np.float32),
             descriptors=pick(raw.descriptors).cpu().numpy().astype(np.float32),
             image_size=(int(original_size[1]), int(original_size[0])),
+            global_descriptor=raw.global_descriptor.cpu().numpy().astype(np.float32),
         )

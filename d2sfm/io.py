@@ -101,6 +101,8 @@ class FeatureWriter:
             group.create_dataset("scores", data=features.scores.astype(np.float32))
             group.create_dataset("descriptors", data=features.descriptors.astype(self.descriptor_dtype))
             group.create_dataset("image_size", data=np.asarray(features.image_size, dtype=np.int64))
+            if features.global_descriptor is not None:
+                group.create_dataset("global_descriptor", data=features.global_descriptor.astype(np.float32))
             if name in handle:
                 del handle[name]
             if posixpath.dirname(name):
@@ -120,6 +122,7 @@ def read_features(path: str | os.PathLike, name: str) -> Features:
             scores=group["scores"][()],
             descriptors=group["descriptors"][()],
             image_size=tuple(int(v) for v in group["image_size"][()]),
+            global_descriptor=group["global_descriptor"][()] if "global_descriptor" in group else None,
         )
 
 
@@ -131,3 +134,66 @@ def read_settings(path: str | os.PathLike) -> dict:
 def iter_features(path: str | os.PathLike) -> Iterator[tuple[str, Features]]:
     for name in list_entries(path):
         yield name, read_features(path, name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# matches.h5: hloc's layout, one group per pair: <name0>/<name1> (slashes inside names become '-'), holding
+# ``matches0`` (N0,) int32, the index of the matched keypoint in image 1 or -1, and ``matching_scores0`` (N0,).
+
+
+def pair_key(name0: str, name1: str) -> str:
+    return f"{name0.replace('/', '-')}/{name1.replace('/', '-')}"
+
+
+def _pair_keys(handle: h5py.File) -> set[str]:
+    return {
+        f"{first}/{second}"
+        for first, group in handle.items() if first != SCRATCH_GROUP and isinstance(group, h5py.Group)
+        for second in group
+    }
+
+
+class MatchWriter:
+    """Appends pair matches; a pair already present in either order counts as done."""
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        if overwrite and self.path.exists():
+            self.path.unlink()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _open(self.path, "a") as handle:
+            if SCRATCH_GROUP in handle:
+                del handle[SCRATCH_GROUP]
+            self.done = _pair_keys(handle)
+
+    def has(self, name0: str, name1: str) -> bool:
+        return pair_key(name0, name1) in self.done or pair_key(name1, name0) in self.done
+
+    def write_many(self, results: list[tuple[str, str, np.ndarray, np.ndarray]]) -> None:
+        """``results``: (name0, name1, matches0 (N0,) int, scores0 (N0,)) each, written in one file session,
+        each pair complete or absent."""
+        with _open(self.path, "a") as handle:
+            for name0, name1, matches0, scores0 in results:
+                key = pair_key(name0, name1)
+                scratch = f"{SCRATCH_GROUP}/{uuid.uuid4().hex}"
+                group = handle.create_group(scratch)
+                group.create_dataset("matches0", data=np.asarray(matches0, dtype=np.int32))
+                group.create_dataset("matching_scores0", data=np.asarray(scores0, dtype=np.float16))
+                if key in handle:
+                    del handle[key]
+                handle.require_group(posixpath.dirname(key))
+                handle.move(scratch, key)
+                self.done.add(key)
+
+
+def read_matches(path: str | os.PathLike, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 2) keypoint indices into (name0, name1) and their (K,) scores, whichever order the pair was stored."""
+    with _open(Path(path), "r") as handle:
+        for key, reverse in ((pair_key(name0, name1), False), (pair_key(name1, name0), True)):
+            if key in handle:
+                matches0 = handle[key]["matches0"][()]
+                scores0 = handle[key]["matching_scores0"][()].astype(np.float32)
+                rows = np.flatnonzero(matches0 >= 0)
+                pairs = np.stack([rows, matches0[rows]], axis=1).astype(np.int64)
+                return (pairs[:, ::-1].copy() if reverse else pairs), scores0[rows]
+    raise D2sfmError(f"{path}: no matches for the pair {name0} {name1}; run d2sfm.match on the pair list first")

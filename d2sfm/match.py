@@ -1,34 +1,147 @@
-"""Mutual nearest-neighbour matching of L2-normalised descriptors, in row chunks so memory stays bounded."""
+"""Mutual nearest-neighbour matching of D2 descriptors, and ``python -m d2sfm.match``.
+
+Similarities are computed in row chunks (memory O(chunk x M), so 20k x 20k features never need the full
+matrix), on the GPU when there is one. A match must be each descriptor's best in both directions; optional filters:
+a minimum cosine similarity and Lowe's ratio test on the descriptor distances.
+"""
 
 from __future__ import annotations
 
+import argparse
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
 import torch
+from tqdm import tqdm
+
+from d2sfm.cli import add_device_argument, resolve_device, run_main
+from d2sfm.errors import D2sfmError
+from d2sfm.io import MatchWriter, list_entries, read_features
+from d2sfm.pairs import Pair, read_pairs
 
 
 @torch.inference_mode()
 def mutual_nearest_neighbours(
-    descriptors0: torch.Tensor, descriptors1: torch.Tensor, chunk_size: int = 4096
-) -> torch.Tensor:
-    """(N, D), (M, D) -> (K, 2) long indices of pairs that are each other's most similar descriptor.
-
-    Similarities are computed ``chunk_size`` rows at a time (memory O(chunk_size * M)), keeping the best row of
-    every column on the way, so 20k x 20k features never need the full N x M matrix.
-    """
+    descriptors0: torch.Tensor, descriptors1: torch.Tensor, chunk_size: int = 4096,
+    min_similarity: float | None = None, ratio: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D), (M, D) L2-normalised -> ((K, 2) long index pairs, (K,) cosine similarities)."""
     device = descriptors0.device
     n, m = len(descriptors0), len(descriptors1)
     if n == 0 or m == 0:
-        return torch.empty(0, 2, dtype=torch.long, device=device)
+        return torch.empty(0, 2, dtype=torch.long, device=device), torch.empty(0, device=device)
     descriptors1 = descriptors1.to(device=device, dtype=torch.float32)
     best_in_1 = torch.empty(n, dtype=torch.long, device=device)
+    best_similarity = torch.empty(n, device=device)
+    second_similarity = torch.full((n,), float("-inf"), device=device)
     column_best = torch.full((m,), float("-inf"), device=device)
     column_argbest = torch.zeros(m, dtype=torch.long, device=device)
     for start in range(0, n, chunk_size):
-        similarity = descriptors0[start:start + chunk_size].float() @ descriptors1.T
-        best_in_1[start:start + chunk_size] = similarity.argmax(dim=1)
+        rows = slice(start, start + chunk_size)
+        similarity = descriptors0[rows].float() @ descriptors1.T
+        if ratio is not None and m > 1:
+            top = similarity.topk(2, dim=1)
+            best_similarity[rows], best_in_1[rows] = top.values[:, 0], top.indices[:, 0]
+            second_similarity[rows] = top.values[:, 1]
+        else:
+            best_similarity[rows], best_in_1[rows] = similarity.max(dim=1)
         chunk_best, chunk_arg = similarity.max(dim=0)
         better = chunk_best > column_best
         column_best = torch.where(better, chunk_best, column_best)
         column_argbest = torch.where(better, chunk_arg + start, column_argbest)
-    rows = torch.arange(n, device=device)
-    mutual = column_argbest[best_in_1] == rows
-    return torch.stack([rows[mutual], best_in_1[mutual]], dim=1)
+    indices = torch.arange(n, device=device)
+    keep = column_argbest[best_in_1] == indices
+    if min_similarity is not None:
+        keep &= best_similarity >= min_similarity
+    if ratio is not None:
+        # distances of unit vectors: d = sqrt(2 - 2 cos); keep d_best < ratio * d_second
+        best_distance = (2 - 2 * best_similarity).clamp(min=0).sqrt()
+        second_distance = (2 - 2 * second_similarity).clamp(min=0).sqrt()
+        keep &= best_distance < ratio * second_distance
+    return torch.stack([indices[keep], best_in_1[keep]], dim=1), best_similarity[keep]
+
+
+class _DescriptorCache:
+    """Keeps the descriptors of recently used images on the device (pairs share images)."""
+
+    def __init__(self, features_path: Path, device: torch.device, capacity: int = 64) -> None:
+        self.features_path, self.device, self.capacity = features_path, device, capacity
+        self.entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def get(self, name: str) -> torch.Tensor:
+        if name in self.entries:
+            self.entries.move_to_end(name)
+            return self.entries[name]
+        descriptors = torch.from_numpy(read_features(self.features_path, name).descriptors).to(self.device)
+        self.entries[name] = descriptors
+        if len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+        return descriptors
+
+
+def match_pairs(
+    features_path: str | Path, pairs: Sequence[Pair], matches_path: str | Path, device: torch.device | str = "cpu",
+    min_similarity: float | None = None, ratio: float | None = None, overwrite: bool = False,
+    progress: bool = True, flush_seconds: float = 5.0,
+) -> int:
+    """Match every pair not yet in ``matches_path``; returns how many pairs were matched now."""
+    device = torch.device(device)
+    writer = MatchWriter(matches_path, overwrite=overwrite)
+    todo = [pair for pair in pairs if not writer.has(*pair)]
+    cache = _DescriptorCache(Path(features_path), device)
+    pending: list = []
+    last_flush = time.monotonic()
+    for name0, name1 in tqdm(todo, desc="matching", unit="pair", disable=not progress):
+        descriptors0 = cache.get(name0)
+        matches, scores = mutual_nearest_neighbours(descriptors0, cache.get(name1),
+                                                    min_similarity=min_similarity, ratio=ratio)
+        matches0 = np.full(len(descriptors0), -1, dtype=np.int32)
+        scores0 = np.zeros(len(descriptors0), dtype=np.float32)
+        rows = matches[:, 0].cpu().numpy()
+        matches0[rows] = matches[:, 1].cpu().numpy()
+        scores0[rows] = scores.cpu().numpy()
+        pending.append((name0, name1, matches0, scores0))
+        if time.monotonic() - last_flush > flush_seconds:
+            writer.write_many(pending)
+            pending, last_flush = [], time.monotonic()
+    if pending:
+        writer.write_many(pending)
+    return len(todo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m d2sfm.match",
+        description="Match D2 features of image pairs by mutual nearest neighbours into an HDF5 file (hloc's "
+        "matches layout). Rerunning resumes: pairs already matched are skipped.",
+    )
+    parser.add_argument("features", type=Path, help="features.h5 written by d2sfm.extract")
+    parser.add_argument("pairs", type=Path, help="pair list, one 'name0 name1' per line (names as in features.h5)")
+    parser.add_argument("--output", "-o", type=Path, default=Path("matches.h5"), help="default: matches.h5")
+    add_device_argument(parser)
+    parser.add_argument("--min-similarity", type=float, default=None,
+                        help="drop matches whose descriptor cosine similarity is below this (e.g. 0.8)")
+    parser.add_argument("--ratio", type=float, default=None,
+                        help="Lowe's ratio test on descriptor distances (e.g. 0.9); off by default")
+    parser.add_argument("--overwrite", action="store_true", help="delete the output first and redo every pair")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.features.is_file():
+        raise D2sfmError(f"{args.features}: no such features file; run python -m d2sfm.extract first")
+    pairs = read_pairs(args.pairs, known_names=list_entries(args.features))
+    matched = match_pairs(args.features, pairs, args.output, resolve_device(args.device),
+                          min_similarity=args.min_similarity, ratio=args.ratio, overwrite=args.overwrite,
+                          progress=not args.quiet)
+    print(f"wrote {args.output}: {matched} pairs matched, {len(pairs) - matched} already done")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

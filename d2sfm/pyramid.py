@@ -27,6 +27,7 @@ class RawFeatures:
     keypoints_ijs: torch.Tensor  # (N, 3): row, column, 1/scale
     scores: torch.Tensor  # (N,)
     descriptors: torch.Tensor  # (N, C), L2-normalised
+    global_descriptor: torch.Tensor  # (C,), L2-normalised GeM pooling of the fused map, for image retrieval
 
 
 def _upscale_to_input(position: torch.Tensor) -> torch.Tensor:
@@ -34,6 +35,13 @@ def _upscale_to_input(position: torch.Tensor) -> torch.Tensor:
     for _ in range(2):
         position = position * 2 + 0.5
     return position
+
+
+def gem_pool(features: torch.Tensor, power: float = 3.0) -> torch.Tensor:
+    """Generalised-mean pooling of (B, C, H, W) maps into L2-normalised (B, C) image descriptors (Radenovic et
+    al.); on VGG conv features it is a strong off-the-shelf retrieval descriptor."""
+    pooled = features.clamp(min=1e-6).pow(power).mean(dim=(2, 3)).pow(1.0 / power)
+    return F.normalize(pooled, dim=1)
 
 
 def extract_pyramid(
@@ -48,7 +56,7 @@ def extract_pyramid(
     """
     batch, _, height, width = images.shape
     per_image: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in range(batch)]
-    previous = banned = None
+    previous = banned = global_descriptors = None
     for level, scale in enumerate(scales):
         level_images = images if scale == 1 else F.interpolate(
             images, scale_factor=scale, mode="bilinear", align_corners=True
@@ -62,6 +70,8 @@ def extract_pyramid(
         if banned is not None:
             banned = F.interpolate(banned.float(), size=fmap_size).bool()
 
+        if global_descriptors is None or scale == 1:
+            global_descriptors = gem_pool(features)
         found = detect_level(features, banned, edge_threshold)
         banned = found.detected_cells if banned is None else banned | found.detected_cells
 
@@ -77,6 +87,6 @@ def extract_pyramid(
         previous = features
         del features, found
     return [
-        RawFeatures(*(torch.cat([level[k] for level in levels]) for k in range(3)))
-        for levels in per_image
+        RawFeatures(*(torch.cat([level[k] for level in levels]) for k in range(3)), global_descriptors[index])
+        for index, levels in enumerate(per_image)
     ]

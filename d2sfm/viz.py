@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = ExtractionConfig(scales=MULTI_SCALE if args.multiscale else SINGLE_SCALE, max_edge=args.max_edge)
     extractor = D2Extractor(resolve_weights(args.weights), config, resolve_device(args.device))
     features = [extractor.extract(image) for image in images]
-    matches = mutual_nearest_neighbours(*(torch.from_numpy(f.descriptors) for f in features)).numpy()
+    matches = mutual_nearest_neighbours(*(torch.from_numpy(f.descriptors) for f in features))[0].numpy()
     write_png(args.output, draw_matches(*images, features[0].keypoints, features[1].keypoints, matches,
                                         height=args.height))
     for index, (image, f) in enumerate(zip(images, features)):

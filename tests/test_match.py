@@ -13,10 +13,27 @@ def test_chunked_mutual_nearest_neighbours_equal_the_full_matrix():
     forward, backward = similarity.argmax(1), similarity.argmax(0)
     expected = {(i, int(forward[i])) for i in range(300) if backward[forward[i]] == i}
     for chunk in (7, 64, 4096):
-        got = {tuple(pair) for pair in mutual_nearest_neighbours(d0, d1, chunk_size=chunk).tolist()}
+        got = {tuple(pair) for pair in mutual_nearest_neighbours(d0, d1, chunk_size=chunk)[0].tolist()}
         assert got == expected
     assert {(i, i) for i in range(120)} <= expected  # the perturbed copies find each other
 
 
 def test_empty_inputs():
-    assert mutual_nearest_neighbours(torch.zeros(0, 8), torch.randn(5, 8)).shape == (0, 2)
+    assert mutual_nearest_neighbours(torch.zeros(0, 8), torch.randn(5, 8))[0].shape == (0, 2)
+
+
+def test_similarity_and_ratio_filters():
+    generator = torch.Generator().manual_seed(1)
+    d0 = F.normalize(torch.randn(200, 32, generator=generator), dim=1)
+    d1 = F.normalize(d0 + 0.3 * torch.randn(200, 32, generator=generator), dim=1)
+    matches, scores = mutual_nearest_neighbours(d0, d1, chunk_size=50)
+    assert torch.allclose(scores, (d0[matches[:, 0]] * d1[matches[:, 1]]).sum(1))
+    strict, strict_scores = mutual_nearest_neighbours(d0, d1, min_similarity=0.9)
+    assert (strict_scores >= 0.9).all() and set(map(tuple, strict.tolist())) <= set(map(tuple, matches.tolist()))
+    ratio, _ = mutual_nearest_neighbours(d0, d1, ratio=0.8, chunk_size=64)
+    similarity = d0 @ d1.T
+    top2 = similarity.topk(2, dim=1).values
+    distances = (2 - 2 * top2).clamp(min=0).sqrt()
+    for i, j in ratio.tolist():
+        assert distances[i, 0] < 0.8 * distances[i, 1]
+    assert 0 < len(ratio) < len(matches)

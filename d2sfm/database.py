@@ -1,0 +1,94 @@
+"""The COLMAP database: cameras and images as COLMAP imports them, our keypoints and raw matches, then pycolmap's
+geometric verification.
+
+Cameras come from pycolmap's own image reader, so the EXIF focal length is used exactly as COLMAP uses it (and
+its default prior, 1.2 x the larger image side, when there is none). Keypoints in features.h5 are already in
+COLMAP's convention and go in unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pycolmap
+from tqdm import tqdm
+
+from d2sfm.errors import D2sfmError
+from d2sfm.io import read_features, read_matches
+from d2sfm.pairs import Pair
+
+CAMERA_MODES = {
+    "auto": pycolmap.CameraMode.AUTO,  # one camera per distinct (EXIF camera, image size), as COLMAP's default
+    "single": pycolmap.CameraMode.SINGLE,
+    "per-image": pycolmap.CameraMode.PER_IMAGE,
+    "per-folder": pycolmap.CameraMode.PER_FOLDER,
+}
+CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")
+
+
+@dataclass
+class VerificationSummary:
+    pairs: int
+    verified_pairs: int
+    median_inliers: float
+
+    def describe(self) -> str:
+        return (f"{self.verified_pairs} of {self.pairs} pairs verified"
+                f" (median {self.median_inliers:.0f} inliers per verified pair)")
+
+
+def create_database(
+    database_path: str | os.PathLike, image_dir: str | os.PathLike, names: Sequence[str],
+    camera_mode: str = "auto", camera_model: str = "SIMPLE_RADIAL", camera_params: str = "",
+) -> dict[str, int]:
+    """Create a new database with cameras and images; returns {image name: image id}."""
+    if camera_mode not in CAMERA_MODES:
+        raise D2sfmError(f"camera mode {camera_mode!r} is unknown; use one of {', '.join(CAMERA_MODES)}")
+    if camera_model not in CAMERA_MODELS:
+        raise D2sfmError(f"camera model {camera_model!r} is unknown; use one of {', '.join(CAMERA_MODELS)}")
+    database_path = Path(database_path)
+    if database_path.exists():
+        database_path.unlink()
+    pycolmap.Database.open(database_path).close()
+    options = pycolmap.ImageReaderOptions()
+    options.camera_model = camera_model
+    if camera_params:
+        options.camera_params = camera_params
+    pycolmap.import_images(database_path, image_dir, CAMERA_MODES[camera_mode], list(names), options)
+    with pycolmap.Database.open(database_path) as database:
+        return {image.name: image.image_id for image in database.read_all_images()}
+
+
+def import_features_and_matches(
+    database_path: str | os.PathLike, image_ids: dict[str, int], features_path: str | os.PathLike,
+    matches_path: str | os.PathLike, pairs: Sequence[Pair], progress: bool = True,
+) -> None:
+    """Write every image's keypoints and every pair's raw matches into the database."""
+    with pycolmap.Database.open(database_path) as database:
+        for name, image_id in tqdm(image_ids.items(), desc="importing keypoints", unit="img", disable=not progress):
+            database.write_keypoints(image_id, read_features(features_path, name).keypoints.astype(np.float32))
+        for name0, name1 in tqdm(pairs, desc="importing matches", unit="pair", disable=not progress):
+            matches, _ = read_matches(matches_path, name0, name1)
+            database.write_matches(image_ids[name0], image_ids[name1], matches.astype(np.uint32))
+
+
+def verify_pairs(database_path: str | os.PathLike, pairs_path: str | os.PathLike,
+                 min_inliers: int = 15, max_error: float = 4.0) -> VerificationSummary:
+    """pycolmap's geometric verification (F / E / H with RANSAC) of the listed pairs' matches."""
+    options = pycolmap.TwoViewGeometryOptions()
+    options.min_num_inliers = min_inliers
+    options.ransac.max_error = max_error
+    pycolmap.verify_matches(database_path, pairs_path, options)
+    return verification_summary(database_path)
+
+
+def verification_summary(database_path: str | os.PathLike) -> VerificationSummary:
+    with pycolmap.Database.open(database_path) as database:
+        matched = database.num_matched_image_pairs()
+        _, geometries = database.read_two_view_geometries()
+    inliers = [len(g.inlier_matches) for g in geometries if len(g.inlier_matches) > 0]
+    return VerificationSummary(matched, len(inliers), float(np.median(inliers)) if inliers else 0.0)

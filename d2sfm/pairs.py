@@ -1,0 +1,86 @@
+"""Image pairs to match: exhaustive, from a file, sequential (video), or by global-descriptor retrieval.
+
+A pair list is a text file with one ``name0 name1`` per line, the format of hloc and of the localization
+benchmark. Pairs are unordered: (a, b) and (b, a) are the same pair and kept once, in first-seen order.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from d2sfm.errors import D2sfmError
+from d2sfm.fileutil import write_text_atomic
+
+Pair = tuple[str, str]
+
+
+def unique_pairs(pairs: Iterable[Pair]) -> list[Pair]:
+    """Drop self-pairs and repeats in either order, keeping the first occurrence."""
+    seen: set[frozenset] = set()
+    result = []
+    for a, b in pairs:
+        key = frozenset((a, b))
+        if a != b and key not in seen:
+            seen.add(key)
+            result.append((a, b))
+    return result
+
+
+def exhaustive_pairs(names: Sequence[str]) -> list[Pair]:
+    return [(names[i], names[j]) for i in range(len(names)) for j in range(i + 1, len(names))]
+
+
+def sequential_pairs(names: Sequence[str], overlap: int = 10) -> list[Pair]:
+    """Each image with the next ``overlap`` images in name order (frames of a video)."""
+    ordered = sorted(names)
+    count = len(ordered)
+    return [(ordered[i], ordered[j]) for i in range(count) for j in range(i + 1, min(i + 1 + overlap, count))]
+
+
+def retrieval_pairs(names: Sequence[str], global_descriptors: np.ndarray, top_k: int = 5) -> list[Pair]:
+    """Each image with its ``top_k`` most similar images by cosine of their global descriptors."""
+    if len(names) != len(global_descriptors):
+        raise ValueError("one global descriptor per name is needed")
+    descriptors = torch.nn.functional.normalize(torch.as_tensor(np.asarray(global_descriptors, np.float32)), dim=1)
+    similarity = descriptors @ descriptors.T
+    similarity.fill_diagonal_(float("-inf"))
+    k = min(top_k, len(names) - 1)
+    if k <= 0:
+        return []
+    neighbours = similarity.topk(k, dim=1).indices.numpy()
+    return unique_pairs((names[i], names[j]) for i in range(len(names)) for j in neighbours[i])
+
+
+def read_pairs(path: str | os.PathLike, known_names: Iterable[str] | None = None) -> list[Pair]:
+    """Parse a pair list; every name must be among ``known_names`` when given (one clear error otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise D2sfmError(f"{path}: no such pair list; pass a text file with one 'name0 name1' per line")
+    known = set(known_names) if known_names is not None else None
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) < 2:
+            raise D2sfmError(f"{path}:{number}: expected 'name0 name1', got {line!r}")
+        a, b = parts[0], parts[1]
+        if known is not None:
+            for name in (a, b):
+                if name not in known:
+                    raise D2sfmError(
+                        f"{path}:{number}: image {name!r} is not among the images (or has no features); "
+                        "fix the pair list or add the image"
+                    )
+        pairs.append((a, b))
+    return unique_pairs(pairs)
+
+
+def write_pairs(path: str | os.PathLike, pairs: Sequence[Pair]) -> None:
+    write_text_atomic(path, "".join(f"{a} {b}\n" for a, b in pairs))

@@ -1,0 +1,244 @@
+"""``python -m d2sfm.reconstruct scene/``: photos to a COLMAP model with D2-Net features.
+
+Stages, each writing under ``scene/`` and skipped on a rerun once its output is complete (``--overwrite`` redoes
+them): features.h5 (extraction), pairs.txt, matches.h5, database.db (cameras, keypoints, matches, geometric
+verification), sparse/ (mapping), dense/ (``--dense``), and stats.json with the ETH benchmark's statistics and the
+time of each stage. ``--demo`` first renders the embedded synthetic scene into ``scene/`` and finally checks the
+recovered cameras against the true ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pycolmap
+import torch
+
+from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device, run_main
+from d2sfm.database import CAMERA_MODELS, CAMERA_MODES, create_database, import_features_and_matches, verify_pairs
+from d2sfm.dense import cuda_problem, run_dense
+from d2sfm.errors import D2sfmError
+from d2sfm.extract import extract_features, file_sha256
+from d2sfm.extractor import CONV_IMPLEMENTATIONS, D2Extractor, ExtractionConfig
+from d2sfm.fileutil import atomic_path, write_text_atomic
+from d2sfm.images import list_images
+from d2sfm.io import MatchWriter, list_entries, pair_key, read_features
+from d2sfm.mapping import MAPPERS, model_statistics, read_models, run_mapping
+from d2sfm.match import match_pairs
+from d2sfm.pairs import exhaustive_pairs, read_pairs, retrieval_pairs, sequential_pairs, write_pairs
+from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
+from d2sfm.weights import resolve_weights
+
+EXHAUSTIVE_UP_TO = 100  # images; above this, --pairs auto uses retrieval
+
+
+class Stages:
+    """Runs named stages, skipping those whose output is complete, and records their times."""
+
+    def __init__(self, previous_times: dict, overwrite: bool) -> None:
+        self.times = dict(previous_times)
+        self.overwrite = overwrite
+
+    def run(self, name: str, done: bool, work) -> None:
+        if done and not self.overwrite:
+            print(f"[{name}] done earlier, skipped")
+            return
+        start = time.perf_counter()
+        work()
+        self.times[name] = round(time.perf_counter() - start, 2)
+
+
+def choose_pairs(method: str, names: list[str], features_path: Path, top_k: int, overlap: int):
+    if method == "auto":
+        method = "exhaustive" if len(names) <= EXHAUSTIVE_UP_TO else "retrieval"
+    if method == "exhaustive":
+        return exhaustive_pairs(names)
+    if method == "sequential":
+        return sequential_pairs(names, overlap)
+    if method == "retrieval":
+        descriptors = np.stack([read_features(features_path, n).global_descriptor for n in names])
+        return retrieval_pairs(names, descriptors, top_k)
+    return read_pairs(method, known_names=names)
+
+
+def print_table(stats: dict) -> None:
+    rows = [("images (readable / given)", f"{stats['images_readable']} / {stats['images_given']}"),
+            ("pairs matched / verified", f"{stats['pairs']} / {stats['verification']['verified_pairs']}")]
+    for index, model in enumerate(stats["models"]):
+        rows += [(f"model {index}: registered images", model["registered_images"]),
+                 (f"model {index}: 3D points", model["points3D"]),
+                 (f"model {index}: observations", model["observations"]),
+                 (f"model {index}: mean track length", f"{model['mean_track_length']:.2f}"),
+                 (f"model {index}: mean reprojection error (px)", f"{model['mean_reprojection_error']:.3f}")]
+    if "dense_points" in stats:
+        rows.append(("dense points", stats["dense_points"]))
+    rows += [(f"time: {stage} (s)", seconds) for stage, seconds in stats["stage_seconds"].items()]
+    width = max(len(str(label)) for label, _ in rows)
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m d2sfm.reconstruct",
+        description="Reconstruct a scene from photos with D2-Net features and pycolmap: reads scene/images/ and "
+        "writes features.h5, pairs.txt, matches.h5, database.db, sparse/, dense/ and stats.json under scene/. "
+        "Finished stages are skipped on a rerun.",
+    )
+    parser.add_argument("scene", type=Path, help="scene folder (photos in scene/images/ unless --images)")
+    parser.add_argument("--images", type=Path, default=None, help="photo folder (default: scene/images)")
+    parser.add_argument("--demo", action="store_true",
+                        help="render the embedded synthetic scene into scene/ first (no download needed) and "
+                        "check the recovered cameras against the truth at the end")
+    add_weights_argument(parser)
+    add_device_argument(parser)
+    parser.add_argument("--multiscale", action="store_true", help="multi-scale D2 features (0.5, 1, 2)")
+    parser.add_argument("--max-edge", type=int, default=1600, help="network input size limit (default 1600)")
+    parser.add_argument("--max-keypoints", type=int, default=0, help="keep the best N keypoints per image")
+    parser.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
+                        help="backbone convolutions (see d2sfm.extract --help)")
+    parser.add_argument("--pairs", default="auto",
+                        help="'exhaustive', 'sequential', 'retrieval', a pair-list file, or 'auto' (exhaustive up "
+                        f"to {EXHAUSTIVE_UP_TO} images, else retrieval)")
+    parser.add_argument("--top-k", type=int, default=20, help="retrieval: pairs per image (default 20)")
+    parser.add_argument("--overlap", type=int, default=10, help="sequential: next N images (default 10)")
+    parser.add_argument("--min-similarity", type=float, default=None, help="matching: minimum cosine similarity")
+    parser.add_argument("--ratio", type=float, default=None, help="matching: Lowe's ratio test")
+    parser.add_argument("--camera-mode", choices=list(CAMERA_MODES), default="auto",
+                        help="auto (COLMAP's: per camera and size), single, per-image, per-folder")
+    parser.add_argument("--camera-model", choices=CAMERA_MODELS, default="SIMPLE_RADIAL")
+    parser.add_argument("--mapper", choices=MAPPERS, default="incremental")
+    parser.add_argument("--min-model-size", type=int, default=3, help="smallest model kept (images)")
+    parser.add_argument("--text", action="store_true", help="write models as COLMAP text instead of binary")
+    parser.add_argument("--dense", action="store_true", help="also run MVS (needs pycolmap with CUDA)")
+    parser.add_argument("--mesh", action="store_true", help="with --dense: Poisson mesh of the fused points")
+    parser.add_argument("--overwrite", action="store_true", help="redo every stage")
+    parser.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    pycolmap.logging.minloglevel = 0 if args.verbose else 2  # 2: COLMAP errors only
+    scene: Path = args.scene
+    image_dir = args.images or scene / "images"
+    dense_problem = cuda_problem() if args.dense else None
+    if dense_problem:
+        print(f"warning: {dense_problem}")
+    if args.demo and not (scene / "ground_truth").is_dir():
+        from d2sfm.synthetic import render_scene
+
+        print(f"rendering the synthetic demo scene into {scene}")
+        render_scene(scene)
+    if not image_dir.is_dir():
+        raise D2sfmError(f"{image_dir}: no such image folder; put the photos in scene/images/ or pass --images DIR")
+    names = list_images(image_dir)
+    if len(names) < 2:
+        raise D2sfmError(f"{image_dir}: only {len(names)} image; a reconstruction needs at least two")
+    scene.mkdir(parents=True, exist_ok=True)
+    paths = {key: scene / name for key, name in [
+        ("features", "features.h5"), ("pairs", "pairs.txt"), ("matches", "matches.h5"),
+        ("database", "database.db"), ("sparse", "sparse"), ("dense", "dense"), ("stats", "stats.json")]}
+    previous = json.loads(paths["stats"].read_text()) if paths["stats"].is_file() and not args.overwrite else {}
+    if args.overwrite:
+        for key in ("features", "pairs", "matches", "database", "sparse", "dense", "stats"):
+            shutil.rmtree(paths[key]) if paths[key].is_dir() else paths[key].unlink(missing_ok=True)
+    stages = Stages(previous.get("stage_seconds", {}), overwrite=False)
+    failures: list[tuple[str, str]] = list(map(tuple, previous.get("failed_images", [])))
+    progress = not args.quiet
+
+    def extract() -> None:
+        device = resolve_device(args.device)
+        weights = resolve_weights(args.weights, progress=progress)
+        config = ExtractionConfig(scales=MULTI_SCALE if args.multiscale else SINGLE_SCALE, max_edge=args.max_edge,
+                                  max_keypoints=args.max_keypoints, conv=args.conv)
+        extractor = D2Extractor(weights, config, device)
+        settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}
+        _, failed = extract_features(image_dir, names, paths["features"], extractor, settings,
+                                     batch_size=4 if device.type == "cuda" else 1,
+                                     workers=4 if device.type == "cuda" else 1, progress=progress)
+        failures[:] = failed
+        for _, error in failed:
+            print(f"  skipped: {error}")
+
+    done_names = set(list_entries(paths["features"]))
+    stages.run("extract", all(n in done_names for n in names), extract)
+    readable = [n for n in names if n in set(list_entries(paths["features"]))]
+    if len(readable) < 2:
+        raise D2sfmError(f"{image_dir}: {len(readable)} readable image(s) of {len(names)}; need at least two")
+
+    stages.run("pairs", paths["pairs"].is_file(), lambda: write_pairs(
+        paths["pairs"], choose_pairs(args.pairs, readable, paths["features"], args.top_k, args.overlap)))
+    pairs = read_pairs(paths["pairs"], known_names=readable)
+    matched = MatchWriter(paths["matches"]).done if paths["matches"].is_file() else set()
+    all_matched = all(pair_key(a, b) in matched or pair_key(b, a) in matched for a, b in pairs)
+    stages.run("match", all_matched, lambda: match_pairs(
+        paths["features"], pairs, paths["matches"], resolve_device(args.device), args.min_similarity, args.ratio,
+        progress=progress))
+
+    verification = previous.get("verification")
+
+    def build_database() -> None:
+        nonlocal verification
+        with atomic_path(paths["database"]) as scratch:
+            ids = create_database(scratch, image_dir, readable, args.camera_mode, args.camera_model)
+            import_features_and_matches(scratch, ids, paths["features"], paths["matches"], pairs, progress)
+            verification = verify_pairs(scratch, paths["pairs"]).__dict__
+
+    stages.run("database", paths["database"].is_file() and verification is not None, build_database)
+
+    def mapping() -> None:
+        models = run_mapping(paths["database"], image_dir, paths["sparse"], args.mapper, args.min_model_size,
+                             text=args.text, progress=progress)
+        if not models:
+            raise D2sfmError(
+                f"mapping found no model of at least {args.min_model_size} images: "
+                f"{verification['verified_pairs']} of {verification['pairs']} pairs verified with a median of "
+                f"{verification['median_inliers']:.0f} inliers; try --multiscale, more pairs (--pairs exhaustive) "
+                "or more overlapping photos"
+            )
+
+    stages.run("mapping", (paths["sparse"] / "0").is_dir(), mapping)
+    models = read_models(paths["sparse"])
+    stats = {
+        "images_given": len(names), "images_readable": len(readable),
+        "failed_images": [list(f) for f in failures], "pairs": len(pairs), "verification": verification,
+        "models": [model_statistics(model) for model in models],
+    }
+    if args.dense and not dense_problem:
+        dense_result = previous.get("dense")
+
+        def dense() -> None:
+            nonlocal dense_result
+            dense_result = run_dense(paths["sparse"] / "0", image_dir, paths["dense"], mesh=args.mesh)
+
+        stages.run("dense", (paths["dense"] / "fused.ply").is_file() and dense_result is not None, dense)
+        stats["dense"] = dense_result
+        stats["dense_points"] = dense_result["dense_points"]
+    if args.demo:
+        from d2sfm.synthetic import compare_to_truth
+
+        stats["demo_check"] = compare_to_truth(models[0], scene / "ground_truth")
+    stats["stage_seconds"] = stages.times
+    write_text_atomic(paths["stats"], json.dumps(stats, indent=2))
+    print(f"wrote {scene}: {len(models)} model(s) in {paths['sparse']}, statistics in {paths['stats']}")
+    print_table(stats)
+    if args.demo:
+        check = stats["demo_check"]
+        print(f"  demo check: {check['registered']} of {len(names)} cameras registered; "
+              + (f"max rotation error {check['max_rotation_error_deg']:.3f} deg, max position error "
+                 f"{100 * check['max_position_error_rel']:.3f}% of the scene size" if check["aligned"]
+                 else "alignment to the truth failed"))
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    run_main(main)

@@ -110,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overlap", type=int, default=10, help="sequential: next N images (default 10)")
     parser.add_argument("--min-similarity", type=float, default=None, help="matching: minimum cosine similarity")
     parser.add_argument("--ratio", type=float, default=None, help="matching: Lowe's ratio test")
-    parser.add_argument("--camera-mode", choices=list(CAMERA_MODES), default="auto",
-                        help="auto (COLMAP's: per camera and size), single, per-image, per-folder")
+    parser.add_argument("--camera-mode", choices=list(CAMERA_MODES), default=None,
+                        help="auto (COLMAP's default: per camera and size), single, per-image, per-folder "
+                        "(default: auto; single with --demo, whose images come from one camera)")
     parser.add_argument("--camera-model", choices=CAMERA_MODELS, default="SIMPLE_RADIAL")
     parser.add_argument("--mapper", choices=MAPPERS, default="incremental")
     parser.add_argument("--min-model-size", type=int, default=3, help="smallest model kept (images)")
@@ -128,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     pycolmap.logging.minloglevel = 0 if args.verbose else 2  # 2: COLMAP errors only
     scene: Path = args.scene
+    camera_mode = args.camera_mode or ("single" if args.demo else "auto")
     image_dir = args.images or scene / "images"
     dense_problem = cuda_problem() if args.dense else None
     if dense_problem:
@@ -188,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def build_database() -> None:
         nonlocal verification
         with atomic_path(paths["database"]) as scratch:
-            ids = create_database(scratch, image_dir, readable, args.camera_mode, args.camera_model)
+            ids = create_database(scratch, image_dir, readable, camera_mode, args.camera_model)
             import_features_and_matches(scratch, ids, paths["features"], paths["matches"], pairs, progress)
             verification = verify_pairs(scratch, paths["pairs"]).__dict__
 

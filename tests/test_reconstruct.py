@@ -1,0 +1,78 @@
+"""``python -m d2sfm.reconstruct`` on the embedded synthetic scene (known cameras) and on bad input."""
+
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from d2sfm.synthetic import render_scene
+
+pytestmark = pytest.mark.integration
+
+
+def reconstruct(*args, weights):
+    return subprocess.run([sys.executable, "-m", "d2sfm.reconstruct", *map(str, args), "--quiet",
+                           "--weights", str(weights)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def small_scene(tmp_path_factory):
+    scene = tmp_path_factory.mktemp("courtyard")
+    render_scene(scene, count=8, width=640, height=480, focal=512.0)
+    return scene
+
+
+def test_synthetic_scene_cameras_are_recovered(small_scene, weights_path):
+    run = reconstruct(small_scene, "--demo", weights=weights_path)
+    assert run.returncode == 0, run.stderr
+    stats = json.loads((small_scene / "stats.json").read_text())
+    check = stats["demo_check"]
+    print("demo check:", check)  # rotation and position errors, for the log
+    assert check["registered"] == 8 and check["aligned"]
+    assert check["max_rotation_error_deg"] < 2.0
+    assert check["max_position_error_rel"] < 0.02
+    model = stats["models"][0]
+    assert model["registered_images"] == 8 and model["points3D"] > 300
+    assert model["mean_reprojection_error"] < 2.0 and model["mean_track_length"] > 2.5
+    for name in ("features.h5", "pairs.txt", "matches.h5", "database.db", "sparse/0/cameras.bin"):
+        assert (small_scene / name).exists(), name
+    assert "registered images" in run.stdout and "demo check: 8 of 8" in run.stdout
+
+    again = reconstruct(small_scene, "--demo", weights=weights_path)
+    assert again.returncode == 0, again.stderr
+    for stage in ("extract", "pairs", "match", "database", "mapping"):
+        assert f"[{stage}] done earlier, skipped" in again.stdout
+
+
+def test_clear_errors_for_bad_scenes(tmp_path, weights_path):
+    missing = reconstruct(tmp_path / "nowhere", weights=weights_path)
+    assert missing.returncode == 2 and "no such image folder" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+    lonely = tmp_path / "lonely"
+    (lonely / "images").mkdir(parents=True)
+    cv2.imwrite(str(lonely / "images" / "a.png"), np.full((64, 64, 3), 128, np.uint8))
+    one = reconstruct(lonely, weights=weights_path)
+    assert one.returncode == 2 and "at least two" in one.stderr
+
+    (lonely / "images" / "b.jpg").write_bytes(b"not an image")
+    unreadable = reconstruct(lonely, weights=weights_path)
+    assert unreadable.returncode == 2
+    assert "b.jpg: cannot be decoded" in unreadable.stdout + unreadable.stderr
+    assert "1 readable image(s) of 2" in unreadable.stderr
+
+
+def test_failed_mapping_says_why(tmp_path, weights_path):
+    scene = tmp_path / "unrelated"
+    (scene / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        noise = cv2.resize(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8), (320, 240),
+                           interpolation=cv2.INTER_NEAREST)
+        cv2.imwrite(str(scene / "images" / f"{index}.png"), noise)
+    run = reconstruct(scene, weights=weights_path)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "mapping found no model" in run.stderr and "pairs verified" in run.stderr

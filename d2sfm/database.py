@@ -59,6 +59,15 @@ def create_database(
     if camera_params:
         options.camera_params = camera_params
     pycolmap.import_images(database_path, image_dir, CAMERA_MODES[camera_mode], list(names), options)
+    return read_image_ids(database_path)
+
+
+def read_image_ids(database_path: str | os.PathLike) -> dict[str, int]:
+    """{image name: image id} of an existing database; pycolmap upgrades the older COLMAP schema (without rigs
+    and frames, as the localization benchmark's databases) when it opens it."""
+    database_path = Path(database_path)
+    if not database_path.is_file():
+        raise D2sfmError(f"{database_path}: no such COLMAP database; check the path")
     with pycolmap.Database.open(database_path) as database:
         return {image.name: image.image_id for image in database.read_all_images()}
 

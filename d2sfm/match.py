@@ -39,19 +39,26 @@ def mutual_nearest_neighbours(
     second_similarity = torch.full((n,), float("-inf"), device=device)
     column_best = torch.full((m,), float("-inf"), device=device)
     column_argbest = torch.zeros(m, dtype=torch.long, device=device)
+    buffer = torch.empty(min(chunk_size, n), m, device=device)  # reused: no page faults for every chunk
+    row_ids = torch.arange(min(chunk_size, n), device=device, dtype=torch.int32)[:, None]
+    no_row = torch.iinfo(torch.int32).max
     for start in range(0, n, chunk_size):
         rows = slice(start, start + chunk_size)
-        similarity = descriptors0[rows].float() @ descriptors1.T
+        chunk = descriptors0[rows].float()
+        similarity = torch.mm(chunk, descriptors1.T, out=buffer[: len(chunk)])
         if ratio is not None and m > 1:
             top = similarity.topk(2, dim=1)
             best_similarity[rows], best_in_1[rows] = top.values[:, 0], top.indices[:, 0]
             second_similarity[rows] = top.values[:, 1]
         else:
             best_similarity[rows], best_in_1[rows] = similarity.max(dim=1)
-        chunk_best, chunk_arg = similarity.max(dim=0)
+        # Column maxima with the first row reaching them (ties as torch.max), without max(dim=0) and its slow
+        # strided index search: values by amax, then the smallest row index equal to them.
+        chunk_best = similarity.amax(dim=0)
+        chunk_arg = torch.where(similarity == chunk_best, row_ids[: len(chunk)], no_row).amin(dim=0)
         better = chunk_best > column_best
         column_best = torch.where(better, chunk_best, column_best)
-        column_argbest = torch.where(better, chunk_arg + start, column_argbest)
+        column_argbest = torch.where(better, chunk_arg.long() + start, column_argbest)
     indices = torch.arange(n, device=device)
     keep = column_argbest[best_in_1] == indices
     if min_similarity is not None:

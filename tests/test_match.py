@@ -37,3 +37,16 @@ def test_similarity_and_ratio_filters():
     for i, j in ratio.tolist():
         assert distances[i, 0] < 0.8 * distances[i, 1]
     assert 0 < len(ratio) < len(matches)
+
+
+def test_ties_resolve_to_the_first_index_like_a_dense_argmax():
+    generator = torch.Generator().manual_seed(2)
+    base = F.normalize(torch.randn(50, 8, generator=generator), dim=1)
+    d0 = torch.cat([base, base[:10]])  # duplicated descriptors, as D2 yields for channel ties
+    d1 = torch.cat([base[5:], base[5:15]])
+    similarity = d0 @ d1.T
+    forward, backward = similarity.argmax(1), similarity.argmax(0)
+    expected = {(i, int(forward[i])) for i in range(len(d0)) if backward[forward[i]] == i}
+    for chunk in (3, 16, 4096):
+        got = {tuple(p) for p in mutual_nearest_neighbours(d0, d1, chunk_size=chunk)[0].tolist()}
+        assert got == expected

@@ -63,7 +63,7 @@ def original_features(images: Path, names, output: Path, weights: Path, referenc
 
 def d2_reconstruction(images: Path, names, features: Path, work: Path, seeds) -> dict:
     from d2sfm.database import create_database, import_features_and_matches, verify_pairs
-    from d2sfm.mapping import model_statistics, run_mapping
+    from d2sfm.mapping import run_mapping
     from d2sfm.match import match_pairs
     from d2sfm.pairs import exhaustive_pairs, write_pairs
 

@@ -27,13 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
-def d2sfm_features(images: Path, names, output: Path, weights: Path, scales) -> float:
+def d2sfm_features(images: Path, names, output: Path, weights: Path, scales, geometric: bool) -> float:
     from d2sfm.extract import extract_features
     from d2sfm.extractor import D2Extractor, ExtractionConfig
 
-    extractor = D2Extractor(weights, ExtractionConfig(scales=scales))
+    config = ExtractionConfig(scales=scales, geometric_centres=geometric)
+    extractor = D2Extractor(weights, config)
     start = time.perf_counter()
-    extract_features(images, names, output, extractor, {"scales": list(scales)}, progress=False)
+    extract_features(images, names, output, extractor, config.as_dict(), progress=False)
     return time.perf_counter() - start
 
 
@@ -123,7 +124,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=SHARED / "data" / "sacre_coeur" / "images")
     parser.add_argument("--weights", type=Path, default=SHARED / "weights" / "d2_hed_vgg16.pth")
     parser.add_argument("--reference", type=Path, default=None, help="local checkout of the original D2-Net")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     pycolmap.logging.minloglevel = 2
@@ -134,17 +135,20 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        variants = [("d2sfm SS", (1.0,)), ("d2sfm MS", (0.5, 1.0, 2.0))]
+        variants = [("d2sfm SS, original centres", (1.0,), False), ("d2sfm SS", (1.0,), True),
+                    ("d2sfm MS, original centres", (0.5, 1.0, 2.0), False),
+                    ("d2sfm MS (reconstruct's default)", (0.5, 1.0, 2.0), True)]
         if args.reference:
-            variants.insert(0, ("original D2-Net SS", None))
-        for label, scales in variants:
-            work = scratch / label.replace(" ", "_")
+            variants.insert(0, ("original D2-Net SS", None, False))
+        for label, scales, geometric in variants:
+            work = scratch / "".join(c if c.isalnum() else "_" for c in label)
             work.mkdir()
             if scales is None:
                 extract_seconds = original_features(args.images, names, work / "features.h5", args.weights,
                                                     args.reference)
             else:
-                extract_seconds = d2sfm_features(args.images, names, work / "features.h5", args.weights, scales)
+                extract_seconds = d2sfm_features(args.images, names, work / "features.h5", args.weights, scales,
+                                                 geometric)
             result = d2_reconstruction(args.images, names, work / "features.h5", work, args.seeds)
             result["seconds"] = {"extract": extract_seconds, **result["seconds"]}
             results[label] = result

@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="input normalisation the weights were trained with (caffe for all official D2-Net "
                         "weights: BGR minus the ImageNet means)")
     parser.add_argument("--no-relu", action="store_true", help="no ReLU after conv4_3 (the original's --no-relu)")
+    parser.add_argument("--geometric-centres", action="store_true",
+                        help="put keypoints at the true centres of their feature cells; the original is off by "
+                        "2 px per pyramid level (4, 2, 1 px at scales 0.5, 1, 2), which hurts multi-scale SfM. "
+                        "Default: the original's positions, for parity")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="backbone arithmetic on a GPU: fp32 (default, matches the original), bf16 or fp16 "
                         "(faster, less memory, slightly different keypoints)")
@@ -176,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = ExtractionConfig(
         scales=tuple(scales), max_edge=args.max_edge, max_sum_edges=args.max_sum_edges,
         preprocessing=args.preprocessing, use_relu=not args.no_relu, max_keypoints=args.max_keypoints,
-        precision=args.precision, conv=args.conv,
+        precision=args.precision, conv=args.conv, geometric_centres=args.geometric_centres,
     )
     on_gpu = device.type == "cuda"
     batch_size = args.batch_size or (4 if on_gpu else 1)

@@ -48,6 +48,7 @@ class ExtractionConfig:
     max_keypoints: int = 0  # 0: keep all
     precision: str = "fp32"
     conv: str = "exact"
+    geometric_centres: bool = False  # True: correct the original's 2-px-per-level keypoint offset (pyramid.py)
 
     def __post_init__(self) -> None:
         self.scales = tuple(float(s) for s in self.scales)
@@ -165,7 +166,8 @@ class D2Extractor:
         inputs = normalise(pixels, self.config.preprocessing)
         context = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
         with context:
-            raw = extract_pyramid(self._run_backbone, inputs, self.config.scales)
+            raw = extract_pyramid(self._run_backbone, inputs, self.config.scales,
+                                  geometric_centres=self.config.geometric_centres)
         height, width = resized[0].shape[:2]
         return [self._to_features(r, height, width, size) for r, size in zip(raw, original_sizes)]
 

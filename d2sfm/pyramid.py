@@ -30,11 +30,18 @@ class RawFeatures:
     global_descriptor: torch.Tensor  # (C,), L2-normalised GeM pooling of the fused map, for image retrieval
 
 
-def _upscale_to_input(position: torch.Tensor) -> torch.Tensor:
+# The original maps feature cell k to pixel 4k + 1.5 (two 2x2 poolings). The test-time network's 2x2 average
+# pooling with stride 1 (in place of pool3) moves every cell half a stride-4 cell further: its true centre is
+# 4k + 3.5. Ignoring it shifts keypoints by 2 px at each pyramid level's resolution, i.e. 4, 2 and 1 px at scales
+# 0.5, 1 and 2, so multi-scale tracks mix inconsistent positions. ``geometric_centres`` corrects it.
+AVG_POOL_SHIFT = 2.0
+
+
+def _upscale_to_input(position: torch.Tensor, geometric_centres: bool) -> torch.Tensor:
     """Feature-map (i, j) -> level-image (i, j); two x2 steps as the original's ``upscale_positions``."""
     for _ in range(2):
         position = position * 2 + 0.5
-    return position
+    return position + AVG_POOL_SHIFT if geometric_centres else position
 
 
 def gem_pool(features: torch.Tensor, power: float = 3.0) -> torch.Tensor:
@@ -49,10 +56,12 @@ def extract_pyramid(
     images: torch.Tensor,
     scales: Sequence[float] = SINGLE_SCALE,
     edge_threshold: float = EDGE_THRESHOLD,
+    geometric_centres: bool = False,
 ) -> list[RawFeatures]:
     """Run D2 on a batch of same-size preprocessed images (B, 3, H, W); one RawFeatures per image.
 
     ``backbone`` maps images to float32 dense features (B, C, H/4, W/4) (see ``model.D2Net.test_time_layers``).
+    ``geometric_centres`` places keypoints at their cells' true centres instead of the original's (see above).
     """
     batch, _, height, width = images.shape
     per_image: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in range(batch)]
@@ -75,7 +84,7 @@ def extract_pyramid(
         found = detect_level(features, banned, edge_threshold)
         banned = found.detected_cells if banned is None else banned | found.detected_cells
 
-        position = _upscale_to_input(found.position)
+        position = _upscale_to_input(found.position, geometric_centres)
         position[:, 0] *= height / level_height
         position[:, 1] *= width / level_width
         level_scale = torch.full_like(position[:, :1], 1.0) * 1 / scale

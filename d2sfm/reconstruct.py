@@ -41,12 +41,11 @@ EXHAUSTIVE_UP_TO = 100  # images; above this, --pairs auto uses retrieval
 class Stages:
     """Runs named stages, skipping those whose output is complete, and records their times."""
 
-    def __init__(self, previous_times: dict, overwrite: bool) -> None:
+    def __init__(self, previous_times: dict) -> None:
         self.times = dict(previous_times)
-        self.overwrite = overwrite
 
     def run(self, name: str, done: bool, work) -> None:
-        if done and not self.overwrite:
+        if done:
             print(f"[{name}] done earlier, skipped")
             return
         start = time.perf_counter()
@@ -98,7 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "check the recovered cameras against the truth at the end")
     add_weights_argument(parser)
     add_device_argument(parser)
-    parser.add_argument("--multiscale", action="store_true", help="multi-scale D2 features (0.5, 1, 2)")
+    parser.add_argument("--single-scale", action="store_true",
+                        help="single-scale D2 features (default: multi-scale 0.5, 1, 2, which registers far more "
+                        "reliably; see docs/benchmarks.md)")
+    parser.add_argument("--original-centres", action="store_true",
+                        help="keep the original D2-Net keypoint positions (default: corrected cell centres)")
     parser.add_argument("--max-edge", type=int, default=1600, help="network input size limit (default 1600)")
     parser.add_argument("--max-keypoints", type=int, default=0, help="keep the best N keypoints per image")
     parser.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
@@ -152,15 +155,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.overwrite:
         for key in ("features", "pairs", "matches", "database", "sparse", "dense", "stats"):
             shutil.rmtree(paths[key]) if paths[key].is_dir() else paths[key].unlink(missing_ok=True)
-    stages = Stages(previous.get("stage_seconds", {}), overwrite=False)
+    stages = Stages(previous.get("stage_seconds", {}))
     failures: list[tuple[str, str]] = list(map(tuple, previous.get("failed_images", [])))
     progress = not args.quiet
 
     def extract() -> None:
         device = resolve_device(args.device)
         weights = resolve_weights(args.weights, progress=progress)
-        config = ExtractionConfig(scales=MULTI_SCALE if args.multiscale else SINGLE_SCALE, max_edge=args.max_edge,
-                                  max_keypoints=args.max_keypoints, conv=args.conv)
+        config = ExtractionConfig(scales=SINGLE_SCALE if args.single_scale else MULTI_SCALE, max_edge=args.max_edge,
+                                  max_keypoints=args.max_keypoints, conv=args.conv,
+                                  geometric_centres=not args.original_centres)
         extractor = D2Extractor(weights, config, device)
         settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}
         _, failed = extract_features(image_dir, names, paths["features"], extractor, settings,
@@ -203,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise D2sfmError(
                 f"mapping found no model of at least {args.min_model_size} images: "
                 f"{verification['verified_pairs']} of {verification['pairs']} pairs verified with a median of "
-                f"{verification['median_inliers']:.0f} inliers; try --multiscale, more pairs (--pairs exhaustive) "
+                f"{verification['median_inliers']:.0f} inliers; try more pairs (--pairs exhaustive) "
                 "or more overlapping photos"
             )
 

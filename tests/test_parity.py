@@ -62,3 +62,15 @@ def test_winograd_extraction_is_nearly_the_original(extractors, reference_dir, n
     matched = result["matched"]
     assert result["score_error"][matched].max() <= 1e-4
     assert result["cosine"][matched].min() >= 0.999
+
+
+def test_geometric_centres_shift_each_level_by_its_pooling_offset(weights_path, reference_dir):
+    """The only difference of --geometric-centres: +2 px at every level's resolution, i.e. 2 x scale here."""
+    image = read_image_bgr(reference_dir / f"{REFERENCE_IMAGES[0]}.png")
+    results = [D2Extractor(weights_path, ExtractionConfig(scales=MULTI_SCALE, max_edge=320, geometric_centres=g))
+               .extract(image) for g in (False, True)]
+    original, geometric = results
+    assert np.array_equal(original.scales, geometric.scales) and len(original.scales) > 100
+    assert set(np.unique(original.scales).round(3)) == {1.0, 2.0, 4.0}  # 0.5x resize: pyramid scales x2
+    assert np.allclose(geometric.keypoints - original.keypoints, 2.0 * original.scales[:, None], atol=1e-3)
+    assert np.array_equal(geometric.descriptors, original.descriptors)

@@ -6,6 +6,7 @@ import sys
 
 import cv2
 import numpy as np
+import pycolmap
 import pytest
 
 from d2sfm.synthetic import render_scene
@@ -14,8 +15,9 @@ pytestmark = pytest.mark.integration
 
 
 def reconstruct(*args, weights):
-    return subprocess.run([sys.executable, "-m", "d2sfm.reconstruct", *map(str, args), "--quiet",
-                           "--weights", str(weights)], capture_output=True, text=True)
+    """The command with its defaults (multi-scale, corrected centres); Winograd convolutions keep CI fast."""
+    return subprocess.run([sys.executable, "-m", "d2sfm.reconstruct", *map(str, args), "--quiet", "--conv",
+                           "winograd", "--weights", str(weights)], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,15 @@ def test_synthetic_scene_cameras_are_recovered(small_scene, weights_path):
     assert again.returncode == 0, again.stderr
     for stage in ("extract", "pairs", "match", "database", "mapping"):
         assert f"[{stage}] done earlier, skipped" in again.stdout
+
+    dense = reconstruct(small_scene, "--demo", "--dense", weights=weights_path)
+    assert dense.returncode == 0, dense.stderr
+    if pycolmap.has_cuda:
+        assert json.loads((small_scene / "stats.json").read_text())["dense_points"] > 1000
+    else:  # said in one line, before any work, and the sparse result is kept
+        first_line = dense.stdout.splitlines()[0]
+        assert first_line.startswith("warning: dense reconstruction needs pycolmap with CUDA")
+        assert (small_scene / "sparse" / "0" / "images.bin").exists()
 
 
 def test_clear_errors_for_bad_scenes(tmp_path, weights_path):

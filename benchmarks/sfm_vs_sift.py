@@ -3,11 +3,13 @@
     python benchmarks/sfm_vs_sift.py                                   # ../shared/data/sacre_coeur, HED weights
     python benchmarks/sfm_vs_sift.py --reference /path/to/d2-net       # adds the original D2-Net code + MNN
 
-All pipelines use exhaustive pairs, pycolmap's geometric verification and incremental mapper with default
-options, and the same camera set-up (COLMAP's automatic cameras from EXIF). The "original" row extracts with the
+All pipelines use exhaustive pairs, pycolmap's geometric verification and incremental mapper, and the same
+camera set-up (COLMAP's automatic cameras from EXIF). The "original" row extracts with the
 original D2-Net code (imported at run time from --reference, never part of this repository) and imports its
 keypoints as the original pipeline does (x = column, y = row, without the half-pixel shift to COLMAP's
-convention). ``--seeds`` repeats the mapping with several random seeds, since the mapper is randomised.
+convention). ``--seeds`` repeats the mapping with several random seeds, since the mapper is randomised. d2sfm's
+features are mapped twice: with COLMAP's registration thresholds (30 inliers, ratio 0.25) and with d2sfm's
+(d2sfm.mapping: 15, 0.1); the original and SIFT with COLMAP's.
 """
 
 from __future__ import annotations
@@ -62,7 +64,10 @@ def original_features(images: Path, names, output: Path, weights: Path, referenc
     return time.perf_counter() - start
 
 
-def d2_reconstruction(images: Path, names, features: Path, work: Path, seeds) -> dict:
+COLMAP_REGISTRATION = {"abs_pose_min_inliers": 30, "abs_pose_min_inlier_ratio": 0.25}  # pycolmap's defaults
+
+
+def d2_reconstruction(images: Path, names, features: Path, work: Path, seeds, registration: dict) -> dict:
     from d2sfm.database import create_database, import_features_and_matches, verify_pairs
     from d2sfm.mapping import run_mapping
     from d2sfm.match import match_pairs
@@ -81,28 +86,25 @@ def d2_reconstruction(images: Path, names, features: Path, work: Path, seeds) ->
     runs = []
     for seed in seeds:
         start = time.perf_counter()
-        models = run_mapping(work / "database.db", images, work / f"sparse_{seed}", seed=seed, progress=False)
+        models = run_mapping(work / "database.db", images, work / f"sparse_{seed}", seed=seed, progress=False,
+                             **registration)
         runs.append((models, time.perf_counter() - start))
     return summarise(runs, {"match": match_seconds, "verify": verify_seconds}, verification.describe())
 
 
 def sift_reconstruction(images: Path, names, work: Path, seeds) -> dict:
-    database = work / "database.db"
-    pycolmap.Database.open(database).close()
-    start = time.perf_counter()
-    pycolmap.extract_features(database, images, list(names), camera_mode=pycolmap.CameraMode.AUTO,
-                              device=pycolmap.Device.cpu)
-    extract_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    pycolmap.match_exhaustive(database, device=pycolmap.Device.cpu)
-    match_seconds = time.perf_counter() - start
     from d2sfm.database import verification_summary
     from d2sfm.mapping import run_mapping
+    from d2sfm.sift_baseline import sift_database
+
+    database = work / "database.db"
+    extract_seconds, match_seconds = sift_database(database, images, names)
 
     runs = []
     for seed in seeds:
         start = time.perf_counter()
-        models = run_mapping(database, images, work / f"sparse_{seed}", seed=seed, progress=False)
+        models = run_mapping(database, images, work / f"sparse_{seed}", seed=seed, progress=False,
+                             **COLMAP_REGISTRATION)
         runs.append((models, time.perf_counter() - start))
     return summarise(runs, {"extract": extract_seconds, "match+verify": match_seconds},
                      verification_summary(database).describe())
@@ -124,6 +126,8 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=SHARED / "data" / "sacre_coeur" / "images")
     parser.add_argument("--weights", type=Path, default=SHARED / "weights" / "d2_hed_vgg16.pth")
     parser.add_argument("--reference", type=Path, default=None, help="local checkout of the original D2-Net")
+    parser.add_argument("--original-centres", action="store_true",
+                        help="also run d2sfm with the original keypoint positions")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -135,9 +139,10 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
-        variants = [("d2sfm SS, original centres", (1.0,), False), ("d2sfm SS", (1.0,), True),
-                    ("d2sfm MS, original centres", (0.5, 1.0, 2.0), False),
-                    ("d2sfm MS (reconstruct's default)", (0.5, 1.0, 2.0), True)]
+        variants = [("d2sfm SS", (1.0,), True), ("d2sfm MS", (0.5, 1.0, 2.0), True)]
+        if args.original_centres:
+            variants += [("d2sfm SS, original centres", (1.0,), False),
+                         ("d2sfm MS, original centres", (0.5, 1.0, 2.0), False)]
         if args.reference:
             variants.insert(0, ("original D2-Net SS", None, False))
         for label, scales, geometric in variants:
@@ -149,10 +154,14 @@ def main() -> None:
             else:
                 extract_seconds = d2sfm_features(args.images, names, work / "features.h5", args.weights, scales,
                                                  geometric)
-            result = d2_reconstruction(args.images, names, work / "features.h5", work, args.seeds)
-            result["seconds"] = {"extract": extract_seconds, **result["seconds"]}
-            results[label] = result
-            print(f"  {label}: {result['models_per_seed']}", file=sys.stderr)
+            settings = [("COLMAP's registration thresholds", COLMAP_REGISTRATION)]
+            if scales is not None:
+                settings.append(("d2sfm's", {}))
+            for setting, registration in settings:
+                result = d2_reconstruction(args.images, names, work / "features.h5", work, args.seeds, registration)
+                result["seconds"] = {"extract": extract_seconds, **result["seconds"]}
+                results[f"{label}, {setting} mapper" if scales is not None else label] = result
+                print(f"  {label} ({setting}): {result['models_per_seed']}", file=sys.stderr)
         work = scratch / "sift"
         work.mkdir()
         results["COLMAP SIFT"] = sift_reconstruction(args.images, names, work, args.seeds)

@@ -8,10 +8,12 @@ COLMAP's convention and go in unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pycolmap
@@ -63,13 +65,20 @@ def create_database(
 
 
 def read_image_ids(database_path: str | os.PathLike) -> dict[str, int]:
-    """{image name: image id} of an existing database; pycolmap upgrades the older COLMAP schema (without rigs
-    and frames, as the localization benchmark's databases) when it opens it."""
+    """{image name: image id} of an existing database of either COLMAP schema.
+
+    Read with sqlite in read-only, immutable mode: opening a database with pycolmap upgrades an older schema (as
+    the localization benchmark's) in place, and a user's benchmark file must never change under them.
+    """
     database_path = Path(database_path)
     if not database_path.is_file():
         raise D2sfmError(f"{database_path}: no such COLMAP database; check the path")
-    with pycolmap.Database.open(database_path) as database:
-        return {image.name: image.image_id for image in database.read_all_images()}
+    uri = f"{database_path.resolve().as_uri()}?mode=ro&immutable=1"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+            return {name: image_id for name, image_id in connection.execute("SELECT name, image_id FROM images")}
+    except sqlite3.DatabaseError as error:
+        raise D2sfmError(f"{database_path}: not a COLMAP database ({error})") from None
 
 
 def import_features_and_matches(

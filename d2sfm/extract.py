@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,12 @@ from d2sfm.checkpoint import load_model
 from d2sfm.errors import D2sfmError
 from d2sfm.keypoints import network_ij_to_colmap_xy
 from d2sfm.model import (
-    CAFFE_BGR_MEAN, PREPROCESSINGS, TORCH_RGB_MEAN, TORCH_RGB_STD, onednn_layers, winograd_layers,
+    CAFFE_BGR_MEAN,
+    PREPROCESSINGS,
+    TORCH_RGB_MEAN,
+    TORCH_RGB_STD,
+    onednn_layers,
+    winograd_layers,
 )
 from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE, extract_pyramid
 
@@ -64,7 +69,7 @@ class ExtractionConfig:
             raise D2sfmError("max_edge must be >= 16 and max_sum_edges >= 32")
 
     @classmethod
-    def multiscale(cls, **kwargs) -> "ExtractionConfig":
+    def multiscale(cls, **kwargs) -> ExtractionConfig:
         return cls(scales=MULTI_SCALE, **kwargs)
 
     def as_dict(self) -> dict:

@@ -17,8 +17,8 @@ import json
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import h5py
 import numpy as np

@@ -13,11 +13,18 @@ from tqdm import tqdm
 from d2sfm.errors import D2sfmError
 
 MAPPERS = ("incremental", "global")
+# Registration of a new image needs this many 2D-3D inliers and this inlier ratio. COLMAP's defaults (30, 0.25)
+# suit SIFT; D2 features give fewer, less precisely placed matches per pair (Sacre Coeur: a median of ~120 inliers
+# per verified pair multi-scale against ~145 for SIFT, ~55 single-scale), and with COLMAP's values the mapper
+# leaves images out or splits the scene depending on the random seed (docs/benchmarks.md, "SfM on real photos").
+D2_ABS_POSE_MIN_INLIERS = 15
+D2_ABS_POSE_MIN_INLIER_RATIO = 0.1
 
 
 def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, output_dir: str | os.PathLike,
                 mapper: str = "incremental", min_model_size: int = 3, seed: int = 0,
-                text: bool = False, progress: bool = True) -> list[pycolmap.Reconstruction]:
+                text: bool = False, progress: bool = True, abs_pose_min_inliers: int = D2_ABS_POSE_MIN_INLIERS,
+                abs_pose_min_inlier_ratio: float = D2_ABS_POSE_MIN_INLIER_RATIO) -> list[pycolmap.Reconstruction]:
     """Map, then write the models as ``output_dir/0``, ``1``, ... largest first (binary, or text with
     ``text``). The folder appears only once everything is written, so a half-written model never exists."""
     output_dir = Path(output_dir)
@@ -28,6 +35,8 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
         options = pycolmap.IncrementalPipelineOptions()
         options.min_model_size = min_model_size
         options.random_seed = seed
+        options.mapper.abs_pose_min_num_inliers = abs_pose_min_inliers
+        options.mapper.abs_pose_min_inlier_ratio = abs_pose_min_inlier_ratio
         with pycolmap.Database.open(database_path) as database:
             total = database.num_images()
         with tqdm(total=total, desc="mapping (images registered)", unit="img", disable=not progress) as bar:

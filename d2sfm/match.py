@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

@@ -14,8 +14,8 @@ import copy
 import warnings
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 # (kind, in_channels, out_channels) of torchvision's vgg16().features[:23], conv1_1 .. conv4_3.
 _VGG16_TO_CONV4_3 = [

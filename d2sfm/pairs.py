@@ -7,8 +7,8 @@ benchmark. Pairs are unordered: (a, b) and (b, a) are the same pair and kept onc
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch

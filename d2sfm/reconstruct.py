@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pycolmap
@@ -24,33 +23,23 @@ from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device,
 from d2sfm.database import CAMERA_MODELS, CAMERA_MODES, create_database, import_features_and_matches, verify_pairs
 from d2sfm.dense import cuda_problem, run_dense
 from d2sfm.errors import D2sfmError
-from d2sfm.extract import extract_features, file_sha256
-from d2sfm.extractor import CONV_IMPLEMENTATIONS, D2Extractor, ExtractionConfig
 from d2sfm.fileutil import atomic_path, write_text_atomic
 from d2sfm.images import list_images
 from d2sfm.io import MatchWriter, list_entries, pair_key, read_features
-from d2sfm.mapping import MAPPERS, model_statistics, read_models, run_mapping
+from d2sfm.mapping import (
+    D2_ABS_POSE_MIN_INLIER_RATIO,
+    D2_ABS_POSE_MIN_INLIERS,
+    MAPPERS,
+    model_statistics,
+    read_models,
+    run_mapping,
+)
 from d2sfm.match import match_pairs
 from d2sfm.pairs import exhaustive_pairs, read_pairs, retrieval_pairs, sequential_pairs, write_pairs
-from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
-from d2sfm.weights import resolve_weights
+from d2sfm.pipeline_features import add_feature_arguments, extract_missing
+from d2sfm.stages import Stages
 
 EXHAUSTIVE_UP_TO = 100  # images; above this, --pairs auto uses retrieval
-
-
-class Stages:
-    """Runs named stages, skipping those whose output is complete, and records their times."""
-
-    def __init__(self, previous_times: dict) -> None:
-        self.times = dict(previous_times)
-
-    def run(self, name: str, done: bool, work) -> None:
-        if done:
-            print(f"[{name}] done earlier, skipped")
-            return
-        start = time.perf_counter()
-        work()
-        self.times[name] = round(time.perf_counter() - start, 2)
 
 
 def choose_pairs(method: str, names: list[str], features_path: Path, top_k: int, overlap: int):
@@ -97,15 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "check the recovered cameras against the truth at the end")
     add_weights_argument(parser)
     add_device_argument(parser)
-    parser.add_argument("--single-scale", action="store_true",
-                        help="single-scale D2 features (default: multi-scale 0.5, 1, 2, which registers far more "
-                        "reliably; see docs/benchmarks.md)")
-    parser.add_argument("--original-centres", action="store_true",
-                        help="keep the original D2-Net keypoint positions (default: corrected cell centres)")
-    parser.add_argument("--max-edge", type=int, default=1600, help="network input size limit (default 1600)")
-    parser.add_argument("--max-keypoints", type=int, default=0, help="keep the best N keypoints per image")
-    parser.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
-                        help="backbone convolutions (see d2sfm.extract --help)")
+    add_feature_arguments(parser)
     parser.add_argument("--pairs", default="auto",
                         help="'exhaustive', 'sequential', 'retrieval', a pair-list file, or 'auto' (exhaustive up "
                         f"to {EXHAUSTIVE_UP_TO} images, else retrieval)")
@@ -118,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: auto; single with --demo, whose images come from one camera)")
     parser.add_argument("--camera-model", choices=CAMERA_MODELS, default="SIMPLE_RADIAL")
     parser.add_argument("--mapper", choices=MAPPERS, default="incremental")
+    parser.add_argument("--abs-pose-min-inliers", type=int, default=D2_ABS_POSE_MIN_INLIERS,
+                        help=f"inliers needed to register an image (default {D2_ABS_POSE_MIN_INLIERS}; COLMAP's "
+                        "default 30 leaves D2 images out, see docs/benchmarks.md)")
+    parser.add_argument("--abs-pose-min-inlier-ratio", type=float, default=D2_ABS_POSE_MIN_INLIER_RATIO,
+                        help=f"inlier ratio needed to register an image (default {D2_ABS_POSE_MIN_INLIER_RATIO}; "
+                        "COLMAP's 0.25)")
     parser.add_argument("--min-model-size", type=int, default=3, help="smallest model kept (images)")
     parser.add_argument("--text", action="store_true", help="write models as COLMAP text instead of binary")
     parser.add_argument("--dense", action="store_true", help="also run MVS (needs pycolmap with CUDA)")
@@ -160,18 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = not args.quiet
 
     def extract() -> None:
-        device = resolve_device(args.device)
-        weights = resolve_weights(args.weights, progress=progress)
-        config = ExtractionConfig(scales=SINGLE_SCALE if args.single_scale else MULTI_SCALE, max_edge=args.max_edge,
-                                  max_keypoints=args.max_keypoints, conv=args.conv,
-                                  geometric_centres=not args.original_centres)
-        extractor = D2Extractor(weights, config, device)
-        settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}
-        _, failed = extract_features(image_dir, names, paths["features"], extractor, settings,
-                                     batch_size=4 if device.type == "cuda" else 1,
-                                     workers=4 if device.type == "cuda" else 1, progress=progress)
-        failures[:] = failed
-        for _, error in failed:
+        failures[:] = extract_missing(args, image_dir, names, paths["features"], progress)
+        for _, error in failures:
             print(f"  skipped: {error}")
 
     done_names = set(list_entries(paths["features"]))
@@ -202,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def mapping() -> None:
         models = run_mapping(paths["database"], image_dir, paths["sparse"], args.mapper, args.min_model_size,
-                             text=args.text, progress=progress)
+                             text=args.text, progress=progress, abs_pose_min_inliers=args.abs_pose_min_inliers,
+                             abs_pose_min_inlier_ratio=args.abs_pose_min_inlier_ratio)
         if not models:
             raise D2sfmError(
                 f"mapping found no model of at least {args.min_model_size} images: "

@@ -7,8 +7,8 @@ nearest neighbours and draws the matches side by side (plus each image's keypoin
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np

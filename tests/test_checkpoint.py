@@ -81,8 +81,8 @@ def test_command_line_reports_a_bad_weights_file_in_one_line(tmp_path):
     (tmp_path / "images").mkdir()
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"\x00" * 100)
-    import numpy as np
     import cv2
+    import numpy as np
     cv2.imwrite(str(tmp_path / "images" / "a.png"), np.zeros((32, 32, 3), np.uint8))
     result = subprocess.run(
         [sys.executable, "-m", "d2sfm.extract", str(tmp_path / "images"), "--weights", str(bad),

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from conftest import REFERENCE_IMAGES
 from scipy.spatial import cKDTree
 
-from conftest import REFERENCE_IMAGES
 from d2sfm.extractor import D2Extractor, ExtractionConfig
 from d2sfm.images import read_image_bgr
 from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE

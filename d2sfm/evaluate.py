@@ -1,0 +1,48 @@
+"""``python -m d2sfm.evaluate``: scores in the benchmarks' protocols.
+
+``poses``: localization recall at (position, rotation) thresholds and median errors of a pose file against a
+ground truth, both in the ``name qw qx qy qz tx ty tz`` format of the benchmark's submissions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from d2sfm.cli import run_main
+from d2sfm.fileutil import write_text_atomic
+from d2sfm.pose_scores import THRESHOLD_PRESETS, parse_thresholds, score_poses
+from d2sfm.poses import read_poses
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m d2sfm.evaluate", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    poses = commands.add_parser(
+        "poses", help="localization recall at thresholds",
+        description="Percentage of ground-truth queries whose predicted pose is within each (metres, degrees) "
+        "pair, and the median position and rotation errors. Queries missing from the prediction count as failures.")
+    poses.add_argument("--gt", type=Path, required=True, help="ground-truth pose file (name qw qx qy qz tx ty tz)")
+    poses.add_argument("--pred", type=Path, required=True, help="predicted pose file, same format")
+    poses.add_argument("--thresholds", default="aachen",
+                       help=f"a preset ({', '.join(f'{k} = {v}' for k, v in THRESHOLD_PRESETS.items())}) or "
+                       "'metres,degrees;...' (default: aachen)")
+    poses.add_argument("--json", type=Path, default=None, help="also write the scores and per-query errors here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "poses":
+        scores = score_poses(read_poses(args.gt), read_poses(args.pred), parse_thresholds(args.thresholds))
+        print(scores.table())
+        if args.json:
+            write_text_atomic(args.json, json.dumps(scores.as_dict(), indent=2))
+            print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,55 @@
+"""``python -m d2sfm.localize aachen|inloc --dataset DIR``: localize a benchmark's queries with D2 features and
+write its submission file (and score it when the dataset folder holds a ground truth).
+
+The benchmark-specific steps live in ``pipelines/`` (one module per benchmark); this command parses the options
+they share and hands over. Every stage writes under ``--output`` and is skipped on a rerun once complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import pycolmap
+import torch
+
+from d2sfm.cli import add_device_argument, add_weights_argument, run_main
+from d2sfm.pipeline_features import add_feature_arguments
+
+
+def _benchmarks():
+    from pipelines import aachen, inloc
+
+    return {"aachen": aachen, "inloc": inloc}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m d2sfm.localize", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="benchmark", required=True)
+    for name, module in _benchmarks().items():
+        sub = commands.add_parser(name, help=module.__doc__.split("\n")[0], description=module.__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("--dataset", type=Path, required=True,
+                         help=f"the dataset folder (layout: datasets/{name}.md)")
+        sub.add_argument("--output", type=Path, default=None,
+                         help=f"working and result folder (default outputs/{name}...)")
+        module.add_arguments(sub)
+        add_weights_argument(sub)
+        add_device_argument(sub)
+        add_feature_arguments(sub)
+        sub.add_argument("--overwrite", action="store_true", help="delete --output first and redo every stage")
+        sub.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    pycolmap.logging.minloglevel = 0 if args.verbose else 2
+    return _benchmarks()[args.benchmark].run(args)
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    run_main(main)

@@ -1,0 +1,37 @@
+"""COLMAP's own SIFT pipeline through pycolmap (CPU): the classical baseline the benchmarks compare D2 against,
+and the source of reference poses for real photos."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pycolmap
+
+from d2sfm.mapping import run_mapping
+
+
+def sift_database(database_path: str | os.PathLike, image_dir: str | os.PathLike,
+                  names: Sequence[str]) -> tuple[float, float]:
+    """SIFT features, exhaustive matching and geometric verification into a new database; returns the seconds
+    of extraction and of matching with verification."""
+    database_path = Path(database_path)
+    database_path.unlink(missing_ok=True)
+    pycolmap.Database.open(database_path).close()
+    start = time.perf_counter()
+    pycolmap.extract_features(database_path, image_dir, list(names), camera_mode=pycolmap.CameraMode.AUTO,
+                              device=pycolmap.Device.cpu)
+    middle = time.perf_counter()
+    pycolmap.match_exhaustive(database_path, device=pycolmap.Device.cpu)
+    return middle - start, time.perf_counter() - middle
+
+
+def sift_reconstruction(image_dir: str | os.PathLike, names: Sequence[str], work_dir: str | os.PathLike,
+                        seed: int = 0) -> list[pycolmap.Reconstruction]:
+    """Models of the SIFT pipeline, largest first (written to ``work_dir/sparse``)."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    sift_database(work_dir / "database.db", image_dir, names)
+    return run_mapping(work_dir / "database.db", image_dir, work_dir / "sparse", seed=seed, progress=False)

@@ -1,0 +1,36 @@
+"""Triangulation at fixed poses and intrinsics (COLMAP's ``point_triangulator`` with every refinement of the
+cameras off), as the localization benchmark builds its database model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pycolmap
+
+
+def fixed_camera_options() -> pycolmap.IncrementalPipelineOptions:
+    """The benchmark's ``--Mapper.ba_refine_focal_length 0 --Mapper.ba_refine_principal_point 0
+    --Mapper.ba_refine_extra_params 0``."""
+    options = pycolmap.IncrementalPipelineOptions()
+    options.ba_refine_focal_length = False
+    options.ba_refine_principal_point = False
+    options.ba_refine_extra_params = False
+    return options
+
+
+def triangulate_fixed(reference: pycolmap.Reconstruction, database_path: str | os.PathLike,
+                      image_dir: str | os.PathLike, output_dir: str | os.PathLike) -> pycolmap.Reconstruction:
+    """Triangulate the database's verified matches into ``reference`` (poses and intrinsics kept); the binary
+    model appears in ``output_dir`` only once complete."""
+    output_dir = Path(output_dir)
+    scratch = output_dir.with_name(output_dir.name + ".part")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    model = pycolmap.triangulate_points(reference, database_path, image_dir, scratch, clear_points=True,
+                                        options=fixed_camera_options(), refine_intrinsics=False)
+    if output_dir.exists():
+        shutil.rmtree(output_dir)
+    os.replace(scratch, output_dir)
+    return model

@@ -1,0 +1,160 @@
+"""``python -m d2sfm.localize aachen`` on miniature datasets in the benchmark's exact on-disk formats.
+
+Two scenes with known truth: the embedded synthetic courtyard (3 of 10 views held out as queries) and the shared
+Sacre Coeur photos, posed by a COLMAP SIFT reconstruction of all ten and scaled to metres, with the three
+best-covered photos held out. Queries are made night-like (darker, colour cast, noise) as Aachen's are.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pycolmap
+import pytest
+
+from d2sfm.database import read_image_ids
+from d2sfm.images import list_images
+from d2sfm.pairs import read_pairs
+from d2sfm.poses import read_poses
+from d2sfm.reference_model import read_intrinsics, read_nvm_poses
+from d2sfm.sift_baseline import sift_reconstruction
+from d2sfm.synthetic import render_scene
+from pipelines.mini_datasets import as_aachen, metric_scale, posed_images_from_model, write_mini_aachen
+
+pytestmark = pytest.mark.integration
+
+
+def localize(dataset: Path, output: Path, weights: Path, *extra) -> subprocess.CompletedProcess:
+    """Single scale and Winograd convolutions keep CI fast; the command's defaults are multi-scale and exact."""
+    return subprocess.run([sys.executable, "-m", "d2sfm.localize", "aachen", "--dataset", str(dataset), "--output",
+                           str(output), "--weights", str(weights), "--single-scale", "--conv", "winograd", "--quiet",
+                           *map(str, extra)], capture_output=True, text=True)
+
+
+def summary(output: Path) -> dict:
+    return json.loads((output / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def courtyard_aachen(tmp_path_factory) -> Path:
+    source = tmp_path_factory.mktemp("courtyard")
+    render_scene(source, count=10, width=640, height=480, focal=512.0)
+    truth = pycolmap.Reconstruction(source / "ground_truth")
+    images = posed_images_from_model(truth, source / "images")
+    database, queries = as_aachen(images, ["view_03.png", "view_06.png", "view_09.png"])
+    return write_mini_aachen(tmp_path_factory.mktemp("aachen_courtyard"), database, queries)
+
+
+@pytest.fixture(scope="module")
+def courtyard_run(courtyard_aachen, weights_path, tmp_path_factory):
+    output = tmp_path_factory.mktemp("run") / "out"
+    first = localize(courtyard_aachen, output, weights_path)
+    assert first.returncode == 0, first.stderr
+    return output, first
+
+
+def test_written_formats_parse_back(courtyard_aachen):
+    nvm = read_nvm_poses(courtyard_aachen / "3D-models" / "aachen_cvpr2018_db.nvm")
+    intrinsics = read_intrinsics(courtyard_aachen / "3D-models" / "database_intrinsics.txt")
+    assert sorted(nvm) == sorted(intrinsics) and len(nvm) == 7
+    queries = read_intrinsics(courtyard_aachen / "queries" / "night_time_queries_with_intrinsics.txt")
+    assert all(name.startswith("query/night/nexus5x/") for name in queries) and len(queries) == 3
+    assert set(read_image_ids(courtyard_aachen / "database.db")) == set(nvm) | set(queries)
+
+
+def test_courtyard_queries_are_localized(courtyard_run, courtyard_aachen):
+    output, run = courtyard_run
+    result = summary(output)
+    print(run.stdout)
+    assert result["localized"] == 3 and not result["failed"]
+    assert result["scores"]["recall_percent"] == [100.0] * 4  # all within (0.5 m, 2 deg)
+    submitted = read_poses(output / "Aachen_eval_[d2sfm].txt")
+    assert sorted(submitted) == sorted(read_poses(courtyard_aachen / "query_ground_truth.txt"))
+    for entry in result["per_query"]:
+        assert entry["inliers"] >= 30 and entry["matches"] >= entry["inliers"]
+    # the database model keeps the benchmark's poses: triangulation does not move the cameras
+    nvm = read_nvm_poses(courtyard_aachen / "3D-models" / "aachen_cvpr2018_db.nvm")
+    model = pycolmap.Reconstruction(output / "sparse-final")
+    for image in model.images.values():
+        if image.name in nvm:
+            assert abs(image.cam_from_world().translation - nvm[image.name].tvec).max() < 1e-9
+
+
+def test_rerun_resumes_without_redoing_work(courtyard_run, courtyard_aachen, weights_path):
+    output, _ = courtyard_run
+    before = (output / "Aachen_eval_[d2sfm].txt").read_text()
+    again = localize(courtyard_aachen, output, weights_path)
+    assert again.returncode == 0, again.stderr
+    for stage in ("extract", "match", "database", "triangulate", "register"):
+        assert f"[{stage}] done earlier, skipped" in again.stdout
+    assert (output / "Aachen_eval_[d2sfm].txt").read_text() == before
+
+
+def test_retrieval_variant_reuses_features(courtyard_run, courtyard_aachen, weights_path, tmp_path):
+    output, _ = courtyard_run
+    shutil.copy(output / "features.h5", tmp_path / "features.h5")
+    run = localize(courtyard_aachen, tmp_path, weights_path, "--pairs",
+                   courtyard_aachen / "pairs-query-retrieval.txt", "--queries", "night")
+    assert run.returncode == 0, run.stderr
+    assert "[extract] done earlier, skipped" in run.stdout
+    assert summary(tmp_path)["localized"] == 3
+
+
+def test_bad_inputs_give_one_line(courtyard_aachen, weights_path, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(courtyard_aachen, broken)
+    (broken / "3D-models" / "aachen_cvpr2018_db.nvm").unlink()
+    run = localize(broken, tmp_path / "out1", weights_path)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1
+    assert "aachen_cvpr2018_db.nvm" in run.stderr and "datasets/aachen.md" in run.stderr
+
+    shutil.copy(courtyard_aachen / "3D-models" / "aachen_cvpr2018_db.nvm", broken / "3D-models")
+    with open(broken / "image_pairs_to_match.txt", "a") as handle:
+        handle.write("db/1.jpg db/unknown.jpg\n")
+    run = localize(broken, tmp_path / "out2", weights_path)
+    assert run.returncode == 2 and "db/unknown.jpg" in run.stderr and run.stderr.count("\n") == 1
+
+    run = localize(courtyard_aachen, tmp_path / "out3", weights_path, "--queries", "day")
+    assert run.returncode == 2 and "--pairs" in run.stderr
+
+
+@pytest.fixture(scope="module")
+def sacre_coeur_aachen(sacre_coeur_images, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("sacre_coeur_sift")
+    models = sift_reconstruction(sacre_coeur_images, list_images(sacre_coeur_images), work)
+    model = models[0]
+    assert model.num_reg_images() == 10, "the SIFT reference reconstruction must hold all ten photos"
+    images = posed_images_from_model(model, sacre_coeur_images, scale=metric_scale(model))
+    best_covered = sorted(model.images.values(), key=lambda image: image.num_points3D, reverse=True)[:3]
+    database, queries = as_aachen(images, [image.name for image in best_covered])
+    return write_mini_aachen(tmp_path_factory.mktemp("aachen_sacre_coeur"), database, queries)
+
+
+def test_sacre_coeur_night_queries_within_aachen_thresholds(sacre_coeur_aachen, weights_path, tmp_path):
+    run = localize(sacre_coeur_aachen, tmp_path, weights_path)
+    assert run.returncode == 0, run.stderr
+    print(run.stdout)
+    result = summary(tmp_path)
+    errors = result["scores"]["errors"]
+    print({name: f"{e[0]:.2f} m, {e[1]:.2f} deg" for name, e in errors.items()})
+    assert result["localized"] == 3
+    assert result["scores"]["recall_percent"][2] == 100.0  # all within (5 m, 10 deg)
+
+
+def test_real_protocol_files_are_consistent(shared):
+    """The benchmark's own database and pair lists: every name a pair list uses is an image of its database."""
+    folder = shared / "data" / "aachen_local_features"
+    for suffix in ("", "_v1_1"):
+        names = set(read_image_ids(folder / f"database{suffix}.db"))
+        pairs = read_pairs(folder / f"image_pairs_to_match{suffix}.txt")
+        used = {n for p in pairs for n in p}
+        assert used <= names
+        assert any(n.startswith("query/night/") for n in used)
+    retrieval = read_pairs(shared / "data" / "retrieval_pairs" / "aachen" / "pairs-query-netvlad50.txt")
+    names = set(read_image_ids(folder / "database.db"))
+    queries = {a for a, _ in retrieval}
+    assert len(queries) == 922 and queries <= names

@@ -126,6 +126,14 @@ def read_features(path: str | os.PathLike, name: str) -> Features:
         )
 
 
+def read_keypoints(path: str | os.PathLike, name: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """Keypoints and (width, height) only: pose estimation needs no descriptors, which are 100x the bytes."""
+    with _open(Path(path), "r") as handle:
+        if name not in handle or "keypoints" not in handle[name]:
+            raise D2sfmError(f"{path}: has no features for {name!r}; run d2sfm.extract on that image first")
+        return handle[name]["keypoints"][()], tuple(int(v) for v in handle[name]["image_size"][()])
+
+
 def read_settings(path: str | os.PathLike) -> dict:
     with _open(Path(path), "r") as handle:
         return json.loads(handle.attrs["settings"])

@@ -32,3 +32,12 @@ def colmap_xy_to_network_ij(xy: np.ndarray, factor_i: float = 1.0, factor_j: flo
     i = xy[:, 1] / factor_i - 0.5
     j = xy[:, 0] / factor_j - 0.5
     return np.stack([i, j], axis=1)
+
+
+def colmap_xy_to_pixel_index(xy: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, columns) of the pixels containing COLMAP points: pixel (r, c) covers x in [c, c+1), y in [r, r+1).
+    Points on the far border are clipped into the image."""
+    xy = np.asarray(xy, dtype=np.float64)
+    columns = np.clip(np.floor(xy[:, 0]).astype(np.int64), 0, width - 1)
+    rows = np.clip(np.floor(xy[:, 1]).astype(np.int64), 0, height - 1)
+    return rows, columns

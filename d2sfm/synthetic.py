@@ -99,26 +99,36 @@ def camera_poses(count: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray
     return poses
 
 
+def _camera_rays(rotation: np.ndarray, width: int, height: int, focal: float) -> np.ndarray:
+    """World-frame ray directions through pixel centres (COLMAP convention: centres at +0.5), unit depth."""
+    columns, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    rays_camera = np.stack([(columns - width / 2) / focal, (rows - height / 2) / focal, np.ones_like(columns)], -1)
+    return rays_camera @ rotation  # camera -> world: R^T applied to each row vector
+
+
+def _cast(planes: Sequence[Plane], rays: np.ndarray, centre: np.ndarray):
+    """Yield, plane by plane, the pixels where it is the nearest hit so far, with its texture coordinates;
+    ``depth`` (along the optical axis) holds the nearest hit after the last yield."""
+    depth = np.full(rays.shape[:2], np.inf)
+    for plane in planes:
+        normal = np.cross(plane.u_edge, plane.v_edge)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = ((plane.origin - centre) @ normal) / (rays @ normal)
+        relative = centre + rays * t[..., None] - plane.origin
+        s = relative @ plane.u_edge / (plane.u_edge @ plane.u_edge)
+        q = relative @ plane.v_edge / (plane.v_edge @ plane.v_edge)
+        hit = (t > 1e-6) & (t < depth) & (s >= 0) & (s <= 1) & (q >= 0) & (q <= 1)
+        depth[hit] = t[hit]
+        yield plane, hit, s, q, depth
+
+
 def render(planes: Sequence[Plane], rotation: np.ndarray, centre: np.ndarray, width: int, height: int,
            focal: float, supersample: int = 2) -> np.ndarray:
     """Ray-cast the planes (nearest hit wins), sampling textures bilinearly; supersampled against aliasing."""
     w, h, f = width * supersample, height * supersample, focal * supersample
-    columns, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)  # COLMAP convention: centres at +0.5
-    rays_camera = np.stack([(columns - w / 2) / f, (rows - h / 2) / f, np.ones_like(columns)], axis=-1)
-    rays = rays_camera @ rotation  # camera -> world: R^T applied to each row vector
     image = np.empty((h, w, 3), np.float32)
     image[:] = np.array([235, 206, 135], np.float32) * np.linspace(0.8, 1.0, h)[:, None, None]  # sky
-    depth = np.full((h, w), np.inf)
-    for plane in planes:
-        normal = np.cross(plane.u_edge, plane.v_edge)
-        denominator = rays @ normal
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = ((plane.origin - centre) @ normal) / denominator
-        points = centre + rays * t[..., None]
-        relative = points - plane.origin
-        s = relative @ plane.u_edge / (plane.u_edge @ plane.u_edge)
-        q = relative @ plane.v_edge / (plane.v_edge @ plane.v_edge)
-        hit = (t > 1e-6) & (t < depth) & (s >= 0) & (s <= 1) & (q >= 0) & (q <= 1)
+    for plane, hit, s, q, _ in _cast(planes, _camera_rays(rotation, w, h, f), centre):
         if not hit.any():
             continue
         texture_h, texture_w = plane.texture.shape[:2]
@@ -126,8 +136,20 @@ def render(planes: Sequence[Plane], rotation: np.ndarray, centre: np.ndarray, wi
         map_y = (q * texture_h - 0.5).astype(np.float32)
         sampled = cv2.remap(plane.texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         image[hit] = sampled[hit]
-        depth[hit] = t[hit]
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA).round().clip(0, 255).astype(np.uint8)
+
+
+def render_xyz(planes: Sequence[Plane], rotation: np.ndarray, centre: np.ndarray, width: int, height: int,
+               focal: float) -> np.ndarray:
+    """(height, width, 3) world coordinates of the surface seen at each pixel centre, NaN where only sky is
+    seen: what an RGB-D scan gives per pixel of a cutout (InLoc's ``XYZcut``)."""
+    rays = _camera_rays(rotation, width, height, focal)
+    depth = None
+    for *_, depth in _cast(planes, rays, centre):
+        pass
+    xyz = centre + rays * depth[..., None]
+    xyz[~np.isfinite(depth)] = np.nan
+    return xyz
 
 
 def render_scene(scene_dir: str | Path, count: int = 12, width: int = 800, height: int = 600,

@@ -1,15 +1,278 @@
-"""InLoc: indoor queries against database cutouts with per-pixel 3D (not implemented yet)."""
+"""InLoc: indoor queries localized against database cutouts whose pixels carry 3D coordinates from RGB-D scans.
+
+Steps (the protocol of the D2-Net paper's InLoc experiment, as hloc's ``localize_inloc`` runs it):
+
+1. for each query ``query/iphone7/*.JPG``, its top-k retrieved cutouts from a pair list (default 40);
+2. D2 features of queries and cutouts (keypoints at the original resolution), MNN matches per pair;
+3. 2D-3D: each matched cutout keypoint takes the XYZ of its pixel in the cutout's ``.jpg.mat`` (``XYZcut``);
+   pixels without a scan point (NaN) are dropped;
+4. absolute pose by pycolmap (P3P in LO-RANSAC, then non-linear refinement) at the protocol's query intrinsics:
+   SIMPLE_PINHOLE, focal length = 28/36 of the image width (the iPhone 7's 28 mm equivalent lens), principal
+   point at the centre;
+5. the submission, ``InLoc_eval_[d2sfm].txt``: ``IMG_xxxx.JPG qw qx qy qz tx ty tz``.
+
+A query that cannot be localized is given the pose of its best-matching cutout, computed from the cutout's own
+XYZ (cutouts are perspective views of ``--cutout-focal`` pixels, 1385.64 for InLoc's 1600 x 1200 cutouts).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+import pycolmap
+import scipy.io
+from tqdm import tqdm
+
+from d2sfm.cli import resolve_device
 from d2sfm.errors import D2sfmError
+from d2sfm.fileutil import write_text_atomic
+from d2sfm.io import MatchWriter, list_entries, pair_key, read_keypoints, read_matches
+from d2sfm.keypoints import colmap_xy_to_pixel_index
+from d2sfm.match import match_pairs
+from d2sfm.pairs import Pair, read_pairs, write_pairs
+from d2sfm.pipeline_features import extract_missing
+from d2sfm.pose_scores import THRESHOLD_PRESETS
+from d2sfm.poses import Pose, pose_from_rigid3d
+from d2sfm.stages import Stages
+from d2sfm.submission import QueryOutcome, finish_localization, ground_truth_if_present
+
+README = "datasets/inloc.md"
+GROUND_TRUTH = "query_ground_truth.txt"
+IPHONE7_FOCAL_PER_WIDTH = 28.0 / 36.0
+RANSAC_MAX_ERROR_PER_WIDTH = 48.0 / 4032.0
+INLOC_CUTOUT_FOCAL = 1385.6406460551018  # 1600 px wide cutouts with a 60 degree horizontal field of view
+
+
+@dataclass(frozen=True)
+class InLocLayout:
+    root: Path
+
+    @property
+    def images(self) -> Path:
+        return self.root
+
+    @property
+    def cutouts(self) -> Path:
+        return self.root / "database" / "cutouts"
+
+    @property
+    def queries(self) -> Path:
+        return self.root / "query" / "iphone7"
+
+    @property
+    def default_pairs(self) -> Path:
+        return self.root / "pairs" / "pairs-query-netvlad40.txt"
+
+    def scan(self, cutout_name: str) -> Path:
+        return self.root / f"{cutout_name}.mat"
+
+    def require(self, *paths: Path) -> None:
+        for path in paths:
+            if not path.exists():
+                raise D2sfmError(f"{path}: missing; the InLoc layout is described in {README}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pairs", default=None, help="retrieval pairs (query cutout per line)")
+    parser.add_argument("--pairs", type=Path, default=None,
+                        help="query-cutout retrieval pairs, best first per query (default "
+                        "DATASET/pairs/pairs-query-netvlad40.txt)")
+    parser.add_argument("--top-k", type=int, default=40, help="cutouts per query taken from the pairs (default 40)")
+    parser.add_argument("--ransac-max-error", type=float, default=None,
+                        help="absolute pose RANSAC threshold in query pixels (default: 48 px for a 4032 px wide "
+                        "query, as hloc uses for InLoc, scaled with the query's width)")
+    parser.add_argument("--min-inliers", type=int, default=30,
+                        help="fewer inliers than this counts as not localized (default 30, COLMAP's registration "
+                        "threshold, as for Aachen: random matches on a textureless query reach a dozen inliers)")
+    parser.add_argument("--cutout-focal", type=float, default=INLOC_CUTOUT_FOCAL,
+                        help="cutout focal length in pixels, used only for the fallback pose of a failed query")
+
+
+def query_camera(width: int, height: int) -> pycolmap.Camera:
+    """The InLoc protocol's query intrinsics."""
+    return pycolmap.Camera(model="SIMPLE_PINHOLE", width=width, height=height,
+                           params=[IPHONE7_FOCAL_PER_WIDTH * width, width / 2, height / 2])
+
+
+def read_scan(path: Path) -> np.ndarray:
+    """``XYZcut`` of a cutout's ``.jpg.mat``: (H, W, 3) world coordinates, NaN where the scan has no point."""
+    try:
+        xyz = scipy.io.loadmat(str(path), variable_names=["XYZcut"])["XYZcut"]
+    except (OSError, ValueError, KeyError) as error:
+        raise D2sfmError(f"{path}: cannot read XYZcut ({error}); see {README}") from None
+    return np.asarray(xyz, dtype=np.float64)
+
+
+def scan_points(xyz: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """XYZ at the pixels of COLMAP-convention keypoints (cutout resolution); returns (points, valid mask)."""
+    rows, columns = colmap_xy_to_pixel_index(keypoints, xyz.shape[1], xyz.shape[0])
+    points = xyz[rows, columns]
+    valid = np.isfinite(points).all(axis=1) & (np.abs(points).sum(axis=1) > 0)
+    return points, valid
+
+
+def estimate_pose(points2D: np.ndarray, points3D: np.ndarray, camera: pycolmap.Camera,
+                  max_error: float) -> tuple[Pose | None, int]:
+    """LO-RANSAC P3P then refinement at fixed intrinsics; (pose, inliers) or (None, 0)."""
+    if len(points2D) < 4:
+        return None, 0
+    estimation = pycolmap.AbsolutePoseEstimationOptions()
+    estimation.ransac.max_error = max_error
+    refinement = pycolmap.AbsolutePoseRefinementOptions()
+    refinement.refine_focal_length = False
+    refinement.refine_extra_params = False
+    result = pycolmap.estimate_and_refine_absolute_pose(points2D, points3D, camera, estimation, refinement)
+    if result is None:
+        return None, 0
+    return pose_from_rigid3d(result["cam_from_world"]), int(result["num_inliers"])
+
+
+def cutout_pose(xyz: np.ndarray, focal: float, step: int = 8) -> Pose | None:
+    """The pose of a cutout from its own scan coordinates (a perspective view with focal ``focal``)."""
+    height, width = xyz.shape[:2]
+    columns, rows = np.meshgrid(np.arange(0, width, step) + 0.5, np.arange(0, height, step) + 0.5)
+    pixels = np.stack([columns.ravel(), rows.ravel()], axis=1)
+    points, valid = scan_points(xyz, pixels)
+    camera = pycolmap.Camera(model="SIMPLE_PINHOLE", width=width, height=height,
+                             params=[focal, width / 2, height / 2])
+    pose, _ = estimate_pose(pixels[valid], points[valid], camera, max_error=4.0)
+    return pose
+
+
+def _query_pairs(pairs: list[Pair], queries: set[str], top_k: int) -> dict[str, list[str]]:
+    retrieved: dict[str, list[str]] = {}
+    for a, b in pairs:
+        query, cutout = (a, b) if a in queries else (b, a)
+        if query not in queries:
+            raise D2sfmError(f"pair ({a}, {b}) names no query of query/iphone7/; pairs must be 'query cutout'")
+        if len(retrieved.setdefault(query, [])) < top_k:
+            retrieved[query].append(cutout)
+    return retrieved
+
+
+def localize_query(layout: InLocLayout, features_path: Path, matches_path: Path, query: str,
+                   cutouts: list[str], max_error: float | None) -> tuple[Pose | None, int, int, str | None]:
+    """(pose, matches, inliers, best cutout) for one query from its retrieved cutouts."""
+    keypoints, (width, height) = read_keypoints(features_path, query)
+    points2D, points3D, per_cutout = [], [], {}
+    for cutout in cutouts:
+        matches, _ = read_matches(matches_path, query, cutout)
+        if len(matches) == 0:
+            continue
+        per_cutout[cutout] = len(matches)
+        cutout_keypoints, _ = read_keypoints(features_path, cutout)
+        xyz, valid = scan_points(read_scan(layout.scan(cutout)), cutout_keypoints[matches[:, 1]])
+        points2D.append(keypoints[matches[valid, 0]])
+        points3D.append(xyz[valid])
+    best = max(per_cutout, key=per_cutout.get) if per_cutout else (cutouts[0] if cutouts else None)
+    if not points2D:
+        return None, 0, 0, best
+    max_error = max_error or RANSAC_MAX_ERROR_PER_WIDTH * width
+    pose, inliers = estimate_pose(np.concatenate(points2D).astype(np.float64), np.concatenate(points3D),
+                                  query_camera(int(width), int(height)), max_error)
+    return pose, int(sum(per_cutout.values())), inliers, best
 
 
 def run(args: argparse.Namespace) -> int:
-    raise D2sfmError("InLoc localization is not implemented yet")
+    layout = InLocLayout(Path(args.dataset))
+    pairs_path = args.pairs or layout.default_pairs
+    layout.require(layout.root, layout.cutouts, layout.queries, pairs_path)
+    if args.top_k < 1:
+        raise D2sfmError("--top-k must be at least 1")
+    query_names = sorted(f"query/iphone7/{p.name}" for p in layout.queries.iterdir()
+                         if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not query_names:
+        raise D2sfmError(f"{layout.queries}: no query images; see {README}")
+    output = Path(args.output or "outputs/inloc")
+    if args.overwrite and output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True, exist_ok=True)
+    paths = {key: output / name for key, name in [
+        ("features", "features.h5"), ("pairs", "pairs.txt"), ("matches", "matches.h5"),
+        ("poses", "localization.json"), ("summary", "summary.json"), ("state", "state.json")]}
+    state = json.loads(paths["state"].read_text()) if paths["state"].is_file() else {}
+    stages = Stages(state.get("stage_seconds"))
+    progress = not args.quiet
+
+    retrieved = _query_pairs(read_pairs(pairs_path), set(query_names), args.top_k)
+    unknown = sorted({c for cs in retrieved.values() for c in cs if not (layout.root / c).is_file()})
+    if unknown:
+        raise D2sfmError(f"{pairs_path}: {len(unknown)} cutouts of the pairs are not in {layout.cutouts} "
+                         f"(first: {unknown[0]}); check the dataset folder or the pair list")
+    no_scan = sorted({c for cs in retrieved.values() for c in cs if not layout.scan(c).is_file()})
+    if no_scan:
+        raise D2sfmError(f"{layout.scan(no_scan[0])}: missing scan of a retrieved cutout ({len(no_scan)} missing); "
+                         f"each cutout needs its .jpg.mat beside it, see {README}")
+    without_pairs = [q for q in query_names if q not in retrieved]
+    for query in without_pairs:
+        print(f"  warning: {query} has no pair in {pairs_path}; it will be reported as failed")
+    pairs = [(q, c) for q, cs in retrieved.items() for c in cs]
+    names = sorted({n for p in pairs for n in p})
+    print(f"InLoc: {len(query_names)} queries, {len(pairs)} pairs (top {args.top_k}), {len(names)} images")
+
+    def save_state(**updates) -> None:
+        state.update(updates, stage_seconds=stages.times)
+        write_text_atomic(paths["state"], json.dumps(state, indent=2))
+
+    def extract() -> None:
+        failed = extract_missing(args, layout.images, names, paths["features"], progress)
+        save_state(unreadable=[list(f) for f in failed])
+        for _, error in failed:
+            print(f"  unreadable, skipped: {error}")
+
+    extracted = set(list_entries(paths["features"])) if paths["features"].is_file() else set()
+    stages.run("extract", all(n in extracted for n in names) or "unreadable" in state, extract)
+    extracted = set(list_entries(paths["features"]))
+    usable = [p for p in pairs if p[0] in extracted and p[1] in extracted]
+    stages.run("pairs", paths["pairs"].is_file(), lambda: write_pairs(paths["pairs"], usable))
+    matched = MatchWriter(paths["matches"]).done if paths["matches"].is_file() else set()
+    stages.run("match", all(pair_key(a, b) in matched for a, b in usable), lambda: match_pairs(
+        paths["features"], usable, paths["matches"], resolve_device(args.device), progress=progress))
+
+    def localize() -> None:
+        done = json.loads(paths["poses"].read_text()) if paths["poses"].is_file() else {}
+        pending = [q for q in query_names if q not in done]
+        for index, query in enumerate(tqdm(pending, desc="localizing queries", unit="query", disable=not progress)):
+            start = time.perf_counter()
+            cutouts = [c for c in retrieved.get(query, []) if c in extracted]
+            if query in extracted:
+                pose, matches, inliers, best = localize_query(layout, paths["features"], paths["matches"], query,
+                                                              cutouts, args.ransac_max_error)
+            else:
+                pose, matches, inliers, best = None, 0, 0, cutouts[0] if cutouts else None
+            done[query] = {"pose": None if pose is None else [*pose.qvec, *pose.tvec], "matches": matches,
+                           "inliers": inliers, "best_cutout": best, "seconds": time.perf_counter() - start,
+                           "readable": query in extracted}
+            if index % 20 == 19 or index == len(pending) - 1:  # resumable every 20 queries
+                write_text_atomic(paths["poses"], json.dumps(done, indent=1))
+
+    stages.run("localize", paths["poses"].is_file() and all(
+        q in json.loads(paths["poses"].read_text()) for q in query_names), localize)
+    save_state()
+
+    results = json.loads(paths["poses"].read_text())
+    outcomes = []
+    for query in query_names:
+        r = results[query]
+        localized = r["pose"] is not None and r["inliers"] >= args.min_inliers
+        fallback, reason = None, ""
+        if localized:
+            pose = Pose(np.array(r["pose"][:4]), np.array(r["pose"][4:]))
+        else:
+            fallback = r["best_cutout"]
+            pose = cutout_pose(read_scan(layout.scan(fallback)), args.cutout_focal) if fallback else None
+            reason = ("image unreadable" if not r["readable"] else
+                      f"{r['matches']} matches, {r['inliers']} inliers (need {args.min_inliers})")
+        outcomes.append(QueryOutcome(query, localized, pose, r["matches"], r["inliers"], r["seconds"], fallback,
+                                     reason))
+    finish_localization(
+        outcomes, output / "InLoc_eval_[d2sfm].txt", paths["summary"],
+        ground_truth_if_present(layout.root / GROUND_TRUTH), THRESHOLD_PRESETS["inloc"],
+        extra={"dataset": str(layout.root), "pairs": len(usable), "top_k": args.top_k,
+               "unreadable": state.get("unreadable", []), "stage_seconds": stages.times})
+    return 0

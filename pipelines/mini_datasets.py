@@ -89,7 +89,7 @@ def write_nvm(path: str | os.PathLike, posed: Sequence[PosedImage]) -> None:
 
 
 def write_image(path: Path, pixels: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(path.suffix, pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    ok, encoded = cv2.imencode(path.suffix.lower(), pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])
     if not ok:
         raise ValueError(f"cannot encode {path.name}")
     with atomic_path(path) as scratch:
@@ -170,3 +170,28 @@ def as_aachen(images: dict[str, PosedImage], query_names: Sequence[str], night: 
         else:
             database.append(PosedImage(f"db/{len(database) + 1}.jpg", image.pixels, image.intrinsics, image.pose))
     return database, queries
+
+
+def write_mini_inloc(root: str | os.PathLike, cutouts: Sequence[tuple[PosedImage, np.ndarray]],
+                     queries: Sequence[PosedImage]) -> Path:
+    """The InLoc layout: ``database/cutouts/<building>/<scan>/<name>.jpg`` each with ``<name>.jpg.mat`` holding
+    ``XYZcut``; ``query/iphone7/*.JPG``; ``pairs/pairs-query-netvlad40.txt`` (every query with every cutout,
+    nearest camera first, standing in for retrieval); ``query_ground_truth.txt``. ``cutouts`` pairs each posed
+    cutout with its (H, W, 3) scan coordinates; names are the caller's, relative to ``root``."""
+    import scipy.io
+
+    root = Path(root)
+    for image, xyz in cutouts:
+        write_image(root / image.name, image.pixels)
+        with atomic_path(root / f"{image.name}.mat") as scratch:
+            with open(scratch, "wb") as handle:
+                scipy.io.savemat(handle, {"XYZcut": xyz.astype(np.float32)})
+    for query in queries:
+        write_image(root / query.name, query.pixels)
+    lines = []
+    for query in queries:
+        by_distance = sorted(cutouts, key=lambda c: float(np.linalg.norm(c[0].pose.centre - query.pose.centre)))
+        lines += [f"{query.name} {cutout.name}\n" for cutout, _ in by_distance]
+    write_text_atomic(root / "pairs" / "pairs-query-netvlad40.txt", "".join(lines))
+    write_poses(root / "query_ground_truth.txt", [(q.name.split("/")[-1], q.pose) for q in queries])
+    return root

@@ -97,18 +97,20 @@ def write_image(path: Path, pixels: np.ndarray) -> None:
 
 
 def write_mini_aachen(root: str | os.PathLike, database: Sequence[PosedImage], queries: Sequence[PosedImage],
-                      version: str = "1.0") -> Path:
+                      version: str = "1.0", queries_in_database: bool = True) -> Path:
     """The Aachen Day-Night local-feature layout (v1.0 or v1.1) with ``query_ground_truth.txt`` beside it.
 
-    Database images are named ``db/<n>.jpg`` and queries ``query/night/nexus5x/<name>.jpg`` by the caller; the
-    pair list holds every database pair and every query with every database image.
+    Database images are named ``db/<n>.jpg`` and queries ``query/<day|night>/<camera>/<name>.jpg`` by the
+    caller; the pair list holds every database pair and every query with every database image. Day queries go to
+    ``day_time_queries_with_intrinsics.txt``; ``queries_in_database=False`` leaves them out of the database, as
+    v1.1's database leaves out its day queries.
     """
     root = Path(root)
     suffix = "" if version == "1.0" else "_v1_1"
     for image in [*database, *queries]:
         write_image(root / "images" / "images_upright" / image.name, image.pixels)
-    write_old_schema_database(root / f"database{suffix}.db",
-                              [(i.name, i.intrinsics) for i in [*database, *queries]])
+    in_database = [*database, *queries] if queries_in_database else list(database)
+    write_old_schema_database(root / f"database{suffix}.db", [(i.name, i.intrinsics) for i in in_database])
     models = root / "3D-models"
     if version == "1.0":
         nvm, intrinsics = models / "aachen_cvpr2018_db.nvm", models / "database_intrinsics.txt"
@@ -117,8 +119,9 @@ def write_mini_aachen(root: str | os.PathLike, database: Sequence[PosedImage], q
         intrinsics = models / "aachen_v_1_1" / "database_intrinsics_v1_1.txt"
     write_nvm(nvm, database)
     write_text_atomic(intrinsics, "".join(intrinsics_line(i.name, i.intrinsics) + "\n" for i in database))
-    write_text_atomic(root / "queries" / "night_time_queries_with_intrinsics.txt",
-                      "".join(intrinsics_line(q.name, q.intrinsics) + "\n" for q in queries))
+    for kind in ("day", "night"):
+        write_text_atomic(root / "queries" / f"{kind}_time_queries_with_intrinsics.txt", "".join(
+            intrinsics_line(q.name, q.intrinsics) + "\n" for q in queries if q.name.startswith(f"query/{kind}/")))
     pairs = [(a.name, b.name) for k, a in enumerate(database) for b in database[k + 1:]]
     pairs += [(q.name, d.name) for q in queries for d in database]
     write_text_atomic(root / f"image_pairs_to_match{suffix}.txt", "".join(f"{a} {b}\n" for a, b in pairs))
@@ -156,7 +159,7 @@ def metric_scale(model, camera_distance_m: float = 50.0) -> float:
 def as_aachen(images: dict[str, PosedImage], query_names: Sequence[str], night: bool = True,
               seed: int = 0) -> tuple[list[PosedImage], list[PosedImage]]:
     """Rename into Aachen's layout: database ``db/<k>.jpg``, queries ``query/night/nexus5x/<stem>.jpg`` made
-    night-like (darker, colour cast, noise) unless ``night`` is off."""
+    night-like (darker, colour cast, noise), or ``query/day/nexus4/<stem>.jpg`` unchanged when ``night`` is off."""
     from d2sfm.photometric import night_like
 
     rng = np.random.default_rng(seed)
@@ -165,8 +168,8 @@ def as_aachen(images: dict[str, PosedImage], query_names: Sequence[str], night: 
         image = images[name]
         if name in query_names:
             pixels = night_like(image.pixels, rng) if night else image.pixels
-            queries.append(PosedImage(f"query/night/nexus5x/{Path(name).stem}.jpg", pixels, image.intrinsics,
-                                      image.pose))
+            folder = "query/night/nexus5x" if night else "query/day/nexus4"
+            queries.append(PosedImage(f"{folder}/{Path(name).stem}.jpg", pixels, image.intrinsics, image.pose))
         else:
             database.append(PosedImage(f"db/{len(database) + 1}.jpg", image.pixels, image.intrinsics, image.pose))
     return database, queries

@@ -158,3 +158,23 @@ def test_real_protocol_files_are_consistent(shared):
     names = set(read_image_ids(folder / "database.db"))
     queries = {a for a, _ in retrieval}
     assert len(queries) == 922 and queries <= names
+
+
+def test_v1_1_retrieval_variant_adds_day_queries_missing_from_the_database(tmp_path_factory, weights_path):
+    """v1.1's database holds only night queries; day queries of the retrieval variant join a copy with the
+    intrinsics of their query list, and the benchmark's file stays untouched."""
+    source = tmp_path_factory.mktemp("courtyard_v11")
+    render_scene(source, count=10, width=640, height=480, focal=512.0)
+    images = posed_images_from_model(pycolmap.Reconstruction(source / "ground_truth"), source / "images")
+    database, queries = as_aachen(images, ["view_03.png", "view_06.png", "view_09.png"], night=False)
+    dataset = write_mini_aachen(tmp_path_factory.mktemp("aachen_v11"), database, queries, version="1.1",
+                                queries_in_database=False)
+    before = (dataset / "database_v1_1.db").read_bytes()
+    work = tmp_path_factory.mktemp("run_v11")
+    run = localize(dataset, work, weights_path, "--version", "1.1", "--pairs", dataset / "pairs-query-retrieval.txt",
+                   "--queries", "day")
+    assert run.returncode == 0, run.stderr
+    assert (dataset / "database_v1_1.db").read_bytes() == before
+    result = summary(work)
+    assert result["localized"] == 3 and result["scores"]["thresholds"] == [[0.25, 2.0], [0.5, 5.0], [5.0, 10.0]]
+    assert (work / "Aachen_v1_1_eval_[d2sfm].txt").is_file()

@@ -1,0 +1,96 @@
+"""Estimated time of a full Aachen v1.1 retrieval run (6,697 database and 1,015 query images) on this machine,
+from a measured subset.
+
+The Aachen images are not here, so the subset is made of the shared Sacre Coeur photos resized to Aachen's sizes
+(1600 x 1063 database, 1600 x 1200 queries): extraction time depends on the pixel count, matching time on the
+keypoint counts, both measured here. The pair counts come from the real pair lists in ../shared/data/.
+
+    python benchmarks/aachen_estimate.py [--images N] [--pairs N] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=4, help="images extracted for the measurement")
+    parser.add_argument("--pairs", type=int, default=30, help="pairs matched for the measurement")
+    parser.add_argument("--weights", type=Path, default=SHARED / "weights" / "d2_hed_vgg16.pth")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--conv", default="exact")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    sys.path.insert(0, str(REPO))
+    from d2sfm.cli import resolve_device
+    from d2sfm.extract import extract_features
+    from d2sfm.extractor import D2Extractor, ExtractionConfig
+    from d2sfm.images import list_images
+    from d2sfm.io import read_features
+    from d2sfm.match import match_pairs
+    from d2sfm.pairs import read_pairs
+    from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
+
+    device = resolve_device(args.device)
+    protocol = read_pairs(SHARED / "data" / "aachen_local_features" / "image_pairs_to_match_v1_1.txt")
+    db_pairs = [p for p in protocol if p[0].startswith("db/") and p[1].startswith("db/")]
+    query_pairs = read_pairs(SHARED / "data" / "retrieval_pairs" / "aachen_v1.1" / "pairs-query-netvlad50.txt")
+    n_db = len({n for p in db_pairs for n in p} | {b for _, b in query_pairs})
+    n_queries = len({a for a, _ in query_pairs})
+    n_pairs = len(db_pairs) + len(query_pairs)
+    source = SHARED / "data" / "sacre_coeur" / "images"
+    names = list_images(source)[: args.images]
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        for index, name in enumerate(names):  # alternate database-like and query-like sizes
+            image = cv2.imread(str(source / name))
+            size = (1600, 1063) if index % 2 == 0 else (1600, 1200)
+            if image.shape[0] > image.shape[1]:
+                size = size[::-1]
+            cv2.imwrite(str(scratch / f"{index}.jpg"), cv2.resize(image, size, interpolation=cv2.INTER_CUBIC))
+        images = [f"{i}.jpg" for i in range(len(names))]
+        for label, scales in (("single-scale", SINGLE_SCALE), ("multi-scale (default)", MULTI_SCALE)):
+            config = ExtractionConfig(scales=scales, conv=args.conv, geometric_centres=True)
+            extractor = D2Extractor(args.weights, config, device)
+            features = scratch / f"{len(rows)}.h5"
+            start = time.perf_counter()
+            extract_features(scratch, images, features, extractor, config.as_dict(), progress=False, workers=0)
+            per_image = (time.perf_counter() - start) / len(images)
+            keypoints = np.mean([len(read_features(features, n).keypoints) for n in images])
+            pairs = [(images[i], images[j]) for i in range(len(images)) for j in range(i + 1, len(images))]
+            rounds = max(1, -(-args.pairs // len(pairs)))
+            start = time.perf_counter()
+            for round_index in range(rounds):  # a fresh output each round, so no pair is skipped as done
+                match_pairs(features, pairs, scratch / f"m{len(rows)}_{round_index}.h5", device, progress=False)
+            per_pair = (time.perf_counter() - start) / (rounds * len(pairs))
+            total = (n_db + n_queries) * per_image + n_pairs * per_pair
+            rows.append((label, per_image, keypoints, per_pair, total))
+            print(f"  {label}: {per_image:.1f} s/image, {keypoints:.0f} keypoints, {1000 * per_pair:.0f} ms/pair",
+                  file=sys.stderr)
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU"
+    print(f"\nAachen v1.1 retrieval run: {n_db} database + {n_queries} query images, {n_pairs} pairs "
+          f"({len(db_pairs)} database, {len(query_pairs)} query); device {name}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, conv {args.conv}\n")
+    print("| features | extraction (s/image) | keypoints/image | matching (ms/pair) | extraction total (h) | "
+          "matching total (h) | estimated total (h) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for label, per_image, keypoints, per_pair, total in rows:
+        print(f"| {label} | {per_image:.1f} | {keypoints:.0f} | {1000 * per_pair:.0f} | "
+              f"{(n_db + n_queries) * per_image / 3600:.1f} | {n_pairs * per_pair / 3600:.1f} | {total / 3600:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

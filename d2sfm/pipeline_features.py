@@ -1,5 +1,5 @@
-"""The D2 feature stage shared by the pipelines (reconstruct, localize): their common options and one call that
-extracts every missing image into features.h5."""
+"""The D2 feature and matching stages shared by the pipelines (reconstruct, localize): their common options, one
+call that extracts every missing image into features.h5, and the extract-then-match stages of localization."""
 
 from __future__ import annotations
 
@@ -10,7 +10,11 @@ from pathlib import Path
 from d2sfm.cli import resolve_device
 from d2sfm.extract import extract_features, file_sha256
 from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
+from d2sfm.io import MatchWriter, list_entries, pair_key
+from d2sfm.match import match_pairs
+from d2sfm.pairs import Pair, write_pairs
 from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
+from d2sfm.stages import RunFolder
 from d2sfm.weights import resolve_weights
 
 
@@ -48,3 +52,29 @@ def extract_missing(args: argparse.Namespace, image_dir: Path, names: Sequence[s
     _, failed = extract_features(image_dir, names, features_path, extractor, settings,
                                  batch_size=4 if on_gpu else 1, workers=4 if on_gpu else 1, progress=progress)
     return failed
+
+
+def extract_and_match(args: argparse.Namespace, run: RunFolder, image_root: Path, names: Sequence[str],
+                      pairs: Sequence[Pair], progress: bool = True) -> tuple[set[str], list[Pair]]:
+    """Stages ``extract``, ``pairs`` and ``match`` into ``run``'s features.h5, pairs.txt and matches.h5. Unreadable
+    images are reported, remembered in the run's state and their pairs dropped with a count; returns the images
+    with features and the pairs matched."""
+    features, pairs_path, matches = run.path("features.h5"), run.path("pairs.txt"), run.path("matches.h5")
+
+    def extract() -> None:
+        failed = extract_missing(args, image_root, names, features, progress)
+        run.save(unreadable=[list(f) for f in failed])
+        for _, error in failed:
+            print(f"  unreadable, skipped: {error}")
+
+    extracted = set(list_entries(features)) if features.is_file() else set()
+    run.stages.run("extract", all(n in extracted for n in names) or "unreadable" in run.state, extract)
+    extracted = set(list_entries(features))
+    usable = [p for p in pairs if p[0] in extracted and p[1] in extracted]
+    if len(usable) < len(pairs):
+        print(f"  {len(pairs) - len(usable)} pairs skipped: an image of the pair could not be read")
+    run.stages.run("pairs", pairs_path.is_file(), lambda: write_pairs(pairs_path, usable))
+    matched = MatchWriter(matches).done if matches.is_file() else set()
+    run.stages.run("match", all(pair_key(a, b) in matched for a, b in usable), lambda: match_pairs(
+        features, usable, matches, resolve_device(args.device), progress=progress))
+    return extracted, usable

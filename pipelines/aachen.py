@@ -27,19 +27,16 @@ from pathlib import Path
 
 import pycolmap
 
-from d2sfm.cli import resolve_device
 from d2sfm.database import import_features_and_matches, read_image_ids, verify_pairs
 from d2sfm.errors import D2sfmError
 from d2sfm.fileutil import atomic_path, write_text_atomic
-from d2sfm.io import MatchWriter, list_entries, pair_key
-from d2sfm.match import match_pairs
-from d2sfm.pairs import Pair, read_pairs, unique_pairs, write_pairs
-from d2sfm.pipeline_features import extract_missing
+from d2sfm.pairs import Pair, read_pairs, unique_pairs
+from d2sfm.pipeline_features import extract_and_match
 from d2sfm.pose_scores import THRESHOLD_PRESETS
 from d2sfm.poses import pose_from_rigid3d
 from d2sfm.reference_model import Intrinsics, build_reference_model, read_intrinsics, read_nvm_poses
 from d2sfm.registration import register_queries, registration_options
-from d2sfm.stages import Stages
+from d2sfm.stages import RunFolder
 from d2sfm.submission import QueryOutcome, finish_localization, ground_truth_if_present
 from d2sfm.triangulation import triangulate_fixed
 
@@ -174,22 +171,13 @@ def run(args: argparse.Namespace) -> int:
                          "queries only)")
     if args.pairs is not None and not args.pairs.is_file():
         raise D2sfmError(f"{args.pairs}: no such pair file (one 'query database' name pair per line)")
-    output = Path(args.output or f"outputs/aachen{layout.suffix}")
-    if args.overwrite and output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True, exist_ok=True)
-    paths = {key: output / name for key, name in [
+    run = RunFolder(Path(args.output or f"outputs/aachen{layout.suffix}"), args.overwrite)
+    paths = {key: run.path(name) for key, name in [
         ("features", "features.h5"), ("pairs", "pairs.txt"), ("matches", "matches.h5"),
         ("database", "database.db"), ("reference", "sparse-empty"), ("triangulated", "sparse-database"),
-        ("final", "sparse-final"), ("registration", "registration.json"), ("summary", "summary.json"),
-        ("state", "state.json")]}
-    state = json.loads(paths["state"].read_text()) if paths["state"].is_file() else {}
-    stages = Stages(state.get("stage_seconds"))
+        ("final", "sparse-final"), ("registration", "registration.json"), ("summary", "summary.json")]}
+    stages, state = run.stages, run.state
     progress = not args.quiet
-
-    def save_state(**updates) -> None:
-        state.update(updates, stage_seconds=stages.times)
-        write_text_atomic(paths["state"], json.dumps(state, indent=2))
 
     poses = read_nvm_poses(layout.nvm)
     intrinsics = read_intrinsics(layout.intrinsics)
@@ -205,23 +193,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"Aachen v{layout.version}: {len(poses)} database poses, {len(query_names)} queries, "
           f"{len(pairs)} pairs, {len(names)} images to extract")
 
-    def extract() -> None:
-        failed = extract_missing(args, layout.images, names, paths["features"], progress)
-        save_state(unreadable=[list(f) for f in failed])
-        for _, error in failed:
-            print(f"  unreadable, skipped: {error}")
-
-    extracted = set(list_entries(paths["features"])) if paths["features"].is_file() else set()
-    stages.run("extract", all(n in extracted for n in names) or "unreadable" in state, extract)
-    extracted = set(list_entries(paths["features"]))
-    usable = [p for p in pairs if p[0] in extracted and p[1] in extracted]
-    if len(usable) < len(pairs):
-        print(f"  {len(pairs) - len(usable)} pairs skipped: an image of the pair could not be read")
-    stages.run("pairs", paths["pairs"].is_file(), lambda: write_pairs(paths["pairs"], usable))
-
-    matched = MatchWriter(paths["matches"]).done if paths["matches"].is_file() else set()
-    stages.run("match", all(pair_key(a, b) in matched for a, b in usable), lambda: match_pairs(
-        paths["features"], usable, paths["matches"], resolve_device(args.device), progress=progress))
+    extracted, usable = extract_and_match(args, run, layout.images, names, pairs, progress)
 
     def build_database() -> None:
         with atomic_path(paths["database"]) as scratch:
@@ -233,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
                                         progress)
             verification = verify_pairs(scratch, paths["pairs"])
             print(f"  {verification.describe()}")
-            save_state(verification=verification.__dict__)
+            run.save(verification=verification.__dict__)
 
     stages.run("database", paths["database"].is_file(), build_database)
 
@@ -255,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
         write_text_atomic(paths["registration"], json.dumps([r.as_dict() for r in results], indent=2))
 
     stages.run("register", paths["registration"].is_file() and paths["final"].is_dir(), register)
-    save_state()
+    run.save()
 
     final = pycolmap.Reconstruction(paths["final"])
     by_name = {image.name: image for image in final.images.values()}
@@ -275,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
                                      result["inliers"], result["seconds"], fallback, reason,
                                      {"correspondences_2d3d": result["correspondences_2d3d"]}))
     finish_localization(
-        outcomes, output / layout.submission, paths["summary"], ground_truth_if_present(layout.root / GROUND_TRUTH),
+        outcomes, run.path(layout.submission), paths["summary"], ground_truth_if_present(layout.root / GROUND_TRUTH),
         THRESHOLD_PRESETS[layout.thresholds],
         extra={"dataset": str(layout.root), "version": layout.version, "pairs": len(usable),
                "verification": state.get("verification"), "unreadable": state.get("unreadable", []),

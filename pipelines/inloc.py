@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +28,15 @@ import pycolmap
 import scipy.io
 from tqdm import tqdm
 
-from d2sfm.cli import resolve_device
 from d2sfm.errors import D2sfmError
 from d2sfm.fileutil import write_text_atomic
-from d2sfm.io import MatchWriter, list_entries, pair_key, read_keypoints, read_matches
+from d2sfm.io import read_keypoints, read_matches
 from d2sfm.keypoints import colmap_xy_to_pixel_index
-from d2sfm.match import match_pairs
-from d2sfm.pairs import Pair, read_pairs, write_pairs
-from d2sfm.pipeline_features import extract_missing
+from d2sfm.pairs import Pair, read_pairs
+from d2sfm.pipeline_features import extract_and_match
 from d2sfm.pose_scores import THRESHOLD_PRESETS
 from d2sfm.poses import Pose, pose_from_rigid3d
-from d2sfm.stages import Stages
+from d2sfm.stages import RunFolder
 from d2sfm.submission import QueryOutcome, finish_localization, ground_truth_if_present
 
 README = "datasets/inloc.md"
@@ -188,15 +185,10 @@ def run(args: argparse.Namespace) -> int:
                          if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not query_names:
         raise D2sfmError(f"{layout.queries}: no query images; see {README}")
-    output = Path(args.output or "outputs/inloc")
-    if args.overwrite and output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True, exist_ok=True)
-    paths = {key: output / name for key, name in [
-        ("features", "features.h5"), ("pairs", "pairs.txt"), ("matches", "matches.h5"),
-        ("poses", "localization.json"), ("summary", "summary.json"), ("state", "state.json")]}
-    state = json.loads(paths["state"].read_text()) if paths["state"].is_file() else {}
-    stages = Stages(state.get("stage_seconds"))
+    run = RunFolder(Path(args.output or "outputs/inloc"), args.overwrite)
+    paths = {key: run.path(name) for key, name in [
+        ("features", "features.h5"), ("matches", "matches.h5"), ("poses", "localization.json"),
+        ("summary", "summary.json")]}
     progress = not args.quiet
 
     retrieved = _query_pairs(read_pairs(pairs_path), set(query_names), args.top_k)
@@ -215,24 +207,7 @@ def run(args: argparse.Namespace) -> int:
     names = sorted({n for p in pairs for n in p})
     print(f"InLoc: {len(query_names)} queries, {len(pairs)} pairs (top {args.top_k}), {len(names)} images")
 
-    def save_state(**updates) -> None:
-        state.update(updates, stage_seconds=stages.times)
-        write_text_atomic(paths["state"], json.dumps(state, indent=2))
-
-    def extract() -> None:
-        failed = extract_missing(args, layout.images, names, paths["features"], progress)
-        save_state(unreadable=[list(f) for f in failed])
-        for _, error in failed:
-            print(f"  unreadable, skipped: {error}")
-
-    extracted = set(list_entries(paths["features"])) if paths["features"].is_file() else set()
-    stages.run("extract", all(n in extracted for n in names) or "unreadable" in state, extract)
-    extracted = set(list_entries(paths["features"]))
-    usable = [p for p in pairs if p[0] in extracted and p[1] in extracted]
-    stages.run("pairs", paths["pairs"].is_file(), lambda: write_pairs(paths["pairs"], usable))
-    matched = MatchWriter(paths["matches"]).done if paths["matches"].is_file() else set()
-    stages.run("match", all(pair_key(a, b) in matched for a, b in usable), lambda: match_pairs(
-        paths["features"], usable, paths["matches"], resolve_device(args.device), progress=progress))
+    extracted, usable = extract_and_match(args, run, layout.images, names, pairs, progress)
 
     def localize() -> None:
         done = json.loads(paths["poses"].read_text()) if paths["poses"].is_file() else {}
@@ -251,9 +226,9 @@ def run(args: argparse.Namespace) -> int:
             if index % 20 == 19 or index == len(pending) - 1:  # resumable every 20 queries
                 write_text_atomic(paths["poses"], json.dumps(done, indent=1))
 
-    stages.run("localize", paths["poses"].is_file() and all(
+    run.stages.run("localize", paths["poses"].is_file() and all(
         q in json.loads(paths["poses"].read_text()) for q in query_names), localize)
-    save_state()
+    run.save()
 
     results = json.loads(paths["poses"].read_text())
     outcomes = []
@@ -271,8 +246,8 @@ def run(args: argparse.Namespace) -> int:
         outcomes.append(QueryOutcome(query, localized, pose, r["matches"], r["inliers"], r["seconds"], fallback,
                                      reason))
     finish_localization(
-        outcomes, output / "InLoc_eval_[d2sfm].txt", paths["summary"],
+        outcomes, run.path("InLoc_eval_[d2sfm].txt"), paths["summary"],
         ground_truth_if_present(layout.root / GROUND_TRUTH), THRESHOLD_PRESETS["inloc"],
         extra={"dataset": str(layout.root), "pairs": len(usable), "top_k": args.top_k,
-               "unreadable": state.get("unreadable", []), "stage_seconds": stages.times})
+               "unreadable": run.state.get("unreadable", []), "stage_seconds": run.stages.times})
     return 0

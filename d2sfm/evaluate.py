@@ -18,7 +18,8 @@ from d2sfm.poses import read_poses
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m d2sfm.evaluate", description=__doc__.split("\n\n")[0])
+    summary = __doc__.split("\n\n")[0].replace("``", "")
+    parser = argparse.ArgumentParser(prog="python -m d2sfm.evaluate", description=summary)
     commands = parser.add_subparsers(dest="command", required=True)
     poses = commands.add_parser(
         "poses", help="localization recall at thresholds",

@@ -25,10 +25,12 @@ def _benchmarks():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m d2sfm.localize", description=__doc__.split("\n\n")[0])
+    summary = __doc__.split("\n\n")[0].replace("``", "")
+    parser = argparse.ArgumentParser(prog="python -m d2sfm.localize", description=summary)
     commands = parser.add_subparsers(dest="benchmark", required=True)
     for name, module in _benchmarks().items():
-        sub = commands.add_parser(name, help=module.__doc__.split("\n")[0], description=module.__doc__,
+        sub = commands.add_parser(name, help=module.__doc__.split("\n")[0],
+                                  description=module.__doc__.replace("``", ""),
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.add_argument("--dataset", type=Path, required=True,
                          help=f"the dataset folder (layout: datasets/{name}.md)")

@@ -29,6 +29,7 @@ from d2sfm.io import MatchWriter, list_entries, pair_key, read_features
 from d2sfm.mapping import (
     D2_ABS_POSE_MIN_INLIER_RATIO,
     D2_ABS_POSE_MIN_INLIERS,
+    D2_INIT_MIN_TRI_ANGLE,
     MAPPERS,
     model_statistics,
     read_models,
@@ -105,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--abs-pose-min-inlier-ratio", type=float, default=D2_ABS_POSE_MIN_INLIER_RATIO,
                         help=f"inlier ratio needed to register an image (default {D2_ABS_POSE_MIN_INLIER_RATIO}; "
                         "COLMAP's 0.25)")
+    parser.add_argument("--init-min-tri-angle", type=float, default=D2_INIT_MIN_TRI_ANGLE,
+                        help=f"triangulation angle (degrees) the initial pair needs (default {D2_INIT_MIN_TRI_ANGLE}; "
+                        "COLMAP's 16)")
     parser.add_argument("--min-model-size", type=int, default=3, help="smallest model kept (images)")
     parser.add_argument("--text", action="store_true", help="write models as COLMAP text instead of binary")
     parser.add_argument("--dense", action="store_true", help="also run MVS (needs pycolmap with CUDA)")
@@ -180,7 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def mapping() -> None:
         models = run_mapping(paths["database"], image_dir, paths["sparse"], args.mapper, args.min_model_size,
                              text=args.text, progress=progress, abs_pose_min_inliers=args.abs_pose_min_inliers,
-                             abs_pose_min_inlier_ratio=args.abs_pose_min_inlier_ratio)
+                             abs_pose_min_inlier_ratio=args.abs_pose_min_inlier_ratio,
+                             init_min_tri_angle=args.init_min_tri_angle)
         if not models:
             raise D2sfmError(
                 f"mapping found no model of at least {args.min_model_size} images: "

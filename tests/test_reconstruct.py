@@ -1,6 +1,7 @@
 """``python -m d2sfm.reconstruct`` on the embedded synthetic scene (known cameras) and on bad input."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -47,6 +48,14 @@ def test_synthetic_scene_cameras_are_recovered(small_scene, weights_path):
     assert again.returncode == 0, again.stderr
     for stage in ("extract", "pairs", "match", "database", "mapping"):
         assert f"[{stage}] done earlier, skipped" in again.stdout
+
+    shutil.copytree(small_scene, small_scene.with_name("global"), ignore=shutil.ignore_patterns("sparse", "stats.json"))
+    global_run = reconstruct(small_scene.with_name("global"), "--demo", "--mapper", "global", weights=weights_path)
+    assert global_run.returncode == 0, global_run.stderr
+    assert "[mapping] done earlier" not in global_run.stdout and "[extract] done earlier, skipped" in global_run.stdout
+    global_check = json.loads((small_scene.with_name("global") / "stats.json").read_text())["demo_check"]
+    print("global mapper:", global_check)
+    assert global_check["registered"] == 8 and global_check["max_rotation_error_deg"] < 2.0
 
     dense = reconstruct(small_scene, "--demo", "--dense", weights=weights_path)
     assert dense.returncode == 0, dense.stderr

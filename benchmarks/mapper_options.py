@@ -1,0 +1,61 @@
+"""How often the incremental mapper puts every image in one model, with COLMAP's options and with d2sfm's, on the
+database of a ``d2sfm.reconstruct`` run (the mapper is randomised: each option set is run with many seeds).
+
+    python -m d2sfm.reconstruct outputs/sacre_coeur --images ../shared/data/sacre_coeur/images
+    python benchmarks/mapper_options.py outputs/sacre_coeur --images ../shared/data/sacre_coeur/images --seeds 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import pycolmap
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scene", type=Path, help="a d2sfm.reconstruct output folder (its database.db is read)")
+    parser.add_argument("--images", type=Path, default=None, help="photo folder (default scene/images)")
+    parser.add_argument("--seeds", type=int, default=12)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from d2sfm.mapping import D2_ABS_POSE_MIN_INLIER_RATIO, D2_ABS_POSE_MIN_INLIERS, D2_INIT_MIN_TRI_ANGLE
+
+    pycolmap.logging.minloglevel = 2
+    registration = {"abs_pose_min_num_inliers": D2_ABS_POSE_MIN_INLIERS,
+                    "abs_pose_min_inlier_ratio": D2_ABS_POSE_MIN_INLIER_RATIO}
+    option_sets = {
+        "COLMAP's defaults": {},
+        "d2sfm's registration thresholds only": registration,
+        "d2sfm's initial-pair angle only": {"init_min_tri_angle": D2_INIT_MIN_TRI_ANGLE},
+        "d2sfm's (both)": {**registration, "init_min_tri_angle": D2_INIT_MIN_TRI_ANGLE},
+    }
+    database = args.scene / "database.db"
+    images = args.images or args.scene / "images"
+    with pycolmap.Database.open(database) as db:
+        total = db.num_images()
+    print(f"{database}: {total} images, seeds 0-{args.seeds - 1}, pycolmap {pycolmap.__version__}\n")
+    print("| mapper options | seeds with all images in one model | models per seed (images each) |")
+    print("| --- | ---: | --- |")
+    for label, changes in option_sets.items():
+        per_seed = []
+        for seed in range(args.seeds):
+            options = pycolmap.IncrementalPipelineOptions()
+            options.random_seed = seed
+            options.min_model_size = 3
+            for key, value in changes.items():
+                setattr(options.mapper, key, value)
+            with tempfile.TemporaryDirectory() as scratch:
+                models = pycolmap.incremental_mapping(database, images, scratch, options)
+            per_seed.append(sorted((m.num_reg_images() for m in models.values()), reverse=True))
+        complete = sum(1 for sizes in per_seed if sizes and sizes[0] == total)
+        print(f"| {label} | {complete} of {args.seeds} | {per_seed} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,10 +22,10 @@ D2_ABS_POSE_MIN_INLIERS = 15  # COLMAP: 30
 D2_ABS_POSE_MIN_INLIER_RATIO = 0.1  # COLMAP: 0.25
 D2_INIT_MIN_TRI_ANGLE = 8.0  # degrees; COLMAP: 16
 # The mapper is randomised (and multithreaded, so not even a seed repeats it exactly). With the options above it
-# still ends, now and then, with a partial model (Sacre Coeur: about 1 run in 20); when the largest model holds
-# less than this share of the images, the incremental mapper runs once more with the next seed and the better
-# result is kept. Large collections, where part of the images rarely register, stay above it and map once.
-RETRY_BELOW_SHARE = 0.8
+# still ends, now and then, with a partial model (Sacre Coeur: 1 to 2 runs in 12); when the largest model holds
+# less than this share of the images, the incremental mapper runs again with the next seed (up to ``attempts``
+# runs in all, reconstruct's --mapper-attempts) and the best result is kept.
+RETRY_BELOW_SHARE = 0.9
 
 
 def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, output_dir: str | os.PathLike,

@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init-min-tri-angle", type=float, default=D2_INIT_MIN_TRI_ANGLE,
                         help=f"triangulation angle (degrees) the initial pair needs (default {D2_INIT_MIN_TRI_ANGLE}; "
                         "COLMAP's 16)")
+    parser.add_argument("--mapper-attempts", type=int, default=2,
+                        help="incremental mapping runs at most (default 2): a run whose largest model holds under "
+                        "90%% of the images is repeated with the next seed and the best kept; 1 for huge collections")
     parser.add_argument("--min-model-size", type=int, default=3, help="smallest model kept (images)")
     parser.add_argument("--text", action="store_true", help="write models as COLMAP text instead of binary")
     parser.add_argument("--dense", action="store_true", help="also run MVS (needs pycolmap with CUDA)")
@@ -185,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         models = run_mapping(paths["database"], image_dir, paths["sparse"], args.mapper, args.min_model_size,
                              text=args.text, progress=progress, abs_pose_min_inliers=args.abs_pose_min_inliers,
                              abs_pose_min_inlier_ratio=args.abs_pose_min_inlier_ratio,
-                             init_min_tri_angle=args.init_min_tri_angle)
+                             init_min_tri_angle=args.init_min_tri_angle, attempts=args.mapper_attempts)
         if not models:
             raise D2sfmError(
                 f"mapping found no model of at least {args.min_model_size} images: "

@@ -114,6 +114,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db-pairs", type=Path, default=None,
                         help="with --pairs: database pairs to triangulate from (default: those of the protocol's "
                         "image_pairs_to_match file)")
+    parser.add_argument("--min-inliers", type=int, default=30,
+                        help="2D-3D inliers a query needs to register (default 30, COLMAP's and the protocol's; the "
+                        "D2-Net authors relaxed it for D2 on Extended CMU Seasons, see datasets/aachen.md)")
+    parser.add_argument("--min-inlier-ratio", type=float, default=0.25,
+                        help="inlier ratio a query needs to register (default 0.25, COLMAP's)")
     parser.add_argument("--refine-query-intrinsics", action="store_true",
                         help="let registration estimate and refine the queries' focal length and distortion as "
                         "COLMAP's registrator does for cameras without a prior (default: fixed, as the protocol asks)")
@@ -220,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
 
     def register() -> None:
         model = pycolmap.Reconstruction(paths["triangulated"])
-        options = registration_options(refine_intrinsics=args.refine_query_intrinsics)
+        options = registration_options(args.min_inliers, args.min_inlier_ratio,
+                                       refine_intrinsics=args.refine_query_intrinsics)
         final, results = register_queries(paths["database"], model, query_names, options,
                                           refine_intrinsics=args.refine_query_intrinsics, progress=progress)
         final.write_binary(_fresh_dir(paths["final"]))

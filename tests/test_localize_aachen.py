@@ -135,7 +135,10 @@ def sacre_coeur_aachen(sacre_coeur_images, tmp_path_factory) -> Path:
 
 
 def test_sacre_coeur_night_queries_within_aachen_thresholds(sacre_coeur_aachen, weights_path, tmp_path):
-    run = localize(sacre_coeur_aachen, tmp_path, weights_path)
+    """Single-scale D2 (for CI time) gives 30-40 2D-3D correspondences per night query here, at the edge of
+    COLMAP's 30-inlier registration threshold; registration is relaxed to d2sfm's mapper values, as the D2-Net
+    authors relaxed it for D2 (the benchmark README's Extended CMU Seasons settings)."""
+    run = localize(sacre_coeur_aachen, tmp_path, weights_path, "--min-inliers", 15, "--min-inlier-ratio", 0.1)
     assert run.returncode == 0, run.stderr
     print(run.stdout)
     result = summary(tmp_path)

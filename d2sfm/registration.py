@@ -22,6 +22,7 @@ import numpy as np
 import pycolmap
 from tqdm import tqdm
 
+from d2sfm.database import read_image_ids
 from d2sfm.errors import D2sfmError
 
 
@@ -63,8 +64,12 @@ def register_queries(database_path: str | os.PathLike, model: pycolmap.Reconstru
         cache = pycolmap.DatabaseCache.create(database, cache_options)
     name_to_id = {image.name: image_id for image_id, image in cache.images.items()}
     unknown = [name for name in query_names if name not in name_to_id]
-    if unknown:
-        raise D2sfmError(f"{database_path}: {len(unknown)} queries are not in the database (first: {unknown[0]})")
+    if unknown:  # the cache leaves out images without verified matches: those are answered as not registered
+        in_database = read_image_ids(database_path)
+        missing = [name for name in unknown if name not in in_database]
+        if missing:
+            raise D2sfmError(f"{database_path}: {len(missing)} queries are not in the database "
+                             f"(first: {missing[0]})")
     mapper = pycolmap.IncrementalMapper(cache)
     mapper.begin_reconstruction(model)
     reconstruction = mapper.reconstruction
@@ -73,6 +78,9 @@ def register_queries(database_path: str | os.PathLike, model: pycolmap.Reconstru
     results = []
     for name in tqdm(query_names, desc="registering queries", unit="query", disable=not progress):
         start = time.perf_counter()
+        if name not in name_to_id:
+            results.append(RegistrationResult(name, False, 0, 0, 0, None, time.perf_counter() - start))
+            continue
         image_id = name_to_id[name]
         camera = reconstruction.cameras[reconstruction.images[image_id].camera_id]
         if not refine_intrinsics:

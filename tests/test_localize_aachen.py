@@ -181,3 +181,29 @@ def test_v1_1_retrieval_variant_adds_day_queries_missing_from_the_database(tmp_p
     result = summary(work)
     assert result["localized"] == 3 and result["scores"]["thresholds"] == [[0.25, 2.0], [0.5, 5.0], [5.0, 10.0]]
     assert (work / "Aachen_v1_1_eval_[d2sfm].txt").is_file()
+
+
+def test_unreadable_images_are_reported_not_dropped(courtyard_run, courtyard_aachen, weights_path, tmp_path):
+    """A corrupt database image and a corrupt query: listed in the log and the summary; the query still gets a
+    line in the submission."""
+    import h5py
+
+    output, _ = courtyard_run
+    dataset = tmp_path / "dataset"
+    shutil.copytree(courtyard_aachen, dataset)
+    broken_db, broken_query = "db/2.jpg", "query/night/nexus5x/view_06.jpg"
+    for name in (broken_db, broken_query):
+        (dataset / "images" / "images_upright" / name).write_bytes(b"not a jpeg")
+    work = tmp_path / "out"
+    work.mkdir()
+    shutil.copy(output / "features.h5", work / "features.h5")
+    with h5py.File(work / "features.h5", "a") as handle:  # as if these two had not been extracted yet
+        del handle[broken_db], handle[broken_query]
+    run = localize(dataset, work, weights_path)
+    assert run.returncode == 0, run.stderr
+    assert "unreadable, skipped" in run.stdout and "pairs skipped" in run.stdout
+    result = summary(work)
+    assert sorted(name for name, _ in result["unreadable"]) == [broken_db, broken_query]
+    failed = {entry["name"]: entry for entry in result["failed"]}
+    assert failed[broken_query]["reason"] == "image unreadable" and failed[broken_query]["fallback_image"]
+    assert "view_06.jpg" in read_poses(work / "Aachen_eval_[d2sfm].txt")

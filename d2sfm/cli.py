@@ -50,3 +50,10 @@ def add_weights_argument(parser: argparse.ArgumentParser) -> None:
         help="D2-Net checkpoint: a file path, or one of d2_ots, d2_tf, d2_tf_no_phototourism (downloaded once "
         "into the cache). Default: $D2SFM_WEIGHTS if set, else d2_tf.",
     )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, overwrite_help: str = "redo every stage") -> None:
+    """The options every staged pipeline command shares: --overwrite, --verbose (COLMAP's log), --quiet."""
+    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
+    parser.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")

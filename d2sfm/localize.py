@@ -14,7 +14,7 @@ from pathlib import Path
 import pycolmap
 import torch
 
-from d2sfm.cli import add_device_argument, add_weights_argument, run_main
+from d2sfm.cli import add_device_argument, add_run_arguments, add_weights_argument, run_main
 from d2sfm.pipeline_features import add_feature_arguments
 
 
@@ -40,9 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_weights_argument(sub)
         add_device_argument(sub)
         add_feature_arguments(sub)
-        sub.add_argument("--overwrite", action="store_true", help="delete --output first and redo every stage")
-        sub.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
-        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_run_arguments(sub, "delete --output first and redo every stage")
     return parser
 
 

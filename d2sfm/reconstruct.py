@@ -19,7 +19,7 @@ import numpy as np
 import pycolmap
 import torch
 
-from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device, run_main
+from d2sfm.cli import add_device_argument, add_run_arguments, add_weights_argument, resolve_device, run_main
 from d2sfm.database import CAMERA_MODELS, CAMERA_MODES, create_database, import_features_and_matches, verify_pairs
 from d2sfm.dense import cuda_problem, run_dense
 from d2sfm.errors import D2sfmError
@@ -116,9 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--text", action="store_true", help="write models as COLMAP text instead of binary")
     parser.add_argument("--dense", action="store_true", help="also run MVS (needs pycolmap with CUDA)")
     parser.add_argument("--mesh", action="store_true", help="with --dense: Poisson mesh of the fused points")
-    parser.add_argument("--overwrite", action="store_true", help="redo every stage")
-    parser.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_arguments(parser)
     return parser
 
 

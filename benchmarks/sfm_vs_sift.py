@@ -64,8 +64,7 @@ def original_features(images: Path, names, output: Path, weights: Path, referenc
     return time.perf_counter() - start
 
 
-COLMAP_MAPPER = {"abs_pose_min_inliers": 30, "abs_pose_min_inlier_ratio": 0.25,  # pycolmap's defaults
-                 "init_min_tri_angle": 16.0}
+from d2sfm.mapping import COLMAP_MAPPER_OPTIONS as COLMAP_MAPPER  # noqa: E402  (pycolmap's defaults)
 
 
 def d2_reconstruction(images: Path, names, features: Path, work: Path, seeds, registration: dict) -> dict:

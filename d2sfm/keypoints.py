@@ -41,3 +41,14 @@ def colmap_xy_to_pixel_index(xy: np.ndarray, width: int, height: int) -> tuple[n
     columns = np.clip(np.floor(xy[:, 0]).astype(np.int64), 0, width - 1)
     rows = np.clip(np.floor(xy[:, 1]).astype(np.int64), 0, height - 1)
     return rows, columns
+
+
+def colmap_xy_to_opencv_xy(xy: np.ndarray) -> np.ndarray:
+    """COLMAP (x, y) -> OpenCV's convention (pixel centres at integers; also HPatches' homographies and
+    ``cv2.warpPerspective``), same resolution."""
+    return np.asarray(xy, dtype=np.float64) - 0.5
+
+
+def opencv_xy_to_colmap_xy(xy: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`colmap_xy_to_opencv_xy` (e.g. OpenCV SIFT keypoints into features.h5)."""
+    return np.asarray(xy, dtype=np.float64) + 0.5

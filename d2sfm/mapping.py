@@ -21,6 +21,8 @@ MAPPERS = ("incremental", "global")
 D2_ABS_POSE_MIN_INLIERS = 15  # COLMAP: 30
 D2_ABS_POSE_MIN_INLIER_RATIO = 0.1  # COLMAP: 0.25
 D2_INIT_MIN_TRI_ANGLE = 8.0  # degrees; COLMAP: 16
+COLMAP_MAPPER_OPTIONS = {"abs_pose_min_inliers": 30, "abs_pose_min_inlier_ratio": 0.25,  # COLMAP's defaults,
+                         "init_min_tri_angle": 16.0}  # tuned for SIFT: the baselines run with them
 # The mapper is randomised (and multithreaded, so not even a seed repeats it exactly). With the options above it
 # still ends, now and then, with a partial model (Sacre Coeur: 1 to 2 runs in 12); when the largest model holds
 # less than this share of the images, the incremental mapper runs again with the next seed (up to ``attempts``

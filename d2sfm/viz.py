@@ -17,6 +17,7 @@ import torch
 from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device, run_main
 from d2sfm.errors import D2sfmError
 from d2sfm.fileutil import atomic_path
+from d2sfm.keypoints import colmap_xy_to_opencv_xy
 from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
 
 
@@ -38,7 +39,7 @@ def _colours(values: np.ndarray) -> np.ndarray:
 
 def _to_pixel(xy: np.ndarray, scale: float, shift: int = 4) -> np.ndarray:
     """COLMAP-convention (x, y) -> fixed-point pixel centres for cv2 (which puts pixel centres at integers)."""
-    return np.round((xy * scale - 0.5) * (1 << shift)).astype(np.int64)
+    return np.round(colmap_xy_to_opencv_xy(xy * scale) * (1 << shift)).astype(np.int64)
 
 
 def draw_keypoints(image_bgr: np.ndarray, keypoints_xy: np.ndarray, scores: np.ndarray | None = None,

@@ -1,0 +1,120 @@
+"""``python -m benchmarks``: rerun every speed and memory benchmark of the project and regenerate its tables in
+docs/benchmarks.md, each headed by the machine and date it ran on.
+
+    python -m benchmarks --reference /path/to/d2-net            # everything, CPU, with the original D2-Net code
+    python -m benchmarks --only match-cpu aachen-estimate        # some of them
+    python -m benchmarks --device cuda --reference /path/to/d2-net   # the GPU tables (extraction, matching)
+    python -m benchmarks --list
+
+Each benchmark is a script in benchmarks/ that runs d2sfm and its baseline side by side and prints a markdown
+table; its standard output replaces the block between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->`` in
+the document (a block that does not exist yet is appended). Without ``--reference`` the extraction tables have no
+"original" rows. The document is rewritten atomically after each benchmark, so an interrupted run keeps the
+tables it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DOCUMENT = REPO / "docs" / "benchmarks.md"
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    script: str
+    arguments: tuple[str, ...]
+    device: str  # "cpu" or "cuda"
+    uses_reference: bool = False
+    what: str = ""
+
+
+BENCHMARKS = (
+    Benchmark("extract-cpu-sacre-coeur", "extract_speed.py",
+              ("--images", str(SHARED / "data" / "sacre_coeur" / "images"), "--max-edge", "640"), "cpu", True,
+              "extraction, 10 Sacre Coeur photos at 640 px, SS and MS, exact and winograd"),
+    Benchmark("extract-cpu-reference", "extract_speed.py", (), "cpu", True,
+              "extraction, the two 640-px reference images"),
+    Benchmark("match-cpu", "match_speed.py", (), "cpu", False, "MNN matching, 8k and 20k features"),
+    Benchmark("aachen-estimate", "aachen_estimate.py", ("--images", "2", "--pairs", "20"), "cpu", False,
+              "Aachen v1.1 run-time estimate from a measured subset"),
+    Benchmark("extract-gpu", "extract_speed.py",
+              ("--images", str(SHARED / "data" / "sacre_coeur" / "images"), "--max-edge", "1600", "--device", "cuda",
+               "--precision", "fp32", "bf16", "fp16"), "cuda", True,
+              "extraction at 1600 px on the GPU, fp32 against bf16 and fp16"),
+    Benchmark("match-gpu", "match_speed.py", ("--device", "cuda"), "cuda", False, "MNN matching on the GPU"),
+    Benchmark("aachen-estimate-gpu", "aachen_estimate.py", ("--device", "cuda"), "cuda", False,
+              "Aachen v1.1 run-time estimate on the GPU"),
+)
+
+
+def replace_block(document: str, name: str, content: str) -> str:
+    """The document with the generated block ``name`` holding ``content`` (appended when absent)."""
+    begin, end = f"<!-- generated: {name} -->", f"<!-- end: {name} -->"
+    block = f"{begin}\n{content.strip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pattern.search(document):
+        return pattern.sub(lambda _: block, document, count=1)
+    return document.rstrip() + f"\n\n### {name}\n\n{block}\n"
+
+
+def run_benchmark(benchmark: Benchmark, reference: Path | None) -> str:
+    command = [sys.executable, str(REPO / "benchmarks" / benchmark.script), *benchmark.arguments]
+    if benchmark.uses_reference and reference:
+        command += ["--reference", str(reference)]
+    print(f"== {benchmark.name}: {' '.join(command[1:])}", file=sys.stderr)
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True, cwd=REPO)  # progress goes to stderr
+    if result.returncode:
+        raise SystemExit(f"error: {benchmark.name} failed (exit {result.returncode}); its output is above")
+    return result.stdout
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="which set of tables to regenerate (default cpu)")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="only these benchmarks")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="local checkout of the original D2-Net code (baseline of the extraction tables)")
+    parser.add_argument("--document", type=Path, default=DOCUMENT, help="markdown file to update")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for benchmark in BENCHMARKS:
+            print(f"{benchmark.name:28s} {benchmark.device:5s} {benchmark.what}")
+        return 0
+    names = {b.name for b in BENCHMARKS}
+    unknown = sorted(set(args.only or ()) - names)
+    if unknown:
+        parser.error(f"unknown benchmarks {unknown}; --list shows them")
+    chosen = [b for b in BENCHMARKS if (b.name in args.only if args.only else b.device == args.device)]
+    if args.reference and not (args.reference / "lib" / "model_test.py").is_file():
+        parser.error(f"{args.reference}: not a D2-Net checkout (no lib/model_test.py); clone mihaidusmanu/d2-net")
+    sys.path.insert(0, str(REPO))
+    from benchmarks.extract_speed import machine_description
+
+    for benchmark in chosen:
+        output = run_benchmark(benchmark, args.reference)
+        stamp = (f"Generated by `python -m benchmarks --only {benchmark.name}` on "
+                 f"{datetime.date.today().isoformat()}; machine: {machine_description(benchmark.device)}.")
+        document = args.document.read_text() if args.document.is_file() else "# Benchmarks\n"
+        updated = replace_block(document, benchmark.name, f"{stamp}\n\n{output}")
+        scratch = args.document.with_name(f".{args.document.name}.part")
+        scratch.write_text(updated)
+        scratch.replace(args.document)
+        print(f"updated {args.document} ({benchmark.name})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The ETH local-feature evaluation's SfM statistics (Schönberger et al., CVPR 2017; the D2-Net paper's Table 3)
+for one scene: ``python -m d2sfm.evaluate eth --dataset datasets/eth/<scene>``.
+
+Runs ``d2sfm.reconstruct`` (multi- and/or single-scale) and COLMAP's SIFT pipeline (pycolmap, COLMAP's mapper
+options) on the scene's photos with the same pairs (the scene's ``match_list.txt`` when present, otherwise
+exhaustive up to 100 images and retrieval beyond), and reports the benchmark's columns for each: registered
+images, sparse points, observations, mean track length, mean reprojection error and, with ``--dense`` on a
+pycolmap built with CUDA, dense points. Each method works in its own folder under ``--output`` and resumes there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from d2sfm.dense import cuda_problem, run_dense
+from d2sfm.errors import D2sfmError
+from d2sfm.fileutil import write_text_atomic
+from d2sfm.images import list_images
+from d2sfm.mapping import model_statistics
+from d2sfm.sift_baseline import sift_reconstruction
+
+METHODS = {"d2-ms": "d2sfm MS", "d2-ss": "d2sfm SS", "sift": "COLMAP SIFT"}
+MATCH_LIST = "match_list.txt"
+COLUMNS = [("registered_images", "registered images", "{:.0f}"), ("points3D", "sparse points", "{:.0f}"),
+           ("observations", "observations", "{:.0f}"), ("mean_track_length", "track length", "{:.2f}"),
+           ("mean_reprojection_error", "reprojection error (px)", "{:.2f}"), ("dense_points", "dense points", "{}")]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", type=Path, required=True,
+                        help="scene folder: images/ and optionally match_list.txt (datasets/eth.md)")
+    parser.add_argument("--output", type=Path, default=None, help="working folder (default outputs/eth/<scene>)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="which pipelines to run (default: all)")
+    parser.add_argument("--dense", action="store_true", help="also run MVS and count dense points (needs CUDA "
+                        "pycolmap)")
+    parser.add_argument("--seed", type=int, default=0, help="mapper seed of the SIFT baseline (default 0)")
+    parser.add_argument("--weights", default=None, help="D2 weights: a .pth path or an official name")
+    parser.add_argument("--device", default="auto", help="D2 extraction and matching device (default auto)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def scene_inputs(dataset: Path) -> tuple[Path, list[str], Path | None]:
+    """(image folder, names, pair list or None), with one-line errors for a wrong layout."""
+    images = dataset / "images"
+    if not images.is_dir():
+        raise D2sfmError(f"{images}: no such folder; an ETH scene holds its photos in images/ (datasets/eth.md)")
+    names = list_images(images)
+    if len(names) < 2:
+        raise D2sfmError(f"{images}: {len(names)} image(s); a reconstruction needs at least two")
+    match_list = dataset / MATCH_LIST
+    return images, names, match_list if match_list.is_file() else None
+
+
+def run_d2(kind: str, images: Path, match_list: Path | None, folder: Path, args: argparse.Namespace) -> dict:
+    from d2sfm.reconstruct import main as reconstruct
+
+    argv = [str(folder), "--images", str(images), "--pairs", str(match_list) if match_list else "auto",
+            "--device", args.device]
+    argv += ["--single-scale"] if kind == "d2-ss" else []
+    argv += ["--weights", args.weights] if args.weights else []
+    argv += ["--dense"] if args.dense else []
+    argv += ["--quiet"] if args.quiet else []
+    reconstruct(argv)
+    stats = json.loads((folder / "stats.json").read_text())
+    row = dict(stats["models"][0]) if stats["models"] else {}
+    row["dense_points"] = stats.get("dense_points")
+    row["seconds"] = sum(stats["stage_seconds"].values())
+    return row
+
+
+def run_sift(images: Path, names: Sequence[str], match_list: Path | None, folder: Path,
+             args: argparse.Namespace) -> dict:
+    stats_path = folder / "stats.json"
+    if stats_path.is_file():
+        return json.loads(stats_path.read_text())
+    start = time.perf_counter()
+    models = sift_reconstruction(images, names, folder, seed=args.seed, pairs_path=match_list,
+                                 progress=not args.quiet)
+    row = model_statistics(models[0]) if models else {}
+    row["dense_points"] = None
+    if args.dense and models and not cuda_problem():
+        row["dense_points"] = run_dense(folder / "sparse" / "0", images, folder / "dense")["dense_points"]
+    row["seconds"] = time.perf_counter() - start
+    write_text_atomic(stats_path, json.dumps(row, indent=2))
+    return row
+
+
+def sift_pairs(match_list: Path | None, output: Path, count: int) -> Path | None:
+    """The scene's list, else (above the exhaustive limit) the pairs the D2 run chose, else None: exhaustive."""
+    from d2sfm.reconstruct import EXHAUSTIVE_UP_TO
+
+    if match_list or count <= EXHAUSTIVE_UP_TO:
+        return match_list
+    chosen = [output / kind / "pairs.txt" for kind in ("d2-ms", "d2-ss") if (output / kind / "pairs.txt").is_file()]
+    return chosen[0] if chosen else None
+
+
+def format_table(rows: dict[str, dict], total_images: int) -> str:
+    header = ["method", *[title for _, title, _ in COLUMNS], "time (s)"]
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * (len(header) - 1)]
+    for label, row in rows.items():
+        cells = []
+        for key, _, form in COLUMNS:
+            value = row.get(key)
+            cells.append("n/a" if value is None else form.format(value))
+        cells[0] = f"{cells[0]} / {total_images}"
+        lines.append("| " + " | ".join([label, *cells, f"{row.get('seconds', 0):.0f}"]) + " |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    images, names, match_list = scene_inputs(args.dataset)
+    output = args.output or Path("outputs/eth") / args.dataset.resolve().name
+    problem = cuda_problem() if args.dense else None
+    if problem:
+        print(f"warning: {problem}; dense points are reported as n/a")
+    print(f"{len(names)} images, pairs: {match_list or 'exhaustive (up to 100 images) or retrieval'}")
+    rows = {}
+    for kind in sorted(args.methods, key=list(METHODS).index):  # D2 first: SIFT may reuse its pairs
+        folder = output / kind
+        print(f"== {METHODS[kind]} in {folder}")
+        if kind == "sift":
+            rows[METHODS[kind]] = run_sift(images, names, sift_pairs(match_list, output, len(names)), folder, args)
+        else:
+            rows[METHODS[kind]] = run_d2(kind, images, match_list, folder, args)
+    report = {"scene": str(args.dataset), "images": len(names), "pairs": str(match_list) if match_list else "auto",
+              "largest_model": rows}
+    write_text_atomic(output / "eth.json", json.dumps(report, indent=2))
+    print(format_table(rows, len(names)))
+    print(f"wrote {output / 'eth.json'} (statistics of each method's largest model)")
+    return 0

@@ -1,0 +1,225 @@
+"""HPatches sequences in the D2-Net paper's protocol (``python -m d2sfm.evaluate hpatches``).
+
+108 sequences of 6 images (the 8 sequences with images above 1600 x 1200 excluded, as the paper's download script
+does), image 1 against images 2-6, mutual nearest-neighbour matching, and mean matching accuracy at 1-10 px
+overall and per split with the mean numbers of features per image and of matches per pair (:mod:`d2sfm.mma`).
+The same code runs on sequences synthesised from any photos (:mod:`pipelines.synthetic_sequences`).
+
+Methods compared side by side: d2sfm single- and multi-scale with any number of weights, and OpenCV SIFT and
+RootSIFT. Each method's features are cached in ``OUTPUT/features/<kind>-<settings hash>.h5`` (resumable, one
+file per setting), so adding a method or rerunning with other plots costs only the new extraction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from d2sfm.errors import D2sfmError
+from d2sfm.extract import extract_features, file_sha256
+from d2sfm.extractor import D2Extractor, ExtractionConfig
+from d2sfm.fileutil import write_text_atomic
+from d2sfm.images import ImageReadError, read_image_bgr
+from d2sfm.io import FeatureWriter, read_features
+from d2sfm.match import mutual_nearest_neighbours
+from d2sfm.mma import THRESHOLDS, PairResult, accuracy_at, match_errors, summarise
+from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
+from d2sfm.sift_features import sift_features
+from d2sfm.weights import resolve_weights
+
+RELEASE_FOLDER = "hpatches-sequences-release"
+PAPER_EXCLUDED = ("i_contruction", "i_crownnight", "i_dc", "i_pencils", "i_whitebuilding", "v_artisans",
+                  "v_astronautis", "v_talent")  # hpatches_sequences/download.sh of the D2-Net code
+MAX_SIZE = (1600, 1200)
+IMAGE_SUFFIXES = (".ppm", ".png", ".jpg")
+METHOD_KINDS = {"d2-ss": "d2sfm SS", "d2-ms": "d2sfm MS", "sift": "SIFT", "rootsift": "RootSIFT"}
+DATASET_HELP = "see datasets/hpatches.md for the layout"
+
+
+@dataclass
+class HSequence:
+    name: str
+    images: list[str]  # "sequence/1.ppm" ... "sequence/6.ppm", relative to the dataset root
+    homographies: dict[int, np.ndarray] = field(default_factory=dict)  # k -> H_1_k
+
+
+def dataset_root(path: Path) -> Path:
+    """The folder holding the sequences: ``path`` itself or its ``hpatches-sequences-release``."""
+    if (path / RELEASE_FOLDER).is_dir():
+        return path / RELEASE_FOLDER
+    if not path.is_dir():
+        raise D2sfmError(f"{path}: no such folder; {DATASET_HELP}")
+    return path
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise D2sfmError(f"{path}: cannot read this image; replace it with the dataset's file")
+    return image.shape[1], image.shape[0]
+
+
+def _too_large(size: tuple[int, int], max_size: tuple[int, int]) -> bool:
+    return max(size) > max(max_size) or min(size) > min(max_size)
+
+
+def _read_sequence(root: Path, name: str) -> HSequence:
+    folder = root / name
+    suffix = next((s for s in IMAGE_SUFFIXES if (folder / f"1{s}").is_file()), None)
+    if suffix is None:
+        raise D2sfmError(f"{folder}: no 1.ppm/1.png/1.jpg; {DATASET_HELP}")
+    sequence = HSequence(name, [f"{name}/{k}{suffix}" for k in range(1, 7)])
+    for k in range(2, 7):
+        path = folder / f"H_1_{k}"
+        if not (folder / f"{k}{suffix}").is_file() or not path.is_file():
+            raise D2sfmError(f"{path}: missing (each sequence needs images 1-6 and H_1_2..H_1_6); {DATASET_HELP}")
+        try:
+            homography = np.loadtxt(path, dtype=np.float64)
+        except ValueError:
+            homography = None
+        if homography is None or homography.shape != (3, 3):
+            raise D2sfmError(f"{path}: not a 3 x 3 homography (three lines of three numbers); {DATASET_HELP}")
+        sequence.homographies[k] = homography
+    return sequence
+
+
+def find_sequences(path: Path, max_size: tuple[int, int] | None = MAX_SIZE,
+                   excluded: Sequence[str] = PAPER_EXCLUDED) -> tuple[Path, list[HSequence], list[str]]:
+    """(root, sequences, excluded names): every ``[iv n]_*`` folder, minus the paper's exclusions and any sequence
+    with an image larger than ``max_size`` (None: keep all)."""
+    root = dataset_root(path)
+    names = sorted(p.name for p in root.iterdir() if p.is_dir() and re.match(r"^[a-z]_", p.name))
+    if not names:
+        raise D2sfmError(f"{root}: no sequence folders (i_*, v_*); {DATASET_HELP}")
+    kept, dropped = [], []
+    for name in names:
+        sequence = _read_sequence(root, name)
+        if name in excluded or (max_size and any(_too_large(_image_size(root / i), max_size)
+                                                 for i in sequence.images)):
+            dropped.append(name)
+        else:
+            kept.append(sequence)
+    return root, kept, dropped
+
+
+@dataclass(frozen=True)
+class Method:
+    """One column of the comparison: a feature kind and, for D2, its weights."""
+
+    kind: str  # a key of METHOD_KINDS
+    label: str  # shown in tables and plots
+    weights: Path | None = None
+
+    def settings(self, max_keypoints: int, max_edge: int, original_centres: bool, conv: str) -> dict:
+        if self.kind in ("sift", "rootsift"):
+            return {"method": self.kind, "opencv": cv2.__version__, "max_keypoints": max_keypoints}
+        config = self.extraction_config(max_keypoints, max_edge, original_centres, conv)
+        return {"method": self.kind, **config.as_dict(), "weights_sha256": file_sha256(self.weights)}
+
+    def extraction_config(self, max_keypoints: int, max_edge: int, original_centres: bool,
+                          conv: str) -> ExtractionConfig:
+        return ExtractionConfig(scales=MULTI_SCALE if self.kind == "d2-ms" else SINGLE_SCALE, max_edge=max_edge,
+                                max_keypoints=max_keypoints, geometric_centres=not original_centres, conv=conv)
+
+
+def parse_methods(kinds: Sequence[str], weight_specs: Sequence[str]) -> list[Method]:
+    """``kinds`` from METHOD_KINDS; each D2 kind runs once per weights spec ``[LABEL=]PATH_OR_NAME`` (no spec:
+    the default weights). Labels get the weights' name only when several weights are compared."""
+    unknown = [k for k in kinds if k not in METHOD_KINDS]
+    if unknown:
+        raise D2sfmError(f"unknown methods {unknown}; choose from {', '.join(METHOD_KINDS)}")
+    weights = []
+    for spec in weight_specs or [None]:
+        label, path = spec.split("=", 1) if spec and "=" in spec else (None, spec)
+        resolved = resolve_weights(path)
+        weights.append((label or resolved.stem, resolved))
+    methods = []
+    for kind in dict.fromkeys(kinds):
+        if kind.startswith("d2"):
+            for label, path in weights:
+                suffix = f" [{label}]" if len(weights) > 1 else ""
+                methods.append(Method(kind, METHOD_KINDS[kind] + suffix, path))
+        else:
+            methods.append(Method(kind, METHOD_KINDS[kind]))
+    return methods
+
+
+def feature_cache(output: Path, method: Method, settings: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return output / "features" / f"{method.kind}-{digest}.h5"  # labels may differ, the features would not
+
+
+def _extract_sift(root: Path, names: Sequence[str], cache: Path, settings: dict, root_sift: bool,
+                  max_keypoints: int, progress: bool) -> None:
+    writer = FeatureWriter(cache, settings, descriptor_dtype=np.float32)
+    for name in tqdm([n for n in names if n not in writer.done], desc=f"extracting {settings['method']}",
+                     unit="img", disable=not progress):
+        try:
+            image = read_image_bgr(root / name)
+        except ImageReadError as error:
+            raise D2sfmError(f"{error}; replace the file") from None
+        writer.write(name, sift_features(image, max_keypoints, root=root_sift))
+
+
+def extract_method(method: Method, root: Path, names: Sequence[str], output: Path, device: torch.device,
+                   max_keypoints: int = 0, max_edge: int = 1600, original_centres: bool = False,
+                   conv: str = "exact", progress: bool = True) -> Path:
+    """Features of every image for one method, in its cache file (images already there are skipped)."""
+    settings = method.settings(max_keypoints, max_edge, original_centres, conv)
+    cache = feature_cache(output, method, settings)
+    if method.kind in ("sift", "rootsift"):
+        _extract_sift(root, names, cache, settings, method.kind == "rootsift", max_keypoints, progress)
+        return cache
+    extractor = D2Extractor(method.weights, method.extraction_config(max_keypoints, max_edge, original_centres,
+                                                                     conv), device)
+    _, failed = extract_features(root, names, cache, extractor, settings, progress=progress)
+    if failed:
+        raise D2sfmError(f"{failed[0][1]}; replace the file")
+    return cache
+
+
+def evaluate_method(cache: Path, sequences: Sequence[HSequence], device: torch.device,
+                    thresholds: Sequence[float] = THRESHOLDS, progress: bool = True, label: str = "") -> dict:
+    """MNN-match image 1 with images 2-6 of every sequence and summarise (:func:`d2sfm.mma.summarise`)."""
+    pairs, counts = [], {}
+    for sequence in tqdm(sequences, desc=f"matching {label}".strip(), unit="seq", disable=not progress):
+        features = [read_features(cache, name) for name in sequence.images]
+        counts.update({name: len(f.keypoints) for name, f in zip(sequence.images, features)})
+        reference = torch.from_numpy(features[0].descriptors.astype(np.float32)).to(device)
+        for k in range(2, 7):
+            other = features[k - 1]
+            matches, _ = mutual_nearest_neighbours(reference, torch.from_numpy(
+                other.descriptors.astype(np.float32)).to(device))
+            matches = matches.cpu().numpy()
+            errors = match_errors(features[0].keypoints, other.keypoints, matches, sequence.homographies[k])
+            pairs.append(PairResult(sequence.name, k, (len(features[0].keypoints), len(other.keypoints)),
+                                    len(matches), accuracy_at(errors, thresholds).tolist()))
+    return summarise(pairs, counts, thresholds)
+
+
+def run_benchmark(path: Path, methods: Sequence[Method], output: Path, device: torch.device,
+                  max_keypoints: int = 0, max_edge: int = 1600, original_centres: bool = False, conv: str = "exact",
+                  max_size: tuple[int, int] | None = MAX_SIZE, progress: bool = True) -> dict:
+    """Every method on every kept sequence; writes and returns ``OUTPUT/hpatches.json``'s content."""
+    root, sequences, excluded = find_sequences(path, max_size)
+    names = [name for sequence in sequences for name in sequence.images]
+    results = {}
+    for method in methods:
+        cache = extract_method(method, root, names, output, device, max_keypoints, max_edge, original_centres,
+                               conv, progress)
+        results[method.label] = evaluate_method(cache, sequences, device, progress=progress, label=method.label)
+        results[method.label]["features_file"] = str(cache)
+    report = {"dataset": str(root), "sequences": [s.name for s in sequences], "excluded": excluded,
+              "max_keypoints": max_keypoints, "max_edge": max_edge, "original_centres": original_centres,
+              "methods": results}
+    write_text_atomic(output / "hpatches.json", json.dumps(report, indent=1))
+    return report

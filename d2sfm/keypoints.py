@@ -52,3 +52,19 @@ def colmap_xy_to_opencv_xy(xy: np.ndarray) -> np.ndarray:
 def opencv_xy_to_colmap_xy(xy: np.ndarray) -> np.ndarray:
     """Inverse of :func:`colmap_xy_to_opencv_xy` (e.g. OpenCV SIFT keypoints into features.h5)."""
     return np.asarray(xy, dtype=np.float64) + 0.5
+
+
+def feature_map_to_image_ij(positions, scaling_steps: int):
+    """Feature-map (i, j) -> image (i, j), pixel centres at integers, through ``scaling_steps`` stride-2 stages:
+    cell p of a stride-2 stage covers input pixels 2p and 2p + 1, centre 2p + 0.5 (``lib/utils.py``,
+    ``upscale_positions``; the training network has 3 stages, stride 8). Works on numpy arrays and tensors."""
+    for _ in range(scaling_steps):
+        positions = positions * 2 + 0.5
+    return positions
+
+
+def image_to_feature_map_ij(positions, scaling_steps: int):
+    """Inverse of :func:`feature_map_to_image_ij` (``downscale_positions``)."""
+    for _ in range(scaling_steps):
+        positions = (positions - 0.5) / 2
+    return positions

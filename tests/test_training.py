@@ -17,11 +17,11 @@ import torch
 from d2sfm.checkpoint import load_model, read_checkpoint
 from d2sfm.homographies import warp_points
 from d2sfm.keypoints import feature_map_to_image_ij, image_to_feature_map_ij
+from d2sfm.synthetic import camera_poses, courtyard, render_xyz
 from d2sfm.training.correspondences import depth_correspondences, homography_correspondences
 from d2sfm.training.data import HomographyPairs, MegaDepthPairs
 from d2sfm.training.loss import grid_positions, pair_loss
 from d2sfm.training.soft_detection import soft_detection_scores
-from d2sfm.synthetic import camera_poses, courtyard, render_xyz
 from pipelines.mini_megadepth import write_mini_megadepth
 
 

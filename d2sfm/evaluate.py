@@ -18,6 +18,7 @@ from pathlib import Path
 
 from d2sfm.cli import add_device_argument, resolve_device, run_main
 from d2sfm.errors import D2sfmError
+from d2sfm.extractor import CONV_IMPLEMENTATIONS
 from d2sfm.fileutil import write_text_atomic
 from d2sfm.pose_scores import THRESHOLD_PRESETS, parse_thresholds, score_poses
 from d2sfm.poses import read_poses
@@ -74,7 +75,7 @@ def _add_hpatches_parser(commands) -> None:
     hpatches.add_argument("--max-edge", type=int, default=1600, help="D2 network input size limit (default 1600)")
     hpatches.add_argument("--original-centres", action="store_true",
                           help="D2: the original code's keypoint positions (default: corrected cell centres)")
-    hpatches.add_argument("--conv", choices=("exact", "winograd"), default="exact",
+    hpatches.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
                           help="D2 backbone convolutions on the CPU (see d2sfm.extract --help)")
     hpatches.add_argument("--all-sizes", action="store_true",
                           help="keep every sequence (default: drop the paper's 8 with images above 1600 x 1200)")

@@ -23,10 +23,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     temporary = Path(temporary)
     try:
         yield temporary
+        if temporary.exists():  # mkstemp creates 0600; give the file the permissions a plain open() would
+            os.chmod(temporary, 0o666 & ~_UMASK)
         os.replace(temporary, path)
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once, at import: os.umask has no read-only form
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

@@ -36,11 +36,12 @@ def plot_mma(results: dict[str, dict], path: Path, title: str = "") -> bool:
         return False
     groups = list(dict.fromkeys(g for summary in results.values() for g in groups_of(summary)))
     figure, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 4), sharey=True, squeeze=False)
+    styles = ("-", "--", "-.", ":")  # methods that coincide (SIFT and RootSIFT often do) stay visible
     for axis, group in zip(axes[0], groups):
-        for method, summary in results.items():
+        for index, (method, summary) in enumerate(results.items()):
             if group in summary:
                 axis.plot(summary["thresholds"], summary[group]["mma"], marker="o", markersize=3, linewidth=2,
-                          label=method)
+                          linestyle=styles[index % len(styles)], color=f"C{index}", label=method)
         count = next(s[group]["sequences"] for s in results.values() if group in s)
         axis.set(title=f"{group} ({count} seq.)", xlabel="threshold [px]", ylim=(0, 1))
         axis.set_xticks(list(next(iter(results.values()))["thresholds"]))

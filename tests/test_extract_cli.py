@@ -97,6 +97,8 @@ def test_interrupted_run_resumes_without_redoing_work(tmp_path, sacre_coeur_imag
         [sys.executable, "-m", "d2sfm.extract", str(sacre_coeur_images), "-o", str(output), "--max-edge", "480",
          "--workers", "0", "--quiet", "--weights", str(weights_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a shell without job control starts background jobs with SIGINT ignored, and the child would inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     done_before = []

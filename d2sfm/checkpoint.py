@@ -75,7 +75,13 @@ def validate_state_dict(state: dict[str, Any], source: str) -> dict[str, torch.T
 
 def load_model(path: str | os.PathLike, use_relu: bool = True, trainable_layers: int = 1) -> D2Net:
     """Build a D2Net and load weights from an official-layout checkpoint."""
-    state = validate_state_dict(read_checkpoint(path)["model"], str(path))
+    return model_from_checkpoint(read_checkpoint(path), str(path), use_relu, trainable_layers)
+
+
+def model_from_checkpoint(content: dict[str, Any], source: str, use_relu: bool = True,
+                          trainable_layers: int = 1) -> D2Net:
+    """A D2Net from a checkpoint already read with :func:`read_checkpoint` (e.g. to resume training from it)."""
+    state = validate_state_dict(content["model"], source)
     model = D2Net(use_relu=use_relu, trainable_layers=trainable_layers)
     model.load_state_dict(state)
     return model

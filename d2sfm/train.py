@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from d2sfm.checkpoint import load_model, read_checkpoint, save_checkpoint
+from d2sfm.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device, run_main
 from d2sfm.errors import D2sfmError
 from d2sfm.images import list_images
@@ -145,7 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     random.seed(args.seed)
     last = checkpoints / "last.pth"
     resumed = read_checkpoint(last) if last.is_file() else None
-    model = load_model(last if resumed else resolve_weights(args.weights), trainable_layers=args.trainable_layers)
+    model = model_from_checkpoint(resumed, str(last), trainable_layers=args.trainable_layers) if resumed else \
+        load_model(resolve_weights(args.weights), trainable_layers=args.trainable_layers)
     model.to(device).train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     state = {"epoch": 1, "step": 0, "best_val": None, "seconds": 0.0}

@@ -12,6 +12,7 @@ file per setting), so adding a method or rerunning with other plots costs only t
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -22,19 +23,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from tqdm import tqdm
 
+from d2sfm.cli import add_device_argument, resolve_device
 from d2sfm.errors import D2sfmError
 from d2sfm.extract import extract_features, file_sha256
-from d2sfm.extractor import D2Extractor, ExtractionConfig
+from d2sfm.extractor import CONV_IMPLEMENTATIONS, D2Extractor, ExtractionConfig
 from d2sfm.fileutil import write_text_atomic
 from d2sfm.images import ImageReadError, read_image_bgr
 from d2sfm.io import FeatureWriter, read_features
 from d2sfm.match import mutual_nearest_neighbours
-from d2sfm.mma import THRESHOLDS, PairResult, accuracy_at, match_errors, summarise
+from d2sfm.mma import THRESHOLDS, PairResult, accuracy_at, format_table, match_errors, summarise
 from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
 from d2sfm.sift_features import sift_features
 from d2sfm.weights import resolve_weights
+from pipelines.synthetic_sequences import SPLITS
 
 RELEASE_FOLDER = "hpatches-sequences-release"
 PAPER_EXCLUDED = ("i_contruction", "i_crownnight", "i_dc", "i_pencils", "i_whitebuilding", "v_artisans",
@@ -62,10 +66,12 @@ def dataset_root(path: Path) -> Path:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise D2sfmError(f"{path}: cannot read this image; replace it with the dataset's file")
-    return image.shape[1], image.shape[0]
+    """(width, height) from the file header, without decoding the pixels (extraction reads them later)."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError):
+        raise D2sfmError(f"{path}: cannot read this image; replace it with the dataset's file") from None
 
 
 def _too_large(size: tuple[int, int], max_size: tuple[int, int]) -> bool:
@@ -223,3 +229,65 @@ def run_benchmark(path: Path, methods: Sequence[Method], output: Path, device: t
               "methods": results}
     write_text_atomic(output / "hpatches.json", json.dumps(report, indent=1))
     return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", type=Path, help="HPatches folder (datasets/hpatches.md)")
+    source.add_argument("--images", type=Path,
+                        help="any folder of photos: synthesise sequences from them first (splits i, v, n), "
+                        "into OUTPUT/sequences")
+    parser.add_argument("--methods", nargs="+", default=list(METHOD_KINDS), metavar="METHOD",
+                          help=f"any of {', '.join(METHOD_KINDS)} (default: all)")
+    parser.add_argument("--weights", action="append", default=None, metavar="[LABEL=]WEIGHTS",
+                          help="D2 weights (a .pth path or an official name); repeat to compare several, e.g. "
+                          "--weights start=a.pth --weights tuned=b.pth (default: $D2SFM_WEIGHTS or d2_tf)")
+    parser.add_argument("--output", type=Path, default=None,
+                          help="results and feature cache (default outputs/hpatches, or outputs/hpatches_synth "
+                          "with --images)")
+    parser.add_argument("--max-keypoints", type=int, default=0,
+                          help="keep each image's best N features by score (default 0: all, as in the paper)")
+    parser.add_argument("--max-edge", type=int, default=1600, help="D2 network input size limit (default 1600)")
+    parser.add_argument("--original-centres", action="store_true",
+                          help="D2: the original code's keypoint positions (default: corrected cell centres)")
+    parser.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
+                          help="D2 backbone convolutions on the CPU (see d2sfm.extract --help)")
+    parser.add_argument("--all-sizes", action="store_true",
+                          help="keep every sequence (default: drop the paper's 8 with images above 1600 x 1200)")
+    parser.add_argument("--seed", type=int, default=0, help="--images: synthesis seed (default 0)")
+    parser.add_argument("--synth-max-edge", type=int, default=512,
+                          help="--images: longer side of the synthesised images (default 512)")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS,
+                          help="--images: i illumination, v viewpoint, n night-like (default: all)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_argument(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from d2sfm.plots import PLOTS_HINT, plot_counts, plot_mma
+    from pipelines.synthetic_sequences import synthesise_sequences
+
+    output = args.output or Path("outputs/hpatches_synth" if args.images else "outputs/hpatches")
+    dataset = args.dataset
+    if args.images:
+        dataset = output / "sequences"
+        synthesise_sequences(args.images, dataset, args.seed, args.synth_max_edge, args.splits,
+                             progress=not args.quiet)
+    if args.max_keypoints < 0:
+        raise D2sfmError(f"--max-keypoints {args.max_keypoints}: pass 0 (all) or a positive number")
+    methods = parse_methods(args.methods, args.weights or [])
+    report = run_benchmark(dataset, methods, output, resolve_device(args.device), args.max_keypoints,
+                           args.max_edge, args.original_centres, args.conv,
+                           None if args.all_sizes else MAX_SIZE, progress=not args.quiet)
+    kept, excluded = len(report["sequences"]), len(report["excluded"])
+    print(f"{kept} sequences ({excluded} excluded: {', '.join(report['excluded']) or 'none'})")
+    print(format_table(report["methods"]))
+    print(f"wrote {output / 'hpatches.json'}")
+    if args.no_plots:
+        return 0
+    if plot_mma(report["methods"], output / "mma.png") and plot_counts(report["methods"], output / "counts.png"):
+        print(f"wrote {output / 'mma.png'} and {output / 'counts.png'}")
+    else:
+        print(PLOTS_HINT)
+    return 0

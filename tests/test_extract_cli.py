@@ -92,9 +92,7 @@ def test_max_keypoints_keeps_the_best_and_settings_cannot_mix(tmp_path, image_fo
 def test_interrupted_run_resumes_without_redoing_work(tmp_path, sacre_coeur_images, weights_path):
     output = tmp_path / "features.h5"
     process = subprocess.Popen(
-        # 480 px: slow enough per image (about 1 s on 2 cores) that polling sees the second entry in time even
-        # when the machine is busy
-        [sys.executable, "-m", "d2sfm.extract", str(sacre_coeur_images), "-o", str(output), "--max-edge", "480",
+        [sys.executable, "-m", "d2sfm.extract", str(sacre_coeur_images), "-o", str(output), "--max-edge", "320",
          "--workers", "0", "--quiet", "--weights", str(weights_path)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         # a shell without job control starts background jobs with SIGINT ignored, and the child would inherit that
@@ -116,7 +114,7 @@ def test_interrupted_run_resumes_without_redoing_work(tmp_path, sacre_coeur_imag
     assert "rerun the same command to resume" in stderr
     interrupted = list_entries(output)
     assert 2 <= len(interrupted) < 10
-    resumed = run_extract(sacre_coeur_images, "-o", output, "--max-edge", "480", "--quiet", weights=weights_path)
+    resumed = run_extract(sacre_coeur_images, "-o", output, "--max-edge", "320", "--quiet", weights=weights_path)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{10 - len(interrupted)} images extracted, {len(interrupted)} already done" in resumed.stdout
     assert len(list_entries(output)) == 10

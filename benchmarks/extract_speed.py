@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,10 @@ def run_child(spec: dict) -> dict:
     extract(images[0])  # warm-up: allocator, oneDNN / cuDNN kernel selection
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+    from d2sfm.pyramid import pyramid_gflop
+
     seconds, keypoints = [], []
+    gflop = [pyramid_gflop(*image.shape[:2], scales) for image in images]
     for image in images:
         synchronise()
         start = time.perf_counter()
@@ -93,7 +97,7 @@ def run_child(spec: dict) -> dict:
         synchronise()
         seconds.append(time.perf_counter() - start)
         keypoints.append(np.asarray(points, dtype=np.float64).tolist())
-    return {"seconds": seconds, "keypoints": keypoints, "peak_mb": _peak_memory_mb(device),
+    return {"seconds": seconds, "keypoints": keypoints, "peak_mb": _peak_memory_mb(device), "gflop": gflop,
             "size": [list(images[0].shape[:2])], "names": names}
 
 
@@ -107,6 +111,38 @@ def _identical_fraction(ours, theirs) -> float:
         if len(a) and len(b):
             same += int(np.sum(cKDTree(b).query(a)[0] <= 1e-3))
     return same / max(total, 1)
+
+
+def matrix_product_gflops(device: str, size: int = 4096, repeats: int = 5) -> float:
+    """The machine's fp32 matrix-product rate (TF32 off on a GPU): what the best direct-convolution kernels
+    approach, so the ceiling for any implementation that does the network's full arithmetic."""
+    import torch
+
+    a, b = (torch.randn(size, size, device=device) for _ in range(2))
+    with torch.backends.cuda.matmul.flags(allow_tf32=False) if device.startswith("cuda") else nullcontext():
+        torch.mm(a, b)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def print_arithmetic_bound(runs: list[dict], device: str) -> None:
+    """How fast an implementation that does all of the network's arithmetic could be, at best, against the
+    original: its backbone FLOPs at the machine's matrix-product rate, with detection taken as free."""
+    rate = matrix_product_gflops(device)
+    print(f"\nfp32 matrix-product rate of this machine: {rate:.0f} GFLOP/s. At that rate, with detection free, an "
+          "implementation doing the full convolution arithmetic needs at least:")
+    for pyramid in dict.fromkeys(run["pyramid"] for run in runs):
+        baseline = next((r for r in runs if r["impl"] == "original" and r["pyramid"] == pyramid), None)
+        some = next(r for r in runs if r["pyramid"] == pyramid)
+        floor = float(np.mean(some["gflop"])) / rate
+        versus = f", i.e. at most {np.mean(baseline['seconds']) / floor:.2f}x the original" if baseline else ""
+        print(f"- {pyramid}: {np.mean(some['gflop']):.0f} GFLOP/image -> {floor:.3f} s/image{versus}")
 
 
 def machine_description(device: str) -> str:
@@ -175,15 +211,16 @@ def main() -> None:
     print(f"images: {args.images} ({len(runs[0]['seconds'])} images, network input "
           f"{runs[0]['size'][0][1]}x{runs[0]['size'][0][0]} for the first)\n")
     print("| pyramid | implementation | precision | s/image | images/s | speed-up vs original | peak memory (MB) "
-          "| identical keypoints |")
-    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+          "| identical keypoints | effective GFLOP/s |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for run in runs:
         baseline = next((r for r in runs if r["impl"] == "original" and r["pyramid"] == run["pyramid"]), None)
         mean = float(np.mean(run["seconds"]))
         ratio = f"{np.mean(baseline['seconds']) / mean:.2f}x" if baseline else "n/a"
         identical = f"{100 * _identical_fraction(run['keypoints'], baseline['keypoints']):.2f}%" if baseline else "n/a"
         print(f"| {run['pyramid']} | {run['impl']} | {run['precision']} | {mean:.3f} | {1 / mean:.2f} | {ratio} | "
-              f"{run['peak_mb']:.0f} | {identical} |")
+              f"{run['peak_mb']:.0f} | {identical} | {np.mean(run['gflop']) / mean:.0f} |")
+    print_arithmetic_bound(runs, args.device)
     if args.json:
         args.json.write_text(json.dumps(runs))
 

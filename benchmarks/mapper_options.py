@@ -29,6 +29,7 @@ def main() -> None:
         D2_ABS_POSE_MIN_INLIERS,
         D2_INIT_MIN_TRI_ANGLE,
         run_mapping,
+        verified_keypoints,
     )
 
     pycolmap.logging.minloglevel = 2
@@ -44,8 +45,11 @@ def main() -> None:
     images = args.images or args.scene / "images"
     with pycolmap.Database.open(database) as db:
         total = db.num_images()
+    verified = verified_keypoints(database)
     print(f"{database}: {total} images, seeds 0-{args.seeds - 1}, pycolmap {pycolmap.__version__}\n")
-    print("| mapper options | seeds with all images in one model | models per seed (images each) |")
+    print("Per seed: the images of each model, then the largest model's 3D points and the share of its images' "
+          "verified keypoints that it triangulated.\n")
+    print("| mapper options | seeds with all images in one model | models per seed |")
     print("| --- | ---: | --- |")
     for label, changes in option_sets.items():
         per_seed = []
@@ -57,19 +61,31 @@ def main() -> None:
                 setattr(options.mapper, key, value)
             with tempfile.TemporaryDirectory() as scratch:
                 models = pycolmap.incremental_mapping(database, images, scratch, options)
-            per_seed.append(sorted((m.num_reg_images() for m in models.values()), reverse=True))
+            per_seed.append(describe(sorted(models.values(), key=lambda m: m.num_reg_images(), reverse=True),
+                                     verified))
         report(label, per_seed, total, args.seeds)
     per_seed = []
     for seed in range(args.seeds):  # what d2sfm.reconstruct runs: d2sfm's options and a retry when incomplete
         with tempfile.TemporaryDirectory() as scratch:
             models = run_mapping(database, images, Path(scratch) / "sparse", seed=seed, progress=False)
-        per_seed.append([m.num_reg_images() for m in models])
-    report("d2sfm.reconstruct (d2sfm's, retried under 90%)", per_seed, total, args.seeds)
+        per_seed.append(describe(models, verified))
+    report("d2sfm.reconstruct (d2sfm's, retried under 90% of the images or 15% triangulated)", per_seed, total,
+           args.seeds)
+
+
+def describe(models: list, verified: dict) -> tuple[list[int], int, float]:
+    """(images of each model, largest first; 3D points and triangulated share of the largest)."""
+    from d2sfm.mapping import triangulated_share
+
+    if not models:
+        return [], 0, 0.0
+    return [m.num_reg_images() for m in models], models[0].num_points3D(), triangulated_share(models[0], verified)
 
 
 def report(label: str, per_seed: list, total: int, seeds: int) -> None:
-    complete = sum(1 for sizes in per_seed if sizes and sizes[0] == total)
-    print(f"| {label} | {complete} of {seeds} | {per_seed} |", flush=True)
+    complete = sum(1 for sizes, _, _ in per_seed if sizes and sizes[0] == total)
+    cells = "; ".join(f"{sizes} {points} pts {100 * share:.0f}%" for sizes, points, share in per_seed)
+    print(f"| {label} | {complete} of {seeds} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@ benchmark's statistics of the result (D2-Net paper, Table 3)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pycolmap
 from tqdm import tqdm
 
@@ -24,10 +27,14 @@ D2_INIT_MIN_TRI_ANGLE = 8.0  # degrees; COLMAP: 16
 COLMAP_MAPPER_OPTIONS = {"abs_pose_min_inliers": 30, "abs_pose_min_inlier_ratio": 0.25,  # COLMAP's defaults,
                          "init_min_tri_angle": 16.0}  # tuned for SIFT: the baselines run with them
 # The mapper is randomised (and multithreaded, so not even a seed repeats it exactly). With the options above it
-# still ends, now and then, with a partial model (Sacre Coeur: 1 to 2 runs in 12); when the largest model holds
-# less than this share of the images, the incremental mapper runs again with the next seed (up to ``attempts``
-# runs in all, reconstruct's --mapper-attempts) and the best result is kept.
+# still ends, now and then, with a partial model (Sacre Coeur: 1 to 2 runs in 12), or with a thin one: all images
+# in, but few of their verified matches triangulated (Sacre Coeur multi-scale: 121 points where other seeds give
+# ~1000). The incremental mapper runs again with the next seed (up to ``attempts`` runs in all, reconstruct's
+# --mapper-attempts) when the largest model holds less than RETRY_BELOW_SHARE of the images, or less than
+# RETRY_BELOW_TRIANGULATED of the keypoints of its images that have a verified match have a 3D point; the best
+# model (most images, then most points) is kept.
 RETRY_BELOW_SHARE = 0.9
+RETRY_BELOW_TRIANGULATED = 0.15
 
 
 def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, output_dir: str | os.PathLike,
@@ -52,6 +59,7 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
         with pycolmap.Database.open(database_path) as database:
             total = database.num_images()
         models: dict = {}
+        verified = functools.cache(lambda: verified_keypoints(database_path))
         for attempt in range(max(1, attempts)):
             options.random_seed = seed + attempt
             with tqdm(total=total, desc="mapping (images registered)", unit="img", disable=not progress) as bar:
@@ -59,13 +67,12 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
                     database_path, image_dir, scratch / f"raw{attempt}", options,
                     initial_image_pair_callback=lambda: bar.update(2), next_image_callback=lambda: bar.update(1),
                 )
-            if _largest(trial) > _largest(models):
+            if _quality(trial) > _quality(models):
                 models = trial
-            if _largest(models) >= RETRY_BELOW_SHARE * total:
+            problem = why_map_again(models, total, verified) if attempt + 1 < attempts else None
+            if problem is None:
                 break
-            if attempt + 1 < attempts:
-                print(f"  the largest model holds {_largest(models)} of {total} images; mapping again with seed "
-                      f"{seed + attempt + 1}")
+            print(f"  {problem}; mapping again with seed {seed + attempt + 1}")
     elif mapper == "global":
         options = pycolmap.GlobalPipelineOptions()
         if hasattr(options, "random_seed"):
@@ -86,8 +93,47 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
     return ordered
 
 
-def _largest(models: dict) -> int:
-    return max((model.num_reg_images() for model in models.values()), default=0)
+def _quality(models: dict) -> tuple[int, int]:
+    """Images, then 3D points, of the largest model: what the retries compare."""
+    return max(((model.num_reg_images(), model.num_points3D()) for model in models.values()), default=(0, 0))
+
+
+def why_map_again(models: dict, total_images: int, verified: Callable[[], dict[int, int]]) -> str | None:
+    """Why the best model of a mapping run is worth another run with the next seed, or None when it is not.
+    ``verified`` gives ``verified_keypoints`` of the database (only called when needed)."""
+    if not models:
+        return "no model"
+    largest = max(models.values(), key=lambda model: (model.num_reg_images(), model.num_points3D()))
+    if largest.num_reg_images() < RETRY_BELOW_SHARE * total_images:
+        return f"the largest model holds {largest.num_reg_images()} of {total_images} images"
+    share = triangulated_share(largest, verified())
+    if share < RETRY_BELOW_TRIANGULATED:
+        return (f"the largest model triangulates {100 * share:.0f}% of its images' verified keypoints "
+                f"({largest.num_points3D()} points)")
+    return None
+
+
+def verified_keypoints(database_path: str | os.PathLike) -> dict[int, int]:
+    """Image id -> how many of its keypoints have at least one geometrically verified match."""
+    with pycolmap.Database.open(database_path) as database:
+        pair_ids, geometries = database.read_two_view_geometries()
+    indices: dict[int, list[np.ndarray]] = {}
+    for pair_id, geometry in zip(pair_ids, geometries):
+        inliers = np.asarray(geometry.inlier_matches)
+        if len(inliers):
+            first, second = pycolmap.pair_id_to_image_pair(pair_id)
+            indices.setdefault(first, []).append(inliers[:, 0])
+            indices.setdefault(second, []).append(inliers[:, 1])
+    return {image_id: len(np.unique(np.concatenate(parts))) for image_id, parts in indices.items()}
+
+
+def triangulated_share(model: pycolmap.Reconstruction, verified: dict[int, int]) -> float:
+    """Share of the registered images' verified keypoints that the model gave a 3D point. A healthy incremental
+    model triangulates most of them; a thin one (a poor initial pair, then images registered on few points)
+    only a small part."""
+    image_ids = model.reg_image_ids()
+    triangulated = sum(model.image(image_id).num_points3D for image_id in image_ids)
+    return triangulated / max(sum(verified.get(image_id, 0) for image_id in image_ids), 1)
 
 
 def read_models(sparse_dir: str | os.PathLike) -> list[pycolmap.Reconstruction]:

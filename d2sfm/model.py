@@ -121,6 +121,22 @@ class D2Net(nn.Module):
         return sequence
 
 
+def backbone_gflop(height: int, width: int) -> float:
+    """Convolution arithmetic of the test-time network on one H x W input, in GFLOP (a multiply-add is 2).
+
+    It is the work any exact implementation has to do whatever its kernels; the benchmarks divide it by the
+    machine's measured matrix-product rate to bound how fast such an implementation can be."""
+    flops = 0
+    for index, spec in enumerate(_VGG16_TO_CONV4_3):
+        if spec[0] == "conv":
+            flops += 2 * spec[1] * spec[2] * 9 * height * width  # padding 1 (2 when dilated) keeps the size
+        elif spec[0] == "pool" and index == POOL3_INDEX:
+            height, width = height - 1, width - 1  # 2x2 average pooling with stride 1
+        elif spec[0] == "pool":
+            height, width = height // 2, width // 2
+    return flops / 1e9
+
+
 def onednn_layers(layers: nn.Sequential) -> nn.Module:
     """Convert test-time layers to oneDNN's blocked layout with pre-packed weights.
 

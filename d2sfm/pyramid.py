@@ -8,6 +8,7 @@ matching the original's ``keypoints`` columns exactly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from d2sfm.detect import EDGE_THRESHOLD, detect_level
+from d2sfm.model import backbone_gflop
 
 SINGLE_SCALE = (1.0,)
 MULTI_SCALE = (0.5, 1.0, 2.0)
@@ -49,6 +51,16 @@ def gem_pool(features: torch.Tensor, power: float = 3.0) -> torch.Tensor:
     al.); on VGG conv features it is a strong off-the-shelf retrieval descriptor."""
     pooled = features.clamp(min=1e-6).pow(power).mean(dim=(2, 3)).pow(1.0 / power)
     return F.normalize(pooled, dim=1)
+
+
+def level_size(height: int, width: int, scale: float) -> tuple[int, int]:
+    """The size ``F.interpolate(scale_factor=scale)`` gives a level of the pyramid (it floors)."""
+    return (height, width) if scale == 1 else (math.floor(height * scale), math.floor(width * scale))
+
+
+def pyramid_gflop(height: int, width: int, scales: Sequence[float] = SINGLE_SCALE) -> float:
+    """Backbone arithmetic of one network input over the pyramid (see ``model.backbone_gflop``)."""
+    return sum(backbone_gflop(*level_size(height, width, scale)) for scale in scales)
 
 
 def extract_pyramid(

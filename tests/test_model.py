@@ -1,7 +1,9 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from d2sfm.model import CONV4_3_INDEX, D2Net, onednn_layers, winograd_layers
+from d2sfm.model import CONV4_3_INDEX, D2Net, backbone_gflop, onednn_layers, winograd_layers
+from d2sfm.pyramid import level_size, pyramid_gflop
 
 OFFICIAL_CONV_INDICES = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21]
 
@@ -72,3 +74,30 @@ def test_winograd_backbone_is_close_to_the_plain_one():
         exact, fast = layers(image), winograd_layers(layers)(image)
     assert fast.shape == exact.shape
     assert (fast - exact).abs().max() <= 1e-4 * exact.abs().max()
+
+
+@pytest.mark.parametrize("shape", [(45, 61), (64, 96)])
+def test_flop_count_matches_the_convolutions_that_run(shape):
+    layers = D2Net().test_time_layers()
+    counted = []
+
+    def count(conv, inputs, output):
+        counted.append(2 * conv.in_channels * conv.out_channels * 9 * output.shape[2] * output.shape[3])
+
+    for layer in layers:
+        if isinstance(layer, torch.nn.Conv2d):
+            layer.register_forward_hook(count)
+    with torch.no_grad():
+        layers(torch.zeros(1, 3, *shape))
+    assert backbone_gflop(*shape) == pytest.approx(sum(counted) / 1e9, rel=1e-12)
+
+
+@pytest.mark.parametrize("size", [(469, 640), (413, 641), (37, 53)])
+@pytest.mark.parametrize("scale", [0.5, 1.0, 2.0, 0.3])
+def test_pyramid_level_sizes_are_those_of_interpolate(size, scale):
+    image = torch.zeros(1, 1, *size)
+    expected = image if scale == 1 else F.interpolate(image, scale_factor=scale, mode="bilinear",
+                                                       align_corners=True)
+    assert level_size(*size, scale) == tuple(expected.shape[2:])
+    assert pyramid_gflop(*size, (scale, 1.0)) == pytest.approx(
+        backbone_gflop(*expected.shape[2:]) + backbone_gflop(*size))

@@ -10,6 +10,13 @@ import numpy as np
 import pycolmap
 import pytest
 
+from d2sfm.mapping import (
+    RETRY_BELOW_TRIANGULATED,
+    read_models,
+    triangulated_share,
+    verified_keypoints,
+    why_map_again,
+)
 from d2sfm.synthetic import render_scene
 
 pytestmark = pytest.mark.integration
@@ -65,6 +72,32 @@ def test_synthetic_scene_cameras_are_recovered(small_scene, weights_path):
         first_line = dense.stdout.splitlines()[0]
         assert first_line.startswith("warning: dense reconstruction needs pycolmap with CUDA")
         assert (small_scene / "sparse" / "0" / "images.bin").exists()
+
+
+def test_thin_or_partial_models_are_mapped_again(small_scene, weights_path):
+    """The retry rule of d2sfm.mapping on the real model of the synthetic scene and on thinned copies of it."""
+    if not (small_scene / "sparse" / "0").is_dir():
+        assert reconstruct(small_scene, "--demo", weights=weights_path).returncode == 0
+    database = small_scene / "database.db"
+    verified = verified_keypoints(database)
+    with pycolmap.Database.open(database) as db:
+        assert set(verified) == {image.image_id for image in db.read_all_images()}
+        assert all(0 < count <= db.num_keypoints_for_image(image_id) for image_id, count in verified.items())
+    model = read_models(small_scene / "sparse")[0]
+    share = triangulated_share(model, verified)
+    print(f"healthy model: {model.num_points3D()} points, {100 * share:.0f}% of verified keypoints triangulated")
+    assert RETRY_BELOW_TRIANGULATED < share <= 1
+    assert why_map_again({0: model}, model.num_reg_images(), lambda: verified) is None
+    assert "holds 8 of 12 images" in why_map_again({0: model}, 12, lambda: verified)
+
+    thin = pycolmap.Reconstruction(model)
+    point_ids = sorted(thin.point3D_ids())
+    for point_id in point_ids[: int(len(point_ids) * (1 - RETRY_BELOW_TRIANGULATED * 0.5 / share))]:
+        thin.delete_point3D(point_id)
+    assert triangulated_share(thin, verified) < RETRY_BELOW_TRIANGULATED
+    assert "triangulates" in why_map_again({0: thin}, thin.num_reg_images(), lambda: verified)
+    # the better of two runs is judged: a healthy model next to a thin one needs no retry
+    assert why_map_again({0: thin, 1: model}, model.num_reg_images(), lambda: verified) is None
 
 
 def test_clear_errors_for_bad_scenes(tmp_path, weights_path):

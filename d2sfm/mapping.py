@@ -67,7 +67,7 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
                     database_path, image_dir, scratch / f"raw{attempt}", options,
                     initial_image_pair_callback=lambda: bar.update(2), next_image_callback=lambda: bar.update(1),
                 )
-            if _quality(trial) > _quality(models):
+            if _rank(trial) > _rank(models):
                 models = trial
             problem = why_map_again(models, total, verified) if attempt + 1 < attempts else None
             if problem is None:
@@ -82,7 +82,7 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
         raise D2sfmError(f"mapper {mapper!r} is unknown; use one of {', '.join(MAPPERS)}")
     for raw in scratch.glob("raw*"):
         shutil.rmtree(raw, ignore_errors=True)
-    ordered = sorted(models.values(), key=lambda model: model.num_reg_images(), reverse=True)
+    ordered = sorted(models.values(), key=_size, reverse=True)
     for index, model in enumerate(ordered):
         folder = scratch / str(index)
         folder.mkdir()
@@ -93,9 +93,14 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
     return ordered
 
 
-def _quality(models: dict) -> tuple[int, int]:
-    """Images, then 3D points, of the largest model: what the retries compare."""
-    return max(((model.num_reg_images(), model.num_points3D()) for model in models.values()), default=(0, 0))
+def _size(model: pycolmap.Reconstruction) -> tuple[int, int]:
+    """Images, then 3D points: how models are ranked (the best is written as sparse/0)."""
+    return model.num_reg_images(), model.num_points3D()
+
+
+def _rank(models: dict) -> tuple[int, int]:
+    """The size of a mapping run's best model: what the retries compare."""
+    return max(map(_size, models.values()), default=(0, 0))
 
 
 def why_map_again(models: dict, total_images: int, verified: Callable[[], dict[int, int]]) -> str | None:
@@ -103,7 +108,7 @@ def why_map_again(models: dict, total_images: int, verified: Callable[[], dict[i
     ``verified`` gives ``verified_keypoints`` of the database (only called when needed)."""
     if not models:
         return "no model"
-    largest = max(models.values(), key=lambda model: (model.num_reg_images(), model.num_points3D()))
+    largest = max(models.values(), key=_size)
     if largest.num_reg_images() < RETRY_BELOW_SHARE * total_images:
         return f"the largest model holds {largest.num_reg_images()} of {total_images} images"
     share = triangulated_share(largest, verified())

@@ -238,27 +238,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="any folder of photos: synthesise sequences from them first (splits i, v, n), "
                         "into OUTPUT/sequences")
     parser.add_argument("--methods", nargs="+", default=list(METHOD_KINDS), metavar="METHOD",
-                          help=f"any of {', '.join(METHOD_KINDS)} (default: all)")
+                        help=f"any of {', '.join(METHOD_KINDS)} (default: all)")
     parser.add_argument("--weights", action="append", default=None, metavar="[LABEL=]WEIGHTS",
-                          help="D2 weights (a .pth path or an official name); repeat to compare several, e.g. "
-                          "--weights start=a.pth --weights tuned=b.pth (default: $D2SFM_WEIGHTS or d2_tf)")
+                        help="D2 weights (a .pth path or an official name); repeat to compare several, e.g. "
+                        "--weights start=a.pth --weights tuned=b.pth (default: $D2SFM_WEIGHTS or d2_tf)")
     parser.add_argument("--output", type=Path, default=None,
-                          help="results and feature cache (default outputs/hpatches, or outputs/hpatches_synth "
-                          "with --images)")
+                        help="results and feature cache (default outputs/hpatches, or outputs/hpatches_synth "
+                        "with --images)")
     parser.add_argument("--max-keypoints", type=int, default=0,
-                          help="keep each image's best N features by score (default 0: all, as in the paper)")
+                        help="keep each image's best N features by score (default 0: all, as in the paper)")
     parser.add_argument("--max-edge", type=int, default=1600, help="D2 network input size limit (default 1600)")
     parser.add_argument("--original-centres", action="store_true",
-                          help="D2: the original code's keypoint positions (default: corrected cell centres)")
+                        help="D2: the original code's keypoint positions (default: corrected cell centres)")
     parser.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
-                          help="D2 backbone convolutions on the CPU (see d2sfm.extract --help)")
+                        help="D2 backbone convolutions on the CPU (see d2sfm.extract --help)")
     parser.add_argument("--all-sizes", action="store_true",
-                          help="keep every sequence (default: drop the paper's 8 with images above 1600 x 1200)")
+                        help="keep every sequence (default: drop the paper's 8 with images above 1600 x 1200)")
     parser.add_argument("--seed", type=int, default=0, help="--images: synthesis seed (default 0)")
     parser.add_argument("--synth-max-edge", type=int, default=512,
-                          help="--images: longer side of the synthesised images (default 512)")
+                        help="--images: longer side of the synthesised images (default 512)")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS,
-                          help="--images: i illumination, v viewpoint, n night-like (default: all)")
+                        help="--images: i illumination, v viewpoint, n night-like (default: all)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_argument(parser)

@@ -158,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="backbone arithmetic on a GPU: fp32 (default, matches the original), bf16 or fp16 "
                         "(faster, less memory, slightly different keypoints)")
     parser.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
-                        help="backbone convolutions: exact (default; on the CPU bitwise the original's) or "
-                        "winograd (CPU only, ~2x faster backbone, ~0.5%% of keypoints differ)")
+                        help="backbone convolutions: exact (default; the original's kernels, equal to it by the "
+                        "README's parity criteria) or winograd (CPU only, ~2x faster backbone, coarser rounding "
+                        "moves up to ~0.5%% of keypoints that sit on a threshold)")
     parser.add_argument("--float32-descriptors", action="store_true",
                         help="store descriptors as float32 (default float16, half the disk space)")
     parser.add_argument("--batch-size", type=int, default=None,

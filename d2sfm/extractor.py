@@ -7,7 +7,8 @@ batches same-size images on the GPU.
 Backbone implementations (``conv``):
 
 * ``exact`` (default): the convolution kernels PyTorch uses for the original code. On the CPU they run through
-  oneDNN with pre-packed weights, which gives bitwise the original's feature maps, about 15% faster.
+  oneDNN with pre-packed weights: bitwise the original's feature maps on the same machine (other
+  CPUs and GPUs round differently; see parity.py), about 15% faster.
 * ``winograd`` (CPU): NNPACK Winograd convolutions for the wide layers, about 2x faster backbone; feature maps
   differ by ~1e-5 relative, which moves decisions that sit on a threshold (about 0.5% of keypoints).
 * on CUDA ``exact`` is cuDNN in fp32 with TF32 disabled; ``precision`` bf16/fp16 runs the backbone in autocast.
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -35,7 +36,7 @@ from d2sfm.model import (
     onednn_layers,
     winograd_layers,
 )
-from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE, extract_pyramid
+from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE, PyramidLevel, extract_pyramid
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 CONV_IMPLEMENTATIONS = ("exact", "winograd")
@@ -146,7 +147,7 @@ class D2Extractor:
         else:
             self.backbone = layers.to(memory_format=torch.channels_last)
 
-    def _run_backbone(self, images: torch.Tensor) -> torch.Tensor:
+    def run_backbone(self, images: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cuda":
             return self.backbone(images)
         images = images.contiguous(memory_format=torch.channels_last)
@@ -162,8 +163,10 @@ class D2Extractor:
         return resize_for_network(image_bgr, self.config.max_edge, self.config.max_sum_edges)
 
     @torch.inference_mode()
-    def extract_batch(self, resized: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]]) -> list[Features]:
-        """Extract from prepared images that share one size; ``original_sizes`` are (height, width) before resizing."""
+    def extract_batch(self, resized: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]],
+                      on_level: Callable[[PyramidLevel], None] | None = None) -> list[Features]:
+        """Extract from prepared images that share one size; ``original_sizes`` are (height, width) before resizing.
+        ``on_level`` sees each pyramid level's fused map and detections (``near_ties`` uses them)."""
         shapes = {image.shape for image in resized}
         if len(shapes) != 1:
             raise ValueError(f"a batch must hold images of one size, got {sorted(shapes)}")
@@ -171,13 +174,13 @@ class D2Extractor:
         inputs = normalise(pixels, self.config.preprocessing)
         context = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
         with context:
-            raw = extract_pyramid(self._run_backbone, inputs, self.config.scales,
-                                  geometric_centres=self.config.geometric_centres)
+            raw = extract_pyramid(self.run_backbone, inputs, self.config.scales,
+                                  geometric_centres=self.config.geometric_centres, on_level=on_level)
         height, width = resized[0].shape[:2]
         return [self._to_features(r, height, width, size) for r, size in zip(raw, original_sizes)]
 
-    def extract(self, image_bgr: np.ndarray) -> Features:
-        return self.extract_batch([self.prepare(image_bgr)], [image_bgr.shape[:2]])[0]
+    def extract(self, image_bgr: np.ndarray, on_level: Callable[[PyramidLevel], None] | None = None) -> Features:
+        return self.extract_batch([self.prepare(image_bgr)], [image_bgr.shape[:2]], on_level)[0]
 
     def _to_features(self, raw, height: int, width: int, original_size: tuple[int, int]) -> Features:
         scores = raw.scores

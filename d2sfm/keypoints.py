@@ -68,3 +68,25 @@ def image_to_feature_map_ij(positions, scaling_steps: int):
     for _ in range(scaling_steps):
         positions = (positions - 0.5) / 2
     return positions
+
+
+# The original maps feature cell k to pixel 4k + 1.5 (two 2x2 poolings). The test-time network's 2x2 average
+# pooling with stride 1 (in place of pool3) moves every cell half a stride-4 cell further: its true centre is
+# 4k + 3.5. Ignoring it shifts keypoints by 2 px at each pyramid level's resolution, i.e. 4, 2 and 1 px at scales
+# 0.5, 1 and 2, so multi-scale tracks mix inconsistent positions. ``geometric_centres`` corrects it.
+AVG_POOL_SHIFT = 2.0
+SCALING_STEPS = 2  # stride-2 stages between the test-time feature map and its input (output stride 4)
+
+
+def level_cell_to_image_ij(position, geometric_centres: bool = False):
+    """D2 test-time feature-map (i, j) -> (i, j) in the image of its pyramid level (the original's
+    ``upscale_positions``; with ``geometric_centres`` the cells' true centres, see above)."""
+    position = feature_map_to_image_ij(position, SCALING_STEPS)
+    return position + AVG_POOL_SHIFT if geometric_centres else position
+
+
+def image_ij_to_level_cell(position, geometric_centres: bool = False):
+    """Inverse of :func:`level_cell_to_image_ij`."""
+    if geometric_centres:
+        position = position - AVG_POOL_SHIFT
+    return image_to_feature_map_ij(position, SCALING_STEPS)

@@ -9,13 +9,14 @@ matching the original's ``keypoints`` columns exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from d2sfm.detect import EDGE_THRESHOLD, detect_level
+from d2sfm.detect import EDGE_THRESHOLD, LevelDetections, detect_level
+from d2sfm.keypoints import level_cell_to_image_ij
 from d2sfm.model import backbone_gflop
 
 SINGLE_SCALE = (1.0,)
@@ -30,20 +31,6 @@ class RawFeatures:
     scores: torch.Tensor  # (N,)
     descriptors: torch.Tensor  # (N, C), L2-normalised
     global_descriptor: torch.Tensor  # (C,), L2-normalised GeM pooling of the fused map, for image retrieval
-
-
-# The original maps feature cell k to pixel 4k + 1.5 (two 2x2 poolings). The test-time network's 2x2 average
-# pooling with stride 1 (in place of pool3) moves every cell half a stride-4 cell further: its true centre is
-# 4k + 3.5. Ignoring it shifts keypoints by 2 px at each pyramid level's resolution, i.e. 4, 2 and 1 px at scales
-# 0.5, 1 and 2, so multi-scale tracks mix inconsistent positions. ``geometric_centres`` corrects it.
-AVG_POOL_SHIFT = 2.0
-
-
-def _upscale_to_input(position: torch.Tensor, geometric_centres: bool) -> torch.Tensor:
-    """Feature-map (i, j) -> level-image (i, j); two x2 steps as the original's ``upscale_positions``."""
-    for _ in range(2):
-        position = position * 2 + 0.5
-    return position + AVG_POOL_SHIFT if geometric_centres else position
 
 
 def gem_pool(features: torch.Tensor, power: float = 3.0) -> torch.Tensor:
@@ -63,26 +50,31 @@ def pyramid_gflop(height: int, width: int, scales: Sequence[float] = SINGLE_SCAL
     return sum(backbone_gflop(*level_size(height, width, scale)) for scale in scales)
 
 
-def extract_pyramid(
+@dataclass
+class PyramidLevel:
+    """One level of the pyramid as the detector saw it (kept by callers that explain detections, see near_ties)."""
+
+    scale: float
+    image_size: tuple[int, int]  # (height, width) of the level's resized input
+    features: torch.Tensor  # (B, C, h, w) float32, fused with the coarser levels
+    banned: torch.Tensor | None  # (B, 1, h, w) bool: cells detected at a coarser level, excluded here
+    detections: LevelDetections
+
+
+def pyramid_levels(
     backbone: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     scales: Sequence[float] = SINGLE_SCALE,
     edge_threshold: float = EDGE_THRESHOLD,
-    geometric_centres: bool = False,
-) -> list[RawFeatures]:
-    """Run D2 on a batch of same-size preprocessed images (B, 3, H, W); one RawFeatures per image.
-
-    ``backbone`` maps images to float32 dense features (B, C, H/4, W/4) (see ``model.D2Net.test_time_layers``).
-    ``geometric_centres`` places keypoints at their cells' true centres instead of the original's (see above).
-    """
-    batch, _, height, width = images.shape
-    per_image: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in range(batch)]
-    previous = banned = global_descriptors = None
-    for level, scale in enumerate(scales):
+) -> Iterator[PyramidLevel]:
+    """Run the backbone and the detector over the pyramid of a batch of same-size preprocessed images, coarsest
+    level first (the order of ``scales``), yielding each level before the next one is computed."""
+    previous = banned = None
+    for scale in scales:
         level_images = images if scale == 1 else F.interpolate(
             images, scale_factor=scale, mode="bilinear", align_corners=True
         )
-        level_height, level_width = level_images.shape[2:]
+        image_size = tuple(level_images.shape[2:])
         features = backbone(level_images).float()
         del level_images
         fmap_size = features.shape[2:]
@@ -90,23 +82,46 @@ def extract_pyramid(
             features += F.interpolate(previous, size=fmap_size, mode="bilinear", align_corners=True)
         if banned is not None:
             banned = F.interpolate(banned.float(), size=fmap_size).bool()
-
-        if global_descriptors is None or scale == 1:
-            global_descriptors = gem_pool(features)
         found = detect_level(features, banned, edge_threshold)
+        yield PyramidLevel(scale, image_size, features, banned, found)
         banned = found.detected_cells if banned is None else banned | found.detected_cells
+        previous = features
 
-        position = _upscale_to_input(found.position, geometric_centres)
-        position[:, 0] *= height / level_height
-        position[:, 1] *= width / level_width
-        level_scale = torch.full_like(position[:, :1], 1.0) * 1 / scale
+
+def extract_pyramid(
+    backbone: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    scales: Sequence[float] = SINGLE_SCALE,
+    edge_threshold: float = EDGE_THRESHOLD,
+    geometric_centres: bool = False,
+    on_level: Callable[[PyramidLevel], None] | None = None,
+) -> list[RawFeatures]:
+    """Run D2 on a batch of same-size preprocessed images (B, 3, H, W); one RawFeatures per image.
+
+    ``backbone`` maps images to float32 dense features (B, C, H/4, W/4) (see ``model.D2Net.test_time_layers``).
+    ``geometric_centres`` places keypoints at their cells' true centres instead of the original's
+    (``keypoints.AVG_POOL_SHIFT``).
+    ``on_level`` sees every level (fused map, banned cells, detections), e.g. to explain a keypoint.
+    """
+    batch, _, height, width = images.shape
+    per_image: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in range(batch)]
+    global_descriptors = None
+    for level_index, level in enumerate(pyramid_levels(backbone, images, scales, edge_threshold)):
+        if on_level is not None:
+            on_level(level)
+        if global_descriptors is None or level.scale == 1:
+            global_descriptors = gem_pool(level.features)
+        found = level.detections
+        position = level_cell_to_image_ij(found.position, geometric_centres)
+        position[:, 0] *= height / level.image_size[0]
+        position[:, 1] *= width / level.image_size[1]
+        level_scale = torch.full_like(position[:, :1], 1.0 / level.scale)
         keypoints = torch.cat([position, level_scale], dim=1)
-        scores = found.score / (level + 1)
+        scores = found.score / (level_index + 1)
         for image_index in range(batch):
             rows = found.batch_index == image_index
             per_image[image_index].append((keypoints[rows], scores[rows], found.descriptor[rows]))
-        previous = features
-        del features, found
+        del level, found
     return [
         RawFeatures(*(torch.cat([level[k] for level in levels]) for k in range(3)), global_descriptors[index])
         for index, levels in enumerate(per_image)

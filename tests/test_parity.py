@@ -1,67 +1,141 @@
-"""Our extractor against the outputs of the original D2-Net code with the same weights (../shared/reference)."""
+"""Our extractor against the outputs of the original D2-Net code with the same weights (../shared/reference).
+
+"Equal to the original" is stated so that it holds on every machine (README, "Equal to the original"): the
+reference was computed on one CPU, and other kernels (AVX-512 instead of AVX2, cuDNN, Winograd) round the feature
+maps differently. So the test asserts high agreement, and then explains every keypoint that does not agree as a
+near-tie: a detector decision, recomputed from our own fused feature maps (d2sfm/parity.py), whose relative margin
+is within a few times the rounding of the two computations. A real bug moves keypoints whose decisions are far
+from any threshold, and fails here even when it touches fewer than 0.5% of them (the mutation test below).
+"""
+
+import os
 
 import numpy as np
 import pytest
+import torch
 from conftest import REFERENCE_IMAGES
-from scipy.spatial import cKDTree
 
+import d2sfm.pyramid
+from d2sfm.detect import detect_level
 from d2sfm.extractor import D2Extractor, ExtractionConfig
 from d2sfm.images import read_image_bgr
+from d2sfm.keypoints import colmap_xy_to_network_ij
+from d2sfm.parity import agreement, explain, rounding_error
 from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
 
 pytestmark = pytest.mark.integration
 
+MATCH_DISTANCE = 0.01  # px: a keypoint of ours and one of the reference's are the same keypoint
+MIN_SHARE = 0.995  # of each side's keypoints with a counterpart within MATCH_DISTANCE
+MAX_COUNT_DIFFERENCE = 0.005
+MIN_COSINE = 0.999
+MAX_SCORE_ERROR = 1e-3  # relative
+# A near-tie is a decision whose relative margin is at most NEAR_TIE_FACTOR times the rounding of both sides: ours
+# (d2sfm.parity.rounding_error, measured in the test against a float64 evaluation on the same device) and the
+# reference's. The reference ran oneDNN's AVX2 kernels, whose rounding_error under ONEDNN_MAX_CPU_ISA=AVX2 on the
+# two reference images is 3.1e-6 and 3.8e-6 (AVX-512: 6e-7 and 7.5e-7; Winograd 1.4e-5 and 2.6e-5).
+REFERENCE_ROUNDING = 3.9e-6
+NEAR_TIE_FACTOR = 4.0
 
-def compare_to_reference(features, reference):
-    """Match each of our keypoints to the nearest reference one (COLMAP convention = reference + 0.5)."""
-    reference_xy = reference["keypoints_ijs"][:, [1, 0]].astype(np.float64) + 0.5
-    distance, nearest = cKDTree(reference_xy).query(features.keypoints.astype(np.float64))
-    back_distance, _ = cKDTree(features.keypoints.astype(np.float64)).query(reference_xy)
-    scores = reference["scores"][nearest]
-    cosine = np.sum(features.descriptors * reference["descriptors"][nearest].astype(np.float32), axis=1)
-    return {
-        "ours": len(features.keypoints), "reference": len(reference_xy),
-        "ours_unmatched": int(np.sum(distance > 1e-3)), "reference_unmatched": int(np.sum(back_distance > 1e-3)),
-        "matched": distance <= 1e-3, "distance": distance,
-        "score_error": np.abs(features.scores - scores) / np.abs(scores),
-        "cosine": cosine, "same_scale": features.scales == reference["keypoints_ijs"][nearest, 2],
-    }
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="no CUDA device: the GPU parity test runs where one is")),
+]
+
+
+def check_against_reference(extractor, reference_dir, name, suffix, tolerance, min_share=MIN_SHARE):
+    """Extract the reference image, assert the agreement criteria and explain every keypoint that disagrees.
+    Returns the explanations (printed with -s, for the record)."""
+    reference = np.load(reference_dir / f"{name}.{suffix}.npz")
+    image = read_image_bgr(reference_dir / f"{name}.png")
+    levels = []
+    features = extractor.extract(image, on_level=levels.append)
+    ours = np.c_[colmap_xy_to_network_ij(features.keypoints), features.scales]  # the reference's convention
+    theirs = reference["keypoints_ijs"].astype(np.float64)
+    result = agreement(ours[:, :2], theirs[:, :2])
+    print(f"\n{name} {suffix} {extractor.config.conv} on {extractor.device} "
+          f"({os.environ.get('ONEDNN_MAX_CPU_ISA', 'default ISA')}, near-tie tolerance {tolerance:.2g}): "
+          f"{result.counts[0]} vs {result.counts[1]} keypoints, within {MATCH_DISTANCE} px: "
+          f"ours {result.ours_within(MATCH_DISTANCE):.2%}, reference {result.theirs_within(MATCH_DISTANCE):.2%}")
+    assert result.count_difference <= MAX_COUNT_DIFFERENCE
+    assert result.ours_within(MATCH_DISTANCE) >= min_share
+    assert result.theirs_within(MATCH_DISTANCE) >= min_share
+
+    matched = result.ours_distance <= MATCH_DISTANCE
+    nearest = result.nearest[matched]
+    assert np.array_equal(features.scales[matched], theirs[nearest, 2])
+    reference_scores = reference["scores"][nearest]
+    score_error = np.abs(features.scores[matched] - reference_scores) / np.abs(reference_scores)
+    assert score_error.max() <= MAX_SCORE_ERROR
+    cosine = np.sum(features.descriptors[matched] * reference["descriptors"][nearest].astype(np.float32), axis=1)
+    assert cosine.min() >= MIN_COSINE
+
+    explanations = explain(levels, image.shape[:2], ours[~matched],
+                           theirs[result.theirs_distance > MATCH_DISTANCE], tolerance)
+    for explanation in explanations:
+        print("  ", explanation)
+    unexplained = [str(e) for e in explanations if not e.explained]
+    assert not unexplained, "keypoints that differ from the original without a near-tie:\n" + "\n".join(unexplained)
+    return explanations
+
+
+@pytest.fixture(scope="module")
+def near_tie_tolerance(weights_path, reference_dir):
+    """NEAR_TIE_FACTOR x (this extractor's measured rounding + the reference's), per extractor and image."""
+    cache = {}
+
+    def get(extractor, name):
+        key = (extractor.device.type, extractor.config.conv, name)
+        if key not in cache:
+            image = read_image_bgr(reference_dir / f"{name}.png")
+            ours = rounding_error(extractor, weights_path, image)
+            print(f"\nrounding of {key}: {ours:.2g} of the local magnitude")
+            cache[key] = NEAR_TIE_FACTOR * (ours + REFERENCE_ROUNDING)
+        return cache[key]
+    return get
 
 
 @pytest.fixture(scope="module")
 def extractors(weights_path):
-    return {
-        (conv, scales): D2Extractor(weights_path, ExtractionConfig(scales=scales, conv=conv))
-        for conv in ("exact", "winograd") for scales in (SINGLE_SCALE, MULTI_SCALE)
-    }
+    cache = {}
+
+    def get(device, scales, conv="exact"):
+        if (device, scales, conv) not in cache:
+            cache[(device, scales, conv)] = D2Extractor(weights_path, ExtractionConfig(scales=scales, conv=conv),
+                                                        device=device)
+        return cache[(device, scales, conv)]
+    return get
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", REFERENCE_IMAGES)
+@pytest.mark.parametrize("scales,suffix", [(SINGLE_SCALE, "ss"), (MULTI_SCALE, "ms")])
+def test_extraction_equals_the_original(extractors, near_tie_tolerance, reference_dir, device, name, scales, suffix):
+    extractor = extractors(device, scales)
+    check_against_reference(extractor, reference_dir, name, suffix, near_tie_tolerance(extractor, name))
 
 
 @pytest.mark.parametrize("name", REFERENCE_IMAGES)
 @pytest.mark.parametrize("scales,suffix", [(SINGLE_SCALE, "ss"), (MULTI_SCALE, "ms")])
-def test_exact_extraction_equals_the_original(extractors, reference_dir, name, scales, suffix):
-    reference = np.load(reference_dir / f"{name}.{suffix}.npz")
-    features = extractors[("exact", scales)].extract(read_image_bgr(reference_dir / f"{name}.png"))
-    result = compare_to_reference(features, reference)
-    assert result["ours"] == result["reference"]
-    assert result["ours_unmatched"] == 0 and result["reference_unmatched"] == 0
-    assert result["distance"].max() <= 1e-3
-    assert result["score_error"].max() <= 1e-4
-    assert result["cosine"].min() >= 0.999
-    assert result["same_scale"].all()
+def test_winograd_differs_from_the_original_only_in_near_ties(extractors, near_tie_tolerance, reference_dir, name,
+                                                             scales, suffix):
+    """Winograd rounds more coarsely (about 2e-5), so fewer keypoints may agree, but every difference is a near-tie."""
+    extractor = extractors("cpu", scales, "winograd")
+    check_against_reference(extractor, reference_dir, name, suffix, near_tie_tolerance(extractor, name), min_share=0.99)
 
 
-@pytest.mark.parametrize("name", REFERENCE_IMAGES)
-@pytest.mark.parametrize("scales,suffix", [(SINGLE_SCALE, "ss"), (MULTI_SCALE, "ms")])
-def test_winograd_extraction_is_nearly_the_original(extractors, reference_dir, name, scales, suffix):
-    """Winograd moves only decisions that sit on a threshold: >= 99% of keypoints identical."""
-    reference = np.load(reference_dir / f"{name}.{suffix}.npz")
-    features = extractors[("winograd", scales)].extract(read_image_bgr(reference_dir / f"{name}.png"))
-    result = compare_to_reference(features, reference)
-    assert result["ours_unmatched"] <= 0.01 * result["ours"]
-    assert result["reference_unmatched"] <= 0.01 * result["reference"]
-    matched = result["matched"]
-    assert result["score_error"][matched].max() <= 1e-4
-    assert result["cosine"][matched].min() >= 0.999
+def test_a_small_detector_bug_is_caught_although_the_shares_hold(extractors, near_tie_tolerance, reference_dir,
+                                                                  monkeypatch):
+    """Mutation test: an edge threshold of 5.05 instead of 5 adds under 0.5% of keypoints, so the agreement shares
+    still hold, but the added keypoints' decisions are far from the original's threshold: the check must fail."""
+    name = REFERENCE_IMAGES[1]
+    extractor = extractors("cpu", SINGLE_SCALE)
+    tolerance = near_tie_tolerance(extractor, name)
+    monkeypatch.setattr(d2sfm.pyramid, "detect_level",
+                        lambda features, banned=None, edge_threshold=None: detect_level(features, banned, 5.05))
+    with pytest.raises(AssertionError, match="without a near-tie"):
+        check_against_reference(extractor, reference_dir, name, "ss", tolerance)
 
 
 def test_geometric_centres_shift_each_level_by_its_pooling_offset(weights_path, reference_dir):

@@ -1,0 +1,80 @@
+"""Every third-party package the code imports is declared in pyproject.toml, where a fresh install will find it.
+
+A package that arrives only as another's dependency (Pillow through torchvision, say) works on the machine where
+it happens to be installed and breaks on a fresh one; so does a test import missing from the ``test`` extra. CI
+installs from nothing (.ci/run), and this test names the culprit before that install fails.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11 (tomllib)")
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL = {"d2sfm", "pipelines", "benchmarks", "conftest"}
+# Imported only from an external checkout of the original D2-Net code, by the scripts that compare against it.
+EXTERNAL_CHECKOUTS = {"lib"}
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+            for requirement in requirements}
+
+
+def _declared() -> dict[str, set[str]]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = project.get("optional-dependencies", {})
+    return {"base": _requirement_names(project["dependencies"]),
+            **{name: _requirement_names(requirements) for name, requirements in extras.items()}}
+
+
+def _top_level_imports(folder: Path) -> dict[str, str]:
+    """{module: a file importing it} for every absolute import in the folder's Python files."""
+    found = {}
+    for path in sorted(folder.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                found.setdefault(name.split(".")[0], str(path.relative_to(REPO)))
+    return found
+
+
+def _third_party(imports: dict[str, str]) -> dict[str, str]:
+    return {module: where for module, where in imports.items()
+            if module not in sys.stdlib_module_names and module not in LOCAL | EXTERNAL_CHECKOUTS}
+
+
+@pytest.mark.parametrize("folder,allowed", [
+    ("d2sfm", None),  # the package: base dependencies, or an optional extra where the import is guarded
+    ("pipelines", None),
+    ("benchmarks", None),
+    ("tests", ("base", "test")),  # the README's test command installs only these
+])
+def test_every_import_is_declared(folder, allowed):
+    declared = _declared()
+    sets = declared.values() if allowed is None else [declared[name] for name in allowed]
+    names = set().union(*sets)
+    distributions = packages_distributions()
+    missing = []
+    for module, where in sorted(_third_party(_top_level_imports(REPO / folder)).items()):
+        providers = {d.lower().replace("_", "-") for d in distributions.get(module, [])}
+        if not providers & names:
+            missing.append(f"{module} (imported by {where}; installed from {sorted(providers) or 'nowhere'})")
+    assert not missing, f"imports not declared in pyproject.toml for {folder}/: " + "; ".join(missing)
+
+
+def test_the_test_extra_holds_what_the_tests_need():
+    """The imports this checks for are real: matplotlib draws the HPatches figures the tests look at."""
+    assert {"pytest", "matplotlib"} <= _declared()["test"]
+    assert {"torch", "pycolmap", "pillow", "opencv-python"} <= _declared()["base"]

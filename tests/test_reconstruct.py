@@ -11,7 +11,9 @@ import pycolmap
 import pytest
 
 from d2sfm.mapping import (
+    D2_ABS_POSE_MIN_INLIERS,
     RETRY_BELOW_TRIANGULATED,
+    drop_weak_images,
     read_models,
     triangulated_share,
     verified_keypoints,
@@ -62,7 +64,10 @@ def test_synthetic_scene_cameras_are_recovered(small_scene, weights_path):
     assert "[mapping] done earlier" not in global_run.stdout and "[extract] done earlier, skipped" in global_run.stdout
     global_check = json.loads((small_scene.with_name("global") / "stats.json").read_text())["demo_check"]
     print("global mapper:", global_check)
-    assert global_check["registered"] == 8 and global_check["max_rotation_error_deg"] < 2.0
+    # The global mapper's result depends on the verified matches, which RANSAC draws at random: it places all 8
+    # cameras, or leaves out the one or two with too few 3D points (drop_weak_images). What it reports is right.
+    assert global_check["registered"] >= 6 and global_check["aligned"]
+    assert global_check["max_rotation_error_deg"] < 2.0 and global_check["max_position_error_rel"] < 0.02
 
     dense = reconstruct(small_scene, "--demo", "--dense", weights=weights_path)
     assert dense.returncode == 0, dense.stderr
@@ -98,6 +103,20 @@ def test_thin_or_partial_models_are_mapped_again(small_scene, weights_path):
     assert "triangulates" in why_map_again({0: thin}, thin.num_reg_images(), lambda: verified)
     # the better of two runs is judged: a healthy model next to a thin one needs no retry
     assert why_map_again({0: thin, 1: model}, model.num_reg_images(), lambda: verified) is None
+
+
+def test_images_held_by_few_points_are_left_out(small_scene, weights_path):
+    """drop_weak_images (applied to the global mapper's models) on the real model of the synthetic scene."""
+    if not (small_scene / "sparse" / "0").is_dir():
+        assert reconstruct(small_scene, "--demo", weights=weights_path).returncode == 0
+    model = read_models(small_scene / "sparse")[0]
+    counts = {image.name: image.num_points3D for image in model.images.values()}
+    assert drop_weak_images(pycolmap.Reconstruction(model), D2_ABS_POSE_MIN_INLIERS) == []
+    weakest = min(counts, key=counts.get)
+    copy = pycolmap.Reconstruction(model)
+    assert drop_weak_images(copy, counts[weakest] + 1) == [weakest]
+    assert copy.num_reg_images() == model.num_reg_images() - 1
+    assert weakest not in {image.name for image in copy.images.values() if image.has_pose}
 
 
 def test_clear_errors_for_bad_scenes(tmp_path, weights_path):

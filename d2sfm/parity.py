@@ -207,18 +207,17 @@ class Explanation:
 
 def _source_cells(levels: Sequence[PyramidLevel]) -> list[list[torch.Tensor]]:
     """sources[l][k]: (h_l, w_l) flat index of the level-k cell whose ban reaches each level-l cell (k < l), by the
-    same nearest-neighbour resizing the pyramid applies to its banned cells."""
+    same nearest-neighbour resizing, level by level, that the pyramid applies to its banned cells."""
+    sizes = [level.features.shape[2:] for level in levels]
+    device = levels[0].features.device
     sources = []
-    for index, level in enumerate(levels):
-        size = level.features.shape[2:]
+    for index in range(len(levels)):
         row = []
-        for coarse in levels[:index]:
-            h, w = coarse.features.shape[2:]
-            grid = torch.arange(h * w, dtype=torch.float64, device=level.features.device).view(1, 1, h, w)
-            for between in levels[levels.index(coarse) + 1:index + 1]:
-                grid = F.interpolate(grid, size=between.features.shape[2:])
+        for coarse in range(index):
+            grid = torch.arange(sizes[coarse].numel(), dtype=torch.float64, device=device).view(1, 1, *sizes[coarse])
+            for between in range(coarse + 1, index + 1):
+                grid = F.interpolate(grid, size=sizes[between])
             row.append(grid[0, 0].round().long())
-        assert all(r.shape == size for r in row)
         sources.append(row)
     return sources
 

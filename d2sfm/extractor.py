@@ -166,7 +166,7 @@ class D2Extractor:
     def extract_batch(self, resized: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]],
                       on_level: Callable[[PyramidLevel], None] | None = None) -> list[Features]:
         """Extract from prepared images that share one size; ``original_sizes`` are (height, width) before resizing.
-        ``on_level`` sees each pyramid level's fused map and detections (``near_ties`` uses them)."""
+        ``on_level`` sees each pyramid level's fused map and detections (``parity`` explains keypoints with them)."""
         shapes = {image.shape for image in resized}
         if len(shapes) != 1:
             raise ValueError(f"a batch must hold images of one size, got {sorted(shapes)}")

@@ -52,12 +52,11 @@ def pyramid_gflop(height: int, width: int, scales: Sequence[float] = SINGLE_SCAL
 
 @dataclass
 class PyramidLevel:
-    """One level of the pyramid as the detector saw it (kept by callers that explain detections, see near_ties)."""
+    """One level of the pyramid as the detector saw it (kept by callers that explain detections: parity.py)."""
 
     scale: float
     image_size: tuple[int, int]  # (height, width) of the level's resized input
     features: torch.Tensor  # (B, C, h, w) float32, fused with the coarser levels
-    banned: torch.Tensor | None  # (B, 1, h, w) bool: cells detected at a coarser level, excluded here
     detections: LevelDetections
 
 
@@ -83,7 +82,7 @@ def pyramid_levels(
         if banned is not None:
             banned = F.interpolate(banned.float(), size=fmap_size).bool()
         found = detect_level(features, banned, edge_threshold)
-        yield PyramidLevel(scale, image_size, features, banned, found)
+        yield PyramidLevel(scale, image_size, features, found)
         banned = found.detected_cells if banned is None else banned | found.detected_cells
         previous = features
 
@@ -101,7 +100,7 @@ def extract_pyramid(
     ``backbone`` maps images to float32 dense features (B, C, H/4, W/4) (see ``model.D2Net.test_time_layers``).
     ``geometric_centres`` places keypoints at their cells' true centres instead of the original's
     (``keypoints.AVG_POOL_SHIFT``).
-    ``on_level`` sees every level (fused map, banned cells, detections), e.g. to explain a keypoint.
+    ``on_level`` sees every level (fused map, detections), e.g. to explain a keypoint (parity.py).
     """
     batch, _, height, width = images.shape
     per_image: list[list[tuple[torch.Tensor, ...]]] = [[] for _ in range(batch)]

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 EDGE_THRESHOLD = 5.0
-_OFFSETS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)]
+NEIGHBOUR_OFFSETS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)]
 
 
 @dataclass
@@ -30,12 +30,12 @@ class LevelDetections:
     detected_cells: torch.Tensor  # (B, 1, H, W) bool: every hard detection, before refinement (for banning)
 
 
-def _neighbourhoods(features: torch.Tensor, b, c, i, j) -> tuple[torch.Tensor, torch.Tensor]:
+def neighbourhoods(features: torch.Tensor, b, c, i, j) -> tuple[torch.Tensor, torch.Tensor]:
     """(K, 9) values of the 3x3 neighbourhood of each (b, c, i, j), zero outside the map (as conv padding),
     and (K, 9) whether each neighbour is inside the map."""
     _, _, height, width = features.shape
     values, insides = [], []
-    for di, dj in _OFFSETS:
+    for di, dj in NEIGHBOUR_OFFSETS:
         ii, jj = i + di, j + dj
         inside = (ii >= 0) & (ii < height) & (jj >= 0) & (jj < width)
         v = features[b, c, ii.clamp(0, height - 1), jj.clamp(0, width - 1)]
@@ -44,8 +44,9 @@ def _neighbourhoods(features: torch.Tensor, b, c, i, j) -> tuple[torch.Tensor, t
     return torch.stack(values, dim=1), torch.stack(insides, dim=1)
 
 
-def _derivatives(patch: torch.Tensor):
-    """Finite differences of the original filters, from (K, 9) neighbourhoods (row-major, centre at 4)."""
+def derivatives(patch: torch.Tensor):
+    """Finite differences of the original filters, from (K, 9) neighbourhoods (row-major, centre at 4); also used,
+    differentiably, by parity.py to measure how far each decision is from its threshold."""
     up, left, centre, right, down = patch[:, 1], patch[:, 3], patch[:, 4], patch[:, 5], patch[:, 7]
     dii = up - 2 * centre + down
     djj = left - 2 * centre + right
@@ -108,12 +109,12 @@ def detect_level(
     """
     batch, _, height, width = features.shape
     b, c, i, j = channel_max_candidates(features, banned).unbind(dim=1)
-    patch, inside = _neighbourhoods(features, b, c, i, j)
+    patch, inside = neighbourhoods(features, b, c, i, j)
     # 3x3 maximum in its channel (max pooling ignores what lies outside the map)
     local_max = ((patch <= patch[:, 4:5]) | ~inside).all(dim=1)
     b, c, i, j, patch = b[local_max], c[local_max], i[local_max], j[local_max], patch[local_max]
 
-    dii, dij, djj, di, dj = _derivatives(patch)
+    dii, dij, djj, di, dj = derivatives(patch)
     det = dii * djj - dij * dij
     trace = dii + djj
     ratio_limit = (edge_threshold + 1) ** 2 / edge_threshold

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from scipy.spatial import cKDTree
 
 from d2sfm.checkpoint import load_model
-from d2sfm.detect import EDGE_THRESHOLD
+from d2sfm.detect import EDGE_THRESHOLD, NEIGHBOUR_OFFSETS, derivatives, neighbourhoods
 from d2sfm.extractor import D2Extractor, normalise
 from d2sfm.keypoints import image_ij_to_level_cell
 from d2sfm.pyramid import PyramidLevel
@@ -35,7 +35,6 @@ from d2sfm.pyramid import PyramidLevel
 # Hard detection (the cell joins the banned cells of finer levels), then refinement and descriptor sampling.
 HARD_DECISIONS = ("channel_maximum", "spatial_maximum", "positive_determinant", "edge_ratio")
 DECISIONS = HARD_DECISIONS + ("offset_i", "offset_j", "inside_map")
-_OFFSETS = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)]
 
 
 # ---------------------------------------------------------------------------------------------------- agreement
@@ -82,29 +81,11 @@ class CellDecisions:
     margin: torch.Tensor  # (K, D) float64 relative flip distance (see module docstring)
     displacement_per_unit: torch.Tensor  # (K,) |d offset| (cells) per unit relative change of the inputs
 
-    def column(self, name: str) -> int:
-        return DECISIONS.index(name)
-
-
-def _patches(features: torch.Tensor, b, c, i, j) -> tuple[torch.Tensor, torch.Tensor]:
-    """(K, 9) float64 3x3 neighbourhoods in channel c (zero outside, like the detector) and (K, 9) inside masks."""
-    _, _, height, width = features.shape
-    values, insides = [], []
-    for di, dj in _OFFSETS:
-        ii, jj = i + di, j + dj
-        inside = (ii >= 0) & (ii < height) & (jj >= 0) & (jj < width)
-        v = features[b, c, ii.clamp(0, height - 1), jj.clamp(0, width - 1)].double()
-        values.append(torch.where(inside, v, torch.zeros_like(v)))
-        insides.append(inside)
-    return torch.stack(values, 1), torch.stack(insides, 1)
-
 
 def _refinement_terms(patch: torch.Tensor, edge_threshold: float):
-    """The detector's derivative formulas (detect.py) as differentiable functions of (K, 9) patches."""
-    up, left, centre, right, down = patch[:, 1], patch[:, 3], patch[:, 4], patch[:, 5], patch[:, 7]
-    dii, djj = up - 2 * centre + down, left - 2 * centre + right
-    dij = 0.25 * (patch[:, 0] - patch[:, 2] - patch[:, 6] + patch[:, 8])
-    di, dj = 0.5 * down - 0.5 * up, 0.5 * right - 0.5 * left
+    """det, the edge test's slack and the sub-pixel steps, by the detector's own formulas (detect.derivatives), as
+    differentiable functions of (K, 9) patches."""
+    dii, dij, djj, di, dj = derivatives(patch)
     det = dii * djj - dij * dij
     trace = dii + djj
     limit = (edge_threshold + 1) ** 2 / edge_threshold
@@ -148,10 +129,11 @@ def cell_decisions(features: torch.Tensor, b: torch.Tensor, i: torch.Tensor, j: 
     top = values.topk(min(2, channels), dim=1)
     channel = top.indices[:, 0]
     runner_up = top.values[:, 1] if channels > 1 else torch.full_like(top.values[:, 0], -torch.inf)
-    patch, inside = _patches(features, b, channel, i, j)
+    patch, inside = neighbourhoods(features, b, channel, i, j)
+    patch = patch.double()
     magnitude = torch.stack([
         features[b, :, (i + di).clamp(0, height - 1), (j + dj).clamp(0, width - 1)].abs().amax(dim=1).double()
-        for di, dj in _OFFSETS], 1).where(inside, 0.0).amax(dim=1).clamp_min(1e-30)
+        for di, dj in NEIGHBOUR_OFFSETS], 1).where(inside, 0.0).amax(dim=1).clamp_min(1e-30)
     margins = {"channel_maximum": (top.values[:, 0] - runner_up) / 2 / magnitude}
     passed = {"channel_maximum": torch.ones_like(magnitude, dtype=torch.bool)}
 

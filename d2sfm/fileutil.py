@@ -14,11 +14,12 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success rename it to ``path``, on failure delete it."""
+def atomic_path(path: str | os.PathLike, suffix: str = ".part") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it to ``path``, on failure delete it. ``suffix``
+    ends the temporary name, for writers that insist on a file extension."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(handle)
     temporary = Path(temporary)
     try:

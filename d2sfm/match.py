@@ -1,8 +1,9 @@
 """Mutual nearest-neighbour matching of D2 descriptors, and ``python -m d2sfm.match``.
 
-Similarities are computed in row chunks (memory O(chunk x M), so 20k x 20k features never need the full
-matrix), on the GPU when there is one. A match must be each descriptor's best in both directions; optional filters:
-a minimum cosine similarity and Lowe's ratio test on the descriptor distances.
+On a GPU the similarities of a pair are one matrix product when they fit in 1 GiB (16k x 16k features) and row
+chunks above, so memory stays bounded at any size; on the CPU they always come in cache-sized row chunks. A match
+must be each descriptor's best in both directions; optional filters: a minimum cosine similarity and Lowe's ratio
+test on the descriptor distances.
 """
 
 from __future__ import annotations
@@ -22,26 +23,48 @@ from d2sfm.errors import D2sfmError
 from d2sfm.io import MatchWriter, list_entries, read_features
 from d2sfm.pairs import Pair, read_pairs
 
+CPU_CHUNK_ROWS = 4096  # measured fastest on the CPU (docs/benchmarks.md): the chunk stays in the caches
+GPU_SIMILARITY_BYTES = 1 << 30  # on a GPU, one product up to 1 GiB of similarities (16k x 16k), chunks above
+
+
+def similarity_chunk_rows(n: int, m: int, device: torch.device) -> int:
+    """Rows of the similarity matrix computed at once: all of them on a GPU when the matrix fits the budget (one
+    product, like the dense baseline), else as many as fit; a fixed, cache-sized chunk on the CPU."""
+    if device.type == "cuda":
+        return max(1, min(n, GPU_SIMILARITY_BYTES // (4 * max(m, 1))))
+    return CPU_CHUNK_ROWS
+
+
+def _column_best(similarity: torch.Tensor, row_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each column's maximum and the first row reaching it (ties as a dense argmax). On a GPU ``max(dim=0)`` is
+    fast; on the CPU its strided index search is slow, so there: values by amax, then the smallest row equal."""
+    if similarity.device.type == "cuda":
+        return similarity.max(dim=0)
+    values = similarity.amax(dim=0)
+    no_row = torch.iinfo(torch.int32).max
+    rows = torch.where(similarity == values, row_ids[: len(similarity)], no_row).amin(dim=0)
+    return values, rows.long()
+
 
 @torch.inference_mode()
 def mutual_nearest_neighbours(
-    descriptors0: torch.Tensor, descriptors1: torch.Tensor, chunk_size: int = 4096,
+    descriptors0: torch.Tensor, descriptors1: torch.Tensor, chunk_size: int | None = None,
     min_similarity: float | None = None, ratio: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, D), (M, D) L2-normalised -> ((K, 2) long index pairs, (K,) cosine similarities)."""
+    """(N, D), (M, D) L2-normalised -> ((K, 2) long index pairs, (K,) cosine similarities).
+    ``chunk_size``: rows of the similarity matrix at once (default: ``similarity_chunk_rows``)."""
     device = descriptors0.device
     n, m = len(descriptors0), len(descriptors1)
     if n == 0 or m == 0:
         return torch.empty(0, 2, dtype=torch.long, device=device), torch.empty(0, device=device)
+    chunk_size = chunk_size or similarity_chunk_rows(n, m, device)
     descriptors1 = descriptors1.to(device=device, dtype=torch.float32)
     best_in_1 = torch.empty(n, dtype=torch.long, device=device)
     best_similarity = torch.empty(n, device=device)
     second_similarity = torch.full((n,), float("-inf"), device=device)
-    column_best = torch.full((m,), float("-inf"), device=device)
-    column_argbest = torch.zeros(m, dtype=torch.long, device=device)
+    column_best, column_argbest = None, None
     buffer = torch.empty(min(chunk_size, n), m, device=device)  # reused: no page faults for every chunk
     row_ids = torch.arange(min(chunk_size, n), device=device, dtype=torch.int32)[:, None]
-    no_row = torch.iinfo(torch.int32).max
     for start in range(0, n, chunk_size):
         rows = slice(start, start + chunk_size)
         chunk = descriptors0[rows].float()
@@ -52,13 +75,13 @@ def mutual_nearest_neighbours(
             second_similarity[rows] = top.values[:, 1]
         else:
             best_similarity[rows], best_in_1[rows] = similarity.max(dim=1)
-        # Column maxima with the first row reaching them (ties as torch.max), without max(dim=0) and its slow
-        # strided index search: values by amax, then the smallest row index equal to them.
-        chunk_best = similarity.amax(dim=0)
-        chunk_arg = torch.where(similarity == chunk_best, row_ids[: len(chunk)], no_row).amin(dim=0)
-        better = chunk_best > column_best
-        column_best = torch.where(better, chunk_best, column_best)
-        column_argbest = torch.where(better, chunk_arg.long() + start, column_argbest)
+        chunk_best, chunk_arg = _column_best(similarity, row_ids)
+        if column_best is None:
+            column_best, column_argbest = chunk_best, chunk_arg + start
+        else:  # strictly better only: an earlier chunk keeps its (smaller) row on a tie
+            better = chunk_best > column_best
+            column_best = torch.where(better, chunk_best, column_best)
+            column_argbest = torch.where(better, chunk_arg + start, column_argbest)
     indices = torch.arange(n, device=device)
     keep = column_argbest[best_in_1] == indices
     if min_similarity is not None:

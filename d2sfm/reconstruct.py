@@ -21,7 +21,7 @@ import torch
 
 from d2sfm.cli import add_device_argument, add_run_arguments, add_weights_argument, resolve_device, run_main
 from d2sfm.database import CAMERA_MODELS, CAMERA_MODES, create_database, import_features_and_matches, verify_pairs
-from d2sfm.dense import cuda_problem, run_dense
+from d2sfm.dense import DEFAULT_MESH_TRIM, FUSED, MESH, cuda_problem, run_dense, workspace_path
 from d2sfm.errors import D2sfmError
 from d2sfm.fileutil import atomic_path, write_text_atomic
 from d2sfm.images import list_images
@@ -73,6 +73,18 @@ def print_table(stats: dict) -> None:
         print(f"  {label:<{width}}  {value}")
 
 
+def dense_stage(args: argparse.Namespace, paths: dict[str, Path], image_dir: Path, stages: Stages,
+                progress: bool) -> dict:
+    """MVS of the largest model into dense/, skipped when done (a mesh asked for later is added on its own)."""
+    def dense() -> dict:
+        return run_dense(paths["sparse"] / "0", image_dir, paths["dense"], args.dense_size, mesh=args.mesh,
+                         mesh_trim=args.mesh_trim, progress=progress)
+
+    done = (paths["dense"] / FUSED).is_file() and (not args.mesh or (paths["dense"] / MESH).is_file())
+    stages.run("dense", done, dense)
+    return dense()  # finished now or earlier: only reads the point count
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m d2sfm.reconstruct",
@@ -115,14 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "repeated with the next seed and the best kept; 1 for huge collections")
     parser.add_argument("--min-model-size", type=int, default=3, help="smallest model kept (images)")
     parser.add_argument("--text", action="store_true", help="write models as COLMAP text instead of binary")
-    parser.add_argument("--dense", action="store_true", help="also run MVS (needs pycolmap with CUDA)")
+    parser.add_argument("--dense", action="store_true",
+                        help="also run MVS into dense/ (PatchMatch needs pycolmap with CUDA: README 'Dense MVS'); "
+                        "an interrupted run resumes from dense.part/ without recomputing finished depth maps")
+    parser.add_argument("--dense-size", type=int, default=2000,
+                        help="with --dense: longest side of the images PatchMatch works on (default 2000)")
     parser.add_argument("--mesh", action="store_true", help="with --dense: Poisson mesh of the fused points")
+    parser.add_argument("--mesh-trim", type=float, default=DEFAULT_MESH_TRIM,
+                        help=f"with --mesh: drop the surface where the points are sparser than this Poisson density "
+                        f"(default {DEFAULT_MESH_TRIM:g}, COLMAP's; 0 keeps everything)")
     add_run_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.mesh and not args.dense:
+        raise D2sfmError("--mesh meshes the dense points: add --dense")
     pycolmap.logging.minloglevel = 0 if args.verbose else 2  # 2: COLMAP errors only
     scene: Path = args.scene
     camera_mode = args.camera_mode or ("single" if args.demo else "auto")
@@ -148,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.overwrite:
         for key in ("features", "pairs", "matches", "database", "sparse", "dense", "stats"):
             shutil.rmtree(paths[key]) if paths[key].is_dir() else paths[key].unlink(missing_ok=True)
+        shutil.rmtree(workspace_path(paths["dense"]), ignore_errors=True)
     stages = Stages(previous.get("stage_seconds", {}))
     failures: list[tuple[str, str]] = list(map(tuple, previous.get("failed_images", [])))
     progress = not args.quiet
@@ -203,30 +225,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         "failed_images": [list(f) for f in failures], "pairs": len(pairs), "verification": verification,
         "models": [model_statistics(model) for model in models],
     }
-    if args.dense and not dense_problem:
-        dense_result = previous.get("dense")
-
-        def dense() -> None:
-            nonlocal dense_result
-            dense_result = run_dense(paths["sparse"] / "0", image_dir, paths["dense"], mesh=args.mesh)
-
-        stages.run("dense", (paths["dense"] / "fused.ply").is_file() and dense_result is not None, dense)
-        stats["dense"] = dense_result
-        stats["dense_points"] = dense_result["dense_points"]
     if args.demo:
         from d2sfm.synthetic import compare_to_truth
 
         stats["demo_check"] = compare_to_truth(models[0], scene / "ground_truth")
     stats["stage_seconds"] = stages.times
-    write_text_atomic(paths["stats"], json.dumps(stats, indent=2))
-    print(f"wrote {scene}: {len(models)} model(s) in {paths['sparse']}, statistics in {paths['stats']}")
-    print_table(stats)
-    if args.demo:
-        check = stats["demo_check"]
-        print(f"  demo check: {check['registered']} of {len(names)} cameras registered; "
-              + (f"max rotation error {check['max_rotation_error_deg']:.3f} deg, max position error "
-                 f"{100 * check['max_position_error_rel']:.3f}% of the scene size" if check["aligned"]
-                 else "alignment to the truth failed"))
+    write_text_atomic(paths["stats"], json.dumps(stats, indent=2))  # the sparse result, saved before dense runs
+    try:  # the summary is printed even when dense fails: the sparse result stands
+        if args.dense:
+            stats["dense"] = dense_stage(args, paths, image_dir, stages, progress)
+            stats["dense_points"] = stats["dense"]["dense_points"]
+            stats["stage_seconds"] = stages.times
+            write_text_atomic(paths["stats"], json.dumps(stats, indent=2))
+    finally:
+        print(f"wrote {scene}: {len(models)} model(s) in {paths['sparse']}, statistics in {paths['stats']}")
+        print_table(stats)
+        if args.demo:
+            check = stats["demo_check"]
+            print(f"  demo check: {check['registered']} of {len(names)} cameras registered; "
+                  + (f"max rotation error {check['max_rotation_error_deg']:.3f} deg, max position error "
+                     f"{100 * check['max_position_error_rel']:.3f}% of the scene size" if check["aligned"]
+                     else "alignment to the truth failed"))
     return 0
 
 

@@ -99,9 +99,9 @@ def camera_poses(count: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray
     return poses
 
 
-def _camera_rays(rotation: np.ndarray, width: int, height: int, focal: float) -> np.ndarray:
-    """World-frame ray directions through pixel centres (COLMAP convention: centres at +0.5), unit depth."""
-    columns, rows = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+def _camera_rays(rotation: np.ndarray, width: int, height: int, focal: float, pixel_centre: float = 0.5) -> np.ndarray:
+    """World-frame ray directions through pixel centres (COLMAP's SfM convention: centres at +0.5), unit depth."""
+    columns, rows = np.meshgrid(np.arange(width) + pixel_centre, np.arange(height) + pixel_centre)
     rays_camera = np.stack([(columns - width / 2) / focal, (rows - height / 2) / focal, np.ones_like(columns)], -1)
     return rays_camera @ rotation  # camera -> world: R^T applied to each row vector
 
@@ -152,31 +152,92 @@ def render_xyz(planes: Sequence[Plane], rotation: np.ndarray, centre: np.ndarray
     return xyz
 
 
+def render_depth_normals(planes: Sequence[Plane], rotation: np.ndarray, centre: np.ndarray, width: int, height: int,
+                         focal: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact depth (along the optical axis; 0 where only sky is seen) and unit normals in the camera frame, facing
+    the camera: COLMAP's MVS depth and normal maps. These are sampled at integer pixel coordinates, not at +0.5,
+    because that is where COLMAP's fusion back-projects map pixel (row, col)."""
+    rays = _camera_rays(rotation, width, height, focal, pixel_centre=0.0)
+    normals = np.zeros((height, width, 3))
+    depth = None
+    for plane, hit, *_, depth in _cast(planes, rays, centre):
+        normal = rotation @ np.cross(plane.u_edge, plane.v_edge)
+        normals[hit] = normal / np.linalg.norm(normal)
+    normals[np.einsum("hwc,hwc->hw", normals, rays @ rotation.T) > 0] *= -1  # turn each to face the camera
+    finite = np.isfinite(depth)
+    return np.where(finite, depth, 0.0), np.where(finite[..., None], normals, 0.0)
+
+
+def true_model(planes: Sequence[Plane], poses: Sequence[tuple[np.ndarray, np.ndarray]], width: int, height: int,
+               focal: float, point_step: int = 0) -> pycolmap.Reconstruction:
+    """The true cameras (``view_XX.png``, one pinhole camera) and, with ``point_step``, true surface points: one
+    every ``point_step`` pixels of every view, observed in each view where it is the nearest surface."""
+    truth = pycolmap.Reconstruction()
+    truth.add_camera_with_trivial_rig(pycolmap.Camera(model="PINHOLE", width=width, height=height,
+                                                      params=[focal, focal, width / 2, height / 2], camera_id=1))
+    points = np.empty((0, 3))
+    if point_step:
+        grid = [render_xyz(planes, rotation, centre, width, height, focal)[point_step // 2::point_step,
+                                                                             point_step // 2::point_step]
+                for rotation, centre in poses]
+        points = np.concatenate([xyz.reshape(-1, 3) for xyz in grid])
+        points = points[np.isfinite(points).all(1)]
+    tracks: list[list[tuple[int, int]]] = [[] for _ in points]
+    for index, (rotation, centre) in enumerate(poses, start=1):
+        points2d = []
+        if len(points):
+            camera_points = (points - centre) @ rotation.T
+            with np.errstate(divide="ignore", invalid="ignore"):
+                xy = focal * camera_points[:, :2] / camera_points[:, 2:] + [width / 2, height / 2]
+            inside = (camera_points[:, 2] > 0) & (xy >= 0).all(1) & (xy < [width, height]).all(1)
+            depth = np.full(len(points), np.inf)
+            rays = _camera_rays(rotation, width, height, focal)
+            for *_, depth_map in _cast(planes, rays, centre):
+                pass
+            cells = np.floor(xy[inside]).astype(int)
+            depth[inside] = depth_map[cells[:, 1], cells[:, 0]]
+            visible = inside & (np.abs(depth - camera_points[:, 2]) < 0.02 * camera_points[:, 2])
+            for point_index in np.flatnonzero(visible):
+                tracks[point_index].append((index, len(points2d)))
+                points2d.append(pycolmap.Point2D(xy[point_index]))
+        image = pycolmap.Image(name=f"view_{index:02d}.png", points2D=points2d, camera_id=1, image_id=index)
+        truth.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pycolmap.Rotation3d(rotation), -rotation @ centre))
+    for point, track in zip(points, tracks):
+        if len(track) >= 2:
+            truth.add_point3D(point, pycolmap.Track([pycolmap.TrackElement(*element) for element in track]))
+    return truth
+
+
 def render_scene(scene_dir: str | Path, count: int = 12, width: int = 800, height: int = 600,
                  focal: float = 640.0, seed: int = 0) -> list[str]:
     """Write ``images/view_XX.png`` and the true model in ``ground_truth/`` (COLMAP text); returns the names."""
     scene_dir = Path(scene_dir)
     (scene_dir / "images").mkdir(parents=True, exist_ok=True)
     planes = courtyard(seed)
-    truth = pycolmap.Reconstruction()
-    camera = pycolmap.Camera(model="PINHOLE", width=width, height=height,
-                             params=[focal, focal, width / 2, height / 2], camera_id=1)
-    truth.add_camera_with_trivial_rig(camera)
-    names = []
-    for index, (rotation, centre) in enumerate(camera_poses(count, seed), start=1):
-        name = f"view_{index:02d}.png"
+    poses = camera_poses(count, seed)
+    truth = true_model(planes, poses, width, height, focal)
+    for image, (rotation, centre) in zip(sorted(truth.images.values(), key=lambda image: image.image_id), poses):
         ok, encoded = cv2.imencode(".png", render(planes, rotation, centre, width, height, focal))
-        with atomic_path(scene_dir / "images" / name) as temporary:
+        with atomic_path(scene_dir / "images" / image.name) as temporary:
             temporary.write_bytes(encoded.tobytes())
-        image = pycolmap.Image(name=name, camera_id=1, image_id=index)
-        world_to_camera = pycolmap.Rigid3d(pycolmap.Rotation3d(rotation), -rotation @ centre)
-        truth.add_image_with_trivial_frame(image, world_to_camera)
-        names.append(name)
     truth_dir = scene_dir / "ground_truth"
     shutil.rmtree(truth_dir, ignore_errors=True)
     truth_dir.mkdir()
     truth.write_text(truth_dir)
-    return names
+    return [image.name for image in sorted(truth.images.values(), key=lambda image: image.image_id)]
+
+
+def distance_to_surfaces(planes: Sequence[Plane], points: np.ndarray) -> np.ndarray:
+    """Each point's distance to the nearest of the scene's rectangles (world units)."""
+    points = np.asarray(points, float).reshape(-1, 3)
+    nearest = np.full(len(points), np.inf)
+    for plane in planes:
+        relative = points - plane.origin
+        s = np.clip(relative @ plane.u_edge / (plane.u_edge @ plane.u_edge), 0, 1)
+        q = np.clip(relative @ plane.v_edge / (plane.v_edge @ plane.v_edge), 0, 1)
+        closest = plane.origin + s[:, None] * plane.u_edge + q[:, None] * plane.v_edge
+        nearest = np.minimum(nearest, np.linalg.norm(points - closest, axis=1))
+    return nearest
 
 
 def compare_to_truth(model: pycolmap.Reconstruction, truth_dir: str | Path) -> dict:

@@ -63,7 +63,7 @@ def run_d2(kind: str, images: Path, match_list: Path | None, folder: Path, args:
             "--device", args.device]
     argv += ["--single-scale"] if kind == "d2-ss" else []
     argv += ["--weights", args.weights] if args.weights else []
-    argv += ["--dense"] if args.dense else []
+    argv += ["--dense"] if args.dense and not cuda_problem() else []  # without CUDA: reported as n/a
     argv += ["--quiet"] if args.quiet else []
     reconstruct(argv)
     stats = json.loads((folder / "stats.json").read_text())

@@ -1,10 +1,22 @@
+import pytest
 import torch
 import torch.nn.functional as F
 
-from d2sfm.match import mutual_nearest_neighbours
+from d2sfm.match import GPU_SIMILARITY_BYTES, mutual_nearest_neighbours, similarity_chunk_rows
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))]
 
 
-def test_chunked_mutual_nearest_neighbours_equal_the_full_matrix():
+def test_one_product_on_a_gpu_when_it_fits_and_bounded_chunks_when_not():
+    cuda = torch.device("cuda")  # a device name only: nothing runs on it
+    assert similarity_chunk_rows(8000, 8000, cuda) == 8000
+    rows = similarity_chunk_rows(20000, 20000, cuda)
+    assert rows < 20000 and rows * 20000 * 4 <= GPU_SIMILARITY_BYTES
+    assert similarity_chunk_rows(20000, 20000, torch.device("cpu")) == 4096
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_chunked_mutual_nearest_neighbours_equal_the_full_matrix(device):
     generator = torch.Generator().manual_seed(0)
     d0 = F.normalize(torch.randn(300, 16, generator=generator), dim=1)
     d1 = F.normalize(torch.cat([d0[:120] + 0.05 * torch.randn(120, 16, generator=generator),
@@ -12,8 +24,9 @@ def test_chunked_mutual_nearest_neighbours_equal_the_full_matrix():
     similarity = d0 @ d1.T
     forward, backward = similarity.argmax(1), similarity.argmax(0)
     expected = {(i, int(forward[i])) for i in range(300) if backward[forward[i]] == i}
-    for chunk in (7, 64, 4096):
-        got = {tuple(pair) for pair in mutual_nearest_neighbours(d0, d1, chunk_size=chunk)[0].tolist()}
+    for chunk in (7, 64, None):
+        got = {tuple(pair) for pair in mutual_nearest_neighbours(d0.to(device), d1.to(device),
+                                                                 chunk_size=chunk)[0].tolist()}
         assert got == expected
     assert {(i, i) for i in range(120)} <= expected  # the perturbed copies find each other
 
@@ -39,7 +52,8 @@ def test_similarity_and_ratio_filters():
     assert 0 < len(ratio) < len(matches)
 
 
-def test_ties_resolve_to_the_first_index_like_a_dense_argmax():
+@pytest.mark.parametrize("device", DEVICES)
+def test_ties_resolve_to_the_first_index_like_a_dense_argmax(device):
     generator = torch.Generator().manual_seed(2)
     base = F.normalize(torch.randn(50, 8, generator=generator), dim=1)
     d0 = torch.cat([base, base[:10]])  # duplicated descriptors, as D2 yields for channel ties
@@ -47,6 +61,6 @@ def test_ties_resolve_to_the_first_index_like_a_dense_argmax():
     similarity = d0 @ d1.T
     forward, backward = similarity.argmax(1), similarity.argmax(0)
     expected = {(i, int(forward[i])) for i in range(len(d0)) if backward[forward[i]] == i}
-    for chunk in (3, 16, 4096):
-        got = {tuple(p) for p in mutual_nearest_neighbours(d0, d1, chunk_size=chunk)[0].tolist()}
+    for chunk in (3, 16, None):
+        got = {tuple(p) for p in mutual_nearest_neighbours(d0.to(device), d1.to(device), chunk_size=chunk)[0].tolist()}
         assert got == expected

@@ -69,14 +69,23 @@ def test_synthetic_scene_cameras_are_recovered(small_scene, weights_path):
     assert global_check["registered"] >= 6 and global_check["aligned"]
     assert global_check["max_rotation_error_deg"] < 2.0 and global_check["max_position_error_rel"] < 0.02
 
+    mesh_alone = reconstruct(small_scene, "--demo", "--mesh", weights=weights_path)
+    assert mesh_alone.returncode == 2
+    assert mesh_alone.stderr.strip() == "error: --mesh meshes the dense points: add --dense"
+
     dense = reconstruct(small_scene, "--demo", "--dense", weights=weights_path)
-    assert dense.returncode == 0, dense.stderr
     if pycolmap.has_cuda:
+        assert dense.returncode == 0, dense.stderr
         assert json.loads((small_scene / "stats.json").read_text())["dense_points"] > 1000
-    else:  # said in one line, before any work, and the sparse result is kept
-        first_line = dense.stdout.splitlines()[0]
-        assert first_line.startswith("warning: dense reconstruction needs pycolmap with CUDA")
+    else:  # said in one line before any work, the sparse result is kept and summarised, and the run fails
+        assert dense.stdout.splitlines()[0].startswith("warning: dense reconstruction needs pycolmap with CUDA")
+        assert "pycolmap-cuda12" in dense.stdout.splitlines()[0]
+        assert dense.returncode == 2 and len(dense.stderr.strip().splitlines()) == 1, dense.stderr
+        assert "pycolmap-cuda12" in dense.stderr and "is kept for the rerun" in dense.stderr
+        assert "model 0: registered images" in dense.stdout
         assert (small_scene / "sparse" / "0" / "images.bin").exists()
+        assert json.loads((small_scene / "stats.json").read_text())["models"]
+        assert (small_scene / "dense.part" / "undistorted.json").is_file() and not (small_scene / "dense").exists()
 
 
 def test_thin_or_partial_models_are_mapped_again(small_scene, weights_path):

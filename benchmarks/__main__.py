@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import re
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("D2SFM_SHARED", REPO.parent / "shared"))  # as the tests: a copy elsewhere
 DOCUMENT = REPO / "docs" / "benchmarks.md"
 
 
@@ -47,13 +48,18 @@ BENCHMARKS = (
     Benchmark("extract-cpu-full-size", "extract_speed.py",
               ("--images", str(SHARED / "data" / "sacre_coeur" / "images"), "--limit", "3"), "cpu", True,
               "extraction, 3 Sacre Coeur photos at their own size (default settings), SS and MS"),
+    Benchmark("extract-command-cpu", "extract_command.py", ("--count", "12", "--max-edge", "640"), "cpu", True,
+              "the whole extraction command on 12 photos at 640 px, SS and MS, against extract_features.py"),
     Benchmark("match-cpu", "match_speed.py", (), "cpu", False, "MNN matching, 8k and 20k features"),
     Benchmark("aachen-estimate", "aachen_estimate.py", ("--images", "2", "--pairs", "20"), "cpu", False,
               "Aachen v1.1 run-time estimate from a measured subset"),
     Benchmark("extract-gpu", "extract_speed.py",
               ("--images", str(SHARED / "data" / "sacre_coeur" / "images"), "--max-edge", "1600", "--device", "cuda",
-               "--precision", "fp32", "bf16", "fp16"), "cuda", True,
+               "--precision", "fp32", "bf16", "fp16", "--original-tf32"), "cuda", True,
               "extraction at 1600 px on the GPU, fp32 against bf16 and fp16"),
+    Benchmark("extract-command-gpu", "extract_command.py",
+              ("--device", "cuda", "--count", "220", "--max-edge", "1600", "--reference-count", "40"), "cuda", True,
+              "the whole extraction command on 220 photos at 1600 px on the GPU, fp32 and bf16"),
     Benchmark("match-gpu", "match_speed.py", ("--device", "cuda"), "cuda", False, "MNN matching on the GPU"),
     Benchmark("aachen-estimate-gpu", "aachen_estimate.py", ("--device", "cuda"), "cuda", False,
               "Aachen v1.1 run-time estimate on the GPU"),

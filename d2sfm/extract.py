@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import resource
 import sys
+import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +22,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from d2sfm.background import BackgroundWriter
 from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device, run_main
 from d2sfm.errors import D2sfmError
 from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig, resize_for_network
+from d2sfm.fileutil import write_text_atomic
 from d2sfm.images import ImageReadError, list_images, read_image_bgr
 from d2sfm.io import FeatureWriter
 from d2sfm.pyramid import MULTI_SCALE
+from d2sfm.stage_clock import StageClock, maybe
 from d2sfm.weights import resolve_weights
 
 
@@ -56,6 +63,15 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@dataclass
+class PreparedImage:
+    name: str
+    image: np.ndarray | None  # resized BGR, None when the file could not be read
+    original_size: tuple[int, int] | None  # (height, width) before resizing
+    error: str | None
+    seconds: float  # decoding and resizing, in the loader worker
+
+
 class _PreparedImages(Dataset):
     """Reads and resizes images in loader workers; a bad image becomes an error message, not an exception."""
 
@@ -65,30 +81,43 @@ class _PreparedImages(Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
-    def __getitem__(self, index: int):
-        name = self.names[index]
+    def __getitem__(self, index: int) -> PreparedImage:
+        name, start = self.names[index], time.perf_counter()
         try:
             image = read_image_bgr(self.root / name)
         except ImageReadError as error:
-            return name, None, None, str(error)
-        return name, resize_for_network(image, self.config.max_edge, self.config.max_sum_edges), image.shape[:2], None
+            return PreparedImage(name, None, None, str(error), time.perf_counter() - start)
+        resized = resize_for_network(image, self.config.max_edge, self.config.max_sum_edges)
+        return PreparedImage(name, resized, image.shape[:2], None, time.perf_counter() - start)
 
 
 def _as_is(item):
     return item
 
 
-def _batches(loader: Iterator, batch_size: int):
+def _timed(items: Iterator[PreparedImage], clock: StageClock | None) -> Iterator[PreparedImage]:
+    """The loader's images, charging the main loop's wait for them and the workers' decoding to the clock."""
+    while True:
+        with maybe(clock, "waiting for images"):
+            item = next(items, None)
+        if item is None:
+            return
+        if clock is not None:
+            clock.add("decoding (loader CPU time)", item.seconds)
+        yield item
+
+
+def _batches(loader: Iterator[PreparedImage], batch_size: int):
     """Group consecutive prepared images of equal size (exact batching: no padding ever changes a feature)."""
-    pending: list = []
-    for name, image, size, error in loader:
-        if error is not None:
-            yield [], [(name, error)]
+    pending: list[PreparedImage] = []
+    for item in loader:
+        if item.error is not None:
+            yield [], [(item.name, item.error)]
             continue
-        if pending and (len(pending) == batch_size or pending[0][1].shape != image.shape):
+        if pending and (len(pending) == batch_size or pending[0].image.shape != item.image.shape):
             yield pending, []
             pending = []
-        pending.append((name, image, size))
+        pending.append(item)
     if pending:
         yield pending, []
 
@@ -96,9 +125,11 @@ def _batches(loader: Iterator, batch_size: int):
 def extract_features(
     root: Path, names: Sequence[str], output: Path, extractor: D2Extractor, settings: dict,
     descriptor_dtype=np.float16, overwrite: bool = False, batch_size: int = 1, workers: int = 1,
-    progress: bool = True,
+    progress: bool = True, clock: StageClock | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
-    """Extract every image not yet in ``output``. Returns (number extracted now, [(name, error), ...])."""
+    """Extract every image not yet in ``output``. Returns (number extracted now, [(name, error), ...]).
+    Decoding runs in loader workers and writing in a thread, both while the network works on other images;
+    ``clock`` (optional) records where the time goes."""
     writer = FeatureWriter(output, settings, descriptor_dtype=descriptor_dtype, overwrite=overwrite)
     pending = [name for name in names if name not in writer.done]
     failures: list[tuple[str, str]] = []
@@ -109,17 +140,36 @@ def extract_features(
         prefetch_factor=max(2, batch_size) if workers else None,
     )
     extracted = 0
-    with tqdm(total=len(pending), desc="extracting D2 features", unit="img", disable=not progress) as bar:
-        for batch, errors in _batches(iter(loader), batch_size):
+    extractor.clock = clock
+    with (tqdm(total=len(pending), desc="extracting D2 features", unit="img", disable=not progress) as bar,
+          BackgroundWriter(writer.write, clock=clock) as background):
+        for batch, errors in _batches(_timed(iter(loader), clock), batch_size):
             failures.extend(errors)
             if batch:
-                results = extractor.extract_batch([b[1] for b in batch], [b[2] for b in batch])
-                for (name, _, _), features in zip(batch, results):
-                    writer.write(name, features)
+                with maybe(clock, "network and detection"):
+                    results = extractor.extract_batch([b.image for b in batch], [b.original_size for b in batch])
+                for item, features in zip(batch, results):
+                    background.put(item.name, features)
                 extracted += len(batch)
                 bar.set_postfix(keypoints=len(results[-1].keypoints), failed=len(failures))
             bar.update(len(batch) + len(errors))
     return extracted, failures
+
+
+def write_timings(path: Path, clock: StageClock, extracted: int, device: torch.device) -> None:
+    """Stage times, throughput and peak memory of this run, as JSON, and one line of it on the terminal."""
+    seconds = dict(clock.seconds)
+    seconds["detection"] = max(0.0, seconds.get("network and detection", 0.0) - seconds.get("network", 0.0))
+    loop = seconds.get("extraction loop", 0.0)
+    timings = {
+        "images": extracted, "device": str(device), "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "images_per_second_in_loop": extracted / loop if loop else None,
+        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    write_text_atomic(path, json.dumps(timings, indent=2))
+    shown = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "network and detection")
+    print(f"timings ({path}): {shown}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per network call when they share a size (default 4 on GPU, 1 on CPU)")
     parser.add_argument("--workers", type=int, default=None,
                         help="image loading processes (default 4 on GPU, 1 on CPU; 0 loads in the main process)")
+    parser.add_argument("--timings", type=Path, default=None, metavar="FILE",
+                        help="write where the time went (start-up, waiting for images, decoding, network, detection, "
+                        "writing; GPU-synchronised, which costs a little speed) and peak memory to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="delete the output file first and redo every image")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -188,13 +241,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     workers = args.workers if args.workers is not None else (4 if on_gpu else 1)
     if batch_size < 1 or workers < 0:
         raise D2sfmError("--batch-size must be >= 1 and --workers >= 0")
-    extractor = D2Extractor(weights, config, device)
-    settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}
-    extracted, failures = extract_features(
-        root, names, args.output, extractor, settings,
-        descriptor_dtype=np.float32 if args.float32_descriptors else np.float16,
-        overwrite=args.overwrite, batch_size=batch_size, workers=workers, progress=not args.quiet,
-    )
+    clock = StageClock(device) if args.timings else None
+    with maybe(clock, "start-up (weights, model, device)"):
+        extractor = D2Extractor(weights, config, device)
+        settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}
+    with maybe(clock, "extraction loop"):
+        extracted, failures = extract_features(
+            root, names, args.output, extractor, settings,
+            descriptor_dtype=np.float32 if args.float32_descriptors else np.float16,
+            overwrite=args.overwrite, batch_size=batch_size, workers=workers, progress=not args.quiet, clock=clock,
+        )
+    if clock is not None:
+        write_timings(args.timings, clock, extracted, device)
     skipped = len(names) - extracted - len(failures)
     print(f"wrote {args.output}: {extracted} images extracted, {skipped} already done, {len(failures)} failed")
     for name, error in failures:

@@ -37,6 +37,7 @@ from d2sfm.model import (
     winograd_layers,
 )
 from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE, PyramidLevel, extract_pyramid
+from d2sfm.stage_clock import StageClock, maybe
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 CONV_IMPLEMENTATIONS = ("exact", "winograd")
@@ -146,6 +147,11 @@ class D2Extractor:
             self.backbone = onednn_layers(layers)
         else:
             self.backbone = layers.to(memory_format=torch.channels_last)
+        self.clock: StageClock | None = None  # set to time the backbone ("network") apart from detection
+
+    def _timed_backbone(self, images: torch.Tensor) -> torch.Tensor:
+        with maybe(self.clock, "network"):
+            return self.run_backbone(images)
 
     def run_backbone(self, images: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cuda":
@@ -174,7 +180,7 @@ class D2Extractor:
         inputs = normalise(pixels, self.config.preprocessing)
         context = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
         with context:
-            raw = extract_pyramid(self.run_backbone, inputs, self.config.scales,
+            raw = extract_pyramid(self._timed_backbone, inputs, self.config.scales,
                                   geometric_centres=self.config.geometric_centres, on_level=on_level)
         height, width = resized[0].shape[:2]
         return [self._to_features(r, height, width, size) for r, size in zip(raw, original_sizes)]

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from d2sfm.background import BackgroundWriter
 from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device, run_main
+from d2sfm.cluster import add_cluster_arguments
 from d2sfm.errors import D2sfmError
 from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig, resize_for_network
 from d2sfm.fileutil import write_text_atomic
@@ -217,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per network call when they share a size (default 4 on GPU, 1 on CPU)")
     parser.add_argument("--workers", type=int, default=None,
                         help="image loading processes (default 4 on GPU, 1 on CPU; 0 loads in the main process)")
+    add_cluster_arguments(parser)
     parser.add_argument("--timings", type=Path, default=None, metavar="FILE",
                         help="write where the time went (start-up, waiting for images, decoding, network, detection, "
                         "writing; GPU-synchronised, which costs a little speed) and peak memory to this JSON file")
@@ -241,20 +243,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     workers = args.workers if args.workers is not None else (4 if on_gpu else 1)
     if batch_size < 1 or workers < 0:
         raise D2sfmError("--batch-size must be >= 1 and --workers >= 0")
+    settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}
+    descriptor_dtype = np.float32 if args.float32_descriptors else np.float16
+    if args.ray is not None:
+        from d2sfm.cluster_extract import extract_on_cluster
+
+        extracted, failures = extract_on_cluster(
+            root, names, args.output, weights, config, settings, args.ray, descriptor_dtype=descriptor_dtype,
+            overwrite=args.overwrite, workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
+            batch_images=args.ray_batch, progress=not args.quiet)
+        return report(args.output, names, extracted, failures)
     clock = StageClock(device) if args.timings else None
     with maybe(clock, "start-up (weights, model, device)"):
         extractor = D2Extractor(weights, config, device)
-        settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}
     with maybe(clock, "extraction loop"):
         extracted, failures = extract_features(
-            root, names, args.output, extractor, settings,
-            descriptor_dtype=np.float32 if args.float32_descriptors else np.float16,
+            root, names, args.output, extractor, settings, descriptor_dtype=descriptor_dtype,
             overwrite=args.overwrite, batch_size=batch_size, workers=workers, progress=not args.quiet, clock=clock,
         )
     if clock is not None:
         write_timings(args.timings, clock, extracted, device)
+    return report(args.output, names, extracted, failures)
+
+
+def report(output: Path, names: Sequence[str], extracted: int, failures: list[tuple[str, str]]) -> int:
+    """The command's summary line and failures; exit status 1 when any image failed."""
     skipped = len(names) - extracted - len(failures)
-    print(f"wrote {args.output}: {extracted} images extracted, {skipped} already done, {len(failures)} failed")
+    print(f"wrote {output}: {extracted} images extracted, {skipped} already done, {len(failures)} failed")
     for name, error in failures:
         print(f"  failed: {error}", file=sys.stderr)
     return 1 if failures else 0

@@ -1,0 +1,70 @@
+"""Running work on a Ray cluster (the optional extra ``pip install -e ".[ray]"``): the command-line options, joining
+or starting the cluster, and how many workers of what size it holds.
+
+Ray is imported only here and only when ``--ray`` is given, so everything else works without it. One worker per
+GPU when the cluster has GPUs, else one per ``--ray-cpus-per-worker`` CPUs; each worker is an actor that keeps the
+network loaded between the batches it is given, and Ray restarts it and retries its batch if its process dies.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from d2sfm.errors import D2sfmError
+
+LOCAL = "local"
+
+
+def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
+                        help="run on a Ray cluster (pip install -e '.[ray]'): without ADDRESS a local one on this "
+                        "machine; 'auto' or 'ray://host:port' joins a running one (photos, weights and outputs "
+                        "must then be on a filesystem every node sees)")
+    parser.add_argument("--ray-workers", type=int, default=None,
+                        help="with --ray: workers to start (default: one per GPU of the cluster, else one per "
+                        "--ray-cpus-per-worker CPUs)")
+    parser.add_argument("--ray-cpus-per-worker", type=int, default=1,
+                        help="with --ray: CPUs (and torch threads) of each worker (default 1)")
+    parser.add_argument("--ray-batch", type=int, default=8,
+                        help="with --ray: images per task handed to a worker (default 8)")
+
+
+def start_ray(address: str):
+    """Join the cluster at ``address`` or start a local one; returns the ``ray`` module."""
+    try:
+        import ray
+    except ImportError:
+        raise D2sfmError("--ray needs Ray, which is not installed: pip install -e '.[ray]'") from None
+    if not ray.is_initialized():
+        try:
+            ray.init(address=None if address == LOCAL else address, include_dashboard=False,
+                     logging_level="ERROR", log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise D2sfmError(f"--ray {address}: cannot join the Ray cluster ({first}); start it with "
+                             "'ray start --head' or omit the address for a local one") from None
+    return ray
+
+
+@dataclass
+class WorkerShape:
+    count: int
+    cpus: int
+    gpus: int  # 0 or 1 per worker
+
+    def actor_options(self) -> dict:
+        return {"num_cpus": self.cpus, "num_gpus": self.gpus}
+
+
+def worker_shape(ray, workers: int | None, cpus_per_worker: int) -> WorkerShape:
+    """One worker per GPU if the cluster has any, else one per ``cpus_per_worker`` CPUs (or ``workers``)."""
+    if cpus_per_worker < 1 or (workers is not None and workers < 1):
+        raise D2sfmError("--ray-workers and --ray-cpus-per-worker must be at least 1")
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    if gpus:
+        return WorkerShape(workers or gpus, cpus_per_worker, 1)
+    if cpus < cpus_per_worker:
+        raise D2sfmError(f"the Ray cluster has {cpus} CPUs, fewer than --ray-cpus-per-worker {cpus_per_worker}")
+    return WorkerShape(workers or max(1, cpus // cpus_per_worker), cpus_per_worker, 0)

@@ -1,0 +1,132 @@
+"""D2 extraction on a Ray cluster (``d2sfm.extract --ray``): the same features.h5 as a single-process run.
+
+HDF5 has one writer per file, so each worker writes its images into a shard of its own,
+``features.h5.shards/worker-K.h5``, atomically per image as features.h5 is written. When every batch is done the
+driver moves the shards' images into features.h5 (again atomically per image) and deletes the shards. A worker
+whose process dies is restarted by Ray with the same shard and its batch retried: the images it had finished are
+in its shard and skipped, the one it was writing is left as scratch that reopening removes. A run killed as a whole
+leaves the shards; the next run moves their images into features.h5 before it extracts anything, so nothing
+finished is redone or lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from d2sfm.cluster import start_ray, worker_shape
+from d2sfm.errors import D2sfmError
+from d2sfm.extractor import ExtractionConfig
+from d2sfm.io import FeatureWriter, list_entries, read_features, read_settings
+
+
+def shard_folder(output: Path) -> Path:
+    return output.with_name(output.name + ".shards")
+
+
+class ExtractionWorker:
+    """A Ray actor's state: the network on the worker's device and the writer of its shard."""
+
+    def __init__(self, weights: str, config: dict, shard: str, settings: dict, descriptor_dtype: str,
+                 threads: int) -> None:
+        import torch
+
+        from d2sfm.extractor import D2Extractor
+
+        torch.set_num_threads(threads)
+        torch.set_grad_enabled(False)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray shows each actor its GPU
+        self.extractor = D2Extractor(weights, ExtractionConfig(**config), device)
+        self.writer = FeatureWriter(shard, settings, descriptor_dtype=np.dtype(descriptor_dtype))
+
+    def extract(self, root: str, names: Sequence[str]) -> list[tuple[str, str | None]]:
+        """Extract and write each image not yet in the shard; returns (name, error or None) for each."""
+        from d2sfm.images import ImageReadError, read_image_bgr
+
+        results = []
+        for name in names:
+            if name not in self.writer.done:
+                try:
+                    image = read_image_bgr(Path(root) / name)
+                except ImageReadError as error:
+                    results.append((name, str(error)))
+                    continue
+                self.writer.write(name, self.extractor.extract(image))
+            results.append((name, None))
+        return results
+
+
+def merge_shards(writer: FeatureWriter, shards: Path, progress: bool = True) -> int:
+    """Move the images of every shard in ``shards`` into ``writer``'s file, then delete the shards; returns how
+    many images were moved. A shard made with other settings is an error, not a silent mix."""
+    moved = 0
+    for shard in sorted(shards.glob("worker-*.h5")) if shards.is_dir() else []:
+        names = list_entries(shard)
+        if names and read_settings(shard) != writer.settings:
+            raise D2sfmError(f"{shard}: holds features extracted with other settings than {writer.path}; delete "
+                             f"{shards} or pass --overwrite")
+        for name in tqdm(names, desc=f"collecting {shard.name}", unit="img", disable=not progress, leave=False):
+            if name not in writer.done:
+                writer.write(name, read_features(shard, name))
+                moved += 1
+        shard.unlink()
+    if shards.is_dir() and not any(shards.iterdir()):
+        shards.rmdir()
+    return moved
+
+
+def extract_on_cluster(
+    root: Path, names: Sequence[str], output: Path, weights: Path, config: ExtractionConfig, settings: dict,
+    address: str, descriptor_dtype=np.float16, overwrite: bool = False, workers: int | None = None,
+    cpus_per_worker: int = 1, batch_images: int = 8, progress: bool = True,
+) -> tuple[int, list[tuple[str, str]]]:
+    """Extract every image not yet in ``output`` with Ray workers, ``batch_images`` per task (enough to amortise
+    scheduling, few enough to balance the workers); returns (extracted now, [(name, error)])."""
+    if batch_images < 1:
+        raise D2sfmError("--ray-batch must be at least 1")
+    shards = shard_folder(output)
+    if overwrite and shards.is_dir():
+        for shard in shards.glob("worker-*.h5"):
+            shard.unlink()
+    writer = FeatureWriter(output, settings, descriptor_dtype=descriptor_dtype, overwrite=overwrite)
+    recovered = merge_shards(writer, shards, progress)
+    if recovered:
+        print(f"  collected {recovered} image(s) an interrupted run had finished")
+    pending = [name for name in names if name not in writer.done]
+    failures: list[tuple[str, str]] = []
+    if not pending:
+        return recovered, failures
+    ray = start_ray(address)
+    shape = worker_shape(ray, workers, cpus_per_worker)
+    shards.mkdir(exist_ok=True)
+    remote = ray.remote(max_restarts=-1, max_task_retries=-1)(ExtractionWorker)
+    actors = [remote.options(**shape.actor_options()).remote(
+        str(weights), config.as_dict(), str(shards / f"worker-{index}.h5"), writer.settings,
+        writer.descriptor_dtype.name, shape.cpus) for index in range(shape.count)]
+    batches = [pending[start:start + batch_images] for start in range(0, len(pending), batch_images)]
+    running: dict = {}
+    idle = list(actors)
+    with tqdm(total=len(pending), desc=f"extracting D2 features ({shape.count} Ray workers)", unit="img",
+              disable=not progress) as bar:
+        while batches or running:
+            while idle and batches:
+                actor = idle.pop()
+                running[actor.extract.remote(str(root.resolve()), batches.pop(0))] = actor
+            done, _ = ray.wait(list(running), num_returns=1)
+            for reference in done:
+                idle.append(running.pop(reference))
+                try:
+                    results = ray.get(reference)
+                except ray.exceptions.RayError as error:  # a bug or a bad file in a worker, not a lost process
+                    cause = getattr(error, "cause", None) or error
+                    raise D2sfmError(f"a Ray worker failed: {str(cause).strip().splitlines()[-1]}; finished images "
+                                     f"are kept in {shards}, rerun the same command to resume") from None
+                failures.extend((name, error) for name, error in results if error is not None)
+                bar.update(len(results))
+    for actor in actors:
+        ray.kill(actor)
+    merge_shards(writer, shards, progress)
+    return recovered + len(pending) - len(failures), failures

@@ -1,0 +1,102 @@
+"""``d2sfm.extract --ray``: a local Ray cluster of 2 workers on this machine gives the features of the
+single-process run, resumes, collects what a killed run finished, and survives a worker killed mid-run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from d2sfm.cluster_extract import shard_folder
+from d2sfm.io import FeatureWriter, list_entries, read_features, read_settings
+
+pytestmark = pytest.mark.integration
+FAST = ["--max-edge", "256", "--quiet"]
+
+
+def run_extract(*args, weights):
+    return subprocess.run([sys.executable, "-m", "d2sfm.extract", *map(str, args), "--weights", str(weights)],
+                          capture_output=True, text=True)
+
+
+def assert_same_features(path_a, path_b):
+    names = sorted(list_entries(path_a))
+    assert names == sorted(list_entries(path_b))
+    for name in names:
+        a, b = read_features(path_a, name), read_features(path_b, name)
+        for field in ("keypoints", "scales", "scores", "descriptors", "global_descriptor"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"{name}: {field}")
+        assert a.image_size == b.image_size
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, sacre_coeur_images):
+    folder = tmp_path_factory.mktemp("cluster") / "images"
+    folder.mkdir()
+    for path in sorted(sacre_coeur_images.glob("*.jpg"))[:6]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def single_process(photos, weights_path):
+    output = photos.parent / "single.h5"
+    assert run_extract(photos, "-o", output, *FAST, weights=weights_path).returncode == 0
+    return output
+
+
+def test_ray_workers_give_the_single_process_features_and_resume(photos, single_process, weights_path, tmp_path):
+    output = tmp_path / "features.h5"
+    first = run_extract(photos, "-o", output, *FAST, "--ray", "--ray-workers", "2", weights=weights_path)
+    assert first.returncode == 0, first.stderr
+    assert "6 images extracted, 0 already done, 0 failed" in first.stdout
+    assert_same_features(output, single_process)
+    assert not shard_folder(output).exists()  # the shards were moved into features.h5
+    again = run_extract(photos, "-o", output, *FAST, "--ray", weights=weights_path)
+    assert again.returncode == 0 and "0 images extracted, 6 already done" in again.stdout
+
+
+def test_images_a_killed_run_left_in_its_shards_are_collected_not_redone(photos, single_process, weights_path,
+                                                                         tmp_path):
+    output = tmp_path / "features.h5"
+    settings = read_settings(single_process)
+    shard = shard_folder(output) / "worker-1.h5"
+    shard.parent.mkdir()
+    writer = FeatureWriter(shard, {k: v for k, v in settings.items() if k != "descriptor_dtype"})
+    finished = sorted(list_entries(single_process))[:2]
+    for name in finished:  # what a worker had written when the whole run was killed
+        writer.write(name, read_features(single_process, name))
+    run = run_extract(photos, "-o", output, *FAST, "--ray", "--ray-workers", "2", weights=weights_path)
+    assert run.returncode == 0, run.stderr
+    assert "collected 2 image(s) an interrupted run had finished" in run.stdout
+    assert_same_features(output, single_process)
+    assert not shard.parent.exists()
+
+
+def test_a_worker_killed_mid_run_is_restarted_and_nothing_is_lost(photos, single_process, weights_path, tmp_path):
+    output = tmp_path / "features.h5"
+    process = subprocess.Popen([sys.executable, "-m", "d2sfm.extract", str(photos), "-o", str(output), *FAST,
+                                "--ray", "--ray-workers", "2", "--ray-batch", "2", "--weights", str(weights_path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    killed = None
+    deadline = time.time() + 120
+    while killed is None and time.time() < deadline and process.poll() is None:
+        shards = list(shard_folder(output).glob("worker-*.h5")) if shard_folder(output).is_dir() else []
+        written = any(shard.stat().st_size > 100_000 for shard in shards)  # at least one image in a shard
+        busy = subprocess.run(["pgrep", "-f", "ray::ExtractionWorker.extract"], capture_output=True, text=True)
+        workers = busy.stdout
+        if written and workers.split():
+            killed = int(workers.split()[0])
+            os.kill(killed, signal.SIGKILL)  # a worker process lost in the middle of its batch
+        time.sleep(0.05)
+    stdout, stderr = process.communicate(timeout=300)
+    assert killed is not None, "the run ended before a worker could be killed"
+    assert process.returncode == 0, stderr
+    assert "6 images extracted, 0 already done, 0 failed" in stdout
+    assert_same_features(output, single_process)

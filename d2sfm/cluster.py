@@ -9,14 +9,16 @@ network loaded between the batches it is given, and Ray restarts it and retries 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from d2sfm.errors import D2sfmError
 
 LOCAL = "local"
 
 
-def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
+def add_cluster_arguments(parser: argparse.ArgumentParser, batch_unit: str, batch_default: int) -> None:
     parser.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
                         help="run on a Ray cluster (pip install -e '.[ray]'): without ADDRESS a local one on this "
                         "machine; 'auto' or 'ray://host:port' joins a running one (photos, weights and outputs "
@@ -26,8 +28,8 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
                         "--ray-cpus-per-worker CPUs)")
     parser.add_argument("--ray-cpus-per-worker", type=int, default=1,
                         help="with --ray: CPUs (and torch threads) of each worker (default 1)")
-    parser.add_argument("--ray-batch", type=int, default=8,
-                        help="with --ray: images per task handed to a worker (default 8)")
+    parser.add_argument("--ray-batch", type=int, default=batch_default,
+                        help=f"with --ray: {batch_unit} per task handed to a worker (default {batch_default})")
 
 
 def start_ray(address: str):
@@ -68,3 +70,32 @@ def worker_shape(ray, workers: int | None, cpus_per_worker: int) -> WorkerShape:
     if cpus < cpus_per_worker:
         raise D2sfmError(f"the Ray cluster has {cpus} CPUs, fewer than --ray-cpus-per-worker {cpus_per_worker}")
     return WorkerShape(workers or max(1, cpus // cpus_per_worker), cpus_per_worker, 0)
+
+
+def run_on_workers(ray, actors: list, submit: Callable, batches: list, description: str, unit: str,
+                   shards: Path, progress: bool = True) -> list[tuple[str, str | None]]:
+    """Hand ``batches`` to idle ``actors`` (``submit(actor, batch)`` returns a Ray reference to a list of
+    (item, error or None)) until all are done, with a progress bar; then stop the actors. Returns every result."""
+    from tqdm import tqdm
+
+    running: dict = {}
+    idle, pending, results = list(actors), list(batches), []
+    with tqdm(total=sum(len(b) for b in batches), desc=description, unit=unit, disable=not progress) as bar:
+        while pending or running:
+            while idle and pending:
+                actor = idle.pop()
+                running[submit(actor, pending.pop(0))] = actor
+            done, _ = ray.wait(list(running), num_returns=1)
+            for reference in done:
+                idle.append(running.pop(reference))
+                try:
+                    batch_results = ray.get(reference)
+                except ray.exceptions.RayError as error:  # a bug or a bad file in a worker, not a lost process
+                    cause = getattr(error, "cause", None) or error
+                    raise D2sfmError(f"a Ray worker failed: {str(cause).strip().splitlines()[-1]}; finished work "
+                                     f"is kept in {shards}, rerun the same command to resume") from None
+                results.extend(batch_results)
+                bar.update(len(batch_results))
+    for actor in actors:
+        ray.kill(actor)
+    return results

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from d2sfm.cluster import start_ray, worker_shape
+from d2sfm.cluster import run_on_workers, start_ray, worker_shape
 from d2sfm.errors import D2sfmError
 from d2sfm.extractor import ExtractionConfig
 from d2sfm.io import FeatureWriter, list_entries, read_features, read_settings
@@ -96,9 +96,8 @@ def extract_on_cluster(
     if recovered:
         print(f"  collected {recovered} image(s) an interrupted run had finished")
     pending = [name for name in names if name not in writer.done]
-    failures: list[tuple[str, str]] = []
     if not pending:
-        return recovered, failures
+        return recovered, []
     ray = start_ray(address)
     shape = worker_shape(ray, workers, cpus_per_worker)
     shards.mkdir(exist_ok=True)
@@ -107,26 +106,9 @@ def extract_on_cluster(
         str(weights), config.as_dict(), str(shards / f"worker-{index}.h5"), writer.settings,
         writer.descriptor_dtype.name, shape.cpus) for index in range(shape.count)]
     batches = [pending[start:start + batch_images] for start in range(0, len(pending), batch_images)]
-    running: dict = {}
-    idle = list(actors)
-    with tqdm(total=len(pending), desc=f"extracting D2 features ({shape.count} Ray workers)", unit="img",
-              disable=not progress) as bar:
-        while batches or running:
-            while idle and batches:
-                actor = idle.pop()
-                running[actor.extract.remote(str(root.resolve()), batches.pop(0))] = actor
-            done, _ = ray.wait(list(running), num_returns=1)
-            for reference in done:
-                idle.append(running.pop(reference))
-                try:
-                    results = ray.get(reference)
-                except ray.exceptions.RayError as error:  # a bug or a bad file in a worker, not a lost process
-                    cause = getattr(error, "cause", None) or error
-                    raise D2sfmError(f"a Ray worker failed: {str(cause).strip().splitlines()[-1]}; finished images "
-                                     f"are kept in {shards}, rerun the same command to resume") from None
-                failures.extend((name, error) for name, error in results if error is not None)
-                bar.update(len(results))
-    for actor in actors:
-        ray.kill(actor)
+    folder = str(root.resolve())
+    results = run_on_workers(ray, actors, lambda actor, batch: actor.extract.remote(folder, batch), batches,
+                             f"extracting D2 features ({shape.count} Ray workers)", "img", shards, progress)
+    failures = [(name, error) for name, error in results if error is not None]
     merge_shards(writer, shards, progress)
     return recovered + len(pending) - len(failures), failures

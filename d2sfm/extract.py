@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per network call when they share a size (default 4 on GPU, 1 on CPU)")
     parser.add_argument("--workers", type=int, default=None,
                         help="image loading processes (default 4 on GPU, 1 on CPU; 0 loads in the main process)")
-    add_cluster_arguments(parser)
+    add_cluster_arguments(parser, "images", 8)
     parser.add_argument("--timings", type=Path, default=None, metavar="FILE",
                         help="write where the time went (start-up, waiting for images, decoding, network, detection, "
                         "writing; GPU-synchronised, which costs a little speed) and peak memory to this JSON file")

@@ -194,6 +194,18 @@ class MatchWriter:
                 self.done.add(key)
 
 
+    def copy_from(self, shard: str | os.PathLike) -> int:
+        """Write every pair of another matches file that this one lacks (a worker's shard); returns how many."""
+        with _open(Path(shard), "r") as source:
+            missing = sorted(_pair_keys(source) - self.done)
+        for start in range(0, len(missing), 1000):  # a thousand pairs at a time: memory stays bounded
+            with _open(Path(shard), "r") as source:
+                results = [(*key.split("/"), source[key]["matches0"][()], source[key]["matching_scores0"][()])
+                           for key in missing[start:start + 1000]]
+            self.write_many(results)  # keys are in pair_key form already ('/' inside names was replaced)
+        return len(missing)
+
+
 def read_matches(path: str | os.PathLike, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
     """(K, 2) keypoint indices into (name0, name1) and their (K,) scores, whichever order the pair was stored."""
     with _open(Path(path), "r") as handle:

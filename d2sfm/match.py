@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from d2sfm.cli import add_device_argument, resolve_device, run_main
+from d2sfm.cluster import add_cluster_arguments
 from d2sfm.errors import D2sfmError
 from d2sfm.io import MatchWriter, list_entries, read_features
 from d2sfm.pairs import Pair, read_pairs
@@ -94,7 +95,20 @@ def mutual_nearest_neighbours(
     return torch.stack([indices[keep], best_in_1[keep]], dim=1), best_similarity[keep]
 
 
-class _DescriptorCache:
+def match_pair(descriptors0: torch.Tensor, descriptors1: torch.Tensor, min_similarity: float | None = None,
+               ratio: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One pair in hloc's layout: for each keypoint of image 0 its match in image 1 or -1, and the similarity."""
+    matches, scores = mutual_nearest_neighbours(descriptors0, descriptors1, min_similarity=min_similarity,
+                                                ratio=ratio)
+    matches0 = np.full(len(descriptors0), -1, dtype=np.int32)
+    scores0 = np.zeros(len(descriptors0), dtype=np.float32)
+    rows = matches[:, 0].cpu().numpy()
+    matches0[rows] = matches[:, 1].cpu().numpy()
+    scores0[rows] = scores.cpu().numpy()
+    return matches0, scores0
+
+
+class DescriptorCache:
     """Keeps the descriptors of recently used images on the device (pairs share images)."""
 
     def __init__(self, features_path: Path, device: torch.device, capacity: int = 64) -> None:
@@ -121,18 +135,11 @@ def match_pairs(
     device = torch.device(device)
     writer = MatchWriter(matches_path, overwrite=overwrite)
     todo = [pair for pair in pairs if not writer.has(*pair)]
-    cache = _DescriptorCache(Path(features_path), device)
+    cache = DescriptorCache(Path(features_path), device)
     pending: list = []
     last_flush = time.monotonic()
     for name0, name1 in tqdm(todo, desc="matching", unit="pair", disable=not progress):
-        descriptors0 = cache.get(name0)
-        matches, scores = mutual_nearest_neighbours(descriptors0, cache.get(name1),
-                                                    min_similarity=min_similarity, ratio=ratio)
-        matches0 = np.full(len(descriptors0), -1, dtype=np.int32)
-        scores0 = np.zeros(len(descriptors0), dtype=np.float32)
-        rows = matches[:, 0].cpu().numpy()
-        matches0[rows] = matches[:, 1].cpu().numpy()
-        scores0[rows] = scores.cpu().numpy()
+        matches0, scores0 = match_pair(cache.get(name0), cache.get(name1), min_similarity, ratio)
         pending.append((name0, name1, matches0, scores0))
         if time.monotonic() - last_flush > flush_seconds:
             writer.write_many(pending)
@@ -156,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="drop matches whose descriptor cosine similarity is below this (e.g. 0.8)")
     parser.add_argument("--ratio", type=float, default=None,
                         help="Lowe's ratio test on descriptor distances (e.g. 0.9); off by default")
+    add_cluster_arguments(parser, "pairs", 256)
     parser.add_argument("--overwrite", action="store_true", help="delete the output first and redo every pair")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -166,6 +174,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.features.is_file():
         raise D2sfmError(f"{args.features}: no such features file; run python -m d2sfm.extract first")
     pairs = read_pairs(args.pairs, known_names=list_entries(args.features))
+    if args.ray is not None:
+        from d2sfm.cluster_match import match_on_cluster
+
+        matched = match_on_cluster(args.features, pairs, args.output, args.ray, args.min_similarity, args.ratio,
+                                   overwrite=args.overwrite, workers=args.ray_workers,
+                                   cpus_per_worker=args.ray_cpus_per_worker, block_pairs=args.ray_batch,
+                                   progress=not args.quiet)
+        print(f"wrote {args.output}: {matched} pairs matched, {len(pairs) - matched} already done")
+        return 0
     matched = match_pairs(args.features, pairs, args.output, resolve_device(args.device),
                           min_similarity=args.min_similarity, ratio=args.ratio, overwrite=args.overwrite,
                           progress=not args.quiet)

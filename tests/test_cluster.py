@@ -1,5 +1,6 @@
-"""``d2sfm.extract --ray``: a local Ray cluster of 2 workers on this machine gives the features of the
-single-process run, resumes, collects what a killed run finished, and survives a worker killed mid-run."""
+"""``d2sfm.extract --ray`` and ``d2sfm.match --ray``: a local Ray cluster of 2 workers on this machine gives the
+features and matches of the single-process run, resumes, collects what a killed run finished, and survives a
+worker killed mid-run."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ import subprocess
 import sys
 import time
 
+import h5py
 import numpy as np
 import pytest
 
 from d2sfm.cluster_extract import shard_folder
-from d2sfm.io import FeatureWriter, list_entries, read_features, read_settings
+from d2sfm.io import FeatureWriter, MatchWriter, list_entries, read_features, read_matches, read_settings
+from d2sfm.pairs import exhaustive_pairs, write_pairs
 
 pytestmark = pytest.mark.integration
 FAST = ["--max-edge", "256", "--quiet"]
@@ -100,3 +103,35 @@ def test_a_worker_killed_mid_run_is_restarted_and_nothing_is_lost(photos, single
     assert process.returncode == 0, stderr
     assert "6 images extracted, 0 already done, 0 failed" in stdout
     assert_same_features(output, single_process)
+
+
+def test_ray_matching_gives_the_single_process_matches_and_collects_shards(photos, single_process, weights_path,
+                                                                             tmp_path):
+    names = sorted(list_entries(single_process))
+    pairs = exhaustive_pairs(names)
+    pair_list = tmp_path / "pairs.txt"
+    write_pairs(pair_list, pairs)
+
+    def run_match(output, *extra):
+        return subprocess.run([sys.executable, "-m", "d2sfm.match", str(single_process), str(pair_list), "-o",
+                               str(output), "--quiet", *extra], capture_output=True, text=True)
+
+    assert run_match(tmp_path / "single.h5").returncode == 0
+    output = tmp_path / "matches.h5"
+    left_by_a_killed_run = shard_folder(output) / "worker-0.h5"
+    left_by_a_killed_run.parent.mkdir()
+    MatchWriter(left_by_a_killed_run).copy_from(tmp_path / "single.h5")  # every pair, as if matched before
+    with h5py.File(left_by_a_killed_run, "a") as handle:
+        for key in list(handle)[1:]:
+            del handle[key]  # keep only the pairs of the first image
+    kept = len(names) - 1
+    run = run_match(output, "--ray", "--ray-workers", "2", "--ray-batch", "4")
+    assert run.returncode == 0, run.stderr
+    assert f"collected {kept} pair(s) an interrupted run had matched" in run.stdout
+    assert f"{len(pairs)} pairs matched" in run.stdout and not shard_folder(output).exists()
+    for name0, name1 in pairs:
+        ours, theirs = read_matches(output, name0, name1), read_matches(tmp_path / "single.h5", name0, name1)
+        np.testing.assert_array_equal(ours[0], theirs[0])
+        np.testing.assert_array_equal(ours[1], theirs[1])
+    again = run_match(output, "--ray")
+    assert again.returncode == 0 and f"0 pairs matched, {len(pairs)} already done" in again.stdout

@@ -1,0 +1,87 @@
+"""Mutual-nearest-neighbour matching on a Ray cluster (``d2sfm.match --ray``): the same matches.h5 as a
+single-process run.
+
+Pairs are sorted and cut into blocks, so that a block touches few images and its worker reads each of them from
+features.h5 once per block (many readers of one HDF5 file are fine; writers are not). Each worker writes its blocks
+into a shard of its own, ``matches.h5.shards/worker-K.h5``, one file session per block with every pair complete or
+absent; the driver moves the shards' pairs into matches.h5 at the end and deletes them. A restarted worker redoes
+only the pairs its shard lacks; a run killed as a whole leaves shards that the next run collects first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from d2sfm.cluster import run_on_workers, start_ray, worker_shape
+from d2sfm.errors import D2sfmError
+from d2sfm.io import MatchWriter
+from d2sfm.pairs import Pair
+
+
+def shard_folder(output: Path) -> Path:
+    return output.with_name(output.name + ".shards")
+
+
+class MatchingWorker:
+    """A Ray actor's state: its device and the writer of its shard."""
+
+    def __init__(self, features: str, shard: str, min_similarity: float | None, ratio: float | None,
+                 threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.features, self.min_similarity, self.ratio = Path(features), min_similarity, ratio
+        self.writer = MatchWriter(shard)
+
+    def match(self, block: Sequence[Pair]) -> list[tuple[str, None]]:
+        from d2sfm.match import DescriptorCache, match_pair
+
+        todo = [pair for pair in block if not self.writer.has(*pair)]
+        cache = DescriptorCache(self.features, self.device, capacity=len({n for pair in todo for n in pair}))
+        self.writer.write_many([(name0, name1, *match_pair(cache.get(name0), cache.get(name1), self.min_similarity,
+                                                           self.ratio)) for name0, name1 in todo])
+        return [(f"{name0} {name1}", None) for name0, name1 in block]
+
+
+def merge_shards(writer: MatchWriter, shards: Path) -> int:
+    """Move every shard's pairs into ``writer``'s file and delete the shards; returns how many pairs moved."""
+    moved = 0
+    for shard in sorted(shards.glob("worker-*.h5")) if shards.is_dir() else []:
+        moved += writer.copy_from(shard)
+        shard.unlink()
+    if shards.is_dir() and not any(shards.iterdir()):
+        shards.rmdir()
+    return moved
+
+
+def match_on_cluster(features: Path, pairs: Sequence[Pair], output: Path, address: str,
+                     min_similarity: float | None = None, ratio: float | None = None, overwrite: bool = False,
+                     workers: int | None = None, cpus_per_worker: int = 1, block_pairs: int = 256,
+                     progress: bool = True) -> int:
+    """Match every pair not yet in ``output`` with Ray workers, ``block_pairs`` per task; returns pairs matched."""
+    if block_pairs < 1:
+        raise D2sfmError("--ray-batch must be at least 1")
+    shards = shard_folder(output)
+    if overwrite and shards.is_dir():
+        for shard in shards.glob("worker-*.h5"):
+            shard.unlink()
+    writer = MatchWriter(output, overwrite=overwrite)
+    recovered = merge_shards(writer, shards)
+    if recovered:
+        print(f"  collected {recovered} pair(s) an interrupted run had matched")
+    todo = sorted(pair for pair in pairs if not writer.has(*pair))
+    if not todo:
+        return recovered
+    ray = start_ray(address)
+    shape = worker_shape(ray, workers, cpus_per_worker)
+    shards.mkdir(exist_ok=True)
+    actors = [ray.remote(max_restarts=-1, max_task_retries=-1)(MatchingWorker).options(**shape.actor_options())
+              .remote(str(features.resolve()), str(shards / f"worker-{index}.h5"), min_similarity, ratio, shape.cpus)
+              for index in range(shape.count)]
+    blocks = [todo[start:start + block_pairs] for start in range(0, len(todo), block_pairs)]
+    run_on_workers(ray, actors, lambda actor, block: actor.match.remote(block), blocks,
+                   f"matching ({shape.count} Ray workers)", "pair", shards, progress)
+    merge_shards(writer, shards)
+    return recovered + len(todo)

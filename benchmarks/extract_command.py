@@ -35,11 +35,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.extract_speed import DEFAULT_WEIGHTS, SHARED, _original_on_current_torch  # noqa: E402
+from benchmarks.extract_speed import DEFAULT_WEIGHTS, SHARED, Tf32, original_on_current_torch  # noqa: E402
+from d2sfm.extract import TIMED_STAGES  # noqa: E402
 
 DEFAULT_PHOTOS = SHARED / "data" / "sacre_coeur" / "images"
-STAGES = ("start-up (weights, model, device)", "waiting for images", "decoding (loader CPU time)", "network",
-          "detection", "writing")
+STAGES = TIMED_STAGES
 
 
 def prepare_photos(source: Path, folder: Path, count: int, max_edge: int) -> list[Path]:
@@ -67,7 +67,6 @@ def prepare_photos(source: Path, folder: Path, count: int, max_edge: int) -> lis
 def run_original_script(spec: dict) -> None:
     """Child process: the original extract_features.py on the image list, with the shims the docstring names."""
     import scipy.misc
-    import torch
     from PIL import Image
 
     def imresize(image, factor):
@@ -80,8 +79,8 @@ def run_original_script(spec: dict) -> None:
     sys.path.insert(0, spec["reference"])
     import lib.pyramid
 
-    _original_on_current_torch(lib.pyramid)
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # fp32, like d2sfm's fp32
+    original_on_current_torch(lib.pyramid)
+    Tf32(False).__enter__()  # fp32 for the rest of this process, like d2sfm's fp32
     sys.argv = ["extract_features.py", "--image_list_file", spec["list"], "--model_file", spec["weights"],
                 "--output_extension", ".d2-net"] + (["--multiscale"] if spec["pyramid"] == "MS" else [])
     runpy.run_path(str(Path(spec["reference"]) / "extract_features.py"), run_name="__main__")
@@ -148,7 +147,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"{len(photos)} photos of {args.max_edge} px (longest side), JPEG, from {args.images}; device "
-          f"{args.device}; batch size {args.batch_size or 'default'}, workers {args.workers or 'default'}\n")
+          f"{args.device}; batch size {args.batch_size or 'default'}, "
+          f"workers {'default' if args.workers is None else args.workers}\n")
     print("| pyramid | command | precision | photos | whole command (s) | images/s | speed-up | images/s in the loop | "
           + " | ".join(f"{stage} (s)" for stage in STAGES) + " | peak GPU memory (GiB) | peak RSS (GiB) |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | " + "---: | " * len(STAGES) + "---: | ---: |")
@@ -166,8 +166,8 @@ def main() -> None:
             loop, stages, gpu, rss = "n/a", " | ".join("n/a" for _ in STAGES), "n/a", "n/a"
         print(f"| {row['pyramid']} | {row['command']} | {row['precision']} | {row['images']} | {row['wall']:.1f} | "
               f"{rate:.2f} | {speedup} | {loop} | {stages} | {gpu} | {rss} |")
-    print("\nWhole command: from process start to exit. 'Decoding' is CPU time in d2sfm's loader workers, which "
-          "runs while the network works; 'waiting for images' is the part of it the main loop could not hide. "
+    print("\nWhole command: from process start to exit. 'Decoding' is the time d2sfm's loader workers spend on it, "
+          "which runs while the network works; 'waiting for images' is the part of it the main loop could not hide. "
           "Writing runs in a thread beside the network.")
 
 

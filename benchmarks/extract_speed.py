@@ -9,7 +9,7 @@ imported from ``--reference`` (a local checkout of mihaidusmanu/d2-net; it needs
 installed) at run time and is never part of this repository. On a GPU it runs in fp32 with TF32 off, as d2sfm's
 fp32 does; PyTorch's default would run its convolutions in TF32 (``--original-tf32`` adds that row). Current torch
 refuses one line of it on a GPU (``fmap_pos[:, ids]`` indexes a CPU tensor with CUDA indices), so the benchmark
-hands it CPU indices at run time (``_original_on_current_torch``); nothing else of it changes. Outputs are compared
+hands it CPU indices at run time (``original_on_current_torch``); nothing else of it changes. Outputs are compared
 with the original's: the share of keypoints within 0.01, 0.5 and 1 px of one of the other's, both ways.
 """
 
@@ -53,7 +53,7 @@ def _peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _original_on_current_torch(pyramid_module) -> None:
+def original_on_current_torch(pyramid_module) -> None:
     """Make the original's ``process_multiscale`` run on a GPU under current torch: it indexes CPU tensors with
     the ids ``interpolate_dense_features`` returns on the GPU, which torch >= 2 refuses. Same ids, on the CPU."""
     interpolate = pyramid_module.interpolate_dense_features
@@ -65,7 +65,7 @@ def _original_on_current_torch(pyramid_module) -> None:
     pyramid_module.interpolate_dense_features = with_cpu_ids
 
 
-class _Tf32:
+class Tf32:
     """Set PyTorch's TF32 switches (cuDNN convolutions, cuBLAS products) for a block, restoring them after."""
 
     def __init__(self, enabled: bool) -> None:
@@ -96,13 +96,13 @@ def run_child(spec: dict) -> dict:
         import lib.pyramid as original_pyramid  # the reference checkout, imported at run time
         from lib.model_test import D2Net as OriginalD2Net
 
-        _original_on_current_torch(original_pyramid)
+        original_on_current_torch(original_pyramid)
         model = OriginalD2Net(model_file=spec["weights"], use_relu=True, use_cuda=device.startswith("cuda"))
         mean = np.array([103.939, 116.779, 123.68], np.float32)
 
         def extract(image):
             tensor = torch.from_numpy((image.astype(np.float32) - mean).transpose(2, 0, 1).copy())[None]
-            with _Tf32(spec.get("tf32", False)):
+            with Tf32(spec.get("tf32", False)):
                 keypoints, _, _ = original_pyramid.process_multiscale(tensor.to(device), model, scales=list(scales))
             return keypoints[:, [1, 0]] + 0.5
     else:
@@ -164,7 +164,7 @@ def matrix_product_gflops(device: str, size: int = 4096, repeats: int = 5) -> fl
     import torch
 
     a, b = (torch.randn(size, size, device=device) for _ in range(2))
-    with _Tf32(False) if device.startswith("cuda") else nullcontext():
+    with Tf32(False) if device.startswith("cuda") else nullcontext():
         torch.mm(a, b)
         if device.startswith("cuda"):
             torch.cuda.synchronize()

@@ -24,7 +24,8 @@ class BackgroundWriter:
                  stage: str = "writing") -> None:
         self.write, self.clock, self.stage = write, clock, stage
         self.items: queue.Queue = queue.Queue(maxsize=max_pending)
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # the first write error: no write happens after it
+        self.reported = False
         self.thread = threading.Thread(target=self._run, name="d2sfm-writer", daemon=True)
         self.thread.start()
 
@@ -41,9 +42,9 @@ class BackgroundWriter:
                 self.clock.add(self.stage, time.perf_counter() - start)
 
     def _raise_if_failed(self) -> None:
-        if self.error is not None:
-            error, self.error = self.error, None
-            raise error
+        if self.error is not None and not self.reported:
+            self.reported = True
+            raise self.error
 
     def put(self, *item) -> None:
         self._raise_if_failed()
@@ -59,5 +60,11 @@ class BackgroundWriter:
     def __enter__(self) -> BackgroundWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # an exception (or Ctrl-C) is already on its way: write what is queued, without hiding it
+            self.close()
+        except Exception:
+            pass

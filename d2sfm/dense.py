@@ -28,7 +28,8 @@ from d2sfm.fileutil import atomic_path, write_text_atomic
 from d2sfm.mvs_maps import images_with_maps, remove_incomplete_maps
 from d2sfm.ply import count_vertices
 
-UNDISTORTED_MARKER = "undistorted.json"
+UNDISTORTED_MARKER = "undistorted.json"  # the inputs the workspace was made from
+PATCH_MATCH_MARKER = "patch_match.json"  # PatchMatch ran to its end
 FUSED = "fused.ply"
 MESH = "meshed-poisson.ply"
 DEFAULT_MESH_TRIM = 10.0  # COLMAP's: drop the surface where Poisson's sampling density is below this
@@ -50,14 +51,33 @@ def workspace_path(dense_dir: str | os.PathLike) -> Path:
     return dense_dir.with_name(dense_dir.name + ".part")
 
 
-def _model_fingerprint(sparse_model: Path, image_dir: Path, max_image_size: int) -> str:
-    """What the undistorted workspace depends on: the cameras and poses (not the 3D points), the photos' folder and
-    the size limit. A changed sparse model means the workspace is stale."""
-    digest = hashlib.sha256(f"{Path(image_dir).resolve()}|{max_image_size}".encode())
+def workspace_inputs(sparse_model: Path, image_dir: Path, max_image_size: int) -> dict[str, str]:
+    """What a dense workspace is made from, one digest each: the sparse model (cameras, poses and the 3D points
+    PatchMatch picks its source images and depth ranges from), the photos (names and sizes, not the folder's path,
+    so that a scene folder can be moved or copied to another machine) and the size limit."""
+    model = hashlib.sha256()
     for path in sorted(sparse_model.iterdir()):
-        if path.is_file() and not path.name.startswith("points3D"):
-            digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
+        if path.is_file():
+            model.update(path.name.encode() + path.read_bytes())
+    photos = hashlib.sha256()
+    for image in sorted(pycolmap.Reconstruction(sparse_model).images.values(), key=lambda image: image.name):
+        photo = image_dir / image.name
+        photos.update(f"{image.name}|{photo.stat().st_size if photo.is_file() else -1}\n".encode())
+    return {"sparse model": model.hexdigest(), "photos": photos.hexdigest(), "image size": str(max_image_size)}
+
+
+def _check_inputs(folder: Path, inputs: dict[str, str]) -> bool:
+    """True when ``folder`` was made from ``inputs``, False when it holds no record; a folder made from other
+    inputs is an error, never silently deleted: its PatchMatch maps may have cost hours."""
+    marker = folder / UNDISTORTED_MARKER
+    if not marker.is_file():
+        return False
+    recorded = json.loads(marker.read_text()).get("inputs", {})
+    differing = [key for key in inputs if recorded.get(key) != inputs[key]]
+    if differing:
+        raise D2sfmError(f"{folder} was made from another {' and '.join(differing)} than this run's; delete it to "
+                         "compute it again from the current ones (or pass --overwrite)")
+    return True
 
 
 def _first_line(error: BaseException) -> str:
@@ -69,7 +89,7 @@ def _run_pycolmap(step: str, workspace: Path, call: Callable[[pycolmap.Cancellat
                   on_poll: Callable[[], None] | None = None):
     """Run a long pycolmap call in a thread so that Ctrl-C cancels it cleanly (the C++ call holds no GIL and would
     otherwise only see the interrupt when done), polling ``on_poll`` meanwhile; its errors become one line."""
-    token = pycolmap.CancellationToken()
+    token = pycolmap.CancellationToken()  # (meshing takes none: Ctrl-C waits for it to finish)
     outcome: dict = {}
 
     def work() -> None:
@@ -85,7 +105,7 @@ def _run_pycolmap(step: str, workspace: Path, call: Callable[[pycolmap.Cancellat
             thread.join(1.0)
             if on_poll:
                 on_poll()
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or an error while polling: stop the C++ work before leaving
         token.cancel()
         thread.join()
         raise
@@ -96,20 +116,18 @@ def _run_pycolmap(step: str, workspace: Path, call: Callable[[pycolmap.Cancellat
 
 
 def prepare_workspace(sparse_model: Path, image_dir: Path, workspace: Path, max_image_size: int) -> bool:
-    """Undistort the registered photos into ``workspace``, unless it already holds them for this same model;
+    """Undistort the registered photos into ``workspace``, unless it already holds them for the same inputs;
     returns True when an earlier run's workspace is reused."""
-    fingerprint = _model_fingerprint(sparse_model, image_dir, max_image_size)
-    marker = workspace / UNDISTORTED_MARKER
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
+    inputs = workspace_inputs(sparse_model, image_dir, max_image_size)
+    if _check_inputs(workspace, inputs):
         return True
-    if workspace.exists():
-        print(f"  {workspace} was made from another sparse model or image size; starting it again")
+    if workspace.exists():  # no record: undistortion itself was interrupted, before any PatchMatch
         shutil.rmtree(workspace)
     options = pycolmap.UndistortCameraOptions()
     options.max_image_size = max_image_size
     _run_pycolmap("undistortion", workspace, lambda token: pycolmap.undistort_images(
         workspace, sparse_model, image_dir, undistort_options=options, cancellation_token=token))
-    write_text_atomic(marker, json.dumps({"fingerprint": fingerprint}))
+    write_text_atomic(workspace / UNDISTORTED_MARKER, json.dumps({"inputs": inputs}, indent=2))
     return False
 
 
@@ -128,8 +146,10 @@ def patch_match(workspace: Path, progress: bool = True) -> None:
     if removed:
         print(f"  removed {len(removed)} map(s) an interrupted PatchMatch left half-written; they are computed again")
     done = images_with_maps(workspace, names)
-    if len(done) == len(names):
-        print(f"  PatchMatch: all {len(names)} images done earlier, skipped")
+    finished_marker = workspace / PATCH_MATCH_MARKER
+    if len(done) == len(names) or (finished_marker.is_file() and not removed):
+        # (COLMAP computes no maps for an image without source images, so "every map" may never happen)
+        print(f"  PatchMatch: done earlier ({len(done)} of {len(names)} images have maps), skipped")
         return
     problem = cuda_problem()
     if problem:
@@ -137,8 +157,8 @@ def patch_match(workspace: Path, progress: bool = True) -> None:
                                          f"the undistorted workspace {workspace} is kept for the rerun"))
     if done:
         print(f"  PatchMatch: {len(done)} of {len(names)} images done earlier, computing the rest")
-    options = pycolmap.PatchMatchOptions()
-    passes = ("photometric", "geometric") if options.geom_consistency else ("geometric",)
+    options = pycolmap.PatchMatchOptions()  # geom_consistency: a photometric pass, then a geometric one
+    passes = ("photometric", "geometric")
     bar = tqdm(total=len(names) * len(passes), desc="PatchMatch (maps)", unit="map", disable=not progress)
 
     def poll() -> None:
@@ -149,6 +169,7 @@ def patch_match(workspace: Path, progress: bool = True) -> None:
         _run_pycolmap("PatchMatch", workspace, lambda token: pycolmap.patch_match_stereo(
             workspace, options=options, cancellation_token=token), on_poll=poll)
         poll()
+        write_text_atomic(finished_marker, json.dumps({"images_with_maps": len(images_with_maps(workspace, names))}))
     finally:
         bar.close()
 
@@ -184,7 +205,9 @@ def run_dense(sparse_model: str | os.PathLike, image_dir: str | os.PathLike, den
     """Undistort, PatchMatch, fuse (and mesh), resuming whatever an earlier run finished; returns
     {'dense_points': N, 'fused': path[, 'mesh': path]}."""
     sparse_model, image_dir, dense_dir = Path(sparse_model), Path(image_dir), Path(dense_dir)
-    if not (dense_dir / FUSED).is_file():
+    finished = (dense_dir / FUSED).is_file() and _check_inputs(
+        dense_dir, workspace_inputs(sparse_model, image_dir, max_image_size))
+    if not finished:
         workspace = workspace_path(dense_dir)
         if prepare_workspace(sparse_model, image_dir, workspace, max_image_size):
             print(f"  resuming the dense workspace {workspace}")

@@ -26,13 +26,30 @@ from d2sfm.background import BackgroundWriter
 from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device, run_main
 from d2sfm.cluster import add_cluster_arguments
 from d2sfm.errors import D2sfmError
-from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig, resize_for_network
+from d2sfm.extractor import (
+    CONV_IMPLEMENTATIONS,
+    NETWORK_STAGE,
+    PRECISIONS,
+    D2Extractor,
+    ExtractionConfig,
+    resize_for_network,
+)
 from d2sfm.fileutil import write_text_atomic
 from d2sfm.images import ImageReadError, list_images, read_image_bgr
 from d2sfm.io import FeatureWriter
 from d2sfm.pyramid import MULTI_SCALE
-from d2sfm.stage_clock import StageClock, maybe
+from d2sfm.stage_clock import StageClock, timed
 from d2sfm.weights import resolve_weights
+
+# The stages --timings reports (the backbone's, NETWORK_STAGE, is timed by the extractor).
+STARTUP_STAGE = "start-up (weights, model, device)"
+WAITING_STAGE = "waiting for images"
+DECODING_STAGE = "decoding (loader worker time)"
+NETWORK_AND_DETECTION_STAGE = "network and detection"
+DETECTION_STAGE = "detection"
+WRITING_STAGE = "writing"
+LOOP_STAGE = "extraction loop"
+TIMED_STAGES = (STARTUP_STAGE, WAITING_STAGE, DECODING_STAGE, NETWORK_STAGE, DETECTION_STAGE, WRITING_STAGE)
 
 
 def image_sources(images: Path, image_list: Path | None) -> tuple[Path, list[str]]:
@@ -99,12 +116,12 @@ def _as_is(item):
 def _timed(items: Iterator[PreparedImage], clock: StageClock | None) -> Iterator[PreparedImage]:
     """The loader's images, charging the main loop's wait for them and the workers' decoding to the clock."""
     while True:
-        with maybe(clock, "waiting for images"):
+        with timed(clock, WAITING_STAGE):
             item = next(items, None)
         if item is None:
             return
         if clock is not None:
-            clock.add("decoding (loader CPU time)", item.seconds)
+            clock.add(DECODING_STAGE, item.seconds)
         yield item
 
 
@@ -142,12 +159,13 @@ def extract_features(
     )
     extracted = 0
     extractor.clock = clock
+    images = iter(loader)  # starts the loader processes before the writer thread exists (no fork with threads)
     with (tqdm(total=len(pending), desc="extracting D2 features", unit="img", disable=not progress) as bar,
-          BackgroundWriter(writer.write, clock=clock) as background):
-        for batch, errors in _batches(_timed(iter(loader), clock), batch_size):
+          BackgroundWriter(writer.write, clock=clock, stage=WRITING_STAGE) as background):
+        for batch, errors in _batches(_timed(images, clock), batch_size):
             failures.extend(errors)
             if batch:
-                with maybe(clock, "network and detection"):
+                with timed(clock, NETWORK_AND_DETECTION_STAGE):
                     results = extractor.extract_batch([b.image for b in batch], [b.original_size for b in batch])
                 for item, features in zip(batch, results):
                     background.put(item.name, features)
@@ -160,8 +178,8 @@ def extract_features(
 def write_timings(path: Path, clock: StageClock, extracted: int, device: torch.device) -> None:
     """Stage times, throughput and peak memory of this run, as JSON, and one line of it on the terminal."""
     seconds = dict(clock.seconds)
-    seconds["detection"] = max(0.0, seconds.get("network and detection", 0.0) - seconds.get("network", 0.0))
-    loop = seconds.get("extraction loop", 0.0)
+    seconds[DETECTION_STAGE] = max(0.0, seconds.get(NETWORK_AND_DETECTION_STAGE, 0.0) - seconds.get(NETWORK_STAGE, 0.0))
+    loop = seconds.get(LOOP_STAGE, 0.0)
     timings = {
         "images": extracted, "device": str(device), "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "images_per_second_in_loop": extracted / loop if loop else None,
@@ -169,7 +187,7 @@ def write_timings(path: Path, clock: StageClock, extracted: int, device: torch.d
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     write_text_atomic(path, json.dumps(timings, indent=2))
-    shown = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != "network and detection")
+    shown = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != NETWORK_AND_DETECTION_STAGE)
     print(f"timings ({path}): {shown}")
 
 
@@ -254,9 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             batch_images=args.ray_batch, progress=not args.quiet)
         return report(args.output, names, extracted, failures)
     clock = StageClock(device) if args.timings else None
-    with maybe(clock, "start-up (weights, model, device)"):
+    with timed(clock, STARTUP_STAGE):
         extractor = D2Extractor(weights, config, device)
-    with maybe(clock, "extraction loop"):
+    with timed(clock, LOOP_STAGE):
         extracted, failures = extract_features(
             root, names, args.output, extractor, settings, descriptor_dtype=descriptor_dtype,
             overwrite=args.overwrite, batch_size=batch_size, workers=workers, progress=not args.quiet, clock=clock,

@@ -37,9 +37,10 @@ from d2sfm.model import (
     winograd_layers,
 )
 from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE, PyramidLevel, extract_pyramid
-from d2sfm.stage_clock import StageClock, maybe
+from d2sfm.stage_clock import StageClock, timed
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+NETWORK_STAGE = "network"  # the backbone's time, under an extractor's clock
 CONV_IMPLEMENTATIONS = ("exact", "winograd")
 
 
@@ -150,7 +151,7 @@ class D2Extractor:
         self.clock: StageClock | None = None  # set to time the backbone ("network") apart from detection
 
     def _timed_backbone(self, images: torch.Tensor) -> torch.Tensor:
-        with maybe(self.clock, "network"):
+        with timed(self.clock, NETWORK_STAGE):
             return self.run_backbone(images)
 
     def run_backbone(self, images: torch.Tensor) -> torch.Tensor:

@@ -48,12 +48,16 @@ def read_vertices(path: str | os.PathLike) -> np.ndarray:
     fields, in_vertices, count = [], False, 0
     for line in lines:
         words = line.split()
+        if not words:
+            continue
         if words[0] == "element":
             in_vertices = words[1] == "vertex"
             count = int(words[2]) if in_vertices else count
         elif words[0] == "property" and in_vertices:
             if words[1] == "list":
                 raise D2sfmError(f"{path}: list properties on vertices are not supported")
+            if words[1] not in _PLY_TYPES:
+                raise D2sfmError(f"{path}: unknown PLY property type {words[1]!r}")
             fields.append((words[2], _PLY_TYPES[words[1]]))
     with open(path, "rb") as handle:
         handle.seek(offset)

@@ -148,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     scene: Path = args.scene
     camera_mode = args.camera_mode or ("single" if args.demo else "auto")
     image_dir = args.images or scene / "images"
-    dense_problem = cuda_problem() if args.dense else None
+    dense_problem = cuda_problem() if args.dense and not (scene / "dense" / FUSED).is_file() else None
     if dense_problem:
         print(f"warning: {dense_problem}")
     if args.demo and not (scene / "ground_truth").is_dir():

@@ -23,7 +23,6 @@ class StageClock:
         device = torch.device(device) if device is not None else None
         self.cuda_device = device if device is not None and device.type == "cuda" else None
         self.seconds: dict[str, float] = defaultdict(float)
-        self.started = time.perf_counter()
 
     def _synchronise(self) -> None:
         if self.cuda_device is not None:
@@ -43,10 +42,7 @@ class StageClock:
         """Time measured elsewhere (a loader worker's decoding, a writer thread)."""
         self.seconds[name] += seconds
 
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
 
-
-def maybe(clock: StageClock | None, name: str):
+def timed(clock: StageClock | None, name: str):
     """``clock(name)`` when there is a clock, else a block that measures nothing."""
     return clock(name) if clock is not None else contextlib.nullcontext()

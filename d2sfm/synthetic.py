@@ -122,6 +122,14 @@ def _cast(planes: Sequence[Plane], rays: np.ndarray, centre: np.ndarray):
         yield plane, hit, s, q, depth
 
 
+def _nearest_depth(planes: Sequence[Plane], rays: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Depth of the nearest surface along each ray (inf where only sky is seen)."""
+    depth = np.full(rays.shape[:2], np.inf)
+    for *_, depth in _cast(planes, rays, centre):
+        pass
+    return depth
+
+
 def render(planes: Sequence[Plane], rotation: np.ndarray, centre: np.ndarray, width: int, height: int,
            focal: float, supersample: int = 2) -> np.ndarray:
     """Ray-cast the planes (nearest hit wins), sampling textures bilinearly; supersampled against aliasing."""
@@ -144,9 +152,7 @@ def render_xyz(planes: Sequence[Plane], rotation: np.ndarray, centre: np.ndarray
     """(height, width, 3) world coordinates of the surface seen at each pixel centre, NaN where only sky is
     seen: what an RGB-D scan gives per pixel of a cutout (InLoc's ``XYZcut``)."""
     rays = _camera_rays(rotation, width, height, focal)
-    depth = None
-    for *_, depth in _cast(planes, rays, centre):
-        pass
+    depth = _nearest_depth(planes, rays, centre)
     xyz = centre + rays * depth[..., None]
     xyz[~np.isfinite(depth)] = np.nan
     return xyz
@@ -191,9 +197,7 @@ def true_model(planes: Sequence[Plane], poses: Sequence[tuple[np.ndarray, np.nda
                 xy = focal * camera_points[:, :2] / camera_points[:, 2:] + [width / 2, height / 2]
             inside = (camera_points[:, 2] > 0) & (xy >= 0).all(1) & (xy < [width, height]).all(1)
             depth = np.full(len(points), np.inf)
-            rays = _camera_rays(rotation, width, height, focal)
-            for *_, depth_map in _cast(planes, rays, centre):
-                pass
+            depth_map = _nearest_depth(planes, _camera_rays(rotation, width, height, focal), centre)
             cells = np.floor(xy[inside]).astype(int)
             depth[inside] = depth_map[cells[:, 1], cells[:, 0]]
             visible = inside & (np.abs(depth - camera_points[:, 2]) < 0.02 * camera_points[:, 2])

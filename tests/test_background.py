@@ -24,20 +24,22 @@ def test_writes_everything_in_order_before_close_returns():
 
 
 def test_a_write_error_reaches_the_producer_and_nothing_after_it_is_written():
-    written = []
+    written, all_queued = [], threading.Event()
 
     def write(name):
+        all_queued.wait(timeout=5)
         if name == "bad":
             raise OSError("disk full")
         written.append(name)
 
     writer = BackgroundWriter(write)
-    writer.put("a")
-    writer.put("bad")
-    writer.put("c")
+    for name in ("a", "bad", "c"):
+        writer.put(name)
+    all_queued.set()
     with pytest.raises(OSError, match="disk full"):
         writer.close()
     assert written == ["a"]
+    writer.close()  # reported once
 
 
 def test_a_slow_disk_blocks_the_producer_instead_of_filling_memory():

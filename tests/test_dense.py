@@ -109,9 +109,15 @@ def test_a_rerun_keeps_finished_patch_match_maps_and_recomputes_only_broken_ones
     broken = map_path(workspace, "depth_maps", names[3])
     broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
     marker_time = (workspace / UNDISTORTED_MARKER).stat().st_mtime_ns
-    if pycolmap.has_cuda:  # PatchMatch computes the one missing image, and the run finishes
+    others = {path: path.read_bytes() for kind in ("depth_maps", "normal_maps") for name in names
+              if (path := map_path(workspace, kind, name)) != broken}
+    if pycolmap.has_cuda:  # PatchMatch computes the one missing image only, and the run finishes
         result = run_dense(root / "sparse", root / "images", tmp_path / "dense", progress=False)
         assert result["dense_points"] > 5000
+        finished = tmp_path / "dense"
+        for path, content in others.items():
+            assert (finished / path.relative_to(workspace)).read_bytes() == content
+        assert map_is_complete(finished / broken.relative_to(workspace))
         return
     with pytest.raises(D2sfmError) as raised:
         run_dense(root / "sparse", root / "images", tmp_path / "dense", progress=False)
@@ -123,16 +129,31 @@ def test_a_rerun_keeps_finished_patch_match_maps_and_recomputes_only_broken_ones
     assert (workspace / UNDISTORTED_MARKER).stat().st_mtime_ns == marker_time  # undistortion not redone
 
 
-def test_a_workspace_from_another_sparse_model_is_started_again(courtyard_scene, tmp_path):
+def test_a_workspace_is_reused_from_a_moved_scene_and_never_deleted_for_other_inputs(courtyard_scene, tmp_path):
     root, _, _ = courtyard_scene
-    workspace = exact_workspace(courtyard_scene, tmp_path / "dense")
-    assert prepare_workspace(root / "sparse", root / "images", workspace, 2000)  # same model: reused
+    scene = tmp_path / "scene"
+    shutil.copytree(root / "images", scene / "images")
+    shutil.copytree(root / "sparse", scene / "sparse")
+    exact_workspace((scene, *courtyard_scene[1:]), scene / "dense")
     moved = tmp_path / "moved"
-    shutil.copytree(root / "sparse", moved)
-    model = pycolmap.Reconstruction(moved)
+    shutil.copytree(scene, moved)  # the scene folder carried to another machine, PatchMatch maps included
+    assert prepare_workspace(moved / "sparse", moved / "images", workspace_path(moved / "dense"), 2000)
+
+    model = pycolmap.Reconstruction(moved / "sparse")
     image = model.images[1]
     pose = image.cam_from_world()
     model.frames[image.frame_id].rig_from_world = pycolmap.Rigid3d(pose.rotation, pose.translation + [0.1, 0, 0])
-    model.write(moved)
-    assert not prepare_workspace(moved, root / "images", workspace, 2000)
-    assert not list((workspace / "stereo" / "depth_maps").glob("*.bin"))  # the old maps are not mixed in
+    model.write(moved / "sparse")  # mapped again: the maps no longer fit the cameras
+    maps = sorted((workspace_path(moved / "dense") / "stereo" / "depth_maps").glob("*.bin"))
+    with pytest.raises(D2sfmError, match=r"was made from another sparse model than this run's; delete it"):
+        prepare_workspace(moved / "sparse", moved / "images", workspace_path(moved / "dense"), 2000)
+    assert len(maps) == VIEWS and all(path.is_file() for path in maps)  # nothing deleted
+
+
+def test_a_finished_dense_model_from_other_inputs_is_not_reported_as_this_runs(courtyard_scene, tmp_path):
+    root, _, _ = courtyard_scene
+    exact_workspace(courtyard_scene, tmp_path / "dense")
+    run_dense(root / "sparse", root / "images", tmp_path / "dense", progress=False)
+    assert run_dense(root / "sparse", root / "images", tmp_path / "dense", progress=False)["dense_points"] > 5000
+    with pytest.raises(D2sfmError, match=r"dense was made from another image size"):
+        run_dense(root / "sparse", root / "images", tmp_path / "dense", max_image_size=100, progress=False)

@@ -72,6 +72,34 @@ def worker_shape(ray, workers: int | None, cpus_per_worker: int) -> WorkerShape:
     return WorkerShape(workers or max(1, cpus // cpus_per_worker), cpus_per_worker, 0)
 
 
+def shard_folder(output: Path) -> Path:
+    """Where the workers of a run writing ``output`` keep their shards (one HDF5 file each: HDF5 has one writer)."""
+    return output.with_name(output.name + ".shards")
+
+
+def shard_path(output: Path, worker: int) -> Path:
+    return shard_folder(output) / f"worker-{worker}.h5"
+
+
+def discard_shards(output: Path) -> None:
+    """Delete the shards an earlier run left (for --overwrite)."""
+    for shard in shard_folder(output).glob("worker-*.h5"):
+        shard.unlink()
+
+
+def collect_shards(output: Path, copy: Callable[[Path], int]) -> int:
+    """Move every shard's entries into ``output`` with ``copy(shard)`` (which writes the entries ``output`` lacks,
+    atomically each, and returns how many), deleting each shard once copied; returns how many entries moved."""
+    folder = shard_folder(output)
+    moved = 0
+    for shard in sorted(folder.glob("worker-*.h5")):
+        moved += copy(shard)
+        shard.unlink()
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return moved
+
+
 def run_on_workers(ray, actors: list, submit: Callable, batches: list, description: str, unit: str,
                    shards: Path, progress: bool = True) -> list[tuple[str, str | None]]:
     """Hand ``batches`` to idle ``actors`` (``submit(actor, batch)`` returns a Ray reference to a list of

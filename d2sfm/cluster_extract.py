@@ -15,16 +15,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from d2sfm.cluster import run_on_workers, start_ray, worker_shape
+from d2sfm.cluster import (
+    collect_shards,
+    discard_shards,
+    run_on_workers,
+    shard_folder,
+    shard_path,
+    start_ray,
+    worker_shape,
+)
 from d2sfm.errors import D2sfmError
 from d2sfm.extractor import ExtractionConfig
-from d2sfm.io import FeatureWriter, list_entries, read_features, read_settings
-
-
-def shard_folder(output: Path) -> Path:
-    return output.with_name(output.name + ".shards")
+from d2sfm.io import FeatureWriter
 
 
 class ExtractionWorker:
@@ -59,25 +62,6 @@ class ExtractionWorker:
         return results
 
 
-def merge_shards(writer: FeatureWriter, shards: Path, progress: bool = True) -> int:
-    """Move the images of every shard in ``shards`` into ``writer``'s file, then delete the shards; returns how
-    many images were moved. A shard made with other settings is an error, not a silent mix."""
-    moved = 0
-    for shard in sorted(shards.glob("worker-*.h5")) if shards.is_dir() else []:
-        names = list_entries(shard)
-        if names and read_settings(shard) != writer.settings:
-            raise D2sfmError(f"{shard}: holds features extracted with other settings than {writer.path}; delete "
-                             f"{shards} or pass --overwrite")
-        for name in tqdm(names, desc=f"collecting {shard.name}", unit="img", disable=not progress, leave=False):
-            if name not in writer.done:
-                writer.write(name, read_features(shard, name))
-                moved += 1
-        shard.unlink()
-    if shards.is_dir() and not any(shards.iterdir()):
-        shards.rmdir()
-    return moved
-
-
 def extract_on_cluster(
     root: Path, names: Sequence[str], output: Path, weights: Path, config: ExtractionConfig, settings: dict,
     address: str, descriptor_dtype=np.float16, overwrite: bool = False, workers: int | None = None,
@@ -87,12 +71,10 @@ def extract_on_cluster(
     scheduling, few enough to balance the workers); returns (extracted now, [(name, error)])."""
     if batch_images < 1:
         raise D2sfmError("--ray-batch must be at least 1")
-    shards = shard_folder(output)
-    if overwrite and shards.is_dir():
-        for shard in shards.glob("worker-*.h5"):
-            shard.unlink()
+    if overwrite:
+        discard_shards(output)
     writer = FeatureWriter(output, settings, descriptor_dtype=descriptor_dtype, overwrite=overwrite)
-    recovered = merge_shards(writer, shards, progress)
+    recovered = collect_shards(output, writer.copy_from)
     if recovered:
         print(f"  collected {recovered} image(s) an interrupted run had finished")
     pending = [name for name in names if name not in writer.done]
@@ -100,15 +82,16 @@ def extract_on_cluster(
         return recovered, []
     ray = start_ray(address)
     shape = worker_shape(ray, workers, cpus_per_worker)
-    shards.mkdir(exist_ok=True)
+    shard_folder(output).mkdir(exist_ok=True)
     remote = ray.remote(max_restarts=-1, max_task_retries=-1)(ExtractionWorker)
     actors = [remote.options(**shape.actor_options()).remote(
-        str(weights), config.as_dict(), str(shards / f"worker-{index}.h5"), writer.settings,
+        str(weights), config.as_dict(), str(shard_path(output, index)), writer.settings,
         writer.descriptor_dtype.name, shape.cpus) for index in range(shape.count)]
     batches = [pending[start:start + batch_images] for start in range(0, len(pending), batch_images)]
     folder = str(root.resolve())
     results = run_on_workers(ray, actors, lambda actor, batch: actor.extract.remote(folder, batch), batches,
-                             f"extracting D2 features ({shape.count} Ray workers)", "img", shards, progress)
+                             f"extracting D2 features ({shape.count} Ray workers)", "img", shard_folder(output),
+                             progress)
     failures = [(name, error) for name, error in results if error is not None]
-    merge_shards(writer, shards, progress)
+    collect_shards(output, writer.copy_from)
     return recovered + len(pending) - len(failures), failures

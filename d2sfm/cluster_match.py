@@ -13,14 +13,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from d2sfm.cluster import run_on_workers, start_ray, worker_shape
+from d2sfm.cluster import (
+    collect_shards,
+    discard_shards,
+    run_on_workers,
+    shard_folder,
+    shard_path,
+    start_ray,
+    worker_shape,
+)
 from d2sfm.errors import D2sfmError
 from d2sfm.io import MatchWriter
 from d2sfm.pairs import Pair
-
-
-def shard_folder(output: Path) -> Path:
-    return output.with_name(output.name + ".shards")
 
 
 class MatchingWorker:
@@ -45,17 +49,6 @@ class MatchingWorker:
         return [(f"{name0} {name1}", None) for name0, name1 in block]
 
 
-def merge_shards(writer: MatchWriter, shards: Path) -> int:
-    """Move every shard's pairs into ``writer``'s file and delete the shards; returns how many pairs moved."""
-    moved = 0
-    for shard in sorted(shards.glob("worker-*.h5")) if shards.is_dir() else []:
-        moved += writer.copy_from(shard)
-        shard.unlink()
-    if shards.is_dir() and not any(shards.iterdir()):
-        shards.rmdir()
-    return moved
-
-
 def match_on_cluster(features: Path, pairs: Sequence[Pair], output: Path, address: str,
                      min_similarity: float | None = None, ratio: float | None = None, overwrite: bool = False,
                      workers: int | None = None, cpus_per_worker: int = 1, block_pairs: int = 256,
@@ -63,12 +56,10 @@ def match_on_cluster(features: Path, pairs: Sequence[Pair], output: Path, addres
     """Match every pair not yet in ``output`` with Ray workers, ``block_pairs`` per task; returns pairs matched."""
     if block_pairs < 1:
         raise D2sfmError("--ray-batch must be at least 1")
-    shards = shard_folder(output)
-    if overwrite and shards.is_dir():
-        for shard in shards.glob("worker-*.h5"):
-            shard.unlink()
+    if overwrite:
+        discard_shards(output)
     writer = MatchWriter(output, overwrite=overwrite)
-    recovered = merge_shards(writer, shards)
+    recovered = collect_shards(output, writer.copy_from)
     if recovered:
         print(f"  collected {recovered} pair(s) an interrupted run had matched")
     todo = sorted(pair for pair in pairs if not writer.has(*pair))
@@ -76,12 +67,12 @@ def match_on_cluster(features: Path, pairs: Sequence[Pair], output: Path, addres
         return recovered
     ray = start_ray(address)
     shape = worker_shape(ray, workers, cpus_per_worker)
-    shards.mkdir(exist_ok=True)
+    shard_folder(output).mkdir(exist_ok=True)
     actors = [ray.remote(max_restarts=-1, max_task_retries=-1)(MatchingWorker).options(**shape.actor_options())
-              .remote(str(features.resolve()), str(shards / f"worker-{index}.h5"), min_similarity, ratio, shape.cpus)
+              .remote(str(features.resolve()), str(shard_path(output, index)), min_similarity, ratio, shape.cpus)
               for index in range(shape.count)]
     blocks = [todo[start:start + block_pairs] for start in range(0, len(todo), block_pairs)]
     run_on_workers(ray, actors, lambda actor, block: actor.match.remote(block), blocks,
-                   f"matching ({shape.count} Ray workers)", "pair", shards, progress)
-    merge_shards(writer, shards)
+                   f"matching ({shape.count} Ray workers)", "pair", shard_folder(output), progress)
+    collect_shards(output, writer.copy_from)
     return recovered + len(todo)

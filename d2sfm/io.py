@@ -110,6 +110,17 @@ class FeatureWriter:
             handle.move(scratch, name)
         self.done.add(name)
 
+    def copy_from(self, shard: str | os.PathLike) -> int:
+        """Write every image of another features file that this one lacks (a worker's shard); returns how many.
+        A file made with other settings is an error, not a silent mix."""
+        names = [name for name in list_entries(shard) if name not in self.done]
+        if names and read_settings(shard) != self.settings:
+            raise D2sfmError(f"{shard}: holds features extracted with other settings than {self.path}; delete it "
+                             "or pass --overwrite")
+        for name in names:
+            self.write(name, read_features(shard, name))
+        return len(names)
+
 
 def read_features(path: str | os.PathLike, name: str) -> Features:
     with _open(Path(path), "r") as handle:

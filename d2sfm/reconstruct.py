@@ -80,9 +80,10 @@ def dense_stage(args: argparse.Namespace, paths: dict[str, Path], image_dir: Pat
         return run_dense(paths["sparse"] / "0", image_dir, paths["dense"], args.dense_size, mesh=args.mesh,
                          mesh_trim=args.mesh_trim, progress=progress)
 
+    result: dict = {}
     done = (paths["dense"] / FUSED).is_file() and (not args.mesh or (paths["dense"] / MESH).is_file())
-    stages.run("dense", done, dense)
-    return dense()  # finished now or earlier: only reads the point count
+    stages.run("dense", done, lambda: result.update(dense()))
+    return result or dense()  # done earlier: run_dense checks it against this run's inputs and reads its counts
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 
-from d2sfm.cluster_extract import shard_folder
+from d2sfm.cluster import shard_folder
 from d2sfm.io import FeatureWriter, MatchWriter, list_entries, read_features, read_matches, read_settings
 from d2sfm.pairs import exhaustive_pairs, write_pairs
 
@@ -23,9 +23,15 @@ pytestmark = pytest.mark.integration
 FAST = ["--max-edge", "256", "--quiet"]
 
 
+# Every process computes with one thread, like each 1-CPU Ray worker: the runs then do the same float operations in
+# the same order on whatever CPU this is, and their outputs are equal without depending on oneDNN's or the BLAS's
+# threading (results are compared with each other, never with stored numbers).
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def run_extract(*args, weights):
     return subprocess.run([sys.executable, "-m", "d2sfm.extract", *map(str, args), "--weights", str(weights)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=ONE_THREAD)
 
 
 def assert_same_features(path_a, path_b):
@@ -86,7 +92,7 @@ def test_a_worker_killed_mid_run_is_restarted_and_nothing_is_lost(photos, single
     output = tmp_path / "features.h5"
     process = subprocess.Popen([sys.executable, "-m", "d2sfm.extract", str(photos), "-o", str(output), *FAST,
                                 "--ray", "--ray-workers", "2", "--ray-batch", "2", "--weights", str(weights_path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
     killed = None
     deadline = time.time() + 120
     while killed is None and time.time() < deadline and process.poll() is None:
@@ -114,7 +120,7 @@ def test_ray_matching_gives_the_single_process_matches_and_collects_shards(photo
 
     def run_match(output, *extra):
         return subprocess.run([sys.executable, "-m", "d2sfm.match", str(single_process), str(pair_list), "-o",
-                               str(output), "--quiet", *extra], capture_output=True, text=True)
+                               str(output), "--quiet", *extra], capture_output=True, text=True, env=ONE_THREAD)
 
     assert run_match(tmp_path / "single.h5").returncode == 0
     output = tmp_path / "matches.h5"

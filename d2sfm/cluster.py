@@ -18,7 +18,10 @@ from d2sfm.errors import D2sfmError
 LOCAL = "local"
 
 
-def add_cluster_arguments(parser: argparse.ArgumentParser, batch_unit: str, batch_default: int) -> None:
+def add_cluster_arguments(parser: argparse.ArgumentParser, batch_unit: str | None = None,
+                          batch_default: int | None = None) -> None:
+    """``--ray`` and its worker options; ``--ray-batch`` too where the command has one kind of task (the pipelines,
+    which both extract and match, use each kind's default batch)."""
     parser.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
                         help="run on a Ray cluster (pip install -e '.[ray]'): without ADDRESS a local one on this "
                         "machine; 'auto' or 'ray://host:port' joins a running one (photos, weights and outputs "
@@ -28,8 +31,10 @@ def add_cluster_arguments(parser: argparse.ArgumentParser, batch_unit: str, batc
                         "--ray-cpus-per-worker CPUs)")
     parser.add_argument("--ray-cpus-per-worker", type=int, default=1,
                         help="with --ray: CPUs (and torch threads) of each worker (default 1)")
-    parser.add_argument("--ray-batch", type=int, default=batch_default,
-                        help=f"with --ray: {batch_unit} per task handed to a worker (default {batch_default})")
+    if batch_unit:
+        parser.add_argument("--ray-batch", type=int, default=batch_default,
+                            help=f"with --ray: {batch_unit} per task handed to a worker at most (default "
+                            f"{batch_default}; fewer where that would give a worker under four tasks)")
 
 
 def start_ray(address: str):
@@ -70,6 +75,12 @@ def worker_shape(ray, workers: int | None, cpus_per_worker: int) -> WorkerShape:
     if cpus < cpus_per_worker:
         raise D2sfmError(f"the Ray cluster has {cpus} CPUs, fewer than --ray-cpus-per-worker {cpus_per_worker}")
     return WorkerShape(workers or max(1, cpus // cpus_per_worker), cpus_per_worker, 0)
+
+
+def balanced_batch(items: int, requested: int, workers: int, floor: int = 1) -> int:
+    """The batch size to cut ``items`` into: ``requested`` at most, but small enough that every worker gets about
+    four batches (a last batch finishing alone then leaves the others idle for a short while only)."""
+    return max(1, min(requested, max(floor, -(-items // (4 * workers)))))
 
 
 def shard_folder(output: Path) -> Path:

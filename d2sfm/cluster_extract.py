@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from d2sfm.cluster import (
+    balanced_batch,
     collect_shards,
     discard_shards,
     run_on_workers,
@@ -28,6 +29,8 @@ from d2sfm.cluster import (
 from d2sfm.errors import D2sfmError
 from d2sfm.extractor import ExtractionConfig
 from d2sfm.io import FeatureWriter
+
+DEFAULT_BATCH_IMAGES = 8  # enough to amortise scheduling, few enough to balance the workers
 
 
 class ExtractionWorker:
@@ -65,10 +68,10 @@ class ExtractionWorker:
 def extract_on_cluster(
     root: Path, names: Sequence[str], output: Path, weights: Path, config: ExtractionConfig, settings: dict,
     address: str, descriptor_dtype=np.float16, overwrite: bool = False, workers: int | None = None,
-    cpus_per_worker: int = 1, batch_images: int = 8, progress: bool = True,
+    cpus_per_worker: int = 1, batch_images: int = DEFAULT_BATCH_IMAGES, progress: bool = True,
 ) -> tuple[int, list[tuple[str, str]]]:
-    """Extract every image not yet in ``output`` with Ray workers, ``batch_images`` per task (enough to amortise
-    scheduling, few enough to balance the workers); returns (extracted now, [(name, error)])."""
+    """Extract every image not yet in ``output`` with Ray workers, ``batch_images`` per task; returns
+    (extracted now, [(name, error)])."""
     if batch_images < 1:
         raise D2sfmError("--ray-batch must be at least 1")
     if overwrite:
@@ -87,7 +90,8 @@ def extract_on_cluster(
     actors = [remote.options(**shape.actor_options()).remote(
         str(weights), config.as_dict(), str(shard_path(output, index)), writer.settings,
         writer.descriptor_dtype.name, shape.cpus) for index in range(shape.count)]
-    batches = [pending[start:start + batch_images] for start in range(0, len(pending), batch_images)]
+    size = balanced_batch(len(pending), batch_images, shape.count)
+    batches = [pending[start:start + size] for start in range(0, len(pending), size)]
     folder = str(root.resolve())
     results = run_on_workers(ray, actors, lambda actor, batch: actor.extract.remote(folder, batch), batches,
                              f"extracting D2 features ({shape.count} Ray workers)", "img", shard_folder(output),

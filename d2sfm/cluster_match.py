@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from d2sfm.cluster import (
+    balanced_batch,
     collect_shards,
     discard_shards,
     run_on_workers,
@@ -25,6 +26,8 @@ from d2sfm.cluster import (
 from d2sfm.errors import D2sfmError
 from d2sfm.io import MatchWriter
 from d2sfm.pairs import Pair
+
+DEFAULT_BLOCK_PAIRS = 256
 
 
 class MatchingWorker:
@@ -51,7 +54,7 @@ class MatchingWorker:
 
 def match_on_cluster(features: Path, pairs: Sequence[Pair], output: Path, address: str,
                      min_similarity: float | None = None, ratio: float | None = None, overwrite: bool = False,
-                     workers: int | None = None, cpus_per_worker: int = 1, block_pairs: int = 256,
+                     workers: int | None = None, cpus_per_worker: int = 1, block_pairs: int = DEFAULT_BLOCK_PAIRS,
                      progress: bool = True) -> int:
     """Match every pair not yet in ``output`` with Ray workers, ``block_pairs`` per task; returns pairs matched."""
     if block_pairs < 1:
@@ -71,7 +74,8 @@ def match_on_cluster(features: Path, pairs: Sequence[Pair], output: Path, addres
     actors = [ray.remote(max_restarts=-1, max_task_retries=-1)(MatchingWorker).options(**shape.actor_options())
               .remote(str(features.resolve()), str(shard_path(output, index)), min_similarity, ratio, shape.cpus)
               for index in range(shape.count)]
-    blocks = [todo[start:start + block_pairs] for start in range(0, len(todo), block_pairs)]
+    size = balanced_batch(len(todo), block_pairs, shape.count, floor=16)  # a block reads its images once
+    blocks = [todo[start:start + size] for start in range(0, len(todo), size)]
     run_on_workers(ray, actors, lambda actor, block: actor.match.remote(block), blocks,
                    f"matching ({shape.count} Ray workers)", "pair", shard_folder(output), progress)
     collect_shards(output, writer.copy_from)

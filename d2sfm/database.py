@@ -20,7 +20,7 @@ import pycolmap
 from tqdm import tqdm
 
 from d2sfm.errors import D2sfmError
-from d2sfm.io import read_features, read_matches
+from d2sfm.io import read_keypoints, read_matches
 from d2sfm.pairs import Pair
 
 CAMERA_MODES = {
@@ -88,10 +88,13 @@ def import_features_and_matches(
     """Write every image's keypoints and every pair's raw matches into the database."""
     with pycolmap.Database.open(database_path) as database:
         for name, image_id in tqdm(image_ids.items(), desc="importing keypoints", unit="img", disable=not progress):
-            database.write_keypoints(image_id, read_features(features_path, name).keypoints.astype(np.float32))
+            database.write_keypoints(image_id, read_keypoints(features_path, name)[0].astype(np.float32))
         for name0, name1 in tqdm(pairs, desc="importing matches", unit="pair", disable=not progress):
             matches, _ = read_matches(matches_path, name0, name1)
             database.write_matches(image_ids[name0], image_ids[name1], matches.astype(np.uint32))
+
+
+VERIFICATION_SEED = 0  # RANSAC seeded per pair: the same matches verify the same way on any thread, in any run
 
 
 def verify_pairs(database_path: str | os.PathLike, pairs_path: str | os.PathLike,
@@ -100,6 +103,7 @@ def verify_pairs(database_path: str | os.PathLike, pairs_path: str | os.PathLike
     options = pycolmap.TwoViewGeometryOptions()
     options.min_num_inliers = min_inliers
     options.ransac.max_error = max_error
+    options.ransac.random_seed = VERIFICATION_SEED
     pycolmap.verify_matches(database_path, pairs_path, options)
     return verification_summary(database_path)
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from d2sfm.background import BackgroundWriter
 from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device, run_main
 from d2sfm.cluster import add_cluster_arguments
+from d2sfm.cluster_extract import DEFAULT_BATCH_IMAGES
 from d2sfm.errors import D2sfmError
 from d2sfm.extractor import (
     CONV_IMPLEMENTATIONS,
@@ -37,6 +38,7 @@ from d2sfm.extractor import (
 from d2sfm.fileutil import write_text_atomic
 from d2sfm.images import ImageReadError, list_images, read_image_bgr
 from d2sfm.io import FeatureWriter
+from d2sfm.orphans import end_with_this_process
 from d2sfm.pyramid import MULTI_SCALE
 from d2sfm.stage_clock import StageClock, timed
 from d2sfm.weights import resolve_weights
@@ -155,7 +157,7 @@ def extract_features(
         return 0, failures
     loader = DataLoader(
         _PreparedImages(root, pending, extractor.config), batch_size=None, collate_fn=_as_is, num_workers=workers,
-        prefetch_factor=max(2, batch_size) if workers else None,
+        prefetch_factor=max(2, batch_size) if workers else None, worker_init_fn=end_with_this_process(),
     )
     extracted = 0
     extractor.clock = clock
@@ -236,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per network call when they share a size (default 4 on GPU, 1 on CPU)")
     parser.add_argument("--workers", type=int, default=None,
                         help="image loading processes (default 4 on GPU, 1 on CPU; 0 loads in the main process)")
-    add_cluster_arguments(parser, "images", 8)
+    add_cluster_arguments(parser, "images", DEFAULT_BATCH_IMAGES)
     parser.add_argument("--timings", type=Path, default=None, metavar="FILE",
                         help="write where the time went (start-up, waiting for images, decoding, network, detection, "
                         "writing; GPU-synchronised, which costs a little speed) and peak memory to this JSON file")

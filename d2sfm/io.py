@@ -17,7 +17,7 @@ import json
 import os
 import posixpath
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import h5py
@@ -143,6 +143,17 @@ def read_keypoints(path: str | os.PathLike, name: str) -> tuple[np.ndarray, tupl
         if name not in handle or "keypoints" not in handle[name]:
             raise D2sfmError(f"{path}: has no features for {name!r}; run d2sfm.extract on that image first")
         return handle[name]["keypoints"][()], tuple(int(v) for v in handle[name]["image_size"][()])
+
+
+def read_global_descriptors(path: str | os.PathLike, names: Sequence[str]) -> np.ndarray:
+    """(len(names), D) global descriptors, read in one file session without the local descriptors: retrieval over
+    a large collection holds only these."""
+    with _open(Path(path), "r") as handle:
+        missing = [name for name in names if name not in handle or "global_descriptor" not in handle[name]]
+        if missing:
+            raise D2sfmError(f"{path}: no global descriptor for {missing[0]!r} ({len(missing)} image(s)); extract "
+                             "the features again with this version of d2sfm.extract")
+        return np.stack([handle[name]["global_descriptor"][()] for name in names])
 
 
 def read_settings(path: str | os.PathLike) -> dict:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from d2sfm.cli import add_device_argument, resolve_device, run_main
 from d2sfm.cluster import add_cluster_arguments
+from d2sfm.cluster_match import DEFAULT_BLOCK_PAIRS
 from d2sfm.errors import D2sfmError
 from d2sfm.io import MatchWriter, list_entries, read_features
 from d2sfm.pairs import Pair, read_pairs
@@ -163,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="drop matches whose descriptor cosine similarity is below this (e.g. 0.8)")
     parser.add_argument("--ratio", type=float, default=None,
                         help="Lowe's ratio test on descriptor distances (e.g. 0.9); off by default")
-    add_cluster_arguments(parser, "pairs", 256)
+    add_cluster_arguments(parser, "pairs", DEFAULT_BLOCK_PAIRS)
     parser.add_argument("--overwrite", action="store_true", help="delete the output first and redo every pair")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser

@@ -1,5 +1,6 @@
 """The D2 feature and matching stages shared by the pipelines (reconstruct, localize): their common options, one
-call that extracts every missing image into features.h5, and the extract-then-match stages of localization."""
+call that extracts every missing image into features.h5, one that matches every missing pair into matches.h5 (in
+this process, or on a Ray cluster with ``--ray``), and the extract-then-match stages of localization."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from d2sfm.cli import resolve_device
+from d2sfm.cluster import add_cluster_arguments
 from d2sfm.extract import extract_features, file_sha256
 from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
 from d2sfm.io import MatchWriter, list_entries, pair_key
@@ -32,6 +34,7 @@ def add_feature_arguments(parser: argparse.ArgumentParser, max_edge: int = 1600)
                         help="backbone convolutions (see d2sfm.extract --help)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="backbone arithmetic on a GPU (see d2sfm.extract --help)")
+    add_cluster_arguments(parser)
 
 
 def feature_config(args: argparse.Namespace) -> ExtractionConfig:
@@ -43,15 +46,42 @@ def feature_config(args: argparse.Namespace) -> ExtractionConfig:
 def extract_missing(args: argparse.Namespace, image_dir: Path, names: Sequence[str], features_path: Path,
                     progress: bool = True) -> list[tuple[str, str]]:
     """Extract the images not yet in ``features_path``; returns [(name, error)] of unreadable ones."""
-    device = resolve_device(args.device)
+    done = len(set(list_entries(features_path)) & set(names))
+    print(f"  {len(names) - done} image(s) to extract, {done} done earlier")
     weights = resolve_weights(args.weights, progress=progress)
     config = feature_config(args)
-    extractor = D2Extractor(weights, config, device)
     settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}
+    if args.ray is not None:
+        from d2sfm.cluster_extract import extract_on_cluster
+
+        _, failed = extract_on_cluster(image_dir, names, features_path, weights, config, settings, args.ray,
+                                       workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
+                                       progress=progress)
+        return failed
+    device = resolve_device(args.device)
+    extractor = D2Extractor(weights, config, device)
     on_gpu = device.type == "cuda"
     _, failed = extract_features(image_dir, names, features_path, extractor, settings,
                                  batch_size=4 if on_gpu else 1, workers=4 if on_gpu else 1, progress=progress)
     return failed
+
+
+def match_missing(args: argparse.Namespace, features_path: Path, pairs: Sequence[Pair], matches_path: Path,
+                  progress: bool = True) -> None:
+    """Match the pairs not yet in ``matches_path`` (with ``--min-similarity`` and ``--ratio`` where the command
+    has them)."""
+    writer = MatchWriter(matches_path) if matches_path.is_file() else None
+    done = sum(writer.has(*pair) for pair in pairs) if writer else 0
+    print(f"  {len(pairs) - done} pair(s) to match, {done} matched earlier")
+    min_similarity, ratio = getattr(args, "min_similarity", None), getattr(args, "ratio", None)
+    if args.ray is not None:
+        from d2sfm.cluster_match import match_on_cluster
+
+        match_on_cluster(features_path, pairs, matches_path, args.ray, min_similarity, ratio,
+                         workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker, progress=progress)
+        return
+    match_pairs(features_path, pairs, matches_path, resolve_device(args.device), min_similarity, ratio,
+                progress=progress)
 
 
 def extract_and_match(args: argparse.Namespace, run: RunFolder, image_root: Path, names: Sequence[str],
@@ -75,6 +105,6 @@ def extract_and_match(args: argparse.Namespace, run: RunFolder, image_root: Path
         print(f"  {len(pairs) - len(usable)} pairs skipped: an image of the pair could not be read")
     run.stages.run("pairs", pairs_path.is_file(), lambda: write_pairs(pairs_path, usable))
     matched = MatchWriter(matches).done if matches.is_file() else set()
-    run.stages.run("match", all(pair_key(a, b) in matched for a, b in usable), lambda: match_pairs(
-        features, usable, matches, resolve_device(args.device), progress=progress))
+    run.stages.run("match", all(pair_key(a, b) in matched for a, b in usable),
+                   lambda: match_missing(args, features, usable, matches, progress))
     return extracted, usable

@@ -15,17 +15,16 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pycolmap
 import torch
 
-from d2sfm.cli import add_device_argument, add_run_arguments, add_weights_argument, resolve_device, run_main
+from d2sfm.cli import add_device_argument, add_run_arguments, add_weights_argument, run_main
 from d2sfm.database import CAMERA_MODELS, CAMERA_MODES, create_database, import_features_and_matches, verify_pairs
 from d2sfm.dense import DEFAULT_MESH_TRIM, FUSED, MESH, cuda_problem, run_dense, workspace_path
 from d2sfm.errors import D2sfmError
 from d2sfm.fileutil import atomic_path, write_text_atomic
 from d2sfm.images import list_images
-from d2sfm.io import MatchWriter, list_entries, pair_key, read_features
+from d2sfm.io import MatchWriter, list_entries, pair_key, read_global_descriptors
 from d2sfm.mapping import (
     D2_ABS_POSE_MIN_INLIER_RATIO,
     D2_ABS_POSE_MIN_INLIERS,
@@ -35,9 +34,8 @@ from d2sfm.mapping import (
     read_models,
     run_mapping,
 )
-from d2sfm.match import match_pairs
 from d2sfm.pairs import exhaustive_pairs, read_pairs, retrieval_pairs, sequential_pairs, write_pairs
-from d2sfm.pipeline_features import add_feature_arguments, extract_missing
+from d2sfm.pipeline_features import add_feature_arguments, extract_missing, match_missing
 from d2sfm.stages import Stages
 
 EXHAUSTIVE_UP_TO = 100  # images; above this, --pairs auto uses retrieval
@@ -51,8 +49,7 @@ def choose_pairs(method: str, names: list[str], features_path: Path, top_k: int,
     if method == "sequential":
         return sequential_pairs(names, overlap)
     if method == "retrieval":
-        descriptors = np.stack([read_features(features_path, n).global_descriptor for n in names])
-        return retrieval_pairs(names, descriptors, top_k)
+        return retrieval_pairs(names, read_global_descriptors(features_path, names), top_k)
     return read_pairs(method, known_names=names)
 
 
@@ -67,7 +64,9 @@ def print_table(stats: dict) -> None:
                  (f"model {index}: mean reprojection error (px)", f"{model['mean_reprojection_error']:.3f}")]
     if "dense_points" in stats:
         rows.append(("dense points", stats["dense_points"]))
-    rows += [(f"time: {stage} (s)", seconds) for stage, seconds in stats["stage_seconds"].items()]
+    peaks = stats.get("stage_peak_memory_mb", {})
+    rows += [(f"{stage}: time (s) / peak memory (MiB)", f"{seconds} / {peaks.get(stage, 'n/a')}")
+             for stage, seconds in stats["stage_seconds"].items()]
     width = max(len(str(label)) for label, _ in rows)
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
@@ -171,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in ("features", "pairs", "matches", "database", "sparse", "dense", "stats"):
             shutil.rmtree(paths[key]) if paths[key].is_dir() else paths[key].unlink(missing_ok=True)
         shutil.rmtree(workspace_path(paths["dense"]), ignore_errors=True)
-    stages = Stages(previous.get("stage_seconds", {}))
+    stages = Stages(previous.get("stage_seconds", {}), previous.get("stage_peak_memory_mb", {}))
     failures: list[tuple[str, str]] = list(map(tuple, previous.get("failed_images", [])))
     progress = not args.quiet
 
@@ -191,9 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pairs = read_pairs(paths["pairs"], known_names=readable)
     matched = MatchWriter(paths["matches"]).done if paths["matches"].is_file() else set()
     all_matched = all(pair_key(a, b) in matched or pair_key(b, a) in matched for a, b in pairs)
-    stages.run("match", all_matched, lambda: match_pairs(
-        paths["features"], pairs, paths["matches"], resolve_device(args.device), args.min_similarity, args.ratio,
-        progress=progress))
+    stages.run("match", all_matched, lambda: match_missing(args, paths["features"], pairs, paths["matches"], progress))
 
     verification = previous.get("verification")
 
@@ -230,13 +227,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from d2sfm.synthetic import compare_to_truth
 
         stats["demo_check"] = compare_to_truth(models[0], scene / "ground_truth")
-    stats["stage_seconds"] = stages.times
+    stats["stage_seconds"], stats["stage_peak_memory_mb"] = stages.times, stages.peak_memory_mb
     write_text_atomic(paths["stats"], json.dumps(stats, indent=2))  # the sparse result, saved before dense runs
     try:  # the summary is printed even when dense fails: the sparse result stands
         if args.dense:
             stats["dense"] = dense_stage(args, paths, image_dir, stages, progress)
             stats["dense_points"] = stats["dense"]["dense_points"]
-            stats["stage_seconds"] = stages.times
+            stats["stage_seconds"], stats["stage_peak_memory_mb"] = stages.times, stages.peak_memory_mb
             write_text_atomic(paths["stats"], json.dumps(stats, indent=2))
     finally:
         print(f"wrote {scene}: {len(models)} model(s) in {paths['sparse']}, statistics in {paths['stats']}")

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pycolmap
+from tqdm import tqdm
 
 from d2sfm.cli import run_main
 from d2sfm.fileutil import atomic_path
@@ -97,6 +98,34 @@ def camera_poses(count: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray
         target = np.array([0.0, 1.0, 0.8]) + rng.normal(0, 0.2, 3)
         poses.append((look_at(centre, target), centre))
     return poses
+
+
+RING_RADII_HEIGHTS = ((3.5, 1.4), (4.5, 2.6), (5.5, 1.8), (6.5, 3.2))
+
+
+def ring_poses(count: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``count`` cameras for a large job: on four arcs at different distances and heights (ring after ring),
+    each sweeping the yard from left to right while its gaze pans along the back wall, so that neighbours on an arc
+    and cameras of nearby arcs overlap while no two views are the same."""
+    rng = np.random.default_rng(seed + 2)
+    per_ring = np.diff(np.linspace(0, count, len(RING_RADII_HEIGHTS) + 1).round().astype(int))
+    poses = []
+    for (radius, height), ring_count in zip(RING_RADII_HEIGHTS, per_ring):
+        sweep = min(0.45 * np.pi, np.arcsin(5.0 / radius))  # stay 1 unit inside the side walls
+        for fraction in np.linspace(0.0, 1.0, ring_count):
+            angle = (2 * fraction - 1) * sweep
+            centre = np.array([radius * np.sin(angle), 1.0 - radius * np.cos(angle), height]) + rng.normal(0, 0.05, 3)
+            target = np.array([3.0 * (fraction - 0.5), 2.5, 0.9]) + rng.normal(0, 0.2, 3)
+            poses.append((look_at(centre, target), centre))
+    return poses
+
+
+LAYOUTS = {"arc": camera_poses, "rings": ring_poses}
+
+
+def view_name(index: int, count: int) -> str:
+    """``view_07.png``: zero-padded so that names sort in camera order at any count."""
+    return f"view_{index:0{max(2, len(str(count)))}d}.png"
 
 
 def _camera_rays(rotation: np.ndarray, width: int, height: int, focal: float, pixel_centre: float = 0.5) -> np.ndarray:
@@ -204,7 +233,7 @@ def true_model(planes: Sequence[Plane], poses: Sequence[tuple[np.ndarray, np.nda
             for point_index in np.flatnonzero(visible):
                 tracks[point_index].append((index, len(points2d)))
                 points2d.append(pycolmap.Point2D(xy[point_index]))
-        image = pycolmap.Image(name=f"view_{index:02d}.png", points2D=points2d, camera_id=1, image_id=index)
+        image = pycolmap.Image(name=view_name(index, len(poses)), points2D=points2d, camera_id=1, image_id=index)
         truth.add_image_with_trivial_frame(image, pycolmap.Rigid3d(pycolmap.Rotation3d(rotation), -rotation @ centre))
     for point, track in zip(points, tracks):
         if len(track) >= 2:
@@ -213,14 +242,16 @@ def true_model(planes: Sequence[Plane], poses: Sequence[tuple[np.ndarray, np.nda
 
 
 def render_scene(scene_dir: str | Path, count: int = 12, width: int = 800, height: int = 600,
-                 focal: float = 640.0, seed: int = 0) -> list[str]:
+                 focal: float = 640.0, seed: int = 0, layout: str = "arc", progress: bool = False) -> list[str]:
     """Write ``images/view_XX.png`` and the true model in ``ground_truth/`` (COLMAP text); returns the names."""
     scene_dir = Path(scene_dir)
     (scene_dir / "images").mkdir(parents=True, exist_ok=True)
     planes = courtyard(seed)
-    poses = camera_poses(count, seed)
+    poses = LAYOUTS[layout](count, seed)
     truth = true_model(planes, poses, width, height, focal)
-    for image, (rotation, centre) in zip(sorted(truth.images.values(), key=lambda image: image.image_id), poses):
+    images = sorted(truth.images.values(), key=lambda image: image.image_id)
+    for image, (rotation, centre) in tqdm(list(zip(images, poses)), desc="rendering", unit="img",
+                                          disable=not progress):
         ok, encoded = cv2.imencode(".png", render(planes, rotation, centre, width, height, focal))
         with atomic_path(scene_dir / "images" / image.name) as temporary:
             temporary.write_bytes(encoded.tobytes())
@@ -286,8 +317,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=800)
     parser.add_argument("--height", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout", choices=list(LAYOUTS), default="arc",
+                        help="'arc': one arc in front of the back wall (default); 'rings': four arcs at different "
+                        "distances and heights, for jobs of hundreds or thousands of views")
     args = parser.parse_args(argv)
-    names = render_scene(args.scene, args.views, args.width, args.height, focal=0.8 * args.width, seed=args.seed)
+    names = render_scene(args.scene, args.views, args.width, args.height, focal=0.8 * args.width, seed=args.seed,
+                         layout=args.layout, progress=True)
     print(f"wrote {len(names)} images to {args.scene / 'images'} and the true cameras to {args.scene / 'ground_truth'}")
     return 0
 

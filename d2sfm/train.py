@@ -28,6 +28,7 @@ from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device,
 from d2sfm.errors import D2sfmError
 from d2sfm.images import list_images
 from d2sfm.model import D2Net
+from d2sfm.orphans import end_with_this_process
 from d2sfm.training.data import HomographyPairs, MegaDepthPairs
 from d2sfm.training.step import batch_loss
 from d2sfm.weights import resolve_weights
@@ -166,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps = -(-len(train_set) // args.batch_size)
         start_index = state["step"] * args.batch_size
         loader = DataLoader(Subset(train_set, range(start_index, len(train_set))), batch_size=args.batch_size,
-                            num_workers=args.workers)
+                            num_workers=args.workers, worker_init_fn=end_with_this_process())
         losses, started = [], time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch}/{args.epochs}", unit="step", total=steps,
                    initial=state["step"], disable=not progress)

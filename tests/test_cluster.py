@@ -1,6 +1,6 @@
-"""``d2sfm.extract --ray`` and ``d2sfm.match --ray``: a local Ray cluster of 2 workers on this machine gives the
-features and matches of the single-process run, resumes, collects what a killed run finished, and survives a
-worker killed mid-run."""
+"""``--ray`` on d2sfm.extract, d2sfm.match, d2sfm.reconstruct and d2sfm.localize: a local Ray cluster of 2 workers
+on this machine gives the features, matches, models and poses of the single-process run, resumes, collects what a
+killed run finished, and survives a worker killed mid-run."""
 
 from __future__ import annotations
 
@@ -13,11 +13,14 @@ import time
 
 import h5py
 import numpy as np
+import pycolmap
 import pytest
 
 from d2sfm.cluster import shard_folder
 from d2sfm.io import FeatureWriter, MatchWriter, list_entries, read_features, read_matches, read_settings
-from d2sfm.pairs import exhaustive_pairs, write_pairs
+from d2sfm.pairs import exhaustive_pairs, read_pairs, write_pairs
+from d2sfm.synthetic import render_scene
+from pipelines.mini_datasets import as_aachen, posed_images_from_model, write_mini_aachen
 
 pytestmark = pytest.mark.integration
 FAST = ["--max-edge", "256", "--quiet"]
@@ -141,3 +144,74 @@ def test_ray_matching_gives_the_single_process_matches_and_collects_shards(photo
         np.testing.assert_array_equal(ours[1], theirs[1])
     again = run_match(output, "--ray")
     assert again.returncode == 0 and f"0 pairs matched, {len(pairs)} already done" in again.stdout
+
+
+def assert_same_matches(path_a, path_b, pairs):
+    for name0, name1 in pairs:
+        ours, theirs = read_matches(path_a, name0, name1), read_matches(path_b, name0, name1)
+        np.testing.assert_array_equal(ours[0], theirs[0], err_msg=f"{name0} {name1}")
+
+
+def assert_same_model(path_a, path_b):
+    a, b = pycolmap.Reconstruction(path_a), pycolmap.Reconstruction(path_b)
+    assert a.num_reg_images() == b.num_reg_images() and a.num_points3D() == b.num_points3D()
+    poses_b = {image.name: image.cam_from_world() for image in b.images.values() if image.has_pose}
+    for image in a.images.values():
+        if image.has_pose:
+            pose = image.cam_from_world()
+            np.testing.assert_allclose(pose.translation, poses_b[image.name].translation, atol=1e-9)
+            np.testing.assert_allclose(pose.rotation.quat, poses_b[image.name].rotation.quat, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def small_courtyard(tmp_path_factory):
+    source = tmp_path_factory.mktemp("courtyard")
+    render_scene(source, count=8, width=480, height=360, focal=384.0)
+    return source
+
+
+def test_reconstruct_on_ray_gives_the_single_process_model(small_courtyard, weights_path, tmp_path):
+    def reconstruct(scene, *extra):
+        return subprocess.run([sys.executable, "-m", "d2sfm.reconstruct", str(scene), "--images",
+                               str(small_courtyard / "images"), "--single-scale", "--camera-mode", "single",
+                               "--weights", str(weights_path), "--quiet", *extra],
+                              capture_output=True, text=True, env=ONE_THREAD)
+
+    single = reconstruct(tmp_path / "single")
+    assert single.returncode == 0, single.stderr
+    clustered = reconstruct(tmp_path / "ray", "--ray", "--ray-workers", "2")
+    assert clustered.returncode == 0, clustered.stderr
+    assert "8 image(s) to extract, 0 done earlier" in clustered.stdout
+    assert_same_features(tmp_path / "ray" / "features.h5", tmp_path / "single" / "features.h5")
+    assert (tmp_path / "ray" / "pairs.txt").read_text() == (tmp_path / "single" / "pairs.txt").read_text()
+    assert_same_matches(tmp_path / "ray" / "matches.h5", tmp_path / "single" / "matches.h5",
+                        read_pairs(tmp_path / "single" / "pairs.txt"))
+    assert_same_model(tmp_path / "ray" / "sparse" / "0", tmp_path / "single" / "sparse" / "0")
+    assert pycolmap.Reconstruction(tmp_path / "ray" / "sparse" / "0").num_reg_images() == 8
+
+
+def test_localize_on_ray_gives_the_single_process_poses(small_courtyard, weights_path, tmp_path):
+    truth = pycolmap.Reconstruction(small_courtyard / "ground_truth")
+    images = posed_images_from_model(truth, small_courtyard / "images")
+    database, queries = as_aachen(images, ["view_03.png", "view_06.png"])
+    dataset = write_mini_aachen(tmp_path / "aachen", database, queries)
+
+    def localize(output, *extra):
+        return subprocess.run([sys.executable, "-m", "d2sfm.localize", "aachen", "--dataset", str(dataset),
+                               "--output", str(output), "--weights", str(weights_path), "--single-scale", "--quiet",
+                               *extra], capture_output=True, text=True, env=ONE_THREAD)
+
+    single = localize(tmp_path / "single")
+    assert single.returncode == 0, single.stderr
+    clustered = localize(tmp_path / "ray", "--ray", "--ray-workers", "2")
+    assert clustered.returncode == 0, clustered.stderr
+    assert_same_features(tmp_path / "ray" / "features.h5", tmp_path / "single" / "features.h5")
+    submission = "Aachen_eval_[d2sfm].txt"
+    ours, theirs = [(tmp_path / run / submission).read_text().split("\n") for run in ("ray", "single")]
+    assert len(ours) == len(theirs) and len([line for line in ours if line.strip()]) == 2
+    for line_a, line_b in zip(ours, theirs):
+        if line_a.strip():
+            name_a, *pose_a = line_a.split()
+            name_b, *pose_b = line_b.split()
+            assert name_a == name_b
+            np.testing.assert_allclose(np.array(pose_a, float), np.array(pose_b, float), atol=1e-9)

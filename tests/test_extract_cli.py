@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import h5py
@@ -138,3 +139,45 @@ def test_help_and_bad_folder(tmp_path, weights_path):
     (tmp_path / "empty").mkdir()
     empty = run_extract(tmp_path / "empty", weights=weights_path)
     assert empty.returncode == 2 and "no images found" in empty.stderr
+
+
+def _child_pids(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return children
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal and /proc are Linux's")
+def test_killed_run_leaves_no_loader_behind_and_resumes(tmp_path, sacre_coeur_images, weights_path):
+    """SIGKILL (what the out-of-memory killer sends) must not leave the image loader hanging on to the output pipe,
+    and the rerun extracts exactly the images the file lacks."""
+    output = tmp_path / "features.h5"
+    command = [sys.executable, "-m", "d2sfm.extract", str(sacre_coeur_images), "-o", str(output), "--max-edge",
+               "320", "--workers", "1", "--quiet", "--weights", str(weights_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, loaders = time.time() + 120, []
+    while time.time() < deadline and process.poll() is None:
+        loaders = loaders or _child_pids(process.pid)
+        try:
+            if list_entries(output):
+                break
+        except Exception:  # the writer holds the file for a moment
+            pass
+        time.sleep(0.05)
+    assert loaders, "the extraction started no loader process"
+    process.kill()
+    process.communicate(timeout=30)  # returns only once every holder of the output pipe is gone
+    time.sleep(0.5)
+    assert not [pid for pid in loaders if _alive(pid)]
+    kept = len(list_entries(output))
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{10 - kept} images extracted, {kept} already done" in resumed.stdout

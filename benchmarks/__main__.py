@@ -53,6 +53,13 @@ BENCHMARKS = (
     Benchmark("match-cpu", "match_speed.py", (), "cpu", False, "MNN matching, 8k and 20k features"),
     Benchmark("aachen-estimate", "aachen_estimate.py", ("--images", "2", "--pairs", "20"), "cpu", False,
               "Aachen v1.1 run-time estimate from a measured subset"),
+    Benchmark("cluster-scaling-cpu", "cluster_scaling.py", ("--count", "48", "--workers", "1", "2"), "cpu", False,
+              "extraction and matching on a local Ray cluster of 1 and 2 workers against the single-process commands"),
+    Benchmark("shard-merge", "shard_merge.py", ("--images", "1000", "--keypoints", "1000"), "cpu", False,
+              "Ray shards into one features.h5: merge against HDF5 external links"),
+    Benchmark("large-scene", "large_scene.py", ("--counts", "250", "500", "1000", "--kill-count", "1000"), "cpu",
+              False, "reconstruct --pairs retrieval on 250/500/1000 synthetic views: time and peak memory per stage, "
+              "SIGKILL during extraction and matching (about 1.5 h on 2 cores)"),
     Benchmark("extract-gpu", "extract_speed.py",
               ("--images", str(SHARED / "data" / "sacre_coeur" / "images"), "--max-edge", "1600", "--device", "cuda",
                "--precision", "fp32", "bf16", "fp16", "--original-tf32"), "cuda", True,
@@ -63,6 +70,8 @@ BENCHMARKS = (
     Benchmark("match-gpu", "match_speed.py", ("--device", "cuda"), "cuda", False, "MNN matching on the GPU"),
     Benchmark("aachen-estimate-gpu", "aachen_estimate.py", ("--device", "cuda"), "cuda", False,
               "Aachen v1.1 run-time estimate on the GPU"),
+    Benchmark("cluster-scaling-gpu", "cluster_scaling.py", ("--device", "cuda", "--workers", "1"), "cuda", False,
+              "extraction and matching with one Ray worker per GPU against the single-process commands"),
 )
 
 

@@ -42,17 +42,24 @@ def sequential_pairs(names: Sequence[str], overlap: int = 10) -> list[Pair]:
     return [(ordered[i], ordered[j]) for i in range(count) for j in range(i + 1, min(i + 1 + overlap, count))]
 
 
+RETRIEVAL_ROWS = 4096  # similarity rows at a time: 4096 x 100,000 images is 1.6 GB, never N x N at once
+
+
 def retrieval_pairs(names: Sequence[str], global_descriptors: np.ndarray, top_k: int = 5) -> list[Pair]:
     """Each image with its ``top_k`` most similar images by cosine of their global descriptors."""
     if len(names) != len(global_descriptors):
         raise ValueError("one global descriptor per name is needed")
-    descriptors = torch.nn.functional.normalize(torch.as_tensor(np.asarray(global_descriptors, np.float32)), dim=1)
-    similarity = descriptors @ descriptors.T
-    similarity.fill_diagonal_(float("-inf"))
     k = min(top_k, len(names) - 1)
     if k <= 0:
         return []
-    neighbours = similarity.topk(k, dim=1).indices.numpy()
+    descriptors = torch.nn.functional.normalize(torch.as_tensor(np.asarray(global_descriptors, np.float32)), dim=1)
+    neighbours = []
+    for start in range(0, len(names), RETRIEVAL_ROWS):
+        similarity = descriptors[start:start + RETRIEVAL_ROWS] @ descriptors.T
+        rows = torch.arange(similarity.shape[0])
+        similarity[rows, rows + start] = float("-inf")  # not with itself
+        neighbours.append(similarity.topk(k, dim=1).indices.numpy())
+    neighbours = np.concatenate(neighbours)
     return unique_pairs((names[i], names[j]) for i in range(len(names)) for j in neighbours[i])
 
 

@@ -181,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     done_names = set(list_entries(paths["features"]))
     stages.run("extract", all(n in done_names for n in names), extract)
-    readable = [n for n in names if n in set(list_entries(paths["features"]))]
+    extracted = set(list_entries(paths["features"]))
+    readable = [n for n in names if n in extracted]
     if len(readable) < 2:
         raise D2sfmError(f"{image_dir}: {len(readable)} readable image(s) of {len(names)}; need at least two")
 

@@ -111,7 +111,7 @@ def ring_poses(count: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]
     per_ring = np.diff(np.linspace(0, count, len(RING_RADII_HEIGHTS) + 1).round().astype(int))
     poses = []
     for (radius, height), ring_count in zip(RING_RADII_HEIGHTS, per_ring):
-        sweep = min(0.45 * np.pi, np.arcsin(5.0 / radius))  # stay 1 unit inside the side walls
+        sweep = min(0.45 * np.pi, np.arcsin(min(1.0, 5.0 / radius)))  # stay 1 unit inside the side walls
         for fraction in np.linspace(0.0, 1.0, ring_count):
             angle = (2 * fraction - 1) * sweep
             centre = np.array([radius * np.sin(angle), 1.0 - radius * np.cos(angle), height]) + rng.normal(0, 0.05, 3)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+import d2sfm.pairs as pairs_module
 from d2sfm.errors import D2sfmError
 from d2sfm.pairs import exhaustive_pairs, read_pairs, retrieval_pairs, sequential_pairs, unique_pairs, write_pairs
 
@@ -24,6 +25,15 @@ def test_retrieval_picks_the_most_similar_images():
     pairs = retrieval_pairs(names, descriptors, top_k=3)
     assert all(a.split("_")[0] == b.split("_")[0] for a, b in pairs)
     assert len(pairs) == 3 * 6  # each group of 4 becomes a clique of 6 pairs
+
+
+def test_retrieval_in_row_chunks_gives_the_same_pairs(monkeypatch):
+    rng = np.random.default_rng(1)
+    descriptors = rng.normal(size=(23, 8))
+    names = [f"image{i:02d}" for i in range(23)]
+    whole = retrieval_pairs(names, descriptors, top_k=4)
+    monkeypatch.setattr(pairs_module, "RETRIEVAL_ROWS", 5)
+    assert retrieval_pairs(names, descriptors, top_k=4) == whole
 
 
 def test_pair_file_round_trip_and_errors(tmp_path):

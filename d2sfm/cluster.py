@@ -98,6 +98,15 @@ def discard_shards(output: Path) -> None:
         shard.unlink()
 
 
+def collect_left_shards(output: Path, copy: Callable[[Path], int], what: str) -> int:
+    """Before a run: move what an interrupted run left in its shards into ``output`` and say so; returns how
+    many entries moved."""
+    recovered = collect_shards(output, copy)
+    if recovered:
+        print(f"  collected {recovered} {what}")
+    return recovered
+
+
 def collect_shards(output: Path, copy: Callable[[Path], int]) -> int:
     """Move every shard's entries into ``output`` with ``copy(shard)`` (which writes the entries ``output`` lacks,
     atomically each, and returns how many), deleting each shard once copied; returns how many entries moved."""
@@ -138,3 +147,25 @@ def run_on_workers(ray, actors: list, submit: Callable, batches: list, descripti
     for actor in actors:
         ray.kill(actor)
     return results
+
+
+def run_sharded(address: str, workers: int | None, cpus_per_worker: int, output: Path, actor_class: type,
+                actor_arguments: Callable[[str, int], tuple], items: list, batch_size: int, submit: Callable,
+                description: str, unit: str, progress: bool = True, min_batch: int = 1) -> list:
+    """The dispatch that extraction and matching share: join or start the cluster, start one ``actor_class`` per
+    worker (constructed with ``actor_arguments(its shard path, its threads)``; restarted by Ray if its process
+    dies, its task retried), and hand it ``items`` in balanced batches (``submit(actor, batch)``). Returns every
+    result; the shards are left for ``collect_shards``."""
+    if batch_size < 1:
+        raise D2sfmError("--ray-batch must be at least 1")
+    ray = start_ray(address)
+    shape = worker_shape(ray, workers, cpus_per_worker)
+    shard_folder(output).mkdir(exist_ok=True)
+    remote = ray.remote(max_restarts=-1, max_task_retries=-1)(actor_class)
+    actors = [remote.options(**shape.actor_options()).remote(*actor_arguments(str(shard_path(output, index)),
+                                                                              shape.cpus))
+              for index in range(shape.count)]
+    size = balanced_batch(len(items), batch_size, shape.count, min_batch)
+    batches = [items[start:start + size] for start in range(0, len(items), size)]
+    return run_on_workers(ray, actors, submit, batches, f"{description} ({shape.count} Ray workers)", unit,
+                          shard_folder(output), progress)

@@ -16,17 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d2sfm.cluster import (
-    balanced_batch,
-    collect_shards,
-    discard_shards,
-    run_on_workers,
-    shard_folder,
-    shard_path,
-    start_ray,
-    worker_shape,
-)
-from d2sfm.errors import D2sfmError
+from d2sfm.cluster import collect_left_shards, collect_shards, discard_shards, run_sharded
 from d2sfm.extractor import ExtractionConfig
 from d2sfm.io import FeatureWriter
 
@@ -72,30 +62,20 @@ def extract_on_cluster(
 ) -> tuple[int, list[tuple[str, str]]]:
     """Extract every image not yet in ``output`` with Ray workers, ``batch_images`` per task; returns
     (extracted now, [(name, error)])."""
-    if batch_images < 1:
-        raise D2sfmError("--ray-batch must be at least 1")
     if overwrite:
         discard_shards(output)
     writer = FeatureWriter(output, settings, descriptor_dtype=descriptor_dtype, overwrite=overwrite)
-    recovered = collect_shards(output, writer.copy_from)
-    if recovered:
-        print(f"  collected {recovered} image(s) an interrupted run had finished")
+    recovered = collect_left_shards(output, writer.copy_from, "image(s) an interrupted run had finished")
     pending = [name for name in names if name not in writer.done]
     if not pending:
         return recovered, []
-    ray = start_ray(address)
-    shape = worker_shape(ray, workers, cpus_per_worker)
-    shard_folder(output).mkdir(exist_ok=True)
-    remote = ray.remote(max_restarts=-1, max_task_retries=-1)(ExtractionWorker)
-    actors = [remote.options(**shape.actor_options()).remote(
-        str(weights), config.as_dict(), str(shard_path(output, index)), writer.settings,
-        writer.descriptor_dtype.name, shape.cpus) for index in range(shape.count)]
-    size = balanced_batch(len(pending), batch_images, shape.count)
-    batches = [pending[start:start + size] for start in range(0, len(pending), size)]
     folder = str(root.resolve())
-    results = run_on_workers(ray, actors, lambda actor, batch: actor.extract.remote(folder, batch), batches,
-                             f"extracting D2 features ({shape.count} Ray workers)", "img", shard_folder(output),
-                             progress)
+    results = run_sharded(
+        address, workers, cpus_per_worker, output, ExtractionWorker,
+        lambda shard, threads: (str(weights), config.as_dict(), shard, writer.settings, writer.descriptor_dtype.name,
+                                threads),
+        pending, batch_images, lambda actor, batch: actor.extract.remote(folder, batch), "extracting D2 features",
+        "img", progress)
     failures = [(name, error) for name, error in results if error is not None]
     collect_shards(output, writer.copy_from)
     return recovered + len(pending) - len(failures), failures

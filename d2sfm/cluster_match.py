@@ -13,17 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from d2sfm.cluster import (
-    balanced_batch,
-    collect_shards,
-    discard_shards,
-    run_on_workers,
-    shard_folder,
-    shard_path,
-    start_ray,
-    worker_shape,
-)
-from d2sfm.errors import D2sfmError
+from d2sfm.cluster import collect_left_shards, collect_shards, discard_shards, run_sharded
 from d2sfm.io import MatchWriter
 from d2sfm.pairs import Pair
 
@@ -57,26 +47,17 @@ def match_on_cluster(features: Path, pairs: Sequence[Pair], output: Path, addres
                      workers: int | None = None, cpus_per_worker: int = 1, block_pairs: int = DEFAULT_BLOCK_PAIRS,
                      progress: bool = True) -> int:
     """Match every pair not yet in ``output`` with Ray workers, ``block_pairs`` per task; returns pairs matched."""
-    if block_pairs < 1:
-        raise D2sfmError("--ray-batch must be at least 1")
     if overwrite:
         discard_shards(output)
     writer = MatchWriter(output, overwrite=overwrite)
-    recovered = collect_shards(output, writer.copy_from)
-    if recovered:
-        print(f"  collected {recovered} pair(s) an interrupted run had matched")
+    recovered = collect_left_shards(output, writer.copy_from, "pair(s) an interrupted run had matched")
     todo = sorted(pair for pair in pairs if not writer.has(*pair))
     if not todo:
         return recovered
-    ray = start_ray(address)
-    shape = worker_shape(ray, workers, cpus_per_worker)
-    shard_folder(output).mkdir(exist_ok=True)
-    actors = [ray.remote(max_restarts=-1, max_task_retries=-1)(MatchingWorker).options(**shape.actor_options())
-              .remote(str(features.resolve()), str(shard_path(output, index)), min_similarity, ratio, shape.cpus)
-              for index in range(shape.count)]
-    size = balanced_batch(len(todo), block_pairs, shape.count, floor=16)  # a block reads its images once
-    blocks = [todo[start:start + size] for start in range(0, len(todo), size)]
-    run_on_workers(ray, actors, lambda actor, block: actor.match.remote(block), blocks,
-                   f"matching ({shape.count} Ray workers)", "pair", shard_folder(output), progress)
+    features_path = str(features.resolve())
+    run_sharded(address, workers, cpus_per_worker, output, MatchingWorker,
+                lambda shard, threads: (features_path, shard, min_similarity, ratio, threads),
+                todo, block_pairs, lambda actor, block: actor.match.remote(block), "matching", "pair", progress,
+                min_batch=16)  # a block reads each of its images once: not too small
     collect_shards(output, writer.copy_from)
     return recovered + len(todo)

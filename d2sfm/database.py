@@ -94,16 +94,12 @@ def import_features_and_matches(
             database.write_matches(image_ids[name0], image_ids[name1], matches.astype(np.uint32))
 
 
-VERIFICATION_SEED = 0  # RANSAC seeded per pair: the same matches verify the same way on any thread, in any run
-
-
 def verify_pairs(database_path: str | os.PathLike, pairs_path: str | os.PathLike,
                  min_inliers: int = 15, max_error: float = 4.0) -> VerificationSummary:
     """pycolmap's geometric verification (F / E / H with RANSAC) of the listed pairs' matches."""
     options = pycolmap.TwoViewGeometryOptions()
     options.min_num_inliers = min_inliers
     options.ransac.max_error = max_error
-    options.ransac.random_seed = VERIFICATION_SEED
     pycolmap.verify_matches(database_path, pairs_path, options)
     return verification_summary(database_path)
 

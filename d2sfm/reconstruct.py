@@ -18,7 +18,7 @@ from pathlib import Path
 import pycolmap
 import torch
 
-from d2sfm.cli import add_device_argument, add_run_arguments, add_weights_argument, run_main
+from d2sfm.cli import add_device_argument, add_run_arguments, add_weights_argument, resolve_device, run_main
 from d2sfm.database import CAMERA_MODELS, CAMERA_MODES, create_database, import_features_and_matches, verify_pairs
 from d2sfm.dense import DEFAULT_MESH_TRIM, FUSED, MESH, cuda_problem, run_dense, workspace_path
 from d2sfm.errors import D2sfmError
@@ -36,7 +36,9 @@ from d2sfm.mapping import (
 )
 from d2sfm.pairs import exhaustive_pairs, read_pairs, retrieval_pairs, sequential_pairs, write_pairs
 from d2sfm.pipeline_features import add_feature_arguments, extract_missing, match_missing
+from d2sfm.refine import is_refined, refine_database, refinement_record
 from d2sfm.stages import Stages
+from d2sfm.weights import resolve_weights
 
 EXHAUSTIVE_UP_TO = 100  # images; above this, --pairs auto uses retrieval
 
@@ -56,6 +58,10 @@ def choose_pairs(method: str, names: list[str], features_path: Path, top_k: int,
 def print_table(stats: dict) -> None:
     rows = [("images (readable / given)", f"{stats['images_readable']} / {stats['images_given']}"),
             ("pairs matched / verified", f"{stats['pairs']} / {stats['verification']['verified_pairs']}")]
+    if stats.get("refinement"):
+        refinement = stats["refinement"]
+        rows.append(("keypoints refined / in tracks (median shift)", f"{refinement['keypoints_moved']} / "
+                     f"{refinement['keypoints_in_tracks']} ({refinement['median_shift_px']:.2f} px)"))
     for index, model in enumerate(stats["models"]):
         rows += [(f"model {index}: registered images", model["registered_images"]),
                  (f"model {index}: 3D points", model["points3D"]),
@@ -111,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto (COLMAP's default: per camera and size), single, per-image, per-folder "
                         "(default: auto; single with --demo, whose images come from one camera)")
     parser.add_argument("--camera-model", choices=CAMERA_MODELS, default="SIMPLE_RADIAL")
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
+                        help="featuremetric keypoint refinement after verification, before mapping: the keypoints "
+                        "of each track move (a few pixels at most) until D2's early VGG features agree across views; "
+                        "database.db gets the refined keypoints, features.h5 keeps the detections "
+                        "(docs/benchmarks.md, 'Keypoint refinement')")
     parser.add_argument("--mapper", choices=MAPPERS, default="incremental")
     parser.add_argument("--abs-pose-min-inliers", type=int, default=D2_ABS_POSE_MIN_INLIERS,
                         help=f"inliers needed to register an image (default {D2_ABS_POSE_MIN_INLIERS}; COLMAP's "
@@ -194,15 +205,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     stages.run("match", all_matched, lambda: match_missing(args, paths["features"], pairs, paths["matches"], progress))
 
     verification = previous.get("verification")
+    if paths["database"].is_file() and not args.refine and is_refined(paths["database"]):
+        print("  database.db holds refined keypoints; rebuilding it from the detections (--no-refine)")
+        paths["database"].unlink()
+    database_changed = False
 
     def build_database() -> None:
-        nonlocal verification
+        nonlocal verification, database_changed
         with atomic_path(paths["database"]) as scratch:
             ids = create_database(scratch, image_dir, readable, camera_mode, args.camera_model)
             import_features_and_matches(scratch, ids, paths["features"], paths["matches"], pairs, progress)
             verification = verify_pairs(scratch, paths["pairs"]).__dict__
+        database_changed = True
 
     stages.run("database", paths["database"].is_file() and verification is not None, build_database)
+
+    def refine() -> None:
+        nonlocal database_changed
+        summary = refine_database(paths["database"], image_dir, resolve_weights(args.weights, progress=progress),
+                                  resolve_device(args.device), progress=progress)
+        print(f"  {summary.describe()}")
+        database_changed = True
+
+    if args.refine:
+        stages.run("refine", is_refined(paths["database"]), refine)
+    if database_changed:  # a model mapped from the database's earlier keypoints is stale
+        for stale in (paths["sparse"], paths["dense"], workspace_path(paths["dense"])):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def mapping() -> None:
         models = run_mapping(paths["database"], image_dir, paths["sparse"], args.mapper, args.min_model_size,
@@ -223,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "images_given": len(names), "images_readable": len(readable),
         "failed_images": [list(f) for f in failures], "pairs": len(pairs), "verification": verification,
         "models": [model_statistics(model) for model in models],
+        "refinement": refinement_record(paths["database"]),
     }
     if args.demo:
         from d2sfm.synthetic import compare_to_truth

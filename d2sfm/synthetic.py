@@ -275,6 +275,47 @@ def distance_to_surfaces(planes: Sequence[Plane], points: np.ndarray) -> np.ndar
     return nearest
 
 
+def surface_points(planes: Sequence[Plane], camera: pycolmap.Camera, cam_from_world: pycolmap.Rigid3d,
+                   xy: np.ndarray) -> np.ndarray:
+    """World points of the nearest surface seen at COLMAP-convention pixels ``xy`` (N, 2); NaN on the sky."""
+    rotation = cam_from_world.rotation.matrix()
+    centre = -rotation.T @ cam_from_world.translation
+    rays = np.concatenate([camera.cam_from_img(np.asarray(xy, np.float64)), np.ones((len(xy), 1))], 1) @ rotation
+    depth = _nearest_depth(planes, rays[:, None, :], centre)[:, 0]
+    points = centre + rays * depth[:, None]
+    points[~np.isfinite(depth)] = np.nan
+    return points
+
+
+def match_transfer_errors(truth_dir: str | Path, keypoints: dict[str, np.ndarray],
+                          matches: dict[tuple[str, str], np.ndarray], seed: int = 0) -> np.ndarray:
+    """How far matched keypoints are from where the truth puts them: for each match (a, b), keypoint a is cast
+    onto the true surface and projected into b's image, and the distance to keypoint b (pixels) is returned; and
+    the same from b to a. Matches whose surface point is hidden in the other view are left out."""
+    truth = pycolmap.Reconstruction(truth_dir)
+    planes = courtyard(seed)
+    by_name = {image.name: image for image in truth.images.values()}
+    errors = []
+    for (name_a, name_b), pairs in matches.items():
+        for (source, index_s), (target, index_t) in (((name_a, 0), (name_b, 1)), ((name_b, 1), (name_a, 0))):
+            image_s, image_t = by_name[source], by_name[target]
+            camera_t = truth.cameras[image_t.camera_id]
+            points = surface_points(planes, truth.cameras[image_s.camera_id], image_s.cam_from_world(),
+                                    keypoints[source][pairs[:, index_s], :2])
+            finite = np.isfinite(points).all(1)
+            in_camera = image_t.cam_from_world() * points[finite]
+            projected = camera_t.img_from_cam(in_camera)
+            seen_depth = np.full(len(in_camera), np.inf)
+            inside = (in_camera[:, 2] > 0) & (projected >= 0).all(1) & (projected < [camera_t.width,
+                                                                                   camera_t.height]).all(1)
+            seen = surface_points(planes, camera_t, image_t.cam_from_world(), projected[inside])
+            seen_depth[inside] = (image_t.cam_from_world() * np.nan_to_num(seen, nan=1e9))[:, 2]
+            visible = inside & (np.abs(seen_depth - in_camera[:, 2]) < 0.01 * in_camera[:, 2])
+            target_points = keypoints[target][pairs[finite][visible][:, index_t], :2]
+            errors.append(np.linalg.norm(projected[visible] - target_points, axis=1))
+    return np.concatenate(errors) if errors else np.zeros(0)
+
+
 def compare_to_truth(model: pycolmap.Reconstruction, truth_dir: str | Path) -> dict:
     """Align ``model`` to the true cameras by a similarity on camera centres (LO-RANSAC), then report per-image
     rotation errors (degrees) and position errors (as a fraction of the true scene's camera spread)."""

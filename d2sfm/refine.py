@@ -1,0 +1,210 @@
+"""Featuremetric keypoint refinement of a COLMAP database: the database's keypoints move, nothing else changes.
+
+After geometric verification and before mapping: tracks from the verified matches (tracks.py), dense-feature
+patches around their keypoints from the D2 network's first layers (feature_patches.py), then a joint adjustment
+of each track (keypoint_adjustment.py). features.h5 keeps the raw detections; only database.db is updated.
+
+    python -m d2sfm.refine scene/database.db --images scene/images
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pycolmap
+import torch
+from tqdm import tqdm
+
+from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device, run_main
+from d2sfm.errors import D2sfmError
+from d2sfm.feature_patches import DenseFeatureNet, PatchSettings
+from d2sfm.fileutil import atomic_path
+from d2sfm.images import read_image_bgr
+from d2sfm.keypoint_adjustment import AdjustmentSettings, adjust_keypoints
+from d2sfm.tracks import Tracks, build_tracks, read_verified_matches
+from d2sfm.weights import resolve_weights
+
+
+@dataclass
+class RefineSettings:
+    patches: PatchSettings = field(default_factory=PatchSettings)
+    adjustment: AdjustmentSettings = field(default_factory=AdjustmentSettings)
+
+
+@dataclass
+class RefinementSummary:
+    images: int
+    tracks: int
+    tracks_adjusted: int
+    keypoints_in_tracks: int
+    keypoints_moved: int
+    median_shift_px: float
+    p90_shift_px: float
+    cost_before: float
+    cost_after: float
+    patch_seconds: float
+    adjust_seconds: float
+
+    def describe(self) -> str:
+        return (f"{self.keypoints_moved} of {self.keypoints_in_tracks} tracked keypoints moved in "
+                f"{self.tracks_adjusted} tracks (median {self.median_shift_px:.2f} px, 90% under "
+                f"{self.p90_shift_px:.2f} px); featuremetric cost {self.cost_before:.1f} -> {self.cost_after:.1f}")
+
+
+def read_database_keypoints(database_path: str | os.PathLike) -> tuple[dict[int, str], dict[int, np.ndarray]]:
+    """{image id: name}, {image id: (N, 2+) keypoints as stored} of a database."""
+    with pycolmap.Database.open(database_path) as database:
+        names = {image.image_id: image.name for image in database.read_all_images()}
+        keypoints = {image_id: np.asarray(database.read_keypoints(image_id)) for image_id in names}
+    return names, keypoints
+
+
+def refined_keypoints(database_path: str | os.PathLike, image_dir: str | os.PathLike,
+                      weights: str | os.PathLike, device: torch.device, settings: RefineSettings | None = None,
+                      progress: bool = True) -> tuple[dict[int, np.ndarray], RefinementSummary]:
+    """The database's keypoints (image id -> (N, 2+) as stored) with every tracked one refined."""
+    settings = settings or RefineSettings()
+    names, keypoints = read_database_keypoints(database_path)
+    tracks = build_tracks(read_verified_matches(database_path))
+    started = time.perf_counter()
+    patches, centres, factors = _collect_patches(tracks, names, keypoints, Path(image_dir), weights, device,
+                                                 settings.patches, progress)
+    patch_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    displacement, report = adjust_keypoints(patches, centres, tracks.track_ids, tracks.edges, settings.adjustment)
+    shift = displacement.cpu().numpy().astype(np.float64) * factors
+    refined = {image_id: points.copy() for image_id, points in keypoints.items()}
+    for image_id in np.unique(tracks.image_ids):
+        nodes = tracks.image_ids == image_id
+        refined[image_id][tracks.keypoint_ids[nodes], :2] += shift[nodes]
+    lengths = np.linalg.norm(shift, axis=1)
+    moved = lengths[lengths > 1e-6]
+    summary = RefinementSummary(
+        images=len(names), tracks=report.tracks, tracks_adjusted=report.tracks_adjusted,
+        keypoints_in_tracks=len(tracks.track_ids), keypoints_moved=len(moved),
+        median_shift_px=float(np.median(moved)) if len(moved) else 0.0,
+        p90_shift_px=float(np.percentile(moved, 90)) if len(moved) else 0.0,
+        cost_before=report.cost_before, cost_after=report.cost_after, patch_seconds=round(patch_seconds, 2),
+        adjust_seconds=round(time.perf_counter() - started, 2))
+    return refined, summary
+
+
+def _collect_patches(tracks: Tracks, names: dict[int, str], keypoints: dict[int, np.ndarray], image_dir: Path,
+                     weights, device: torch.device, settings: PatchSettings, progress: bool):
+    """Patches (K, C, P, P), centres (K, 2) and pixel factors (K, 2) of every tracked keypoint, image by image."""
+    net = DenseFeatureNet(weights, settings, device)
+    channels = 64 if settings.layer == "conv1_2" else 128
+    count = len(tracks.track_ids)
+    patches = torch.empty((count, channels, settings.size, settings.size), dtype=torch.float16, device=device)
+    centres = torch.empty((count, 2), dtype=torch.float32, device=device)
+    factors = np.empty((count, 2))
+    order = np.argsort(tracks.image_ids, kind="stable")
+    image_ids, starts = np.unique(tracks.image_ids[order], return_index=True)
+    ends = np.append(starts[1:], count)
+    for image_id, begin, end in tqdm(list(zip(image_ids, starts, ends)), desc="refinement features", unit="img",
+                                     disable=not progress):
+        nodes = order[begin:end]
+        path = image_dir / names[image_id]
+        try:
+            image = read_image_bgr(path)
+        except (OSError, ValueError) as error:
+            raise D2sfmError(f"{path}: cannot read the image for refinement ({error}); pass the folder the "
+                             "database was built from with --images") from None
+        result = net.patches(image, keypoints[image_id][tracks.keypoint_ids[nodes], :2])
+        index = torch.from_numpy(nodes).to(device)
+        patches[index] = result.patches
+        centres[index] = result.centres
+        factors[nodes] = result.pixel_factors
+    return patches, centres, factors
+
+
+# A table of our own in the database says its keypoints are refined (COLMAP ignores tables it does not know). It is
+# written in the same atomic replacement as the keypoints, so an interrupted run can never refine twice.
+REFINED_TABLE = "d2sfm_refinement"
+
+
+def refinement_record(database_path: str | os.PathLike) -> dict | None:
+    """What the refinement of a database reported (its summary and settings), or None if it is not refined."""
+    uri = f"{Path(database_path).resolve().as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+        query = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
+        if not connection.execute(query, (REFINED_TABLE,)).fetchone()[0]:
+            return None
+        row = connection.execute(f"SELECT record FROM {REFINED_TABLE}").fetchone()
+        return json.loads(row[0]) if row else {}
+
+
+def is_refined(database_path: str | os.PathLike) -> bool:
+    return refinement_record(database_path) is not None
+
+
+def write_keypoints(database_path: str | os.PathLike, keypoints: dict[int, np.ndarray], record: dict) -> None:
+    """Replace the keypoints of a database and mark it refined (``record`` kept as JSON), atomically: a copy is
+    updated, then moved over the original."""
+    with atomic_path(database_path) as scratch:
+        shutil.copyfile(database_path, scratch)
+        with pycolmap.Database.open(scratch) as database:
+            for image_id, points in keypoints.items():
+                database.update_keypoints(image_id, np.ascontiguousarray(points, dtype=np.float32))
+        with contextlib.closing(sqlite3.connect(scratch)) as connection, connection:
+            connection.execute(f"CREATE TABLE IF NOT EXISTS {REFINED_TABLE} (record TEXT)")
+            connection.execute(f"INSERT INTO {REFINED_TABLE} VALUES (?)", (json.dumps(record),))
+
+
+def refine_database(database_path: str | os.PathLike, image_dir: str | os.PathLike, weights: str | os.PathLike,
+                    device: torch.device, settings: RefineSettings | None = None,
+                    progress: bool = True) -> RefinementSummary:
+    """Refine the keypoints of a verified database in place; a database refined earlier is refused (its keypoints
+    are no longer the detections)."""
+    if is_refined(database_path):
+        raise D2sfmError(f"{database_path}: its keypoints are refined already; rebuild it from the raw detections")
+    settings = settings or RefineSettings()
+    refined, summary = refined_keypoints(database_path, image_dir, weights, device, settings, progress)
+    write_keypoints(database_path, refined, summary_dict(summary, settings))
+    return summary
+
+
+def summary_dict(summary: RefinementSummary, settings: RefineSettings) -> dict:
+    return {**asdict(summary), "settings": {**settings.patches.as_dict(), **asdict(settings.adjustment)}}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m d2sfm.refine",
+        description="Featuremetric keypoint refinement of a COLMAP database whose matches are geometrically "
+        "verified: moves the keypoints of each track so that D2's early VGG features agree across the views, "
+        "in place (atomically). Run before mapping.")
+    parser.add_argument("database", type=Path, help="COLMAP database with verified matches")
+    parser.add_argument("--images", type=Path, required=True, help="the image folder the database was built from")
+    add_weights_argument(parser)
+    add_device_argument(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.database.is_file():
+        raise D2sfmError(f"{args.database}: no such COLMAP database; check the path")
+    if not args.images.is_dir():
+        raise D2sfmError(f"{args.images}: no such image folder; pass the folder the database was built from")
+    weights = resolve_weights(args.weights, progress=not args.quiet)
+    summary = refine_database(args.database, args.images, weights, resolve_device(args.device),
+                              progress=not args.quiet)
+    print(f"refined {args.database}: {summary.describe()}")
+    return 0
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    run_main(main)

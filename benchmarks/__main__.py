@@ -60,6 +60,8 @@ BENCHMARKS = (
     Benchmark("large-scene", "large_scene.py", ("--counts", "250", "500", "1000", "--kill-count", "1000"), "cpu",
               False, "reconstruct --pairs retrieval on 250/500/1000 synthetic views: time and peak memory per stage, "
               "SIGKILL during extraction and matching (about 1.5 h on 2 cores)"),
+    Benchmark("refine-sfm", "refine_sfm.py", (), "cpu", False,
+              "Sacre Coeur SfM, SS and MS, with and without featuremetric refinement (conv1_2, conv2_2), beside SIFT"),
     Benchmark("extract-gpu", "extract_speed.py",
               ("--images", str(SHARED / "data" / "sacre_coeur" / "images"), "--max-edge", "1600", "--device", "cuda",
                "--precision", "fp32", "bf16", "fp16", "--original-tf32"), "cuda", True,
@@ -70,6 +72,8 @@ BENCHMARKS = (
     Benchmark("match-gpu", "match_speed.py", ("--device", "cuda"), "cuda", False, "MNN matching on the GPU"),
     Benchmark("aachen-estimate-gpu", "aachen_estimate.py", ("--device", "cuda"), "cuda", False,
               "Aachen v1.1 run-time estimate on the GPU"),
+    Benchmark("refine-sfm-gpu", "refine_sfm.py", ("--device", "cuda", "--no-sift"), "cuda", False,
+              "Sacre Coeur SfM with and without refinement on the GPU: refinement time against extraction time"),
     Benchmark("cluster-scaling-gpu", "cluster_scaling.py", ("--device", "cuda", "--workers", "1"), "cuda", False,
               "extraction and matching with one Ray worker per GPU against the single-process commands"),
 )

@@ -29,14 +29,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
-def d2sfm_features(images: Path, names, output: Path, weights: Path, scales, geometric: bool) -> float:
+def d2sfm_features(images: Path, names, output: Path, weights: Path, scales, geometric: bool,
+                   device: torch.device | str = "cpu") -> float:
     from d2sfm.extract import extract_features
     from d2sfm.extractor import D2Extractor, ExtractionConfig
 
     config = ExtractionConfig(scales=scales, geometric_centres=geometric)
-    extractor = D2Extractor(weights, config)
+    extractor = D2Extractor(weights, config, device)
     start = time.perf_counter()
     extract_features(images, names, output, extractor, config.as_dict(), progress=False)
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 

@@ -117,10 +117,11 @@ def main() -> None:
     for label, r in results.items():
         s, seconds = r["largest"], r["seconds"]
         refine = seconds.get("refine")
+        ratio = "" if refine is None else f"{refine / seconds['extract']:.2f}"
         print(f"| {label} | {r['registered_per_seed']} | {s.get('points3D', 0)} | {s.get('observations', 0)} | "
               f"{s.get('mean_track_length', 0):.2f} | {s.get('mean_reprojection_error', 0):.2f} | "
               f"{seconds.get('extract', 0):.1f} | {'' if refine is None else f'{refine:.1f}'} | "
-              f"{'' if refine is None else f'{refine / seconds['extract']:.2f}'} |")
+              f"{ratio} |")
     for label, r in results.items():
         if "refinement" in r:
             print(f"  {label}: {r['refinement']}")

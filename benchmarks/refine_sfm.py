@@ -14,6 +14,7 @@ model of each seed. SIFT is mapped with COLMAP's own mapper options (as in sfm_v
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -52,7 +53,9 @@ def map_seeds(database: Path, images: Path, work: Path, seeds) -> list:
     runs = []
     for seed in seeds:
         start = time.perf_counter()
-        models = run_mapping(database, images, work / f"sparse_{database.stem}_{seed}", seed=seed, progress=False)
+        with contextlib.redirect_stdout(sys.stderr):  # the mapper's retry notes stay out of the table
+            models = run_mapping(database, images, work / f"sparse_{database.stem}_{seed}", seed=seed,
+                                 progress=False)
         runs.append((models, time.perf_counter() - start))
     return runs
 

@@ -76,11 +76,14 @@ class _Batch:
         self.members, self.edge_track, self.edge_a, self.edge_b, self.free = members, edge_track, edge_a, edge_b, free
 
 
-def _batches(track_ids: np.ndarray, edges: np.ndarray, device: torch.device):
-    """Group tracks into padded batches (yields _Batch); tracks above the largest bucket are skipped."""
+def _batches(track_ids: np.ndarray, edges: np.ndarray, fixed: np.ndarray, device: torch.device):
+    """Group tracks into padded batches (yields _Batch); tracks above the largest bucket, and tracks whose
+    keypoints are all fixed, are skipped."""
     sizes = np.bincount(track_ids)
     degree = np.bincount(edges.ravel(), minlength=len(track_ids))
-    order = np.lexsort((-degree, track_ids))  # nodes by track, the best-connected first
+    order = np.lexsort((-degree, ~fixed, track_ids))  # nodes by track: fixed ones first, then the best-connected
+    has_fixed = np.bincount(track_ids, weights=fixed, minlength=len(sizes)) > 0
+    all_fixed = np.bincount(track_ids, weights=~fixed, minlength=len(sizes)) == 0
     starts = np.concatenate([[0], np.cumsum(sizes)])
     slot = np.empty(len(track_ids), np.int64)
     slot[order] = np.arange(len(track_ids)) - starts[track_ids[order]]
@@ -89,7 +92,7 @@ def _batches(track_ids: np.ndarray, edges: np.ndarray, device: torch.device):
     edge_order = np.argsort(edge_track, kind="stable")
     edge_starts = np.concatenate([[0], np.cumsum(np.bincount(edge_track, minlength=len(sizes)))])
     for bucket, size in enumerate(TRACK_BUCKETS):
-        chosen = np.flatnonzero((bucket_of_track == bucket) & (sizes >= 2))
+        chosen = np.flatnonzero((bucket_of_track == bucket) & (sizes >= 2) & ~all_fixed)
         per_batch = max(1, BATCH_FLOATS // (4 * size * size))
         for begin in range(0, len(chosen), per_batch):
             tracks = chosen[begin:begin + per_batch]
@@ -100,19 +103,21 @@ def _batches(track_ids: np.ndarray, edges: np.ndarray, device: torch.device):
             members[local[track_ids[nodes]], slot[nodes]] = nodes
             batch_edges = edges[np.concatenate([edge_order[edge_starts[t]:edge_starts[t + 1]] for t in tracks])]
             free = members >= 0
-            free[:, 0] = False  # the best-connected keypoint of each track stays
+            free[members >= 0] &= ~fixed[members[members >= 0]]
+            free[~has_fixed[tracks], 0] = False  # with nothing fixed, the best-connected keypoint stays
             as_tensor = lambda array: torch.from_numpy(array).to(device)  # noqa: E731
             yield _Batch(as_tensor(members), as_tensor(local[track_ids[batch_edges[:, 0]]]),
                          as_tensor(slot[batch_edges[:, 0]]), as_tensor(slot[batch_edges[:, 1]]), as_tensor(free))
 
 
 def adjust_keypoints(patches: torch.Tensor, centres: torch.Tensor, track_ids: np.ndarray, edges: np.ndarray,
-                     settings: AdjustmentSettings | None = None) -> tuple[torch.Tensor, AdjustmentReport]:
+                     settings: AdjustmentSettings | None = None,
+                     fixed: np.ndarray | None = None) -> tuple[torch.Tensor, AdjustmentReport]:
     """Displacements (K, 2) in patch pixels (x, y) that make matched keypoints' features agree.
 
     ``patches`` (K, C, P, P): each node's features, ``centres`` (K, 2): where its keypoint lies in its patch,
-    ``track_ids`` (K,), ``edges`` (E, 2) node pairs. Displacements keep every keypoint inside its patch, one
-    pixel from the border."""
+    ``track_ids`` (K,), ``edges`` (E, 2) node pairs, ``fixed`` (K,) the nodes held still (default: the
+    best-connected node of each track). Displacements keep every keypoint inside its patch."""
     settings = settings or AdjustmentSettings()
     device = patches.device
     size = patches.shape[-1]
@@ -122,7 +127,8 @@ def adjust_keypoints(patches: torch.Tensor, centres: torch.Tensor, track_ids: np
     report = AdjustmentReport(int(track_ids.max()) + 1 if len(track_ids) else 0, 0, 0, 0.0, 0.0)
     if not len(edges):
         return displacement, report
-    for batch in _batches(track_ids, edges, device):
+    fixed = np.zeros(len(track_ids), bool) if fixed is None else np.asarray(fixed, bool)
+    for batch in _batches(track_ids, edges, fixed, device):
         moved, before, after = _solve_batch(patches, centres, low, high, batch, settings)
         valid = batch.members >= 0
         displacement[batch.members[valid]] = moved[valid]

@@ -36,7 +36,13 @@ from d2sfm.mapping import (
 )
 from d2sfm.pairs import exhaustive_pairs, read_pairs, retrieval_pairs, sequential_pairs, write_pairs
 from d2sfm.pipeline_features import add_feature_arguments, extract_missing, match_missing
-from d2sfm.refine import is_refined, refine_database, refinement_record
+from d2sfm.refine import (
+    add_refine_argument,
+    drop_database_refined_unasked,
+    is_refined,
+    refine_database,
+    refinement_record,
+)
 from d2sfm.stages import Stages
 from d2sfm.weights import resolve_weights
 
@@ -117,11 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto (COLMAP's default: per camera and size), single, per-image, per-folder "
                         "(default: auto; single with --demo, whose images come from one camera)")
     parser.add_argument("--camera-model", choices=CAMERA_MODELS, default="SIMPLE_RADIAL")
-    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
-                        help="featuremetric keypoint refinement after verification, before mapping: the keypoints "
-                        "of each track move (a few pixels at most) until D2's early VGG features agree across views; "
-                        "database.db gets the refined keypoints, features.h5 keeps the detections "
-                        "(docs/benchmarks.md, 'Keypoint refinement')")
+    add_refine_argument(parser, "the keypoints of each track (before mapping)")
     parser.add_argument("--mapper", choices=MAPPERS, default="incremental")
     parser.add_argument("--abs-pose-min-inliers", type=int, default=D2_ABS_POSE_MIN_INLIERS,
                         help=f"inliers needed to register an image (default {D2_ABS_POSE_MIN_INLIERS}; COLMAP's "
@@ -205,9 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stages.run("match", all_matched, lambda: match_missing(args, paths["features"], pairs, paths["matches"], progress))
 
     verification = previous.get("verification")
-    if paths["database"].is_file() and not args.refine and is_refined(paths["database"]):
-        print("  database.db holds refined keypoints; rebuilding it from the detections (--no-refine)")
-        paths["database"].unlink()
+    drop_database_refined_unasked(paths["database"], args.refine)
     database_changed = False
 
     def build_database() -> None:

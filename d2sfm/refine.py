@@ -16,7 +16,7 @@ import os
 import shutil
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -69,19 +69,23 @@ def read_database_keypoints(database_path: str | os.PathLike) -> tuple[dict[int,
     return names, keypoints
 
 
-def refined_keypoints(database_path: str | os.PathLike, image_dir: str | os.PathLike,
-                      weights: str | os.PathLike, device: torch.device, settings: RefineSettings | None = None,
-                      progress: bool = True) -> tuple[dict[int, np.ndarray], RefinementSummary]:
-    """The database's keypoints (image id -> (N, 2+) as stored) with every tracked one refined."""
+def refine_keypoints(keypoints: dict[int, np.ndarray], names: dict[int, str],
+                     matches: dict[tuple[int, int], np.ndarray], image_dir: str | os.PathLike,
+                     weights: str | os.PathLike, device: torch.device, settings: RefineSettings | None = None,
+                     fixed_images: Collection[int] = (), progress: bool = True,
+                     ) -> tuple[dict[int, np.ndarray], RefinementSummary]:
+    """``keypoints`` (image id -> (N, 2+), COLMAP convention) with every keypoint that ``matches`` put in a track
+    refined; the keypoints of ``fixed_images`` are held still (the others align to them)."""
     settings = settings or RefineSettings()
-    names, keypoints = read_database_keypoints(database_path)
-    tracks = build_tracks(read_verified_matches(database_path))
+    tracks = build_tracks(matches)
     started = time.perf_counter()
     patches, centres, factors = _collect_patches(tracks, names, keypoints, Path(image_dir), weights, device,
                                                  settings.patches, progress)
     patch_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    displacement, report = adjust_keypoints(patches, centres, tracks.track_ids, tracks.edges, settings.adjustment)
+    fixed = np.isin(tracks.image_ids, np.fromiter(fixed_images, np.int64, len(fixed_images)))
+    displacement, report = adjust_keypoints(patches, centres, tracks.track_ids, tracks.edges, settings.adjustment,
+                                            fixed)
     shift = displacement.cpu().numpy().astype(np.float64) * factors
     refined = {image_id: points.copy() for image_id, points in keypoints.items()}
     for image_id in np.unique(tracks.image_ids):
@@ -90,7 +94,7 @@ def refined_keypoints(database_path: str | os.PathLike, image_dir: str | os.Path
     lengths = np.linalg.norm(shift, axis=1)
     moved = lengths[lengths > 1e-6]
     summary = RefinementSummary(
-        images=len(names), tracks=report.tracks, tracks_adjusted=report.tracks_adjusted,
+        images=len(np.unique(tracks.image_ids)), tracks=report.tracks, tracks_adjusted=report.tracks_adjusted,
         keypoints_in_tracks=len(tracks.track_ids), keypoints_moved=len(moved),
         median_shift_px=float(np.median(moved)) if len(moved) else 0.0,
         p90_shift_px=float(np.percentile(moved, 90)) if len(moved) else 0.0,
@@ -161,21 +165,67 @@ def write_keypoints(database_path: str | os.PathLike, keypoints: dict[int, np.nd
             connection.execute(f"INSERT INTO {REFINED_TABLE} VALUES (?)", (json.dumps(record),))
 
 
+def _refuse_refined(database_path: str | os.PathLike) -> None:
+    if is_refined(database_path):
+        raise D2sfmError(f"{database_path}: its keypoints are refined already; rebuild it from the raw detections")
+
+
 def refine_database(database_path: str | os.PathLike, image_dir: str | os.PathLike, weights: str | os.PathLike,
                     device: torch.device, settings: RefineSettings | None = None,
                     progress: bool = True) -> RefinementSummary:
-    """Refine the keypoints of a verified database in place; a database refined earlier is refused (its keypoints
-    are no longer the detections)."""
-    if is_refined(database_path):
-        raise D2sfmError(f"{database_path}: its keypoints are refined already; rebuild it from the raw detections")
+    """Refine every track of a verified database in place (for mapping); a database refined earlier is refused
+    (its keypoints are no longer the detections)."""
+    _refuse_refined(database_path)
     settings = settings or RefineSettings()
-    refined, summary = refined_keypoints(database_path, image_dir, weights, device, settings, progress)
+    names, keypoints = read_database_keypoints(database_path)
+    refined, summary = refine_keypoints(keypoints, names, read_verified_matches(database_path), image_dir, weights,
+                                        device, settings, progress=progress)
     write_keypoints(database_path, refined, summary_dict(summary, settings))
     return summary
 
 
+def refine_localization_database(database_path: str | os.PathLike, image_dir: str | os.PathLike,
+                                 query_names: Collection[str], weights: str | os.PathLike, device: torch.device,
+                                 settings: RefineSettings | None = None,
+                                 progress: bool = True) -> tuple[RefinementSummary, RefinementSummary]:
+    """Localization's refinement, in place: first the database images' tracks (their matches among themselves),
+    then each query's keypoints against the refined, fixed database keypoints, so that a query never moves the
+    map and queries cannot influence each other. Returns both passes' summaries."""
+    _refuse_refined(database_path)
+    settings = settings or RefineSettings()
+    names, keypoints = read_database_keypoints(database_path)
+    queries = {image_id for image_id, name in names.items() if name in set(query_names)}
+    verified = read_verified_matches(database_path)
+    among_database = {pair: m for pair, m in verified.items() if not queries.intersection(pair)}
+    with_queries = {pair: m for pair, m in verified.items() if queries.intersection(pair)}
+    refined, database_pass = refine_keypoints(keypoints, names, among_database, image_dir, weights, device, settings,
+                                              progress=progress)
+    refined, query_pass = refine_keypoints(refined, names, with_queries, image_dir, weights, device, settings,
+                                           fixed_images=set(names) - queries, progress=progress)
+    write_keypoints(database_path, refined, {"database": summary_dict(database_pass, settings),
+                                             "queries": summary_dict(query_pass, settings)})
+    return database_pass, query_pass
+
+
 def summary_dict(summary: RefinementSummary, settings: RefineSettings) -> dict:
     return {**asdict(summary), "settings": {**settings.patches.as_dict(), **asdict(settings.adjustment)}}
+
+
+def add_refine_argument(parser: argparse.ArgumentParser, where: str) -> None:
+    """``--refine/--no-refine``, shared by the pipelines (``where``: what is refined, for the help)."""
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
+                        help="featuremetric keypoint refinement after verification: " + where + " move (a few "
+                        "pixels at most) until D2's early VGG features agree across views; database.db gets the "
+                        "refined keypoints, features.h5 keeps the detections (docs/benchmarks.md, 'Keypoint "
+                        "refinement')")
+
+
+def drop_database_refined_unasked(database_path: Path, refine: bool) -> None:
+    """A rerun without --refine must not map from refined keypoints: the refined database is deleted, so that
+    the pipeline rebuilds it from the detections."""
+    if database_path.is_file() and not refine and is_refined(database_path):
+        print(f"  {database_path.name} holds refined keypoints; rebuilding it from the detections (--no-refine)")
+        database_path.unlink()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pycolmap
 
+from d2sfm.cli import resolve_device
 from d2sfm.database import import_features_and_matches, read_image_ids, verify_pairs
 from d2sfm.errors import D2sfmError
 from d2sfm.fileutil import atomic_path, write_text_atomic
@@ -35,10 +36,18 @@ from d2sfm.pipeline_features import extract_and_match
 from d2sfm.pose_scores import THRESHOLD_PRESETS
 from d2sfm.poses import pose_from_rigid3d
 from d2sfm.reference_model import Intrinsics, build_reference_model, read_intrinsics, read_nvm_poses
+from d2sfm.refine import (
+    add_refine_argument,
+    drop_database_refined_unasked,
+    is_refined,
+    refine_localization_database,
+    refinement_record,
+)
 from d2sfm.registration import register_queries, registration_options
 from d2sfm.stages import RunFolder
 from d2sfm.submission import QueryOutcome, finish_localization, ground_truth_if_present
 from d2sfm.triangulation import triangulate_fixed
+from d2sfm.weights import resolve_weights
 
 README = "datasets/aachen.md"
 QUERY_KINDS = ("day", "night")
@@ -119,6 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "D2-Net authors relaxed it for D2 on Extended CMU Seasons, see datasets/aachen.md)")
     parser.add_argument("--min-inlier-ratio", type=float, default=0.25,
                         help="inlier ratio a query needs to register (default 0.25, COLMAP's)")
+    add_refine_argument(parser, "the database images' tracks, then each query's keypoints against the fixed "
+                        "database keypoints,")
     parser.add_argument("--refine-query-intrinsics", action="store_true",
                         help="let registration estimate and refine the queries' focal length and distortion as "
                         "COLMAP's registrator does for cameras without a prior (default: fixed, as the protocol asks)")
@@ -200,7 +211,12 @@ def run(args: argparse.Namespace) -> int:
 
     extracted, usable = extract_and_match(args, run, layout.images, names, pairs, progress)
 
+    drop_database_refined_unasked(paths["database"], args.refine)
+    database_changed = False
+
     def build_database() -> None:
+        nonlocal database_changed
+        database_changed = True
         with atomic_path(paths["database"]) as scratch:
             shutil.copyfile(layout.database, scratch)
             _add_missing_queries(scratch, queries, set(query_names))
@@ -213,6 +229,21 @@ def run(args: argparse.Namespace) -> int:
             run.save(verification=verification.__dict__)
 
     stages.run("database", paths["database"].is_file(), build_database)
+
+    def refine() -> None:
+        nonlocal database_changed
+        database_pass, query_pass = refine_localization_database(
+            paths["database"], layout.images, query_names, resolve_weights(args.weights, progress=progress),
+            resolve_device(args.device), progress=progress)
+        print(f"  database images: {database_pass.describe()}\n  queries: {query_pass.describe()}")
+        database_changed = True
+
+    if args.refine:
+        stages.run("refine", is_refined(paths["database"]), refine)
+    if database_changed:  # the triangulation and registrations of the database's earlier keypoints are stale
+        for stale in (paths["reference"], paths["triangulated"], paths["final"]):
+            shutil.rmtree(stale, ignore_errors=True)
+        paths["registration"].unlink(missing_ok=True)
 
     def triangulate() -> None:
         reference = build_reference_model(paths["database"], poses, intrinsics)
@@ -257,6 +288,7 @@ def run(args: argparse.Namespace) -> int:
         THRESHOLD_PRESETS[layout.thresholds],
         extra={"dataset": str(layout.root), "version": layout.version, "pairs": len(usable),
                "verification": state.get("verification"), "unreadable": state.get("unreadable", []),
+               "refinement": refinement_record(paths["database"]),
                "stage_seconds": stages.times})
     return 0
 

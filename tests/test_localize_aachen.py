@@ -94,6 +94,25 @@ def test_rerun_resumes_without_redoing_work(courtyard_run, courtyard_aachen, wei
     assert (output / "Aachen_eval_[d2sfm].txt").read_text() == before
 
 
+def test_refinement_of_database_and_queries(courtyard_run, courtyard_aachen, weights_path, tmp_path):
+    """--refine on a finished run: the database is refined in place (its features and matches reused), the
+    database is triangulated again with a lower reprojection error, and the queries stay localized."""
+    output, _ = courtyard_run
+    refined = tmp_path / "out"
+    shutil.copytree(output, refined)
+    run = localize(courtyard_aachen, refined, weights_path, "--refine")
+    assert run.returncode == 0, run.stderr
+    assert "[database] done earlier, skipped" in run.stdout and "[refine]\n" in run.stdout
+    assert "[triangulate]\n" in run.stdout and "[register]\n" in run.stdout
+    record = summary(refined)["refinement"]
+    assert record["database"]["keypoints_moved"] > 0 and record["queries"]["keypoints_moved"] > 0
+    assert summary(refined)["localized"] == 3 and summary(refined)["scores"]["recall_percent"] == [100.0] * 4
+    raw_error = pycolmap.Reconstruction(output / "sparse-database").compute_mean_reprojection_error()
+    refined_error = pycolmap.Reconstruction(refined / "sparse-database").compute_mean_reprojection_error()
+    print(f"database triangulation: {raw_error:.3f} px raw, {refined_error:.3f} px refined; {record}")
+    assert refined_error < 0.9 * raw_error
+
+
 def test_retrieval_variant_reuses_features(courtyard_run, courtyard_aachen, weights_path, tmp_path):
     output, _ = courtyard_run
     shutil.copy(output / "features.h5", tmp_path / "features.h5")

@@ -80,3 +80,21 @@ def test_displacements_stay_within_the_patch_and_lone_large_tracks_are_untouched
     chain = np.stack([np.arange(many - 1), np.arange(1, many)], axis=1)
     displacement, report = adjust_keypoints(patches, torch.full((many, 2), 3.2), np.zeros(many, np.int64), chain)
     assert report.tracks_adjusted == 0 and not displacement.any()
+
+
+def test_fixed_keypoints_stay_and_the_free_ones_align_to_them():
+    """Localization's query pass: database keypoints fixed, a query's keypoint moves onto them."""
+    field = smooth_field(seed=2)
+    size, centre = 8, torch.tensor([25.6, 33.2])
+    detections = centre + torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.9, 1.2]])
+    origins = detections.floor().long() - (size // 2 - 1)
+    patches = torch.stack([field[:, y:y + size, x:x + size] for x, y in origins.tolist()])
+    edges = np.array([[0, 2], [1, 2], [0, 2]])  # the query (node 2) is the best connected, yet it moves
+    fixed = np.array([True, True, False])
+    displacement, _ = adjust_keypoints(patches, detections - origins, np.zeros(3, np.int64), edges,
+                                       AdjustmentSettings(iterations=50), fixed)
+    assert not displacement[fixed].any()
+    assert torch.allclose(detections[2] + displacement[2], centre, atol=0.15), detections[2] + displacement[2]
+    _, report = adjust_keypoints(patches, detections - origins, np.zeros(3, np.int64), edges,
+                                 fixed=np.ones(3, bool))
+    assert report.tracks_adjusted == 0

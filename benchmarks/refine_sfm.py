@@ -25,8 +25,8 @@ from pathlib import Path
 import pycolmap
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sfm_vs_sift import SHARED, d2sfm_features, sift_reconstruction, summarise  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.sfm_vs_sift import SHARED, d2sfm_features, sift_reconstruction, summarise  # noqa: E402
 
 LAYERS = ("conv1_2", "conv2_2")
 

@@ -121,6 +121,7 @@ def summarise(runs, seconds: dict, verification: str) -> dict:
     return {"models": [m.num_reg_images() for m in models], "largest": largest,
             "registered_per_seed": [max((m.num_reg_images() for m in ms), default=0) for ms, _ in runs],
             "models_per_seed": [[m.num_reg_images() for m in ms] for ms, _ in runs],
+            "largest_per_seed": [model_statistics(ms[0]) if ms else {} for ms, _ in runs],
             "seconds": {**seconds, "map": map_seconds}, "verification": verification}
 
 

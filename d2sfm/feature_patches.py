@@ -58,6 +58,7 @@ class DenseFeatureNet:
         length, self.scaling_steps = DENSE_LAYERS[settings.layer]
         model = load_model(weights)
         self.layers = torch.nn.Sequential(*list(model.layers)[:length]).eval().to(device)
+        self.channels = [m for m in self.layers if isinstance(m, torch.nn.Conv2d)][-1].out_channels
         for parameter in self.layers.parameters():
             parameter.requires_grad = False
         self.settings, self.device = settings, device

@@ -33,7 +33,6 @@ class AdjustmentSettings:
 class AdjustmentReport:
     tracks: int
     tracks_adjusted: int
-    keypoints_moved: int
     cost_before: float
     cost_after: float
 
@@ -124,7 +123,7 @@ def adjust_keypoints(patches: torch.Tensor, centres: torch.Tensor, track_ids: np
     centres = centres.to(device, torch.float32)
     low, high = 0.0 - centres, (size - 1.0) - centres  # keep x + d within [0, size - 1]
     displacement = torch.zeros_like(centres)
-    report = AdjustmentReport(int(track_ids.max()) + 1 if len(track_ids) else 0, 0, 0, 0.0, 0.0)
+    report = AdjustmentReport(int(track_ids.max()) + 1 if len(track_ids) else 0, 0, 0.0, 0.0)
     if not len(edges):
         return displacement, report
     fixed = np.zeros(len(track_ids), bool) if fixed is None else np.asarray(fixed, bool)
@@ -135,7 +134,6 @@ def adjust_keypoints(patches: torch.Tensor, centres: torch.Tensor, track_ids: np
         report.tracks_adjusted += len(batch.members)
         report.cost_before += before
         report.cost_after += after
-    report.keypoints_moved = int((displacement.abs().amax(1) > 1e-3).sum())
     return displacement, report
 
 

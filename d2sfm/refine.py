@@ -88,8 +88,7 @@ def refine_keypoints(keypoints: dict[int, np.ndarray], names: dict[int, str],
                                             fixed)
     shift = displacement.cpu().numpy().astype(np.float64) * factors
     refined = {image_id: points.copy() for image_id, points in keypoints.items()}
-    for image_id in np.unique(tracks.image_ids):
-        nodes = tracks.image_ids == image_id
+    for image_id, nodes in tracks.nodes_by_image():
         refined[image_id][tracks.keypoint_ids[nodes], :2] += shift[nodes]
     lengths = np.linalg.norm(shift, axis=1)
     moved = lengths[lengths > 1e-6]
@@ -107,17 +106,12 @@ def _collect_patches(tracks: Tracks, names: dict[int, str], keypoints: dict[int,
                      weights, device: torch.device, settings: PatchSettings, progress: bool):
     """Patches (K, C, P, P), centres (K, 2) and pixel factors (K, 2) of every tracked keypoint, image by image."""
     net = DenseFeatureNet(weights, settings, device)
-    channels = 64 if settings.layer == "conv1_2" else 128
     count = len(tracks.track_ids)
-    patches = torch.empty((count, channels, settings.size, settings.size), dtype=torch.float16, device=device)
+    patches = torch.empty((count, net.channels, settings.size, settings.size), dtype=torch.float16, device=device)
     centres = torch.empty((count, 2), dtype=torch.float32, device=device)
     factors = np.empty((count, 2))
-    order = np.argsort(tracks.image_ids, kind="stable")
-    image_ids, starts = np.unique(tracks.image_ids[order], return_index=True)
-    ends = np.append(starts[1:], count)
-    for image_id, begin, end in tqdm(list(zip(image_ids, starts, ends)), desc="refinement features", unit="img",
-                                     disable=not progress):
-        nodes = order[begin:end]
+    by_image = list(tracks.nodes_by_image())
+    for image_id, nodes in tqdm(by_image, desc="refinement features", unit="img", disable=not progress):
         path = image_dir / names[image_id]
         try:
             image = read_image_bgr(path)

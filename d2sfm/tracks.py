@@ -8,6 +8,7 @@ components call, so a 10,000-image database takes seconds, not a Python loop per
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,8 +36,12 @@ class Tracks:
     def track_sizes(self) -> np.ndarray:
         return np.bincount(self.track_ids, minlength=self.num_tracks)
 
-    def nodes_of_image(self, image_id: int) -> np.ndarray:
-        return np.flatnonzero(self.image_ids == image_id)
+    def nodes_by_image(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(image id, its nodes) for every image with tracked keypoints, from one sort (not one scan per image)."""
+        order = np.argsort(self.image_ids, kind="stable")
+        image_ids, starts = np.unique(self.image_ids[order], return_index=True)
+        for image_id, nodes in zip(image_ids, np.split(order, starts[1:])):
+            yield int(image_id), nodes
 
 
 def read_verified_matches(database_path: str | os.PathLike) -> dict[tuple[int, int], np.ndarray]:

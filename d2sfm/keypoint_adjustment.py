@@ -66,13 +66,16 @@ def _robust_cost(squared: torch.Tensor, scale: float) -> torch.Tensor:
     return s2 * torch.log1p(squared / s2)
 
 
+@dataclass
 class _Batch:
     """Tracks padded to ``size`` slots: ``members`` (B, size) node ids (-1: padding), the edges as (track, slot,
     slot) and a mask of the slots that move."""
 
-    def __init__(self, members: torch.Tensor, edge_track: torch.Tensor, edge_a: torch.Tensor, edge_b: torch.Tensor,
-                 free: torch.Tensor) -> None:
-        self.members, self.edge_track, self.edge_a, self.edge_b, self.free = members, edge_track, edge_a, edge_b, free
+    members: torch.Tensor
+    edge_track: torch.Tensor
+    edge_a: torch.Tensor
+    edge_b: torch.Tensor
+    free: torch.Tensor
 
 
 def _batches(track_ids: np.ndarray, edges: np.ndarray, fixed: np.ndarray, device: torch.device):

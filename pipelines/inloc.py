@@ -5,7 +5,9 @@ Steps (the protocol of the D2-Net paper's InLoc experiment, as hloc's ``localize
 1. for each query ``query/iphone7/*.JPG``, its top-k retrieved cutouts from a pair list (default 40);
 2. D2 features of queries and cutouts (keypoints at the original resolution), MNN matches per pair;
 3. 2D-3D: each matched cutout keypoint takes the XYZ of its pixel in the cutout's ``.jpg.mat`` (``XYZcut``);
-   pixels without a scan point (NaN) are dropped;
+   pixels without a scan point (NaN) are dropped; with ``--refine`` the query keypoints are first moved so that
+   D2's early VGG features agree with their matched cutout keypoints, which stay fixed (one position per match,
+   ``refined_queries.h5``; features.h5 keeps the detections);
 4. absolute pose by pycolmap (P3P in LO-RANSAC, then non-linear refinement) at the protocol's query intrinsics:
    SIMPLE_PINHOLE, focal length = 28/36 of the image width (the iPhone 7's 28 mm equivalent lens), principal
    point at the centre;
@@ -28,6 +30,7 @@ import pycolmap
 import scipy.io
 from tqdm import tqdm
 
+from d2sfm.cli import resolve_device
 from d2sfm.errors import D2sfmError
 from d2sfm.fileutil import write_text_atomic
 from d2sfm.io import read_keypoints, read_matches
@@ -36,8 +39,15 @@ from d2sfm.pairs import Pair, read_pairs
 from d2sfm.pipeline_features import extract_and_match
 from d2sfm.pose_scores import THRESHOLD_PRESETS
 from d2sfm.poses import Pose, pose_from_rigid3d
+from d2sfm.refine import (
+    add_refine_argument,
+    read_refined_query_keypoints,
+    refine_queries_against_fixed,
+    refined_keypoints_record,
+)
 from d2sfm.stages import RunFolder
 from d2sfm.submission import QueryOutcome, finish_localization, ground_truth_if_present
+from d2sfm.weights import resolve_weights
 
 README = "datasets/inloc.md"
 GROUND_TRUTH = "query_ground_truth.txt"
@@ -88,6 +98,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "threshold, as for Aachen: random matches on a textureless query reach a dozen inliers)")
     parser.add_argument("--cutout-focal", type=float, default=INLOC_CUTOUT_FOCAL,
                         help="cutout focal length in pixels, used only for the fallback pose of a failed query")
+    add_refine_argument(parser, "each query's keypoints (against its retrieved cutouts', which stay fixed: their "
+                        "3D points come from the scans)")
 
 
 def query_camera(width: int, height: int) -> pycolmap.Camera:
@@ -153,9 +165,11 @@ def _query_pairs(pairs: list[Pair], queries: set[str], top_k: int) -> dict[str, 
 
 
 def localize_query(layout: InLocLayout, features_path: Path, matches_path: Path, query: str,
-                   cutouts: list[str], max_error: float | None) -> tuple[Pose | None, int, int, str | None]:
-    """(pose, matches, inliers, best cutout) for one query from its retrieved cutouts."""
-    keypoints, (width, height) = read_keypoints(features_path, query)
+                   cutouts: list[str], max_error: float | None,
+                   refined_path: Path | None = None) -> tuple[Pose | None, int, int, str | None]:
+    """(pose, matches, inliers, best cutout) for one query from its retrieved cutouts; with ``refined_path``
+    (--refine) each pair's matched query keypoints are at their refined positions for that pair."""
+    detected, (width, height) = read_keypoints(features_path, query)
     points2D, points3D, per_cutout = [], [], {}
     for cutout in cutouts:
         matches, _ = read_matches(matches_path, query, cutout)
@@ -163,6 +177,8 @@ def localize_query(layout: InLocLayout, features_path: Path, matches_path: Path,
             continue
         per_cutout[cutout] = len(matches)
         cutout_keypoints, _ = read_keypoints(features_path, cutout)
+        keypoints = (detected if refined_path is None else
+                     read_refined_query_keypoints(refined_path, query, cutout, detected))
         xyz, valid = scan_points(read_scan(layout.scan(cutout)), cutout_keypoints[matches[:, 1]])
         points2D.append(keypoints[matches[valid, 0]])
         points3D.append(xyz[valid])
@@ -188,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     run = RunFolder(Path(args.output or "outputs/inloc"), args.overwrite)
     paths = {key: run.path(name) for key, name in [
         ("features", "features.h5"), ("matches", "matches.h5"), ("poses", "localization.json"),
-        ("summary", "summary.json")]}
+        ("summary", "summary.json"), ("refined", "refined_queries.h5")]}
     progress = not args.quiet
 
     retrieved = _query_pairs(read_pairs(pairs_path), set(query_names), args.top_k)
@@ -208,6 +224,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"InLoc: {len(query_names)} queries, {len(pairs)} pairs (top {args.top_k}), {len(names)} images")
 
     extracted, usable = extract_and_match(args, run, layout.images, names, pairs, progress)
+    usable_retrieved = {q: [c for c in cs if c in extracted] for q, cs in retrieved.items() if q in extracted}
+
+    def refine() -> None:
+        summary = refine_queries_against_fixed(
+            paths["features"], paths["matches"], usable_retrieved, layout.images,
+            resolve_weights(args.weights, progress=progress), resolve_device(args.device), paths["refined"],
+            progress=progress)
+        print(f"  queries: {summary.describe()}")
+
+    if args.refine:
+        run.stages.run("refine", paths["refined"].is_file(), refine)
+    if paths["poses"].is_file() and run.state.get("poses_refined", False) != args.refine:
+        print(f"  {paths['poses'].name} was localized {'without' if args.refine else 'with'} --refine; "
+              "localizing again")
+        paths["poses"].unlink()
+    run.save(poses_refined=args.refine)
+    query_keypoints = paths["refined"] if args.refine else None
 
     def localize() -> None:
         done = json.loads(paths["poses"].read_text()) if paths["poses"].is_file() else {}
@@ -217,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
             cutouts = [c for c in retrieved.get(query, []) if c in extracted]
             if query in extracted:
                 pose, matches, inliers, best = localize_query(layout, paths["features"], paths["matches"], query,
-                                                              cutouts, args.ransac_max_error)
+                                                              cutouts, args.ransac_max_error, query_keypoints)
             else:
                 pose, matches, inliers, best = None, 0, 0, cutouts[0] if cutouts else None
             done[query] = {"pose": None if pose is None else [*pose.qvec, *pose.tvec], "matches": matches,
@@ -249,5 +282,6 @@ def run(args: argparse.Namespace) -> int:
         outcomes, run.path("InLoc_eval_[d2sfm].txt"), paths["summary"],
         ground_truth_if_present(layout.root / GROUND_TRUTH), THRESHOLD_PRESETS["inloc"],
         extra={"dataset": str(layout.root), "pairs": len(usable), "top_k": args.top_k,
+               "refinement": refined_keypoints_record(paths["refined"]) if args.refine else None,
                "unreadable": run.state.get("unreadable", []), "stage_seconds": run.stages.times})
     return 0

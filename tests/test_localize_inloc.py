@@ -5,6 +5,7 @@ only sky and must still be answered."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from d2sfm.io import read_keypoints, read_matches
+from d2sfm.pairs import read_pairs
 from d2sfm.poses import Pose, pose_errors, read_poses
 from d2sfm.reference_model import Intrinsics
+from d2sfm.refine import read_refined_query_keypoints
 from d2sfm.synthetic import camera_poses, courtyard, look_at, render, render_xyz
-from pipelines.inloc import IPHONE7_FOCAL_PER_WIDTH, cutout_pose, read_scan
+from pipelines.inloc import IPHONE7_FOCAL_PER_WIDTH, cutout_pose, read_scan, scan_points
 from pipelines.mini_datasets import PosedImage, write_mini_inloc
 
 pytestmark = pytest.mark.integration
@@ -91,11 +95,63 @@ def test_queries_are_localized_and_every_query_answered(mini_inloc, weights_path
 
 
 def test_missing_scan_is_one_line(mini_inloc, weights_path, tmp_path):
-    import shutil
-
     broken = tmp_path / "broken"
     shutil.copytree(mini_inloc, broken)
     (broken / "database/cutouts/DUC1/005/DUC_cutout_005_0_0.jpg.mat").unlink()
     run = localize(broken, tmp_path / "out", weights_path)
     assert run.returncode == 2 and run.stderr.count("\n") == 1
     assert "DUC_cutout_005_0_0.jpg.mat" in run.stderr and "datasets/inloc.md" in run.stderr
+
+
+def matched_query_errors(dataset: Path, output: Path, refined: Path | None = None) -> np.ndarray:
+    """Pixel distance from each matched query keypoint (detected, or refined for its pair) to where the truth puts
+    its cutout keypoint's scan point (the query's true pose and intrinsics), over every query-cutout pair."""
+
+    truth = read_poses(dataset / "query_ground_truth.txt")
+    errors = []
+    for query, cutout in read_pairs(output / "pairs.txt"):
+        pose = truth[query.split("/")[-1]]
+        matches, _ = read_matches(output / "matches.h5", query, cutout)
+        keypoints, (width, height) = read_keypoints(output / "features.h5", query)
+        if refined is not None:
+            keypoints = read_refined_query_keypoints(refined, query, cutout, keypoints)
+        xyz, valid = scan_points(read_scan(dataset / f"{cutout}.mat"),
+                                 read_keypoints(output / "features.h5", cutout)[0][matches[:, 1]])
+        in_camera = xyz[valid] @ pose.rotation.T + pose.tvec
+        focal = IPHONE7_FOCAL_PER_WIDTH * width
+        projected = focal * in_camera[:, :2] / in_camera[:, 2:] + [width / 2, height / 2]
+        errors.append(np.linalg.norm(projected - keypoints[matches[valid, 0], :2], axis=1))
+    return np.concatenate(errors)
+
+
+def test_refined_queries_move_towards_the_truth(mini_inloc, weights_path, tmp_path):
+    """--refine moves the query keypoints (the cutouts' stay fixed: their 3D points come from the scans) closer to
+    where the true pose puts their matched scan points, the queries are still localized, and a rerun without
+    --refine localizes again from the detections."""
+    plain, refined = tmp_path / "plain", tmp_path / "refined"
+    assert localize(mini_inloc, plain, weights_path).returncode == 0
+    shutil.copytree(plain, refined)
+    run = localize(mini_inloc, refined, weights_path, "--refine")
+    assert run.returncode == 0, run.stderr
+    assert "[extract] done earlier, skipped" in run.stdout and "[refine]\n" in run.stdout
+    assert "was localized without --refine; localizing again" in run.stdout
+    before = matched_query_errors(mini_inloc, plain)
+    after = matched_query_errors(mini_inloc, refined, refined / "refined_queries.h5")
+    correct = before < 6.0  # matches of the right scan point; the wrong ones stay wrong
+    print(f"matched query keypoints against the truth: median {np.median(before[correct]):.3f} px raw, "
+          f"{np.median(after[correct]):.3f} px refined ({correct.sum()} correct matches)")
+    assert np.median(after[correct]) <= 0.75 * np.median(before[correct])
+    summary = json.loads((refined / "summary.json").read_text())
+    assert summary["refinement"]["keypoints_moved"] > 0
+    errors = summary["scores"]["errors"]
+    for name in ("IMG_1001.JPG", "IMG_1004.JPG", "IMG_1009.JPG"):
+        assert errors[name][0] < 0.05 and errors[name][1] < 0.5, errors[name]
+    detected = read_keypoints(refined / "features.h5", "query/iphone7/IMG_1001.JPG")[0]
+    for cutout in read_pairs(refined / "pairs.txt")[:3]:
+        moved = read_refined_query_keypoints(refined / "refined_queries.h5", *cutout, detected)
+        assert moved.shape == detected.shape and 0 < np.abs(moved - detected).max() < 8
+
+    undone = localize(mini_inloc, refined, weights_path)
+    assert undone.returncode == 0, undone.stderr
+    assert "was localized with --refine; localizing again" in undone.stdout
+    assert json.loads((refined / "summary.json").read_text())["refinement"] is None

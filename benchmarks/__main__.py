@@ -64,6 +64,8 @@ BENCHMARKS = (
               "Sacre Coeur SfM, SS and MS, with and without featuremetric refinement (conv1_2, conv2_2), beside SIFT"),
     Benchmark("refine-invariance", "refine_invariance.py", (), "cpu", False,
               "dense features' optimum under a known homography of a real photo (why refinement helps little)"),
+    Benchmark("refine-picture", "refine_picture.py", (), "cpu", False,
+              "before/after picture of refinement on the synthetic scene (docs/img/refine_before_after.png)"),
     Benchmark("extract-gpu", "extract_speed.py",
               ("--images", str(SHARED / "data" / "sacre_coeur" / "images"), "--max-edge", "1600", "--device", "cuda",
                "--precision", "fp32", "bf16", "fp16", "--original-tf32"), "cuda", True,

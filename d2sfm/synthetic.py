@@ -287,6 +287,25 @@ def surface_points(planes: Sequence[Plane], camera: pycolmap.Camera, cam_from_wo
     return points
 
 
+def transfer_to_view(planes: Sequence[Plane], truth: pycolmap.Reconstruction, source: pycolmap.Image,
+                     target: pycolmap.Image, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where the truth puts pixels ``xy`` (N, 2) of image ``source`` in image ``target``: each is cast onto the true
+    surface and projected. Returns the (N, 2) positions and whether each is seen there (not on the sky, in front,
+    inside the image and not hidden behind another surface)."""
+    camera_t = truth.cameras[target.camera_id]
+    points = surface_points(planes, truth.cameras[source.camera_id], source.cam_from_world(), xy)
+    in_camera = target.cam_from_world() * np.nan_to_num(points, nan=0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        projected = camera_t.img_from_cam(in_camera)
+    inside = (np.isfinite(points).all(1) & (in_camera[:, 2] > 0) & np.isfinite(projected).all(1)
+              & (projected >= 0).all(1) & (projected < [camera_t.width, camera_t.height]).all(1))
+    seen_depth = np.full(len(points), np.inf)
+    seen = surface_points(planes, camera_t, target.cam_from_world(), projected[inside])
+    seen_depth[inside] = (target.cam_from_world() * np.nan_to_num(seen, nan=1e9))[:, 2]
+    visible = inside & (np.abs(seen_depth - in_camera[:, 2]) < 0.01 * in_camera[:, 2])
+    return projected, visible
+
+
 def match_transfer_errors(truth_dir: str | Path, keypoints: dict[str, np.ndarray],
                           matches: dict[tuple[str, str], np.ndarray], seed: int = 0) -> np.ndarray:
     """How far matched keypoints are from where the truth puts them: for each match (a, b), keypoint a is cast
@@ -298,20 +317,9 @@ def match_transfer_errors(truth_dir: str | Path, keypoints: dict[str, np.ndarray
     errors = []
     for (name_a, name_b), pairs in matches.items():
         for (source, index_s), (target, index_t) in (((name_a, 0), (name_b, 1)), ((name_b, 1), (name_a, 0))):
-            image_s, image_t = by_name[source], by_name[target]
-            camera_t = truth.cameras[image_t.camera_id]
-            points = surface_points(planes, truth.cameras[image_s.camera_id], image_s.cam_from_world(),
-                                    keypoints[source][pairs[:, index_s], :2])
-            finite = np.isfinite(points).all(1)
-            in_camera = image_t.cam_from_world() * points[finite]
-            projected = camera_t.img_from_cam(in_camera)
-            seen_depth = np.full(len(in_camera), np.inf)
-            inside = (in_camera[:, 2] > 0) & (projected >= 0).all(1) & (projected < [camera_t.width,
-                                                                                   camera_t.height]).all(1)
-            seen = surface_points(planes, camera_t, image_t.cam_from_world(), projected[inside])
-            seen_depth[inside] = (image_t.cam_from_world() * np.nan_to_num(seen, nan=1e9))[:, 2]
-            visible = inside & (np.abs(seen_depth - in_camera[:, 2]) < 0.01 * in_camera[:, 2])
-            target_points = keypoints[target][pairs[finite][visible][:, index_t], :2]
+            projected, visible = transfer_to_view(planes, truth, by_name[source], by_name[target],
+                                                  keypoints[source][pairs[:, index_s], :2])
+            target_points = keypoints[target][pairs[visible][:, index_t], :2]
             errors.append(np.linalg.norm(projected[visible] - target_points, axis=1))
     return np.concatenate(errors) if errors else np.zeros(0)
 

@@ -9,10 +9,13 @@ from collections.abc import Callable, Sequence
 import torch
 
 from d2sfm.errors import D2sfmError
+from d2sfm.library_logs import add_verbose_argument, set_library_logs
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
-    """Run a command's main, turning D2sfmError and Ctrl-C into one line and an exit status instead of a traceback."""
+    """Run a command's main, turning D2sfmError and Ctrl-C into one line and an exit status instead of a traceback.
+    COLMAP's and OpenCV's own log lines are silenced first; a command's --verbose turns them back on."""
+    set_library_logs(verbose=False)
     try:
         status = main(argv)
     except D2sfmError as error:
@@ -53,7 +56,8 @@ def add_weights_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, overwrite_help: str = "redo every stage") -> None:
-    """The options every staged pipeline command shares: --overwrite, --verbose (COLMAP's log), --quiet."""
+    """The options every staged pipeline command shares: --overwrite, --verbose (COLMAP's and OpenCV's logs),
+    --quiet."""
     parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
-    parser.add_argument("--verbose", action="store_true", help="show COLMAP's own log")
+    add_verbose_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -38,6 +38,7 @@ from d2sfm.extractor import (
 from d2sfm.fileutil import write_text_atomic
 from d2sfm.images import ImageReadError, list_images, read_image_bgr
 from d2sfm.io import FeatureWriter
+from d2sfm.library_logs import add_verbose_argument, set_library_logs
 from d2sfm.orphans import end_with_this_process
 from d2sfm.pyramid import MULTI_SCALE
 from d2sfm.stage_clock import StageClock, timed
@@ -244,11 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "writing; GPU-synchronised, which costs a little speed) and peak memory to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="delete the output file first and redo every image")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_verbose_argument(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_library_logs(args.verbose)
     root, names = image_sources(args.images, args.image_list)
     device = resolve_device(args.device)
     weights = resolve_weights(args.weights, progress=not args.quiet)

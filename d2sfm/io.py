@@ -4,7 +4,9 @@ Each group holds ``keypoints`` (N, 2) float32 x, y in COLMAP's convention at the
 (N,), ``scores`` (N,), ``descriptors`` (N, 512) float16 (float32 on request) and ``image_size`` (width, height).
 Differences from hloc: keypoints are stored in COLMAP's convention (hloc stores pixel centres at 0 and adds 0.5 on
 import) and descriptors are N x D (hloc: D x N). The file records both facts and the extraction settings as
-attributes.
+attributes. A file without them is read as hloc's (``is_hloc_file``): the readers below convert its keypoints and
+descriptors on the fly, so every command takes an hloc features file as it is (``d2sfm.export hloc`` goes the
+other way).
 
 Each image is written under a temporary name and moved to its final name only when complete, and the file is
 closed after each image, so an interrupted run leaves only complete entries (plus scratch that the next run
@@ -25,9 +27,22 @@ import numpy as np
 
 from d2sfm.errors import D2sfmError
 from d2sfm.extractor import Features
+from d2sfm.keypoints import opencv_xy_to_colmap_xy
 
 SCRATCH_GROUP = "_d2sfm_incomplete"
 FORMAT_ATTRS = {"d2sfm_format": "features-1", "keypoint_convention": "colmap", "descriptor_layout": "N x D"}
+
+
+def is_hloc_file(handle: h5py.File) -> bool:
+    """True for a features file in hloc's conventions: one d2sfm did not write (no ``keypoint_convention``
+    attribute; hloc writes no attributes) or one ``d2sfm.export hloc`` wrote."""
+    return handle.attrs.get("keypoint_convention", "hloc") != FORMAT_ATTRS["keypoint_convention"]
+
+
+def _keypoints(handle: h5py.File, group: h5py.Group) -> np.ndarray:
+    """(N, 2) float32 keypoints in COLMAP's convention, whatever the file's."""
+    keypoints = group["keypoints"][()]
+    return opencv_xy_to_colmap_xy(keypoints).astype(np.float32) if is_hloc_file(handle) else keypoints
 
 
 def _open(path: Path, mode: str) -> h5py.File:
@@ -71,6 +86,9 @@ class FeatureWriter:
             self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _open(self.path, "a") as handle:
+            if len(handle) and is_hloc_file(handle):
+                raise D2sfmError(f"{self.path}: is a features file in hloc's conventions; d2sfm reads it but does not "
+                                 "add to it: extract into another file, or give it whole to match/reconstruct")
             stored = handle.attrs.get("settings")
             if stored is not None:
                 self._check_settings(json.loads(stored))
@@ -127,11 +145,16 @@ def read_features(path: str | os.PathLike, name: str) -> Features:
         if name not in handle or "keypoints" not in handle[name]:
             raise D2sfmError(f"{path}: has no features for {name!r}; run d2sfm.extract on that image first")
         group = handle[name]
+        keypoints = _keypoints(handle, group)
+        descriptors = group["descriptors"][()]
+        if is_hloc_file(handle):
+            descriptors = descriptors.T  # hloc: D x N
+        ones = np.ones(len(keypoints), np.float32)  # hloc files need not hold scales or scores
         return Features(
-            keypoints=group["keypoints"][()],
-            scales=group["scales"][()],
-            scores=group["scores"][()],
-            descriptors=group["descriptors"][()],
+            keypoints=keypoints,
+            scales=group["scales"][()] if "scales" in group else ones,
+            scores=group["scores"][()] if "scores" in group else ones,
+            descriptors=descriptors,
             image_size=tuple(int(v) for v in group["image_size"][()]),
             global_descriptor=group["global_descriptor"][()] if "global_descriptor" in group else None,
         )
@@ -142,7 +165,7 @@ def read_keypoints(path: str | os.PathLike, name: str) -> tuple[np.ndarray, tupl
     with _open(Path(path), "r") as handle:
         if name not in handle or "keypoints" not in handle[name]:
             raise D2sfmError(f"{path}: has no features for {name!r}; run d2sfm.extract on that image first")
-        return handle[name]["keypoints"][()], tuple(int(v) for v in handle[name]["image_size"][()])
+        return _keypoints(handle, handle[name]), tuple(int(v) for v in handle[name]["image_size"][()])
 
 
 def read_global_descriptors(path: str | os.PathLike, names: Sequence[str]) -> np.ndarray:
@@ -157,8 +180,9 @@ def read_global_descriptors(path: str | os.PathLike, names: Sequence[str]) -> np
 
 
 def read_settings(path: str | os.PathLike) -> dict:
+    """The extraction settings d2sfm recorded; {} for a file it did not write (hloc's)."""
     with _open(Path(path), "r") as handle:
-        return json.loads(handle.attrs["settings"])
+        return json.loads(handle.attrs["settings"]) if "settings" in handle.attrs else {}
 
 
 def iter_features(path: str | os.PathLike) -> Iterator[tuple[str, Features]]:
@@ -175,7 +199,8 @@ def pair_key(name0: str, name1: str) -> str:
     return f"{name0.replace('/', '-')}/{name1.replace('/', '-')}"
 
 
-def _pair_keys(handle: h5py.File) -> set[str]:
+def pair_keys(handle: h5py.File) -> set[str]:
+    """The complete pairs of an open matches file, as ``pair_key`` names."""
     return {
         f"{first}/{second}"
         for first, group in handle.items() if first != SCRATCH_GROUP and isinstance(group, h5py.Group)
@@ -194,7 +219,7 @@ class MatchWriter:
         with _open(self.path, "a") as handle:
             if SCRATCH_GROUP in handle:
                 del handle[SCRATCH_GROUP]
-            self.done = _pair_keys(handle)
+            self.done = pair_keys(handle)
 
     def has(self, name0: str, name1: str) -> bool:
         return pair_key(name0, name1) in self.done or pair_key(name1, name0) in self.done
@@ -219,7 +244,7 @@ class MatchWriter:
     def copy_from(self, shard: str | os.PathLike) -> int:
         """Write every pair of another matches file that this one lacks (a worker's shard); returns how many."""
         with _open(Path(shard), "r") as source:
-            missing = sorted(_pair_keys(source) - self.done)
+            missing = sorted(pair_keys(source) - self.done)
         for start in range(0, len(missing), 1000):  # a thousand pairs at a time: memory stays bounded
             with _open(Path(shard), "r") as source:
                 results = [(*key.split("/"), source[key]["matches0"][()], source[key]["matching_scores0"][()])

@@ -11,10 +11,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-import pycolmap
 import torch
 
 from d2sfm.cli import add_device_argument, add_run_arguments, add_weights_argument, run_main
+from d2sfm.library_logs import set_library_logs
 from d2sfm.pipeline_features import add_feature_arguments
 
 
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    pycolmap.logging.minloglevel = 0 if args.verbose else 2
+    set_library_logs(args.verbose)
     return _benchmarks()[args.benchmark].run(args)
 
 

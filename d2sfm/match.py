@@ -23,6 +23,7 @@ from d2sfm.cluster import add_cluster_arguments
 from d2sfm.cluster_match import DEFAULT_BLOCK_PAIRS
 from d2sfm.errors import D2sfmError
 from d2sfm.io import MatchWriter, list_entries, read_features
+from d2sfm.library_logs import add_verbose_argument, set_library_logs
 from d2sfm.pairs import Pair, read_pairs
 
 CPU_CHUNK_ROWS = 4096  # measured fastest on the CPU (docs/benchmarks.md): the chunk stays in the caches
@@ -156,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Match D2 features of image pairs by mutual nearest neighbours into an HDF5 file (hloc's "
         "matches layout). Rerunning resumes: pairs already matched are skipped.",
     )
-    parser.add_argument("features", type=Path, help="features.h5 written by d2sfm.extract")
+    parser.add_argument("features", type=Path, help="features.h5 written by d2sfm.extract, or an hloc features file "
+                        "(recognised from its attributes)")
     parser.add_argument("pairs", type=Path, help="pair list, one 'name0 name1' per line (names as in features.h5)")
     parser.add_argument("--output", "-o", type=Path, default=Path("matches.h5"), help="default: matches.h5")
     add_device_argument(parser)
@@ -167,11 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_cluster_arguments(parser, "pairs", DEFAULT_BLOCK_PAIRS)
     parser.add_argument("--overwrite", action="store_true", help="delete the output first and redo every pair")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_verbose_argument(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    set_library_logs(args.verbose)
     if not args.features.is_file():
         raise D2sfmError(f"{args.features}: no such features file; run python -m d2sfm.extract first")
     pairs = read_pairs(args.pairs, known_names=list_entries(args.features))

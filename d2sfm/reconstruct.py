@@ -2,9 +2,10 @@
 
 Stages, each writing under ``scene/`` and skipped on a rerun once its output is complete (``--overwrite`` redoes
 them): features.h5 (extraction), pairs.txt, matches.h5, database.db (cameras, keypoints, matches, geometric
-verification), sparse/ (mapping), dense/ (``--dense``), and stats.json with the ETH benchmark's statistics and the
-time of each stage. ``--demo`` first renders the embedded synthetic scene into ``scene/`` and finally checks the
-recovered cameras against the true ones.
+verification), sparse/ (mapping), model.png (a picture of the largest model and the match graph), dense/
+(``--dense``), and stats.json with the ETH benchmark's statistics and the time of each stage. ``--demo`` first
+renders the embedded synthetic scene into ``scene/`` and finally checks the recovered cameras against the true
+ones.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-import pycolmap
 import torch
 
 from d2sfm.cli import add_device_argument, add_run_arguments, add_weights_argument, resolve_device, run_main
@@ -25,6 +25,7 @@ from d2sfm.errors import D2sfmError
 from d2sfm.fileutil import atomic_path, write_text_atomic
 from d2sfm.images import list_images
 from d2sfm.io import MatchWriter, list_entries, pair_key, read_global_descriptors
+from d2sfm.library_logs import set_library_logs
 from d2sfm.mapping import (
     D2_ABS_POSE_MIN_INLIER_RATIO,
     D2_ABS_POSE_MIN_INLIERS,
@@ -44,6 +45,7 @@ from d2sfm.refine import (
     refinement_record,
 )
 from d2sfm.stages import Stages
+from d2sfm.viz import write_model_picture
 from d2sfm.weights import resolve_weights
 
 EXHAUSTIVE_UP_TO = 100  # images; above this, --pairs auto uses retrieval
@@ -84,6 +86,12 @@ def print_table(stats: dict) -> None:
         print(f"  {label:<{width}}  {value}")
 
 
+def picture_is_current(picture: Path, model_dir: Path) -> bool:
+    """model.png exists and was drawn after the model it shows was written."""
+    written = [path.stat().st_mtime for path in model_dir.glob("images.*")]
+    return picture.is_file() and bool(written) and picture.stat().st_mtime >= max(written)
+
+
 def dense_stage(args: argparse.Namespace, paths: dict[str, Path], image_dir: Path, stages: Stages,
                 progress: bool) -> dict:
     """MVS of the largest model into dense/, skipped when done (a mesh asked for later is added on its own)."""
@@ -106,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("scene", type=Path, help="scene folder (photos in scene/images/ unless --images)")
     parser.add_argument("--images", type=Path, default=None, help="photo folder (default: scene/images)")
+    parser.add_argument("--features", type=Path, default=None,
+                        help="use this features file instead of extracting: d2sfm's, or hloc's (recognised from its "
+                        "attributes; keypoints with pixel centres at integers, descriptors D x N); it must hold "
+                        "every image")
     parser.add_argument("--demo", action="store_true",
                         help="render the embedded synthetic scene into scene/ first (no download needed) and "
                         "check the recovered cameras against the truth at the end")
@@ -157,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.mesh and not args.dense:
         raise D2sfmError("--mesh meshes the dense points: add --dense")
-    pycolmap.logging.minloglevel = 0 if args.verbose else 2  # 2: COLMAP errors only
+    set_library_logs(args.verbose)
     scene: Path = args.scene
     camera_mode = args.camera_mode or ("single" if args.demo else "auto")
     image_dir = args.images or scene / "images"
@@ -177,10 +189,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     scene.mkdir(parents=True, exist_ok=True)
     paths = {key: scene / name for key, name in [
         ("features", "features.h5"), ("pairs", "pairs.txt"), ("matches", "matches.h5"),
-        ("database", "database.db"), ("sparse", "sparse"), ("dense", "dense"), ("stats", "stats.json")]}
+        ("database", "database.db"), ("sparse", "sparse"), ("dense", "dense"), ("stats", "stats.json"),
+        ("picture", "model.png")]}
+    if args.features is not None:  # the user's file: read, never extracted into or deleted
+        if not args.features.is_file():
+            raise D2sfmError(f"{args.features}: no such features file; give a features.h5 of d2sfm or hloc")
+        paths["features"] = args.features
     previous = json.loads(paths["stats"].read_text()) if paths["stats"].is_file() and not args.overwrite else {}
     if args.overwrite:
-        for key in ("features", "pairs", "matches", "database", "sparse", "dense", "stats"):
+        for key in ("pairs", "matches", "database", "sparse", "dense", "stats", "picture") + (
+                () if args.features else ("features",)):
             shutil.rmtree(paths[key]) if paths[key].is_dir() else paths[key].unlink(missing_ok=True)
         shutil.rmtree(workspace_path(paths["dense"]), ignore_errors=True)
     stages = Stages(previous.get("stage_seconds", {}), previous.get("stage_peak_memory_mb", {}))
@@ -193,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  skipped: {error}")
 
     done_names = set(list_entries(paths["features"]))
+    if args.features is not None and not set(names) <= done_names:
+        missing = sorted(set(names) - done_names)
+        raise D2sfmError(f"{args.features}: has no features for {len(missing)} of the {len(names)} images (first: "
+                         f"{missing[0]}); extract them, or leave out --features")
     stages.run("extract", all(n in done_names for n in names), extract)
     extracted = set(list_entries(paths["features"]))
     readable = [n for n in names if n in extracted]
@@ -247,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
 
     stages.run("mapping", (paths["sparse"] / "0").is_dir(), mapping)
+    stages.run("picture", picture_is_current(paths["picture"], paths["sparse"] / "0"), lambda: write_model_picture(
+        paths["sparse"] / "0", paths["picture"], paths["database"], readable))
     models = read_models(paths["sparse"])
     stats = {
         "images_given": len(names), "images_readable": len(readable),
@@ -267,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             stats["stage_seconds"], stats["stage_peak_memory_mb"] = stages.times, stages.peak_memory_mb
             write_text_atomic(paths["stats"], json.dumps(stats, indent=2))
     finally:
-        print(f"wrote {scene}: {len(models)} model(s) in {paths['sparse']}, statistics in {paths['stats']}")
+        print(f"wrote {scene}: {len(models)} model(s) in {paths['sparse']} (picture: {paths['picture']}), "
+              f"statistics in {paths['stats']}")
         print_table(stats)
         if args.demo:
             check = stats["demo_check"]

@@ -78,3 +78,18 @@ def test_the_test_extra_holds_what_the_tests_need():
     """The imports this checks for are real: matplotlib draws the HPatches figures the tests look at."""
     assert {"pytest", "matplotlib"} <= _declared()["test"]
     assert {"torch", "pycolmap", "pillow", "opencv-python"} <= _declared()["base"]
+
+
+def test_png_encoding_survives_pycolmap_loaded_first(tmp_path):
+    """pycolmap 4.2 loaded before the system zlib makes OpenCV's and Pillow's PNG encoders abort ("free(): invalid
+    pointer"); importing d2sfm first loads zlib first. Run in a fresh interpreter, as a user's script would."""
+    import subprocess
+
+    script = ("import d2sfm, pycolmap, numpy as np, cv2, io\n"
+              "from PIL import Image\n"
+              "pixels = np.random.default_rng(0).integers(0, 255, (750, 1758, 3), dtype=np.uint8)\n"
+              "ok, encoded = cv2.imencode('.png', pixels)\n"
+              "Image.fromarray(pixels).save(io.BytesIO(), 'PNG')\n"
+              "assert ok and np.array_equal(cv2.imdecode(encoded, cv2.IMREAD_COLOR), pixels)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]

@@ -1,6 +1,7 @@
 """``python -m d2sfm.reconstruct`` on the embedded synthetic scene (known cameras) and on bad input."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -27,6 +28,9 @@ from d2sfm.tracks import read_verified_matches
 pytestmark = pytest.mark.integration
 
 
+COLMAP_LOG_LINE = re.compile(r"^[IWEF]\d{8} \d\d:\d\d:\d\d", re.MULTILINE)  # glog: E20261122 12:00:00.000 ...
+OPENCV_LOG_LINE = re.compile(r"\[ ?(WARN|ERROR|INFO):\d")  # [ WARN:0@0.007] global grfmt_png.cpp ...
+
 def reconstruct(*args, weights):
     """The command with its defaults (multi-scale, corrected centres); Winograd convolutions keep CI fast."""
     return subprocess.run([sys.executable, "-m", "d2sfm.reconstruct", *map(str, args), "--quiet", "--conv",
@@ -52,8 +56,10 @@ def test_synthetic_scene_cameras_are_recovered(small_scene, weights_path):
     model = stats["models"][0]
     assert model["registered_images"] == 8 and model["points3D"] > 300
     assert model["mean_reprojection_error"] < 2.0 and model["mean_track_length"] > 2.5
-    for name in ("features.h5", "pairs.txt", "matches.h5", "database.db", "sparse/0/cameras.bin"):
+    for name in ("features.h5", "pairs.txt", "matches.h5", "database.db", "sparse/0/cameras.bin", "model.png"):
         assert (small_scene / name).exists(), name
+    picture = cv2.imread(str(small_scene / "model.png"))
+    assert picture.shape[0] > 700 and (picture[..., 2] > 150).any()  # drawn; checked in detail in test_viz
     assert "registered images" in run.stdout and "demo check: 8 of 8" in run.stdout
 
     again = reconstruct(small_scene, "--demo", weights=weights_path)
@@ -143,6 +149,26 @@ def database_transfer_errors(scene):
                                  {(names[a], names[b]): pairs for (a, b), pairs in verified.items()})
 
 
+def test_an_hloc_features_file_is_reconstructed_as_it_is(small_scene, weights_path, tmp_path):
+    """d2sfm.export hloc, then reconstruct --features on hloc's file: nothing is extracted and the database holds
+    the same keypoints in COLMAP's convention."""
+    if not (small_scene / "sparse" / "0").is_dir():
+        assert reconstruct(small_scene, "--demo", weights=weights_path).returncode == 0
+    exported = subprocess.run([sys.executable, "-m", "d2sfm.export", "hloc", str(small_scene / "features.h5"),
+                               "-o", str(tmp_path / "hloc"), "--quiet"], capture_output=True, text=True)
+    assert exported.returncode == 0, exported.stderr
+    scene = tmp_path / "scene"
+    shutil.copytree(small_scene / "images", scene / "images")
+    run = reconstruct(scene, "--features", tmp_path / "hloc" / "features.h5", "--camera-mode", "single",
+                      weights=weights_path)
+    assert run.returncode == 0, run.stderr
+    assert "[extract] done earlier, skipped" in run.stdout and not (scene / "features.h5").exists()
+    names, keypoints = read_database_keypoints(scene / "database.db")
+    for image_id, name in names.items():
+        assert np.allclose(keypoints[image_id][:, :2], read_keypoints(small_scene / "features.h5", name)[0], atol=1e-4)
+    assert json.loads((scene / "stats.json").read_text())["models"][0]["registered_images"] == 8
+
+
 def test_refinement_moves_keypoints_towards_the_truth(small_scene, weights_path, tmp_path):
     """--refine on the synthetic scene: the keypoints of verified matches get closer to where the true geometry
     puts them (median error down by at least 30%), the model's reprojection error drops, features.h5 keeps the
@@ -199,10 +225,16 @@ def test_clear_errors_for_bad_scenes(tmp_path, weights_path):
     assert one.returncode == 2 and "at least two" in one.stderr
 
     (lonely / "images" / "b.jpg").write_bytes(b"not an image")
+    ok, encoded = cv2.imencode(".png", np.full((64, 64, 3), 50, np.uint8))
+    (lonely / "images" / "c.png").write_bytes(encoded.tobytes()[:60])  # a cut PNG: OpenCV logs its own warning
     unreadable = reconstruct(lonely, weights=weights_path)
     assert unreadable.returncode == 2
-    assert "b.jpg: cannot be decoded" in unreadable.stdout + unreadable.stderr
-    assert "1 readable image(s) of 2" in unreadable.stderr
+    output = unreadable.stdout + unreadable.stderr
+    assert "b.jpg: cannot be decoded" in output and "c.png: cannot be decoded" in output
+    assert "1 readable image(s) of 3" in unreadable.stderr
+    assert not OPENCV_LOG_LINE.search(output), output  # d2sfm's words only
+    verbose = reconstruct(lonely, "--verbose", weights=weights_path)
+    assert OPENCV_LOG_LINE.search(verbose.stdout + verbose.stderr)  # the library's own line, on request
 
 
 def test_failed_mapping_says_why(tmp_path, weights_path):
@@ -216,3 +248,6 @@ def test_failed_mapping_says_why(tmp_path, weights_path):
     run = reconstruct(scene, weights=weights_path)
     assert run.returncode == 2, run.stdout + run.stderr
     assert "mapping found no model" in run.stderr and "pairs verified" in run.stderr
+    assert not COLMAP_LOG_LINE.search(run.stdout + run.stderr), run.stderr  # no "E2026... sfm.cc:310] ..." lines
+    verbose = reconstruct(scene, "--verbose", weights=weights_path)
+    assert verbose.returncode == 2 and COLMAP_LOG_LINE.search(verbose.stdout + verbose.stderr)

@@ -1,0 +1,30 @@
+"""COLMAP's and OpenCV's own log lines, shown only with ``--verbose``.
+
+Their lines (``E20261122 ... sfm.cc:310] Failed to create any sparse model``, ``[ERROR:0@0.253] global
+grfmt_png.cpp:297 readHeader ...``) name source files, not the user's problem; d2sfm reports what they meant in its
+own words (an image skipped and why, no model and why). ``run_main`` silences both before a command starts, and
+commands with ``--verbose`` turn them back on.
+"""
+
+from __future__ import annotations
+
+COLMAP_ALL, COLMAP_FATAL_ONLY = 0, 3  # glog levels: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL
+
+
+def set_library_logs(verbose: bool) -> None:
+    """In this process, and (through the environment) in the processes it starts: image loaders, Ray workers."""
+    import os
+
+    import cv2
+    import pycolmap
+
+    os.environ["OPENCV_LOG_LEVEL"] = "INFO" if verbose else "SILENT"
+    os.environ["GLOG_minloglevel"] = str(COLMAP_ALL if verbose else COLMAP_FATAL_ONLY)
+
+    logging = cv2.utils.logging
+    logging.setLogLevel(logging.LOG_LEVEL_INFO if verbose else logging.LOG_LEVEL_SILENT)
+    pycolmap.logging.minloglevel = COLMAP_ALL if verbose else COLMAP_FATAL_ONLY
+
+
+def add_verbose_argument(parser) -> None:
+    parser.add_argument("--verbose", action="store_true", help="show COLMAP's and OpenCV's own log lines")

@@ -82,7 +82,8 @@ def quaternion_wxyz(rotation: np.ndarray) -> np.ndarray:
 
 
 def serve(model_dir: Path, image_dir: Path | None, host: str, port: int, max_points: int):
-    """Start the viser server with the model drawn; returns the server (its ``stop`` ends it)."""
+    """Start the viser server with the model drawn; returns it (its ``stop`` ends it), the points sent and the
+    cameras drawn."""
     import pycolmap
     import viser
 

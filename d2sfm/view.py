@@ -36,7 +36,7 @@ def find_model(scene: Path) -> Path:
 
 
 def read_photo(image_dir: Path | None, name: str, edge: int) -> np.ndarray | None:
-    """The photo as RGB at most ``edge`` pixels wide or high; None when it is not there."""
+    """The photo as BGR, resized so that its longer side is ``edge`` pixels; None when it is not there."""
     from d2sfm.images import ImageReadError, read_image_bgr
 
     if image_dir is None:
@@ -45,32 +45,27 @@ def read_photo(image_dir: Path | None, name: str, edge: int) -> np.ndarray | Non
         image = read_image_bgr(image_dir / name)
     except ImageReadError:
         return None
-    scale = min(1.0, edge / max(image.shape[:2]))
-    image = cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
-                       interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(image[:, :, ::-1])
+    scale = edge / max(image.shape[:2])
+    return cv2.resize(image, (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale))),
+                      interpolation=cv2.INTER_AREA)
+
+
+def rgb(image_bgr: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image_bgr[:, :, ::-1])
 
 
 def keypoint_picture(image_dir: Path | None, image, camera) -> np.ndarray | None:
-    """The photo with the model's keypoints of this image: green with a 3D point, red without."""
-    from d2sfm.images import ImageReadError, read_image_bgr
-
-    if image_dir is None:
-        return None
-    try:
-        photo = read_image_bgr(image_dir / image.name)
-    except ImageReadError:
+    """The photo (RGB) with the model's keypoints of this image: green with a 3D point, red without."""
+    photo = read_photo(image_dir, image.name, PANEL_EDGE)
+    if photo is None:
         return None
     xy = np.array([p.xy for p in image.points2D], np.float64).reshape(-1, 2)
     triangulated = np.array([p.has_point3D() for p in image.points2D], bool)
-    scale = PANEL_EDGE / max(photo.shape[:2])
-    photo = cv2.resize(photo, (round(photo.shape[1] * scale), round(photo.shape[0] * scale)),
-                       interpolation=cv2.INTER_AREA)
     xy = colmap_xy_to_opencv_xy(xy * np.array([photo.shape[1] / camera.width, photo.shape[0] / camera.height]))
     for selected, colour in ((~triangulated, (40, 40, 230)), (triangulated, (60, 200, 60))):
         for x, y in np.round(xy[selected]).astype(int):
             cv2.circle(photo, (int(x), int(y)), 2, colour, -1, cv2.LINE_AA)
-    return np.ascontiguousarray(photo[:, :, ::-1])
+    return rgb(photo)
 
 
 def quaternion_wxyz(rotation: np.ndarray) -> np.ndarray:
@@ -112,10 +107,12 @@ def serve(model_dir: Path, image_dir: Path | None, host: str, port: int, max_poi
     for name, rotation, position in zip(arrays.names, arrays.rotations, arrays.centres):
         image = images[name]
         camera = model.cameras[image.camera_id]
+        photo = read_photo(image_dir, name, THUMBNAIL_EDGE)
+        thumbnail = None if photo is None else rgb(photo)
         fov = 2 * np.arctan(camera.height / 2 / camera.calibration_matrix()[1, 1])
         frustum = server.scene.add_camera_frustum(
             f"/cameras/{name}", fov=float(fov), aspect=camera.width / camera.height, scale=depth,
-            color=(200, 30, 30), image=read_photo(image_dir, name, THUMBNAIL_EDGE),
+            color=(200, 30, 30), image=thumbnail,
             wxyz=quaternion_wxyz(rotation.T), position=position)
 
         def show(_event, image=image, camera=camera) -> None:

@@ -1,5 +1,6 @@
-"""Featuremetric keypoint refinement on real photos: d2sfm single- and multi-scale with and without refinement
-(dense features from conv1_2 or conv2_2), beside pycolmap's SIFT, in one run.
+"""Keypoint refinement on real photos: d2sfm single- and multi-scale without refinement, with the database
+refinement alone (patch alignment, and the featuremetric method on conv2_2 for comparison), and with the full
+default (patch alignment before mapping, then the model refinement after it), beside pycolmap's SIFT, in one run.
 
     python benchmarks/refine_sfm.py                      # ../shared/data/sacre_coeur, HED weights, CPU
     python benchmarks/refine_sfm.py --device cuda        # refinement cost against extraction on a GPU
@@ -7,9 +8,10 @@
 Each D2 variant is extracted, matched (exhaustive pairs, mutual nearest neighbours) and verified once; the
 refined databases are copies of that verified database whose keypoints ``d2sfm.refine`` moved, so the rows of
 one variant differ only in the keypoints. Every database is mapped as ``d2sfm.reconstruct`` maps (d2sfm's mapper
-options, one retry) with seeds 0, 1, 2; "registered" is the largest model of each seed, the other statistics
-the median over the seeds of the largest model's (one seed's model can be a thin one). SIFT is mapped with
-COLMAP's own mapper options (as in sfm_vs_sift.py).
+options, one retry) with seeds 0, 1, 2; the full pipeline then refines each seed's largest model as
+``d2sfm.reconstruct`` does. "registered" is the largest model of each seed, the other statistics the median over
+the seeds of the largest model's (one seed's model can be a thin one). SIFT is mapped with COLMAP's own mapper
+options (as in sfm_vs_sift.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.sfm_vs_sift import SHARED, d2sfm_features, sift_reconstruction, summarise  # noqa: E402
 
-LAYERS = ("conv1_2", "conv2_2")
+# (row suffix, database refinement settings or None, refine the mapped model)
+VARIANTS = (
+    ("", None, False),
+    (" + refine database (featuremetric conv2_2)", {"method": "featuremetric"}, False),
+    (" + refine database (patch)", {"method": "patch"}, False),
+    (" + refine database and model (default)", {"method": "patch"}, True),
+)
 
 
 def verified_database(images: Path, names, features: Path, work: Path) -> tuple[Path, str, float]:
@@ -49,17 +57,28 @@ def verified_database(images: Path, names, features: Path, work: Path) -> tuple[
     return database, verification.describe(), time.perf_counter() - start
 
 
-def map_seeds(database: Path, images: Path, work: Path, seeds) -> list:
+def map_seeds(database: Path, images: Path, work: Path, seeds, refine_model_on=None) -> tuple[list, list]:
+    """Mapping per seed; with ``refine_model_on`` (a torch device) each seed's largest model is refined as
+    d2sfm.reconstruct refines it. Returns the runs and the model refinement's seconds per seed."""
+    from d2sfm.images import gray_image_reader
     from d2sfm.mapping import run_mapping
+    from d2sfm.model_refinement import refine_model
 
-    runs = []
+    runs, refine_seconds = [], []
     for seed in seeds:
         start = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # the mapper's retry notes stay out of the table
             models = run_mapping(database, images, work / f"sparse_{database.stem}_{seed}", seed=seed,
                                  progress=False)
-        runs.append((models, time.perf_counter() - start))
-    return runs
+        seconds = time.perf_counter() - start
+        if refine_model_on is not None and models:
+            names = {image_id: image.name for image_id, image in models[0].images.items()}
+            start = time.perf_counter()
+            models[0], summary = refine_model(models[0], gray_image_reader(names, images), refine_model_on)
+            refine_seconds.append(time.perf_counter() - start)
+            print(f"    seed {seed}: {summary.describe()}", file=sys.stderr)
+        runs.append((models, seconds))
+    return runs, refine_seconds
 
 
 def median_over_seeds(per_seed: list[dict]) -> dict:
@@ -71,7 +90,6 @@ def median_over_seeds(per_seed: list[dict]) -> dict:
 
 def main() -> None:
     from d2sfm.cli import resolve_device
-    from d2sfm.feature_patches import PatchSettings
     from d2sfm.images import list_images
     from d2sfm.refine import RefineSettings, refine_database
 
@@ -96,23 +114,30 @@ def main() -> None:
             extract_seconds = d2sfm_features(args.images, names, work / "features.h5", args.weights, scales, True,
                                              device=device)
             raw, verification, match_seconds = verified_database(args.images, names, work / "features.h5", work)
-            databases = [(f"d2sfm {label}", raw, None)]
-            for layer in LAYERS:
-                refined = work / f"refined_{layer}.db"
-                shutil.copy(raw, refined)
-                start = time.perf_counter()
-                summary = refine_database(refined, args.images, args.weights, device,
-                                          RefineSettings(PatchSettings(layer=layer)), progress=False)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                databases.append((f"d2sfm {label} + refine ({layer})", refined,
-                                  {"seconds": time.perf_counter() - start, "summary": summary.describe()}))
-            for row, database, refinement in databases:
-                result = summarise(map_seeds(database, args.images, work, args.seeds),
-                                   {"extract": extract_seconds, "match+verify": match_seconds}, verification)
+            refined_databases: dict[str, tuple[Path, dict]] = {}
+            for suffix, database_settings, with_model in VARIANTS:
+                row, database, refinement = f"d2sfm {label}{suffix}", raw, None
+                if database_settings is not None:
+                    method = database_settings["method"]
+                    if method not in refined_databases:
+                        database = work / f"refined_{method}.db"
+                        shutil.copy(raw, database)
+                        start = time.perf_counter()
+                        summary = refine_database(database, args.images, args.weights, device,
+                                                  RefineSettings(**database_settings), progress=False)
+                        if device.type == "cuda":
+                            torch.cuda.synchronize()
+                        refined_databases[method] = (database, {"seconds": time.perf_counter() - start,
+                                                                "summary": summary.describe()})
+                    database, refinement = refined_databases[method]
+                runs, model_seconds = map_seeds(database, args.images, work / row.replace(" ", "_"), args.seeds,
+                                                device if with_model else None)
+                result = summarise(runs, {"extract": extract_seconds, "match+verify": match_seconds}, verification)
                 if refinement:
                     result["seconds"]["refine"] = refinement["seconds"]
                     result["refinement"] = refinement["summary"]
+                if model_seconds:
+                    result["seconds"]["refine"] += float(np.median(model_seconds))
                 results[row] = result
                 print(f"  {row}: {result['models_per_seed']} {refinement or ''}", file=sys.stderr)
         if not args.no_sift:
@@ -125,6 +150,7 @@ def main() -> None:
           f"torch {torch.__version__}, pycolmap {pycolmap.__version__}, seeds {args.seeds}\n")
     print("| pipeline | registered (largest model, per seed) | 3D points (median over seeds) | observations (median) "
           "| track length (median) | reproj. error (px, median) | extract (s) | refine (s) | refine / extract |")
+    print("(refine: the database refinement, plus the median over seeds of the model refinement's time)")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for label, r in results.items():
         s, seconds = median_over_seeds(r["largest_per_seed"]), r["seconds"]

@@ -71,3 +71,17 @@ def list_images(folder: str | os.PathLike) -> list[str]:
             f"{folder}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}); put images there"
         )
     return names
+
+
+def gray_image_reader(names: dict[int, str], image_dir: Path):
+    """image id -> float32 grayscale in [0, 1] of ``image_dir / names[id]``, for keypoint refinement; a photo
+    that cannot be read is a one-line error naming it."""
+    def read(image_id: int) -> np.ndarray:
+        path = image_dir / names[image_id]
+        try:
+            image = read_image_bgr(path)
+        except (OSError, ValueError) as error:
+            raise D2sfmError(f"{path}: cannot read the image for refinement ({error}); pass the folder the "
+                             "scene was built from with --images") from None
+        return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32) / 255.0
+    return read

@@ -31,10 +31,12 @@ from d2sfm.mapping import (
     D2_ABS_POSE_MIN_INLIERS,
     D2_INIT_MIN_TRI_ANGLE,
     MAPPERS,
+    model_folders,
     model_statistics,
     read_models,
     run_mapping,
 )
+from d2sfm.model_refinement import model_refinement_record, recover_interrupted_models, refine_model_folder
 from d2sfm.pairs import exhaustive_pairs, read_pairs, retrieval_pairs, sequential_pairs, write_pairs
 from d2sfm.pipeline_features import add_feature_arguments, extract_missing, match_missing
 from d2sfm.refine import (
@@ -42,6 +44,7 @@ from d2sfm.refine import (
     drop_database_refined_unasked,
     is_refined,
     refine_database,
+    refine_settings,
     refinement_record,
 )
 from d2sfm.stages import Stages
@@ -70,6 +73,10 @@ def print_table(stats: dict) -> None:
         refinement = stats["refinement"]
         rows.append(("keypoints refined / in tracks (median shift)", f"{refinement['keypoints_moved']} / "
                      f"{refinement['keypoints_in_tracks']} ({refinement['median_shift_px']:.2f} px)"))
+    for index, record in enumerate(stats.get("model_refinement") or []):
+        if record:
+            rows.append((f"model {index}: observations aligned / dropped / added", f"{record['observations_aligned']}"
+                         f" / {record['observations_dropped']} / {record['observations_added']}"))
     for index, model in enumerate(stats["models"]):
         rows += [(f"model {index}: registered images", model["registered_images"]),
                  (f"model {index}: 3D points", model["points3D"]),
@@ -84,6 +91,19 @@ def print_table(stats: dict) -> None:
     width = max(len(str(label)) for label, _ in rows)
     for label, value in rows:
         print(f"  {label:<{width}}  {value}")
+
+
+def refine_models(sparse: Path, image_dir: Path, device: torch.device, stages: Stages, progress: bool) -> None:
+    """After mapping: every model refined (patch alignment of each point's observations, completed tracks,
+    bundle adjustment); a model refined earlier keeps its record and is skipped."""
+    pending = [folder for folder in model_folders(sparse) if model_refinement_record(folder) is None]
+
+    def refine() -> None:
+        for folder in pending:
+            summary = refine_model_folder(folder, image_dir, device, progress=progress)
+            print(f"  model {folder.name}: {summary.describe()}")
+
+    stages.run("refine-model", not pending, refine)
 
 
 def picture_is_current(picture: Path, model_dir: Path) -> bool:
@@ -135,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="auto (COLMAP's default: per camera and size), single, per-image, per-folder "
                         "(default: auto; single with --demo, whose images come from one camera)")
     parser.add_argument("--camera-model", choices=CAMERA_MODELS, default="SIMPLE_RADIAL")
-    add_refine_argument(parser, "the keypoints of each track (before mapping)")
+    add_refine_argument(parser, "the keypoints of each track (before mapping), then each 3D point's observations "
+                        "(after mapping, which also completes tracks and bundle-adjusts),")
     parser.add_argument("--mapper", choices=MAPPERS, default="incremental")
     parser.add_argument("--abs-pose-min-inliers", type=int, default=D2_ABS_POSE_MIN_INLIERS,
                         help=f"inliers needed to register an image (default {D2_ABS_POSE_MIN_INLIERS}; COLMAP's "
@@ -229,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stages.run("match", all_matched, lambda: match_missing(args, paths["features"], pairs, paths["matches"], progress))
 
     verification = previous.get("verification")
-    drop_database_refined_unasked(paths["database"], args.refine)
+    drop_database_refined_unasked(paths["database"], args.refine, args.refine_method)
     database_changed = False
 
     def build_database() -> None:
@@ -245,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def refine() -> None:
         nonlocal database_changed
         summary = refine_database(paths["database"], image_dir, resolve_weights(args.weights, progress=progress),
-                                  resolve_device(args.device), progress=progress)
+                                  resolve_device(args.device), refine_settings(args), progress=progress)
         print(f"  {summary.describe()}")
         database_changed = True
 
@@ -268,7 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "or more overlapping photos"
             )
 
+    recover_interrupted_models(paths["sparse"])
     stages.run("mapping", (paths["sparse"] / "0").is_dir(), mapping)
+    if args.refine:
+        refine_models(paths["sparse"], image_dir, resolve_device(args.device), stages, progress)
     stages.run("picture", picture_is_current(paths["picture"], paths["sparse"] / "0"), lambda: write_model_picture(
         paths["sparse"] / "0", paths["picture"], paths["database"], readable))
     models = read_models(paths["sparse"])
@@ -277,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "failed_images": [list(f) for f in failures], "pairs": len(pairs), "verification": verification,
         "models": [model_statistics(model) for model in models],
         "refinement": refinement_record(paths["database"]),
+        "model_refinement": [model_refinement_record(folder) for folder in model_folders(paths["sparse"])],
     }
     if args.demo:
         from d2sfm.synthetic import compare_to_truth

@@ -1,8 +1,15 @@
-"""Featuremetric keypoint refinement of a COLMAP database: the database's keypoints move, nothing else changes.
+"""Keypoint refinement of a COLMAP database: the database's keypoints move, nothing else changes.
 
-After geometric verification and before mapping: tracks from the verified matches (tracks.py), dense-feature
-patches around their keypoints from the D2 network's first layers (feature_patches.py), then a joint adjustment
-of each track (keypoint_adjustment.py). features.h5 keeps the raw detections; only database.db is updated.
+After geometric verification and before mapping, tracks are formed from the verified matches (tracks.py) and
+their keypoints are moved by one of two methods:
+
+* ``patch`` (default): each keypoint is aligned to its track's anchor by an affine image-patch alignment
+  (patch_alignment.py), which models the change of view between the photos;
+* ``featuremetric``: dense-feature patches from the D2 network's first layers (feature_patches.py), adjusted
+  jointly per track (keypoint_adjustment.py), as in Lindenberger et al.
+
+features.h5 keeps the raw detections; only database.db is updated. model_refinement.py refines the model after
+mapping.
 
     python -m d2sfm.refine scene/database.db --images scene/images
 """
@@ -30,17 +37,27 @@ from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device,
 from d2sfm.errors import D2sfmError
 from d2sfm.feature_patches import DenseFeatureNet, PatchSettings
 from d2sfm.fileutil import atomic_path
-from d2sfm.images import read_image_bgr
+from d2sfm.images import gray_image_reader, read_image_bgr
 from d2sfm.io import pair_key, read_keypoints, read_matches
 from d2sfm.keypoint_adjustment import AdjustmentSettings, adjust_keypoints
+from d2sfm.patch_alignment import AlignmentSettings, align_keypoints, edge_affinities
 from d2sfm.tracks import Tracks, build_tracks, read_verified_matches
 from d2sfm.weights import resolve_weights
+
+METHODS = ("patch", "featuremetric")
 
 
 @dataclass
 class RefineSettings:
-    patches: PatchSettings = field(default_factory=PatchSettings)
+    method: str = "patch"
+    alignment: AlignmentSettings = field(default_factory=AlignmentSettings)  # method "patch"
+    patches: PatchSettings = field(default_factory=PatchSettings)  # method "featuremetric"
     adjustment: AdjustmentSettings = field(default_factory=AdjustmentSettings)
+
+    def as_dict(self) -> dict:
+        if self.method == "patch":
+            return {"method": self.method, **self.alignment.as_dict()}
+        return {"method": self.method, **self.patches.as_dict(), **asdict(self.adjustment)}
 
 
 @dataclass
@@ -52,15 +69,19 @@ class RefinementSummary:
     keypoints_moved: int
     median_shift_px: float
     p90_shift_px: float
-    cost_before: float
-    cost_after: float
     patch_seconds: float
     adjust_seconds: float
+    cost_before: float | None = None  # featuremetric
+    cost_after: float | None = None
+    median_correlation: float | None = None  # patch: of the aligned patches
 
     def describe(self) -> str:
-        return (f"{self.keypoints_moved} of {self.keypoints_in_tracks} tracked keypoints moved in "
-                f"{self.tracks_adjusted} tracks (median {self.median_shift_px:.2f} px, 90% under "
-                f"{self.p90_shift_px:.2f} px); featuremetric cost {self.cost_before:.1f} -> {self.cost_after:.1f}")
+        moved = (f"{self.keypoints_moved} of {self.keypoints_in_tracks} tracked keypoints moved in "
+                 f"{self.tracks_adjusted} tracks (median {self.median_shift_px:.2f} px, 90% under "
+                 f"{self.p90_shift_px:.2f} px)")
+        if self.cost_before is not None:
+            return f"{moved}; featuremetric cost {self.cost_before:.1f} -> {self.cost_after:.1f}"
+        return f"{moved}; median patch correlation {self.median_correlation or 0:.3f}"
 
 
 def read_database_keypoints(database_path: str | os.PathLike) -> tuple[dict[int, str], dict[int, np.ndarray]]:
@@ -73,34 +94,48 @@ def read_database_keypoints(database_path: str | os.PathLike) -> tuple[dict[int,
 
 def refine_keypoints(keypoints: dict[int, np.ndarray], names: dict[int, str],
                      matches: dict[tuple[int, int], np.ndarray], image_dir: str | os.PathLike,
-                     weights: str | os.PathLike, device: torch.device, settings: RefineSettings | None = None,
+                     weights: str | os.PathLike | None, device: torch.device, settings: RefineSettings | None = None,
                      fixed_images: Collection[int] = (), progress: bool = True,
                      ) -> tuple[dict[int, np.ndarray], RefinementSummary]:
     """``keypoints`` (image id -> (N, 2+), COLMAP convention) with every keypoint that ``matches`` put in a track
     refined; the keypoints of ``fixed_images`` are held still (the others align to them)."""
     settings = settings or RefineSettings()
+    if settings.method not in METHODS:
+        raise ValueError(f"refinement method must be one of {', '.join(METHODS)}, got {settings.method!r}")
     tracks = build_tracks(matches)
-    started = time.perf_counter()
-    patches, centres, factors = _collect_patches(tracks, names, keypoints, Path(image_dir), weights, device,
-                                                 settings.patches, progress)
-    patch_seconds = time.perf_counter() - started
-    started = time.perf_counter()
     fixed = np.isin(tracks.image_ids, np.fromiter(fixed_images, np.int64, len(fixed_images)))
-    displacement, report = adjust_keypoints(patches, centres, tracks.track_ids, tracks.edges, settings.adjustment,
-                                            fixed)
-    shift = displacement.cpu().numpy().astype(np.float64) * factors
+    xy = np.zeros((len(tracks.track_ids), 2))
+    for image_id, nodes in tracks.nodes_by_image():
+        xy[nodes] = keypoints[image_id][tracks.keypoint_ids[nodes], :2]
+    started = time.perf_counter()
+    if settings.method == "patch":
+        edge_maps = edge_affinities(matches, keypoints)
+        alignment = align_keypoints(tracks, xy, edge_maps, fixed, gray_image_reader(names, Path(image_dir)),
+                                    settings.alignment, device, progress)
+        new_xy, extra = alignment.positions, {"median_correlation": round(alignment.median_correlation, 4)}
+        tracks_adjusted = int(len(np.unique(tracks.track_ids[alignment.aligned])))
+        patch_seconds = 0.0
+    else:
+        patches, centres, factors = _collect_patches(tracks, names, keypoints, Path(image_dir), weights, device,
+                                                     settings.patches, progress)
+        patch_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        displacement, report = adjust_keypoints(patches, centres, tracks.track_ids, tracks.edges,
+                                                settings.adjustment, fixed)
+        new_xy = xy + displacement.cpu().numpy().astype(np.float64) * factors
+        extra = {"cost_before": report.cost_before, "cost_after": report.cost_after}
+        tracks_adjusted = report.tracks_adjusted
     refined = {image_id: points.copy() for image_id, points in keypoints.items()}
     for image_id, nodes in tracks.nodes_by_image():
-        refined[image_id][tracks.keypoint_ids[nodes], :2] += shift[nodes]
-    lengths = np.linalg.norm(shift, axis=1)
+        refined[image_id][tracks.keypoint_ids[nodes], :2] = new_xy[nodes]
+    lengths = np.linalg.norm(new_xy - xy, axis=1)
     moved = lengths[lengths > 1e-6]
     summary = RefinementSummary(
-        images=len(np.unique(tracks.image_ids)), tracks=report.tracks, tracks_adjusted=report.tracks_adjusted,
+        images=len(np.unique(tracks.image_ids)), tracks=tracks.num_tracks, tracks_adjusted=tracks_adjusted,
         keypoints_in_tracks=len(tracks.track_ids), keypoints_moved=len(moved),
         median_shift_px=float(np.median(moved)) if len(moved) else 0.0,
-        p90_shift_px=float(np.percentile(moved, 90)) if len(moved) else 0.0,
-        cost_before=report.cost_before, cost_after=report.cost_after, patch_seconds=round(patch_seconds, 2),
-        adjust_seconds=round(time.perf_counter() - started, 2))
+        p90_shift_px=float(np.percentile(moved, 90)) if len(moved) else 0.0, patch_seconds=round(patch_seconds, 2),
+        adjust_seconds=round(time.perf_counter() - started, 2), **extra)
     return refined, summary
 
 
@@ -115,13 +150,11 @@ def _collect_patches(tracks: Tracks, names: dict[int, str], keypoints: dict[int,
     by_name: dict[str, list[tuple[int, np.ndarray]]] = {}  # ids sharing an image (InLoc's per-pair query copies)
     for image_id, nodes in tracks.nodes_by_image():
         by_name.setdefault(names[image_id], []).append((image_id, nodes))
+    read = gray_image_reader(names, image_dir)  # for its error message; the network takes colour
     for name, id_nodes in tqdm(by_name.items(), desc="refinement features", unit="img", disable=not progress):
         path = image_dir / name
-        try:
-            image = read_image_bgr(path)
-        except (OSError, ValueError) as error:
-            raise D2sfmError(f"{path}: cannot read the image for refinement ({error}); pass the folder the "
-                             "database was built from with --images") from None
+        read(id_nodes[0][0])
+        image = read_image_bgr(path)
         nodes = np.concatenate([nodes for _, nodes in id_nodes])
         xy = np.concatenate([keypoints[image_id][tracks.keypoint_ids[nodes], :2] for image_id, nodes in id_nodes])
         result = net.patches(image, xy)
@@ -221,8 +254,11 @@ def refine_queries_against_fixed(features_path: str | os.PathLike, matches_path:
     (memory stays that of one query's pairs). ``output`` gets, per pair (features.h5's pair keys), the matched
     query keypoints' indices and refined positions, and the summary, written atomically at the end."""
     settings = settings or RefineSettings()
-    shifts, totals = [], {"tracks": 0, "tracks_adjusted": 0, "keypoints_in_tracks": 0, "cost_before": 0.0,
-                          "cost_after": 0.0, "patch_seconds": 0.0, "adjust_seconds": 0.0}
+    shifts, correlations = [], []
+    totals = {"tracks": 0, "tracks_adjusted": 0, "keypoints_in_tracks": 0, "patch_seconds": 0.0,
+              "adjust_seconds": 0.0}
+    if settings.method == "featuremetric":
+        totals.update(cost_before=0.0, cost_after=0.0)
     with atomic_path(output) as scratch, h5py.File(scratch, "w") as handle:
         for query, images in tqdm(retrieved.items(), desc="refining queries", unit="query", disable=not progress):
             names, keypoints, matches, rows = {}, {}, {}, {}
@@ -249,12 +285,15 @@ def refine_queries_against_fixed(features_path: str | os.PathLike, matches_path:
                 shifts.append(np.linalg.norm(refined[copy][:, :2] - keypoints[copy][:, :2], axis=1))
             for key in totals:
                 totals[key] += getattr(summary, key)
+            if summary.median_correlation is not None:
+                correlations.append(summary.median_correlation)
         lengths = np.concatenate(shifts) if shifts else np.zeros(0)
         moved = lengths[lengths > 1e-6]
         summary = RefinementSummary(
             images=len(retrieved), keypoints_moved=len(moved),
             median_shift_px=float(np.median(moved)) if len(moved) else 0.0,
-            p90_shift_px=float(np.percentile(moved, 90)) if len(moved) else 0.0, **totals)
+            p90_shift_px=float(np.percentile(moved, 90)) if len(moved) else 0.0, **totals,
+            median_correlation=float(np.median(correlations)) if correlations else None)
         handle.attrs[REFINED_TABLE] = json.dumps(summary_dict(summary, settings))
     return summary
 
@@ -278,34 +317,55 @@ def refined_keypoints_record(path: str | os.PathLike) -> dict:
 
 
 def summary_dict(summary: RefinementSummary, settings: RefineSettings) -> dict:
-    return {**asdict(summary), "settings": {**settings.patches.as_dict(), **asdict(settings.adjustment)}}
+    return {**asdict(summary), "settings": settings.as_dict()}
 
 
 def add_refine_argument(parser: argparse.ArgumentParser, where: str) -> None:
-    """``--refine/--no-refine``, shared by the pipelines (``where``: what is refined, for the help)."""
-    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=False,
-                        help="featuremetric keypoint refinement after matching: " + where + " move (a few "
-                        "pixels at most) until D2's early VGG features agree across views; database.db gets the "
-                        "refined keypoints, features.h5 keeps the detections (docs/benchmarks.md, 'Keypoint "
+    """``--refine/--no-refine`` and ``--refine-method``, shared by the pipelines (``where``: what is refined)."""
+    parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                        help="keypoint refinement after matching (on by default): " + where + " move (a few "
+                        "pixels at most) to where their image patches agree across views; database.db gets the "
+                        "refined keypoints, features.h5 keeps the detections. --no-refine maps the raw "
+                        "detections, as the original D2-Net pipeline did (docs/benchmarks.md, 'Keypoint "
                         "refinement')")
+    parser.add_argument("--refine-method", choices=METHODS, default="patch",
+                        help="patch: affine patch alignment under the local change of view (default); "
+                        "featuremetric: agreement of D2's early VGG features (Lindenberger et al.)")
 
 
-def drop_database_refined_unasked(database_path: Path, refine: bool) -> None:
-    """A rerun without --refine must not map from refined keypoints: the refined database is deleted, so that
-    the pipeline rebuilds it from the detections."""
-    if database_path.is_file() and not refine and is_refined(database_path):
+def refine_settings(args: argparse.Namespace) -> RefineSettings:
+    return RefineSettings(method=args.refine_method)
+
+
+def drop_database_refined_unasked(database_path: Path, refine: bool, method: str = "patch") -> None:
+    """A rerun without --refine (or with another method) must not map from these refined keypoints: the refined
+    database is deleted, so that the pipeline rebuilds it from the detections."""
+    if not database_path.is_file():
+        return
+    record = refinement_record(database_path)
+    if record is None:
+        return
+    settings = record.get("settings") or record.get("database", {}).get("settings", {})
+    if not refine:
         print(f"  {database_path.name} holds refined keypoints; rebuilding it from the detections (--no-refine)")
+        database_path.unlink()
+    elif settings.get("method", "featuremetric") != method:
+        print(f"  {database_path.name} holds keypoints refined by another method; rebuilding it from the detections")
         database_path.unlink()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m d2sfm.refine",
-        description="Featuremetric keypoint refinement of a COLMAP database whose matches are geometrically "
-        "verified: moves the keypoints of each track so that D2's early VGG features agree across the views, "
-        "in place (atomically). Run before mapping.")
-    parser.add_argument("database", type=Path, help="COLMAP database with verified matches")
+        description="Keypoint refinement, in place (atomically). Given a COLMAP database whose matches are "
+        "geometrically verified (before mapping), moves the keypoints of each track to where their image patches "
+        "agree across views; given a mapped model folder (--model), aligns each 3D point's observations, "
+        "completes its track in covisible images and bundle-adjusts.")
+    parser.add_argument("database", type=Path, nargs="?", help="COLMAP database with verified matches")
+    parser.add_argument("--model", type=Path, default=None, help="a COLMAP model folder to refine instead")
     parser.add_argument("--images", type=Path, required=True, help="the image folder the database was built from")
+    parser.add_argument("--method", choices=METHODS, default="patch",
+                        help="database refinement: patch alignment (default) or featuremetric (needs the weights)")
     add_weights_argument(parser)
     add_device_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -313,14 +373,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from d2sfm.model_refinement import refine_model_folder
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.database is None) == (args.model is None):
+        parser.error("give either a database or --model FOLDER")
+    if not args.images.is_dir():
+        raise D2sfmError(f"{args.images}: no such image folder; pass the folder the scene was built from")
+    if args.model is not None:
+        if not (args.model / "images.bin").is_file() and not (args.model / "images.txt").is_file():
+            raise D2sfmError(f"{args.model}: not a COLMAP model folder (no images.bin or images.txt); check the path")
+        summary = refine_model_folder(args.model, args.images, resolve_device(args.device), progress=not args.quiet)
+        print(f"refined {args.model}: {summary.describe()}")
+        return 0
     if not args.database.is_file():
         raise D2sfmError(f"{args.database}: no such COLMAP database; check the path")
-    if not args.images.is_dir():
-        raise D2sfmError(f"{args.images}: no such image folder; pass the folder the database was built from")
-    weights = resolve_weights(args.weights, progress=not args.quiet)
+    weights = resolve_weights(args.weights, progress=not args.quiet) if args.method == "featuremetric" else None
     summary = refine_database(args.database, args.images, weights, resolve_device(args.device),
-                              progress=not args.quiet)
+                              RefineSettings(method=args.method), progress=not args.quiet)
     print(f"refined {args.database}: {summary.describe()}")
     return 0
 

@@ -41,6 +41,7 @@ from d2sfm.refine import (
     drop_database_refined_unasked,
     is_refined,
     refine_localization_database,
+    refine_settings,
     refinement_record,
 )
 from d2sfm.registration import register_queries, registration_options
@@ -211,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
     extracted, usable = extract_and_match(args, run, layout.images, names, pairs, progress)
 
-    drop_database_refined_unasked(paths["database"], args.refine)
+    drop_database_refined_unasked(paths["database"], args.refine, args.refine_method)
     database_changed = False
 
     def build_database() -> None:
@@ -234,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
         nonlocal database_changed
         database_pass, query_pass = refine_localization_database(
             paths["database"], layout.images, query_names, resolve_weights(args.weights, progress=progress),
-            resolve_device(args.device), progress=progress)
+            resolve_device(args.device), refine_settings(args), progress=progress)
         print(f"  database images: {database_pass.describe()}\n  queries: {query_pass.describe()}")
         database_changed = True
 

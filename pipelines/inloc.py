@@ -43,6 +43,7 @@ from d2sfm.refine import (
     add_refine_argument,
     read_refined_query_keypoints,
     refine_queries_against_fixed,
+    refine_settings,
     refined_keypoints_record,
 )
 from d2sfm.stages import RunFolder
@@ -230,16 +231,20 @@ def run(args: argparse.Namespace) -> int:
         summary = refine_queries_against_fixed(
             paths["features"], paths["matches"], usable_retrieved, layout.images,
             resolve_weights(args.weights, progress=progress), resolve_device(args.device), paths["refined"],
-            progress=progress)
+            refine_settings(args), progress=progress)
         print(f"  queries: {summary.describe()}")
 
+    wanted = args.refine_method if args.refine else False  # how the poses' query keypoints were refined
+    if paths["refined"].is_file() and refined_keypoints_record(paths["refined"]).get("settings", {}).get(
+            "method", "featuremetric") != args.refine_method:
+        paths["refined"].unlink()  # refined by another method
     if args.refine:
         run.stages.run("refine", paths["refined"].is_file(), refine)
-    if paths["poses"].is_file() and run.state.get("poses_refined", False) != args.refine:
-        print(f"  {paths['poses'].name} was localized {'without' if args.refine else 'with'} --refine; "
+    if paths["poses"].is_file() and run.state.get("poses_refined", False) != wanted:
+        print(f"  {paths['poses'].name} was localized with other query keypoints (--refine/--refine-method); "
               "localizing again")
         paths["poses"].unlink()
-    run.save(poses_refined=args.refine)
+    run.save(poses_refined=wanted)
     query_keypoints = paths["refined"] if args.refine else None
 
     def localize() -> None:

@@ -52,7 +52,7 @@ def courtyard_aachen(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def courtyard_run(courtyard_aachen, weights_path, tmp_path_factory):
     output = tmp_path_factory.mktemp("run") / "out"
-    first = localize(courtyard_aachen, output, weights_path)
+    first = localize(courtyard_aachen, output, weights_path, "--no-refine")  # the baseline of the refinement test
     assert first.returncode == 0, first.stderr
     return output, first
 
@@ -87,7 +87,7 @@ def test_courtyard_queries_are_localized(courtyard_run, courtyard_aachen):
 def test_rerun_resumes_without_redoing_work(courtyard_run, courtyard_aachen, weights_path):
     output, _ = courtyard_run
     before = (output / "Aachen_eval_[d2sfm].txt").read_text()
-    again = localize(courtyard_aachen, output, weights_path)
+    again = localize(courtyard_aachen, output, weights_path, "--no-refine")
     assert again.returncode == 0, again.stderr
     for stage in ("extract", "match", "database", "triangulate", "register"):
         assert f"[{stage}] done earlier, skipped" in again.stdout

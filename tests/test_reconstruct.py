@@ -21,6 +21,7 @@ from d2sfm.mapping import (
     verified_keypoints,
     why_map_again,
 )
+from d2sfm.model_refinement import model_refinement_record
 from d2sfm.refine import is_refined, read_database_keypoints
 from d2sfm.synthetic import match_transfer_errors, render_scene
 from d2sfm.tracks import read_verified_matches
@@ -77,7 +78,8 @@ def test_synthetic_scene_cameras_are_recovered(small_scene, weights_path):
     # cameras, or leaves out the one or two with too few 3D points (drop_weak_images). Over 36 verification draws
     # on this scene it ended within 1.2 degrees in 32, and in 4 on one distorted model (max 5.9 degrees, median
     # 3.1, position 8%) whose reprojection error (1.31 px) equals the good ones': the matches cannot tell them
-    # apart. The bounds take that outcome and still fail a model that is wrong.
+    # apart. The bounds take that outcome and still fail a model that is wrong. (With refined keypoints one draw
+    # kept view_08 on 26 points placed 12.8 degrees wrong; the global path now asks 30 points of an image.)
     assert global_check["registered"] >= 6 and global_check["aligned"]
     assert global_check["max_rotation_error_deg"] < 10.0 and global_check["median_rotation_error_deg"] < 5.0
     assert global_check["max_position_error_rel"] < 0.15
@@ -160,7 +162,7 @@ def test_an_hloc_features_file_is_reconstructed_as_it_is(small_scene, weights_pa
     scene = tmp_path / "scene"
     shutil.copytree(small_scene / "images", scene / "images")
     run = reconstruct(scene, "--features", tmp_path / "hloc" / "features.h5", "--camera-mode", "single",
-                      weights=weights_path)
+                      "--no-refine", weights=weights_path)  # the database's keypoints are the detections
     assert run.returncode == 0, run.stderr
     assert "[extract] done earlier, skipped" in run.stdout and not (scene / "features.h5").exists()
     names, keypoints = read_database_keypoints(scene / "database.db")
@@ -170,47 +172,74 @@ def test_an_hloc_features_file_is_reconstructed_as_it_is(small_scene, weights_pa
 
 
 def test_refinement_moves_keypoints_towards_the_truth(small_scene, weights_path, tmp_path):
-    """--refine on the synthetic scene: the keypoints of verified matches get closer to where the true geometry
-    puts them (median error down by at least 30%), the model's reprojection error drops, features.h5 keeps the
-    detections, and a rerun resumes or undoes the refinement as asked."""
+    """Refinement (the default) against --no-refine on the same features and matches of the synthetic scene: the
+    keypoints of verified matches get closer to where the true geometry puts them (median error down by at least
+    30%); the refined model has a lower reprojection error, longer tracks and cameras closer to the truth;
+    features.h5 keeps the detections; a rerun resumes, also after a crash while the refined model was swapped in,
+    and --no-refine undoes it."""
     if not (small_scene / "sparse" / "0").is_dir():
         assert reconstruct(small_scene, "--demo", weights=weights_path).returncode == 0
-    scene = tmp_path / "refined"
-    scene.mkdir()
-    for name in ("images", "ground_truth"):
-        shutil.copytree(small_scene / name, scene / name)
-    for name in ("features.h5", "pairs.txt", "matches.h5", "database.db", "stats.json"):
-        shutil.copy(small_scene / name, scene / name)
-    raw = json.loads((small_scene / "stats.json").read_text())
+    raw_scene, scene = tmp_path / "raw", tmp_path / "refined"
+    for folder in (raw_scene, scene):
+        folder.mkdir()
+        for name in ("images", "ground_truth"):
+            shutil.copytree(small_scene / name, folder / name)
+        for name in ("features.h5", "pairs.txt", "matches.h5"):
+            shutil.copy(small_scene / name, folder / name)
+    unrefined = reconstruct(raw_scene, "--demo", "--no-refine", weights=weights_path)
+    assert unrefined.returncode == 0, unrefined.stderr
+    assert "[refine]" not in unrefined.stdout and "[refine-model]" not in unrefined.stdout
+    raw = json.loads((raw_scene / "stats.json").read_text())
 
-    run = reconstruct(scene, "--demo", "--refine", weights=weights_path)
+    run = reconstruct(scene, "--demo", weights=weights_path)
     assert run.returncode == 0, run.stderr
-    assert "[database] done earlier, skipped" in run.stdout and "[refine]\n" in run.stdout
+    assert "[match] done earlier, skipped" in run.stdout
+    assert "[refine]\n" in run.stdout and "[refine-model]\n" in run.stdout
     stats = json.loads((scene / "stats.json").read_text())
-    before, after = database_transfer_errors(small_scene), database_transfer_errors(scene)
+    before, after = database_transfer_errors(raw_scene), database_transfer_errors(scene)
+    model, raw_model = stats["models"][0], raw["models"][0]
     print(f"match transfer error against the truth: median {np.median(before):.3f} px raw, "
-          f"{np.median(after):.3f} px refined; cameras raw {raw['demo_check']}, refined {stats['demo_check']}")
+          f"{np.median(after):.3f} px refined; model raw {raw_model}, refined {model}; cameras raw "
+          f"{raw['demo_check']}, refined {stats['demo_check']}; {stats['model_refinement'][0]}")
     assert len(after) > 0.9 * len(before)
     assert np.median(after) <= 0.7 * np.median(before)
     assert stats["refinement"]["keypoints_moved"] > 0.3 * stats["refinement"]["keypoints_in_tracks"]
-    model, raw_model = stats["models"][0], raw["models"][0]
-    assert model["registered_images"] == 8 and stats["demo_check"]["max_rotation_error_deg"] < 2.0
+    assert model["registered_images"] == 8
     assert model["mean_reprojection_error"] < 0.9 * raw_model["mean_reprojection_error"]
+    assert model["mean_track_length"] > 1.15 * raw_model["mean_track_length"]
+    assert stats["demo_check"]["max_rotation_error_deg"] < raw["demo_check"]["max_rotation_error_deg"]
+    record = stats["model_refinement"][0]
+    assert record["observations_aligned"] > 0.5 * raw_model["observations"] and record["observations_added"] > 0
+    assert model_refinement_record(scene / "sparse" / "0") == record
     names, refined = read_database_keypoints(scene / "database.db")
     moved = 0
     for image_id, points in refined.items():
         detected = read_keypoints(scene / "features.h5", names[image_id])[0]
-        assert np.abs(points[:, :2] - detected).max() < 8  # bounded by the patch
+        assert np.abs(points[:, :2] - detected).max() <= 8 + 1e-3  # bounded by max_shift
         moved += int((np.abs(points[:, :2] - detected) > 1e-3).any(1).sum())
     assert moved == stats["refinement"]["keypoints_moved"]
 
-    again = reconstruct(scene, "--demo", "--refine", weights=weights_path)
-    assert "[refine] done earlier, skipped" in again.stdout and "[mapping] done earlier, skipped" in again.stdout
+    again = reconstruct(scene, "--demo", weights=weights_path)
+    for stage in ("refine", "mapping", "refine-model"):
+        assert f"[{stage}] done earlier, skipped" in again.stdout
+    sparse = scene / "sparse"
+    shutil.copytree(sparse / "0", sparse / "0.refined.part")  # a crash while the refined model was written
+    (sparse / "0.refined.part" / "points3D.bin").unlink()
+    resumed = reconstruct(scene, "--demo", weights=weights_path)
+    assert "[refine-model] done earlier, skipped" in resumed.stdout and not (sparse / "0.refined.part").exists()
+    (sparse / "0").rename(sparse / "0.refined.part")  # a crash between the two renames
+    shutil.copytree(raw_scene / "sparse" / "0", sparse / "0.unrefined")
+    resumed = reconstruct(scene, "--demo", weights=weights_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "[mapping] done earlier, skipped" in resumed.stdout and "[refine-model]\n" in resumed.stdout
+    assert sorted(p.name for p in sparse.iterdir()) == ["0"]
+
     undone = reconstruct(scene, "--demo", "--no-refine", weights=weights_path)
     assert undone.returncode == 0, undone.stderr
     assert "rebuilding it from the detections" in undone.stdout and "[mapping]\n" in undone.stdout
-    assert not is_refined(scene / "database.db")
-    assert json.loads((scene / "stats.json").read_text())["refinement"] is None
+    assert not is_refined(scene / "database.db") and model_refinement_record(sparse / "0") is None
+    stats = json.loads((scene / "stats.json").read_text())
+    assert stats["refinement"] is None and stats["model_refinement"] == [None]
 
 
 def test_clear_errors_for_bad_scenes(tmp_path, weights_path):

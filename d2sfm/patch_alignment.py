@@ -1,0 +1,292 @@
+"""Keypoint refinement by affine patch alignment: every keypoint of a track moves to where its anchor's image
+patch, warped by the local affinity between the two views, fits best (an affine Lucas-Kanade / KLT step).
+
+Why this and not only a comparison of feature vectors at the keypoints: between real photos the change of scale,
+rotation and lighting moves the optimum of features that are not invariant to it away from the true
+correspondence (benchmarks/refine_invariance.py). Here the change of view is part of the model: the 2x2 linear
+map starts from the verified matches around the keypoint and is refined with the position, and a gain and bias
+absorb the change of exposure, so the optimum is the true correspondence up to the patch's texture.
+
+Each track aligns to one anchor (a keypoint held fixed where the caller fixes images, else the best-connected
+one): a star, so errors do not add up along chains and a wrong match moves only its own keypoint. A keypoint
+whose alignment does not converge to a good fit keeps its detection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial import cKDTree
+from tqdm import tqdm
+
+from d2sfm.tracks import Tracks
+
+
+@dataclass
+class AlignmentSettings:
+    radius: int = 10  # patch of (2 radius + 1)^2 samples, one pixel apart in the finer of the two views
+    blur_sigmas: tuple[float, ...] = (2.0, 1.0)  # coarse to fine: a wider basin, then the precise optimum
+    iterations: int = 12  # per level
+    max_shift: float = 8.0  # px in the keypoint's image; beyond it the keypoint stays where it was
+    min_correlation: float = 0.9  # weighted normalised cross-correlation of the final fit
+    max_nodes: int = 200_000  # keypoints aligned per chunk: bounds the templates' memory on huge scenes
+
+    def as_dict(self) -> dict:
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+
+@dataclass
+class Alignment:
+    positions: np.ndarray  # (K, 2) aligned where ``aligned``, else the input
+    aligned: np.ndarray  # (K,) bool: the fit converged, correlates and stayed within max_shift
+    moving: np.ndarray  # (K,) bool: was to be aligned (neither its track's anchor nor fixed)
+    correlation: np.ndarray  # (K,) of the final fit, NaN where not tried
+
+    @property
+    def median_correlation(self) -> float:
+        return float(np.nanmedian(self.correlation)) if self.moving.any() else 0.0
+
+
+def fit_linear_maps(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(M, 2, 2) least-squares linear maps taking the centred point sets ``source`` (M, k, 2) to ``target``;
+    identity where the points are too few or degenerate to fix one."""
+    source = source - source.mean(axis=1, keepdims=True)
+    target = target - target.mean(axis=1, keepdims=True)
+    gram = np.einsum("mki,mkj->mij", source, source)
+    cross = np.einsum("mki,mkj->mij", source, target)
+    maps = np.tile(np.eye(2), (len(source), 1, 1))
+    finite = np.isfinite(gram).all((1, 2)) & np.isfinite(cross).all((1, 2))
+    good = finite.copy()
+    good[finite] = np.linalg.cond(gram[finite]) < 1e4
+    solved = np.linalg.solve(gram[good], cross[good])  # source @ X = target, so the map is X^T
+    maps[good] = np.transpose(solved, (0, 2, 1))
+    return maps
+
+
+def local_affinities(xy_first: np.ndarray, xy_second: np.ndarray, neighbours: int) -> np.ndarray:
+    """(M, 2, 2) linear maps from the first view to the second around each match, fitted to the ``neighbours``
+    matches nearest to it in the first view; identity where there are too few matches."""
+    if len(xy_first) < 4:
+        return np.tile(np.eye(2), (len(xy_first), 1, 1))
+    _, index = cKDTree(xy_first).query(xy_first, k=min(neighbours, len(xy_first)))
+    return fit_linear_maps(xy_first[index], xy_second[index])
+
+
+def edge_affinities(verified: dict[tuple[int, int], np.ndarray], keypoints: dict[int, np.ndarray],
+                    neighbours: int = 12) -> np.ndarray:
+    """(E, 2, 2) local affinities of every verified match, in the order ``build_tracks`` numbers its edges (pair
+    by pair, as ``verified`` iterates)."""
+    maps = [local_affinities(keypoints[first][inliers[:, 0], :2].astype(np.float64),
+                             keypoints[second][inliers[:, 1], :2].astype(np.float64), neighbours)
+            for (first, second), inliers in verified.items()]
+    return np.concatenate(maps) if maps else np.zeros((0, 2, 2))
+
+
+def anchors_and_maps(tracks: Tracks, edge_maps: np.ndarray, fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each node's anchor node and the linear map (K, 2, 2) from the anchor's view to the node's, composed along
+    the track's matches outward from the anchor (breadth first, all tracks at once)."""
+    count = len(tracks.track_ids)
+    degree = np.bincount(tracks.edges.ravel(), minlength=count).astype(np.float64)
+    priority = degree + fixed * (degree.max(initial=0) + 1)  # a fixed keypoint anchors its track
+    order = np.lexsort((np.arange(count), -priority, tracks.track_ids))
+    first = np.ones(count, bool)
+    first[1:] = tracks.track_ids[order[1:]] != tracks.track_ids[order[:-1]]
+    anchor_of_track = np.empty(tracks.num_tracks, np.int64)
+    anchor_of_track[tracks.track_ids[order[first]]] = order[first]
+    anchors = anchor_of_track[tracks.track_ids]
+    maps = np.full((count, 2, 2), np.nan)
+    maps[anchors == np.arange(count)] = np.eye(2)
+    inverse = np.linalg.inv(edge_maps)
+    for _ in range(count):
+        known = ~np.isnan(maps[:, 0, 0])
+        start, end = tracks.edges[:, 0], tracks.edges[:, 1]
+        forward = known[start] & ~known[end]
+        backward = known[end] & ~known[start]
+        if not (forward.any() or backward.any()):
+            break
+        maps[end[forward]] = edge_maps[forward] @ maps[start[forward]]
+        maps[start[backward]] = inverse[backward] @ maps[end[backward]]
+    return anchors, maps
+
+
+def _grid(radius: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    steps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    v, u = torch.meshgrid(steps, steps, indexing="ij")
+    offsets = torch.stack([u.reshape(-1), v.reshape(-1)], dim=1)  # (P^2, 2)
+    weights = torch.exp(-(offsets ** 2).sum(1) / (2 * (radius / 1.5) ** 2))
+    return offsets, weights / weights.sum()
+
+
+def _image_stack(gray: np.ndarray, sigma: float, device) -> torch.Tensor:
+    """(1, 3, H, W): the blurred image and its x and y derivatives."""
+    blurred = cv2.GaussianBlur(gray, (0, 0), sigma)
+    dx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
+    dy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
+    return torch.from_numpy(np.stack([blurred, dx, dy])).to(device)[None]
+
+
+def _sample(stack: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples (3, N, S) of ``stack`` at COLMAP-convention points ``xy`` (N, S, 2)."""
+    height, width = stack.shape[-2:]
+    scale = torch.tensor([2.0 / width, 2.0 / height], device=xy.device)
+    grid = xy * scale - 1
+    return F.grid_sample(stack, grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
+
+
+def _normalised(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    mean = (values * weights).sum(-1, keepdim=True)
+    centred = values - mean
+    return centred / ((centred ** 2 * weights).sum(-1, keepdim=True).sqrt() + 1e-6)
+
+
+SCALE_STEPS = np.sqrt(2.0) ** np.arange(5)  # blur and sample spacing factors 1 .. 4
+
+
+def _spacing_factors(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per node, the sample spacing (and blur) factor in the anchor's view and in its own: samples at least one
+    pixel apart in both views, blurred in proportion, so a view at a coarser scale is compared with a template
+    blurred to the same detail (quantised to powers of sqrt 2, up to a scale change of 4)."""
+    scale = np.sqrt(np.abs(np.linalg.det(np.nan_to_num(maps, nan=1.0))))
+    def quantise(factor):
+        return SCALE_STEPS[np.abs(np.log(factor)[:, None] - np.log(SCALE_STEPS)[None]).argmin(1)]
+    anchor_factor = quantise(np.maximum(1.0, 1.0 / np.maximum(scale, 1e-6)))
+    own_factor = quantise(np.maximum(1.0, scale))
+    return anchor_factor, own_factor
+
+
+def align_keypoints(tracks: Tracks, xy: np.ndarray, edge_maps: np.ndarray, fixed: np.ndarray,
+                    read_gray: Callable[[int], np.ndarray], settings: AlignmentSettings,
+                    device: torch.device, progress: bool = False) -> Alignment:
+    """Align every track node at ``xy`` (K, 2, COLMAP convention) to its track's anchor; anchors and ``fixed``
+    nodes stay (a fixed node anchors its track).
+
+    ``edge_maps`` (E, 2, 2) are the local affinities of ``tracks.edges`` (first node's view to second's);
+    ``read_gray(image_id)`` gives an image as float32 grayscale. Tracks are taken in chunks of at most
+    ``settings.max_nodes`` nodes; in each, every image involved is read twice (the templates around its anchors,
+    then the alignment of its keypoints), one at a time: memory is one chunk's templates, never all images."""
+    anchors, maps = anchors_and_maps(tracks, edge_maps, fixed)
+    count = len(xy)
+    moving = (anchors != np.arange(count)) & ~fixed & ~np.isnan(maps[:, 0, 0])
+    result = Alignment(xy.copy(), np.zeros(count, bool), moving, np.full(count, np.nan))
+    chunks = _chunks(tracks.track_ids, settings.max_nodes)
+    with tqdm(total=int(moving.sum()), desc="aligning keypoints", unit="kp", disable=not progress) as bar:
+        for chunk in chunks:
+            nodes = chunk[moving[chunk]]
+            if len(nodes):
+                _align_chunk(nodes, anchors, maps, xy, tracks.image_ids, read_gray, settings, device, result)
+                bar.update(len(nodes))
+    return result
+
+
+def _chunks(track_ids: np.ndarray, max_nodes: int) -> list[np.ndarray]:
+    """Node index arrays, whole tracks each, of about ``max_nodes`` nodes."""
+    order = np.argsort(track_ids, kind="stable")
+    sorted_ids = track_ids[order]
+    bounds = [0]
+    while bounds[-1] < len(order):
+        end = min(bounds[-1] + max_nodes, len(order))
+        if end < len(order):  # never split a track
+            end = int(np.searchsorted(sorted_ids, sorted_ids[end - 1], side="right"))
+        bounds.append(end)
+    return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _align_chunk(nodes, anchors, maps, xy, image_ids, read_gray, settings, device, result: Alignment) -> None:
+    anchor_factor, own_factor = _spacing_factors(maps[nodes])
+    offsets, weights = _grid(settings.radius, device)
+    sigmas = settings.blur_sigmas
+    templates = torch.empty((len(sigmas), len(nodes), len(offsets)), device=device)
+    anchor_images = image_ids[anchors[nodes]]
+    for image_id in np.unique(anchor_images):
+        gray = read_gray(int(image_id))
+        for factor in np.unique(anchor_factor[anchor_images == image_id]):
+            rows = np.flatnonzero((anchor_images == image_id) & (anchor_factor == factor))
+            points = torch.from_numpy(xy[anchors[nodes[rows]]]).float().to(device)[:, None] + factor * offsets[None]
+            rows_t = torch.from_numpy(rows).to(device)
+            for level, sigma in enumerate(sigmas):
+                values = _sample(_image_stack(gray, sigma * factor, device), points)[0]
+                templates[level, rows_t] = _normalised(values, weights)
+    own_images = image_ids[nodes]
+    for image_id in np.unique(own_images):
+        gray = read_gray(int(image_id))
+        for factor in np.unique(own_factor[own_images == image_id]):
+            rows = np.flatnonzero((own_images == image_id) & (own_factor == factor))
+            group = nodes[rows]
+            rows_t = torch.from_numpy(rows).to(device)
+            start = torch.from_numpy(xy[group]).double().to(device)
+            linear = torch.from_numpy(maps[group]).double().to(device)
+            spacing = torch.from_numpy(anchor_factor[rows]).double().to(device)
+            centre = start.clone()
+            for level, sigma in enumerate(sigmas):
+                stack = _image_stack(gray, sigma * factor, device)
+                centre, linear, correlation = _gauss_newton(stack, templates[level, rows_t], centre, linear,
+                                                             offsets, spacing, weights, settings.iterations)
+            shift = (centre - start).norm(dim=1)
+            scale = torch.linalg.det(linear).abs().sqrt()
+            good = (shift <= settings.max_shift) & (correlation >= settings.min_correlation)
+            good &= torch.isfinite(shift) & (scale > 0.2) & (scale < 5)
+            good = good.cpu().numpy()
+            result.positions[group[good]] = centre.cpu().numpy()[good]
+            result.aligned[group] = good
+            result.correlation[group] = correlation.cpu().numpy()
+
+
+def _gauss_newton(stack, template, centre, linear, offsets, spacing, weights, iterations):
+    """Affine Lucas-Kanade with gain and bias: minimise sum_u w(u) (a I(c + L u) + b - T(u))^2 over c, L, a, b
+    for every row at once. Returns the centre, linear map and weighted normalised correlation of the fit."""
+    count = len(centre)
+    gain = torch.ones(count, 1, device=centre.device, dtype=torch.float64)
+    bias = torch.zeros(count, 1, device=centre.device, dtype=torch.float64)
+    u = offsets.double()[None] * spacing[:, None, None]  # (N, S, 2) in the anchor's pixels
+    w = weights.double()[None]
+    template = template.double()
+    damping = torch.full((count,), 1e-3, device=centre.device, dtype=torch.float64)
+
+    def evaluate(c, lin):
+        points = c[:, None] + torch.einsum("nij,nsj->nsi", lin, u)
+        image, dx, dy = _sample(stack, points.float()).double()
+        return image, dx, dy
+
+    image, dx, dy = evaluate(centre, linear)
+    # initial gain and bias: least squares of the template on the first sample
+    mean_i = (image * w).sum(1, keepdim=True)
+    var_i = ((image - mean_i) ** 2 * w).sum(1, keepdim=True)
+    gain = ((image - mean_i) * template * w).sum(1, keepdim=True) / (var_i + 1e-9)
+    bias = -gain * mean_i
+    residual = gain * image + bias - template
+    cost = (residual ** 2 * w).sum(1)
+    for _ in range(iterations):
+        gx, gy = gain * dx, gain * dy
+        jacobian = torch.stack([gx, gy, gx * u[..., 0], gx * u[..., 1], gy * u[..., 0], gy * u[..., 1], image,
+                                torch.ones_like(image)], dim=2)  # (N, S, 8)
+        weighted = jacobian * w[..., None]
+        hessian = weighted.transpose(1, 2) @ jacobian
+        gradient = (weighted * residual[..., None]).sum(1)
+        diagonal = torch.diagonal(hessian, dim1=1, dim2=2)
+        system = hessian + torch.diag_embed(damping[:, None] * diagonal + 1e-12)
+        step = -torch.linalg.solve(system, gradient[..., None])[..., 0]
+        new_centre = centre + step[:, :2]
+        new_linear = linear + step[:, 2:6].reshape(-1, 2, 2)
+        new_gain, new_bias = gain + step[:, 6:7], bias + step[:, 7:8]
+        new_image, new_dx, new_dy = evaluate(new_centre, new_linear)
+        new_residual = new_gain * new_image + new_bias - template
+        new_cost = (new_residual ** 2 * w).sum(1)
+        better = torch.isfinite(new_cost) & (new_cost < cost)
+        pick = better[:, None]
+        centre = torch.where(pick, new_centre, centre)
+        linear = torch.where(pick[..., None], new_linear, linear)
+        gain = torch.where(pick, new_gain, gain)
+        bias = torch.where(pick, new_bias, bias)
+        image = torch.where(pick, new_image, image)
+        dx = torch.where(pick, new_dx, dx)
+        dy = torch.where(pick, new_dy, dy)
+        residual = torch.where(pick, new_residual, residual)
+        cost = torch.where(better, new_cost, cost)
+        damping = torch.where(better, damping * 0.3, damping * 10).clamp(1e-6, 1e6)
+    correlation = (_normalised(image, w) * template * w).sum(1)
+    return centre, linear, correlation

@@ -61,9 +61,10 @@ BENCHMARKS = (
               False, "reconstruct --pairs retrieval on 250/500/1000 synthetic views: time and peak memory per stage, "
               "SIGKILL during extraction and matching (about 1.5 h on 2 cores)"),
     Benchmark("refine-sfm", "refine_sfm.py", (), "cpu", False,
-              "Sacre Coeur SfM, SS and MS, with and without featuremetric refinement (conv1_2, conv2_2), beside SIFT"),
+              "Sacre Coeur SfM, SS and MS, unrefined, database refinement only (patch, featuremetric) and the "
+              "default (patch, database and model), beside SIFT"),
     Benchmark("refine-invariance", "refine_invariance.py", (), "cpu", False,
-              "dense features' optimum under a known homography of a real photo (why refinement helps little)"),
+              "patch alignment and dense features' optimum under a known homography of a real photo"),
     Benchmark("refine-picture", "refine_picture.py", (), "cpu", False,
               "before/after picture of refinement on the synthetic scene (docs/img/refine_before_after.png)"),
     Benchmark("extract-gpu", "extract_speed.py",

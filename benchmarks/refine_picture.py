@@ -1,12 +1,13 @@
-"""The before/after picture of featuremetric refinement, on the synthetic scene whose geometry is known exactly.
+"""The before/after picture of keypoint refinement, on the synthetic scene whose geometry is known exactly.
 
     python benchmarks/refine_picture.py            # writes docs/img/refine_before_after.png, prints the figures
 
-The demo scene is rendered and reconstructed twice (without and with ``--refine``). In each verified match whose
-first keypoint was held still by the adjustment (the track's anchor), the true geometry puts that keypoint at one
-exact position in the other image; the picture shows, on an enlarged crop, the detected keypoint (red ring), the
-refined one (green dot) and that true position (white cross), and beside it every such match's offset from its
-true position before (red) and after (green). Everything is drawn from images the project renders itself.
+The demo scene is rendered and reconstructed twice (``--no-refine`` and the default refinement). In each verified
+match whose first keypoint was held still (the track's anchor, which the others align to), the true geometry puts
+that keypoint at one exact position in the other image; the picture shows, on an enlarged crop, the detected
+keypoint (red ring), the refined one (green dot) and that true position (white cross), and beside it every such
+match's offset from its true position before (red) and after (green). Everything is drawn from images the
+project renders itself.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import pycolmap
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.sfm_vs_sift import SHARED  # noqa: E402
 from d2sfm.io import read_keypoints  # noqa: E402
+from d2sfm.patch_alignment import anchors_and_maps  # noqa: E402
 from d2sfm.refine import read_database_keypoints  # noqa: E402
 from d2sfm.synthetic import courtyard, render_scene, transfer_to_view  # noqa: E402
-from d2sfm.tracks import read_verified_matches  # noqa: E402
+from d2sfm.tracks import build_tracks, read_verified_matches  # noqa: E402
 from d2sfm.viz import write_png  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,17 +46,23 @@ def reconstruct(scene: Path, weights: Path, *extra: str) -> None:
 
 
 def anchored_offsets(scene: Path, raw_scene: Path) -> list[dict]:
-    """Per verified pair (a, b), the matches whose keypoint in a did not move under refinement: where the truth
-    puts that keypoint in b, and b's keypoint before and after refinement."""
+    """Per verified pair (a, b), the matches whose keypoint in a is its track's anchor (which the refinement holds
+    still): where the truth puts that keypoint in b, and b's keypoint before and after refinement."""
     names, refined = read_database_keypoints(scene / "database.db")
     detected = {image_id: read_keypoints(raw_scene / "features.h5", name)[0] for image_id, name in names.items()}
     truth = pycolmap.Reconstruction(scene / "ground_truth")
     by_name = {image.name: image for image in truth.images.values()}
     planes = courtyard(0)
+    verified = read_verified_matches(scene / "database.db")
+    tracks = build_tracks(verified)  # the anchors as the refinement chose them (no image is fixed here)
+    anchors, _ = anchors_and_maps(tracks, np.tile(np.eye(2), (len(tracks.edges), 1, 1)),
+                                  np.zeros(len(tracks.track_ids), bool))
+    is_anchor = {(int(image_id), int(keypoint_id)) for image_id, keypoint_id
+                 in zip(tracks.image_ids[anchors], tracks.keypoint_ids[anchors])}
     rows = []
-    for (a, b), pairs in read_verified_matches(scene / "database.db").items():
+    for (a, b), pairs in verified.items():
         for (source, index_s), (target, index_t) in (((a, 0), (b, 1)), ((b, 1), (a, 0))):
-            held = np.abs(refined[source][pairs[:, index_s], :2] - detected[source][pairs[:, index_s]]).max(1) < 1e-4
+            held = np.array([(source, int(k)) in is_anchor for k in pairs[:, index_s]], bool)
             chosen = pairs[held]
             true_xy, visible = transfer_to_view(planes, truth, by_name[names[source]], by_name[names[target]],
                                                 detected[source][chosen[:, index_s]])
@@ -93,10 +101,10 @@ def crop_panel(image: np.ndarray, row: dict, corner: tuple[int, int]) -> np.ndar
     for true, before, after in zip(*(to_canvas(row[key][inside], corner) for key in ("true", "before", "after"))):
         cv2.line(canvas, before, after, (255, 255, 255), 1, cv2.LINE_AA, shift=4)
         cv2.circle(canvas, before, 7 << 4, (40, 40, 230), 2, cv2.LINE_AA, shift=4)
-        cv2.circle(canvas, after, 4 << 4, (60, 220, 60), -1, cv2.LINE_AA, shift=4)
         for dx, dy in ((1, 1), (1, -1)):
             cv2.line(canvas, (true[0] - dx * 96, true[1] - dy * 96), (true[0] + dx * 96, true[1] + dy * 96),
                      (255, 255, 255), 2, cv2.LINE_AA, shift=4)
+        cv2.circle(canvas, after, 4 << 4, (60, 220, 60), -1, cv2.LINE_AA, shift=4)  # on top: it sits on the cross
     return canvas
 
 
@@ -132,9 +140,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         raw_scene, scene = Path(work) / "raw", Path(work) / "refined"
         render_scene(raw_scene, count=8, width=640, height=480, focal=512.0)
-        reconstruct(raw_scene, args.weights)
+        reconstruct(raw_scene, args.weights, "--no-refine")
         shutil.copytree(raw_scene, scene)
-        reconstruct(scene, args.weights, "--refine")
+        reconstruct(scene, args.weights)
         rows = anchored_offsets(scene, raw_scene)
         before = np.concatenate([row["before"] - row["true"] for row in rows])
         after = np.concatenate([row["after"] - row["true"] for row in rows])
@@ -153,9 +161,9 @@ def main() -> None:
              f"circle at the median: {error_before:.2f} px detected (red), {error_after:.2f} px refined (green)",
              (0, 0, 0))])
         write_png(args.output, picture)
-    print(f"Featuremetric refinement on the synthetic scene (8 views, 640x480, multi-scale, conv2_2 patches): "
-          f"{len(before)} verified matches whose first keypoint the adjustment held still; median distance of the "
-          f"other keypoint to where the true geometry puts it: **{error_before:.2f} px detected, "
+    print(f"Keypoint refinement (patch alignment, the default) on the synthetic scene (8 views, 640x480, "
+          f"multi-scale): {len(before)} verified matches whose first keypoint was its track's anchor; median "
+          f"distance of the other keypoint to where the true geometry puts it: **{error_before:.2f} px detected, "
           f"{error_after:.2f} px refined** ({100 * (error_after / error_before - 1):+.0f}%). "
           f"Command: `python -m benchmarks --only refine-picture`.\n")
     print(f"![Before and after refinement]({Path(os.path.relpath(args.output, REPO / 'docs')).as_posix()})")

@@ -148,9 +148,9 @@ def main() -> None:
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"\nimages: {args.images} ({len(names)}), weights: {args.weights.name}, device {device_name}, "
           f"torch {torch.__version__}, pycolmap {pycolmap.__version__}, seeds {args.seeds}\n")
+    print("refine (s): the database refinement, plus the median over seeds of the model refinement's time\n")
     print("| pipeline | registered (largest model, per seed) | 3D points (median over seeds) | observations (median) "
           "| track length (median) | reproj. error (px, median) | extract (s) | refine (s) | refine / extract |")
-    print("(refine: the database refinement, plus the median over seeds of the model refinement's time)")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for label, r in results.items():
         s, seconds = median_over_seeds(r["largest_per_seed"]), r["seconds"]

@@ -26,7 +26,9 @@ import numpy as np
 import pycolmap
 import torch
 from scipy.spatial import cKDTree
+from tqdm import tqdm
 
+from d2sfm.errors import D2sfmError
 from d2sfm.images import gray_image_reader
 from d2sfm.patch_alignment import AlignmentSettings, align_keypoints, fit_linear_maps
 from d2sfm.tracks import Tracks
@@ -38,6 +40,7 @@ class ModelRefineSettings:
     neighbours: int = 12  # nearest 3D points whose projections give a point's local affinity between views
     covisible_images: int = 20  # per observing image, the most covisible images searched to complete tracks
     margin_px: float = 16.0  # a completion candidate projects at least this far inside its image
+    max_points: int = 20_000  # 3D points whose nodes are collected and aligned at once: bounds memory
     max_reprojection_error: float = 4.0  # COLMAP's filter after the bundle adjustment (the mapper's default)
     min_triangulation_angle: float = 1.5
 
@@ -107,10 +110,10 @@ class _Nodes:
     maps: np.ndarray  # (K, 2, 2): affinity from the reference's view to the node's
 
 
-def _observations(model: pycolmap.Reconstruction, point_ids: np.ndarray) -> np.ndarray:
-    """(N, 3) rows (point index, image id, 2D point index) of every observation."""
-    rows = [(index, element.image_id, element.point2D_idx) for index, point_id in enumerate(point_ids)
-            for element in model.points3D[point_id].track.elements]
+def _observations(model: pycolmap.Reconstruction, point_ids: np.ndarray, chunk: np.ndarray) -> np.ndarray:
+    """(N, 3) rows (point index, image id, 2D point index) of every observation of the points ``chunk``."""
+    rows = [(index, element.image_id, element.point2D_idx) for index in chunk
+            for element in model.points3D[int(point_ids[index])].track.elements]
     return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
 
 
@@ -125,13 +128,13 @@ def _completion_candidates(observations: np.ndarray, covisible: dict[int, list[i
     return candidates[~seen]
 
 
-def _collect_nodes(model: pycolmap.Reconstruction, point_ids: np.ndarray, xyz: np.ndarray,
-                   settings: ModelRefineSettings) -> _Nodes:
-    """Observations and completion candidates, each with the projections of its point's neighbourhood, which give
-    the reference view (the one that sees the neighbourhood largest: the finest scale) and the affinities."""
-    neighbours = cKDTree(xyz).query(xyz, k=min(settings.neighbours, len(xyz)))[1].reshape(len(xyz), -1)
-    observations = _observations(model, point_ids)
-    candidates = _completion_candidates(observations, _covisible(model, settings.covisible_images))
+def _collect_nodes(model: pycolmap.Reconstruction, chunk: np.ndarray, point_ids: np.ndarray, xyz: np.ndarray,
+                   neighbours: np.ndarray, covisible: dict[int, list[int]], settings: ModelRefineSettings) -> _Nodes:
+    """The observations and completion candidates of the points ``chunk``, each with the projections of its
+    point's neighbourhood (``neighbours``: rows of indices into ``xyz``), which give the reference view (the one
+    that sees the neighbourhood largest: the finest scale) and the affinities."""
+    observations = _observations(model, point_ids, chunk)
+    candidates = _completion_candidates(observations, covisible)
     point_index = np.concatenate([observations[:, 0], candidates[:, 0]])
     image_ids = np.concatenate([observations[:, 1], candidates[:, 1]])
     keypoint_ids = np.concatenate([observations[:, 2], np.full(len(candidates), -1)])
@@ -185,23 +188,35 @@ def refine_model(model: pycolmap.Reconstruction, read_gray: Callable[[int], np.n
     settings = settings or ModelRefineSettings()
     started = time.perf_counter()
     if any(rig.num_sensors() > 1 for rig in model.rigs.values()):
-        raise ValueError("model refinement takes models of single-camera rigs only")
+        raise D2sfmError("model refinement takes models of single-camera rigs only (as d2sfm maps them); "
+                         "refine the database instead (python -m d2sfm.refine DATABASE)")
     before = (model.num_points3D(), model.compute_num_observations(), model.compute_mean_track_length(),
               model.compute_mean_reprojection_error())
     point_ids = np.asarray(sorted(model.points3D), dtype=np.int64)
     xyz = np.asarray([model.points3D[point_id].xyz for point_id in point_ids]).reshape(-1, 3)
     if len(point_ids) < 2:
-        raise ValueError("model refinement needs a model with 3D points")
-    nodes = _collect_nodes(model, point_ids, xyz, settings)
-    point_index, reference = nodes.point_index, nodes.reference
-    node_ids = np.arange(len(point_index))
-    reference_of_point = np.full(len(point_ids), -1)
-    reference_of_point[point_index[reference]] = node_ids[reference]
-    edges = np.stack([reference_of_point[point_index[~reference]], node_ids[~reference]], axis=1)
-    tracks = Tracks(nodes.image_ids, nodes.keypoint_ids, point_index, edges)
-    alignment = align_keypoints(tracks, nodes.xy, nodes.maps[~reference], reference, read_gray, settings.alignment,
-                                device, progress)
-    refined = _rebuild(model, point_ids, nodes, alignment.positions, alignment.aligned | reference)
+        raise D2sfmError("the model has fewer than two 3D points: nothing to refine")
+    neighbours = cKDTree(xyz).query(xyz, k=min(settings.neighbours, len(xyz)))[1].reshape(len(xyz), -1)
+    covisible = _covisible(model, settings.covisible_images)
+    pieces = []
+    chunks = np.array_split(np.arange(len(point_ids)), -(-len(point_ids) // settings.max_points))
+    for chunk in tqdm(chunks, desc="refining the model (chunks of points)", unit="chunk",
+                      disable=not progress or len(chunks) < 2):
+        nodes = _collect_nodes(model, chunk, point_ids, xyz, neighbours, covisible, settings)
+        node_ids = np.arange(len(nodes.point_index))
+        reference_of_point = np.full(len(point_ids), -1)
+        reference_of_point[nodes.point_index[nodes.reference]] = node_ids[nodes.reference]
+        others = ~nodes.reference
+        edges = np.stack([reference_of_point[nodes.point_index[others]], node_ids[others]], axis=1)
+        tracks = Tracks(nodes.image_ids, nodes.keypoint_ids, nodes.point_index, edges)
+        alignment = align_keypoints(tracks, nodes.xy, nodes.maps[others], nodes.reference, read_gray,
+                                    settings.alignment, device, progress and len(chunks) < 2)
+        pieces.append((nodes, alignment.positions, alignment.aligned))
+    nodes = _Nodes(*(np.concatenate([getattr(piece[0], name) for piece in pieces])
+                     for name in ("point_index", "image_ids", "keypoint_ids", "xy", "reference", "maps")))
+    aligned = np.concatenate([piece[2] for piece in pieces])
+    reference = nodes.reference
+    refined = _rebuild(model, point_ids, nodes, np.concatenate([piece[1] for piece in pieces]), aligned | reference)
     pycolmap.bundle_adjustment(refined, pycolmap.BundleAdjustmentOptions())
     pycolmap.ObservationManager(refined).filter_all_points3D(settings.max_reprojection_error,
                                                              settings.min_triangulation_angle)
@@ -209,9 +224,9 @@ def refine_model(model: pycolmap.Reconstruction, read_gray: Callable[[int], np.n
     summary = ModelRefinementSummary(
         registered_images=refined.num_reg_images(), points_before=before[0], points_after=refined.num_points3D(),
         observations_before=before[1], observations_after=refined.compute_num_observations(),
-        observations_aligned=int((alignment.aligned & (keypoint_ids >= 0)).sum()),
-        observations_dropped=int((~alignment.aligned & ~reference & (keypoint_ids >= 0)).sum()),
-        observations_added=int((alignment.aligned & (keypoint_ids < 0)).sum()),
+        observations_aligned=int((aligned & (keypoint_ids >= 0)).sum()),
+        observations_dropped=int((~aligned & ~reference & (keypoint_ids >= 0)).sum()),
+        observations_added=int((aligned & (keypoint_ids < 0)).sum()),
         track_length_before=round(before[2], 4), track_length_after=round(refined.compute_mean_track_length(), 4),
         reprojection_error_before=round(before[3], 4),
         reprojection_error_after=round(refined.compute_mean_reprojection_error(), 4),

@@ -238,35 +238,37 @@ def _align_chunk(nodes, anchors, maps, xy, image_ids, read_gray, settings, devic
 
 def _gauss_newton(stack, template, centre, linear, offsets, spacing, weights, iterations):
     """Affine Lucas-Kanade with gain and bias: minimise sum_u w(u) (a I(c + L u) + b - T(u))^2 over c, L, a, b
-    for every row at once. Returns the centre, linear map and weighted normalised correlation of the fit."""
-    count = len(centre)
-    gain = torch.ones(count, 1, device=centre.device, dtype=torch.float64)
-    bias = torch.zeros(count, 1, device=centre.device, dtype=torch.float64)
-    u = offsets.double()[None] * spacing[:, None, None]  # (N, S, 2) in the anchor's pixels
-    w = weights.double()[None]
-    template = template.double()
+    for every row at once (Levenberg-Marquardt; a step is kept where it lowers the cost). Samples and Jacobians
+    are float32, the parameters and the 8x8 solves float64. Returns the centre, linear map and the weighted
+    normalised correlation of the fit."""
+    count, samples = len(centre), len(offsets)
+    u = offsets[None] * spacing.float()[:, None, None]  # (N, S, 2) in the anchor's pixels
+    root = weights.sqrt()[None]  # residuals and Jacobian rows scaled by sqrt(w): plain normal equations
     damping = torch.full((count,), 1e-3, device=centre.device, dtype=torch.float64)
 
     def evaluate(c, lin):
-        points = c[:, None] + torch.einsum("nij,nsj->nsi", lin, u)
-        image, dx, dy = _sample(stack, points.float()).double()
-        return image, dx, dy
+        points = c.float()[:, None] + torch.einsum("nij,nsj->nsi", lin.float(), u)
+        return _sample(stack, points)  # (3, N, S): image, x and y derivatives
 
     image, dx, dy = evaluate(centre, linear)
-    # initial gain and bias: least squares of the template on the first sample
-    mean_i = (image * w).sum(1, keepdim=True)
+    w = weights[None]
+    mean_i = (image * w).sum(1, keepdim=True)  # initial gain and bias: least squares on the first sample
     var_i = ((image - mean_i) ** 2 * w).sum(1, keepdim=True)
-    gain = ((image - mean_i) * template * w).sum(1, keepdim=True) / (var_i + 1e-9)
-    bias = -gain * mean_i
-    residual = gain * image + bias - template
-    cost = (residual ** 2 * w).sum(1)
+    gain = (((image - mean_i) * template * w).sum(1, keepdim=True) / (var_i + 1e-9)).double()
+    bias = -gain * mean_i.double()
+    residual = (gain.float() * image + bias.float() - template) * root
+    cost = (residual.double() ** 2).sum(1)
+    jacobian = torch.empty((count, samples, 8), device=centre.device)
+    jacobian[..., 7] = root
     for _ in range(iterations):
-        gx, gy = gain * dx, gain * dy
-        jacobian = torch.stack([gx, gy, gx * u[..., 0], gx * u[..., 1], gy * u[..., 0], gy * u[..., 1], image,
-                                torch.ones_like(image)], dim=2)  # (N, S, 8)
-        weighted = jacobian * w[..., None]
-        hessian = weighted.transpose(1, 2) @ jacobian
-        gradient = (weighted * residual[..., None]).sum(1)
+        gx, gy = gain.float() * dx * root, gain.float() * dy * root
+        jacobian[..., 0], jacobian[..., 1] = gx, gy
+        jacobian[..., 2], jacobian[..., 3] = gx * u[..., 0], gx * u[..., 1]
+        jacobian[..., 4], jacobian[..., 5] = gy * u[..., 0], gy * u[..., 1]
+        jacobian[..., 6] = image * root
+        transposed = jacobian.transpose(1, 2)
+        hessian = (transposed @ jacobian).double()
+        gradient = (transposed @ residual[..., None])[..., 0].double()
         diagonal = torch.diagonal(hessian, dim1=1, dim2=2)
         system = hessian + torch.diag_embed(damping[:, None] * diagonal + 1e-12)
         step = -torch.linalg.solve(system, gradient[..., None])[..., 0]
@@ -274,8 +276,8 @@ def _gauss_newton(stack, template, centre, linear, offsets, spacing, weights, it
         new_linear = linear + step[:, 2:6].reshape(-1, 2, 2)
         new_gain, new_bias = gain + step[:, 6:7], bias + step[:, 7:8]
         new_image, new_dx, new_dy = evaluate(new_centre, new_linear)
-        new_residual = new_gain * new_image + new_bias - template
-        new_cost = (new_residual ** 2 * w).sum(1)
+        new_residual = (new_gain.float() * new_image + new_bias.float() - template) * root
+        new_cost = (new_residual.double() ** 2).sum(1)
         better = torch.isfinite(new_cost) & (new_cost < cost)
         pick = better[:, None]
         centre = torch.where(pick, new_centre, centre)
@@ -288,5 +290,5 @@ def _gauss_newton(stack, template, centre, linear, offsets, spacing, weights, it
         residual = torch.where(pick, new_residual, residual)
         cost = torch.where(better, new_cost, cost)
         damping = torch.where(better, damping * 0.3, damping * 10).clamp(1e-6, 1e6)
-    correlation = (_normalised(image, w) * template * w).sum(1)
+    correlation = (_normalised(image, w) * template * w).sum(1).double()
     return centre, linear, correlation

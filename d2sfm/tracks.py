@@ -1,8 +1,9 @@
 """Tracks: the keypoints that geometrically verified matches tie together, across all images.
 
-Featuremetric keypoint adjustment moves the keypoints of one track jointly; a track is a connected component of
-the graph whose nodes are keypoints and whose edges are verified matches. Built with one sparse connected-
-components call, so a 10,000-image database takes seconds, not a Python loop per match.
+Keypoint refinement moves the keypoints of one track together (aligned to one anchor, or adjusted jointly); a
+track is a connected component of the graph whose nodes are keypoints and whose edges are verified matches.
+Built with one sparse connected-components call, so a 10,000-image database takes seconds, not a Python loop per
+match.
 """
 
 from __future__ import annotations

@@ -241,6 +241,16 @@ def test_refinement_moves_keypoints_towards_the_truth(small_scene, weights_path,
     stats = json.loads((scene / "stats.json").read_text())
     assert stats["refinement"] is None and stats["model_refinement"] == [None]
 
+    command = [sys.executable, "-m", "d2sfm.refine", "--model", str(raw_scene / "sparse" / "0"), "--images",
+               str(raw_scene / "images"), "--quiet"]
+    by_hand = subprocess.run(command, capture_output=True, text=True)  # any COLMAP model, on its own
+    assert by_hand.returncode == 0, by_hand.stderr
+    assert model_refinement_record(raw_scene / "sparse" / "0")["observations_added"] > 0
+    command[4] = str(raw_scene)
+    not_a_model = subprocess.run(command, capture_output=True, text=True)
+    assert not_a_model.returncode == 2 and "not a COLMAP model folder" in not_a_model.stderr
+    assert "Traceback" not in not_a_model.stderr
+
 
 def test_clear_errors_for_bad_scenes(tmp_path, weights_path):
     missing = reconstruct(tmp_path / "nowhere", weights=weights_path)

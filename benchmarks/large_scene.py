@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from d2sfm.io import MatchWriter, list_entries, read_features, read_matches  # noqa: E402
 from d2sfm.synthetic import compare_to_truth, render_scene  # noqa: E402
 
-STAGES = ("extract", "pairs", "match", "database", "mapping")
+STAGES = ("extract", "pairs", "match", "database", "refine", "mapping", "refine-model")
 
 
 def full_scene(work: Path, count: int, width: int, height: int) -> Path:
@@ -196,7 +196,7 @@ def main() -> None:
     if len(rows) > 1:
         print(f"\nFrom {rows[0]['count']} to {rows[-1]['count']} images ({rows[-1]['count'] / rows[0]['count']:.0f}x): "
               + ", ".join(f"{stage} time {growth(rows, lambda r, s=stage: r['stats']['stage_seconds'][s])}"
-                          for stage in ("extract", "match", "database", "mapping"))
+                          for stage in ("extract", "match", "database", "refine", "mapping", "refine-model"))
               + "; peak memory " + ", ".join(
                   f"{stage} {growth(rows, lambda r, s=stage: r['stats']['stage_peak_memory_mb'][s])}"
                   for stage in STAGES) + ".")

@@ -36,7 +36,9 @@ from d2sfm.tracks import Tracks
 
 @dataclass
 class ModelRefineSettings:
-    alignment: AlignmentSettings = field(default_factory=lambda: AlignmentSettings(max_shift=4.0))
+    # a star is one 3D point, however many views see it: no track size limit
+    alignment: AlignmentSettings = field(default_factory=lambda: AlignmentSettings(max_shift=4.0,
+                                                                                   max_track_size=2**31))
     neighbours: int = 12  # nearest 3D points whose projections give a point's local affinity between views
     covisible_images: int = 20  # per observing image, the most covisible images searched to complete tracks
     margin_px: float = 16.0  # a completion candidate projects at least this far inside its image

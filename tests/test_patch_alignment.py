@@ -84,13 +84,15 @@ def test_a_keypoint_on_the_wrong_patch_keeps_its_position():
     assert aligned[2:].mean() > 0.9
 
 
-def test_chunks_give_the_same_result():
+def test_chunks_give_the_same_result_and_large_tracks_are_left_alone():
     image, warped, first, truth, linear, rng = known_pair(count=30)
     start = truth + rng.normal(0, 1.0, truth.shape)
     maps = np.repeat(linear[None], len(first), axis=0)
     whole, _, _ = align_pair(image, warped, first, start, maps)
     chunked, _, _ = align_pair(image, warped, first, start, maps, AlignmentSettings(max_nodes=7))
     assert np.allclose(whole, chunked, atol=1e-6)
+    _, aligned, _ = align_pair(image, warped, first, start, maps, AlignmentSettings(max_track_size=1))
+    assert not aligned.any()  # tracks over the size limit (merged chains) are left as they are
 
 
 def test_local_affinities_and_their_composition_along_a_track():

@@ -73,15 +73,18 @@ def list_images(folder: str | os.PathLike) -> list[str]:
     return names
 
 
+def read_refinement_image(path: Path) -> np.ndarray:
+    """The BGR photo behind a database's keypoints; one that cannot be read is a one-line error naming it."""
+    try:
+        return read_image_bgr(path)
+    except (OSError, ValueError) as error:
+        raise D2sfmError(f"{path}: cannot read the image for refinement ({error}); pass the folder the "
+                         "scene was built from with --images") from None
+
+
 def gray_image_reader(names: dict[int, str], image_dir: Path):
-    """image id -> float32 grayscale in [0, 1] of ``image_dir / names[id]``, for keypoint refinement; a photo
-    that cannot be read is a one-line error naming it."""
+    """image id -> float32 grayscale in [0, 1] of ``image_dir / names[id]``, for keypoint refinement."""
     def read(image_id: int) -> np.ndarray:
-        path = image_dir / names[image_id]
-        try:
-            image = read_image_bgr(path)
-        except (OSError, ValueError) as error:
-            raise D2sfmError(f"{path}: cannot read the image for refinement ({error}); pass the folder the "
-                             "scene was built from with --images") from None
+        image = read_refinement_image(image_dir / names[image_id])
         return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32) / 255.0
     return read

@@ -131,6 +131,19 @@ def _image_stack(gray: np.ndarray, sigma: float, device) -> torch.Tensor:
     return torch.from_numpy(np.stack([blurred, dx, dy])).to(device)[None]
 
 
+class _BlurredStacks:
+    """One image's :func:`_image_stack` per blur, each computed once (scale groups and levels share blurs)."""
+
+    def __init__(self, gray: np.ndarray, device) -> None:
+        self.gray, self.device, self.stacks = gray, device, {}
+
+    def at(self, sigma: float) -> torch.Tensor:
+        key = round(sigma, 6)  # 2 x sqrt(2)^2 and 1 x 4 are one blur
+        if key not in self.stacks:
+            self.stacks[key] = _image_stack(self.gray, sigma, self.device)
+        return self.stacks[key]
+
+
 def _sample(stack: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
     """Bilinear samples (3, N, S) of ``stack`` at COLMAP-convention points ``xy`` (N, S, 2)."""
     height, width = stack.shape[-2:]
@@ -209,17 +222,17 @@ def _align_chunk(nodes, anchors, maps, xy, image_ids, read_gray, settings, devic
     templates = torch.empty((len(sigmas), len(nodes), len(offsets)), device=device)
     anchor_images = image_ids[anchors[nodes]]
     for image_id in np.unique(anchor_images):
-        gray = read_gray(int(image_id))
+        stacks = _BlurredStacks(read_gray(int(image_id)), device)
         for factor in np.unique(anchor_factor[anchor_images == image_id]):
             rows = np.flatnonzero((anchor_images == image_id) & (anchor_factor == factor))
             points = torch.from_numpy(xy[anchors[nodes[rows]]]).float().to(device)[:, None] + factor * offsets[None]
             rows_t = torch.from_numpy(rows).to(device)
             for level, sigma in enumerate(sigmas):
-                values = _sample(_image_stack(gray, sigma * factor, device), points)[0]
+                values = _sample(stacks.at(sigma * factor), points)[0]
                 templates[level, rows_t] = _normalised(values, weights)
     own_images = image_ids[nodes]
     for image_id in np.unique(own_images):
-        gray = read_gray(int(image_id))
+        stacks = _BlurredStacks(read_gray(int(image_id)), device)
         for factor in np.unique(own_factor[own_images == image_id]):
             rows = np.flatnonzero((own_images == image_id) & (own_factor == factor))
             group = nodes[rows]
@@ -229,9 +242,9 @@ def _align_chunk(nodes, anchors, maps, xy, image_ids, read_gray, settings, devic
             spacing = torch.from_numpy(anchor_factor[rows]).double().to(device)
             centre = start.clone()
             for level, sigma in enumerate(sigmas):
-                stack = _image_stack(gray, sigma * factor, device)
-                centre, linear, correlation = _gauss_newton(stack, templates[level, rows_t], centre, linear,
-                                                             offsets, spacing, weights, settings.iterations)
+                centre, linear, correlation = _gauss_newton(stacks.at(sigma * factor), templates[level, rows_t],
+                                                             centre, linear, offsets, spacing, weights,
+                                                             settings.iterations)
             shift = (centre - start).norm(dim=1)
             scale = torch.linalg.det(linear).abs().sqrt()
             good = (shift <= settings.max_shift) & (correlation >= settings.min_correlation)

@@ -37,7 +37,7 @@ from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device,
 from d2sfm.errors import D2sfmError
 from d2sfm.feature_patches import DenseFeatureNet, PatchSettings
 from d2sfm.fileutil import atomic_path
-from d2sfm.images import gray_image_reader, read_image_bgr
+from d2sfm.images import gray_image_reader, read_refinement_image
 from d2sfm.io import pair_key, read_keypoints, read_matches
 from d2sfm.keypoint_adjustment import AdjustmentSettings, adjust_keypoints
 from d2sfm.patch_alignment import AlignmentSettings, align_keypoints, edge_affinities
@@ -150,11 +150,8 @@ def _collect_patches(tracks: Tracks, names: dict[int, str], keypoints: dict[int,
     by_name: dict[str, list[tuple[int, np.ndarray]]] = {}  # ids sharing an image (InLoc's per-pair query copies)
     for image_id, nodes in tracks.nodes_by_image():
         by_name.setdefault(names[image_id], []).append((image_id, nodes))
-    read = gray_image_reader(names, image_dir)  # for its error message; the network takes colour
     for name, id_nodes in tqdm(by_name.items(), desc="refinement features", unit="img", disable=not progress):
-        path = image_dir / name
-        read(id_nodes[0][0])
-        image = read_image_bgr(path)
+        image = read_refinement_image(image_dir / name)
         nodes = np.concatenate([nodes for _, nodes in id_nodes])
         xy = np.concatenate([keypoints[image_id][tracks.keypoint_ids[nodes], :2] for image_id, nodes in id_nodes])
         result = net.patches(image, xy)

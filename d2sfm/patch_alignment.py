@@ -17,13 +17,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
+from d2sfm.patch_sampling import GrayImages, StackGroup, stack_groups
 from d2sfm.tracks import Tracks
 
 
@@ -35,10 +34,21 @@ class AlignmentSettings:
     max_shift: float = 8.0  # px in the keypoint's image; beyond it the keypoint stays where it was
     min_correlation: float = 0.9  # weighted normalised cross-correlation of the final fit
     max_nodes: int = 50_000  # keypoints aligned per chunk: bounds the templates' memory (50k: 180 MB)
+    # Batches: None picks by device. A CPU is fastest on cache-sized work (512 keypoints per Gauss-Newton batch,
+    # 32 MiB of image stacks per group); a GPU on few, large launches (8,192 keypoints: 115 MB of Jacobians,
+    # 512 MiB of stacks).
+    max_rows: int | None = None
+    max_stack_bytes: int | None = None
+    max_image_bytes: int = 512 * 2**20  # decoded images kept for reuse
     max_track_size: int = 256  # larger tracks are chains merged through wrong matches, not one point: left alone
 
     def as_dict(self) -> dict:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+    def batches(self, device: torch.device) -> tuple[int, int]:
+        """Keypoints per Gauss-Newton batch and bytes of image stacks per group on ``device``."""
+        gpu = torch.device(device).type != "cpu"
+        return (self.max_rows or (8_192 if gpu else 512), self.max_stack_bytes or (512 if gpu else 32) * 2**20)
 
 
 @dataclass
@@ -123,35 +133,6 @@ def _grid(radius: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     return offsets, weights / weights.sum()
 
 
-def _image_stack(gray: np.ndarray, sigma: float, device) -> torch.Tensor:
-    """(1, 3, H, W): the blurred image and its x and y derivatives."""
-    blurred = cv2.GaussianBlur(gray, (0, 0), sigma)
-    dx = cv2.Sobel(blurred, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)
-    dy = cv2.Sobel(blurred, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
-    return torch.from_numpy(np.stack([blurred, dx, dy])).to(device)[None]
-
-
-class _BlurredStacks:
-    """One image's :func:`_image_stack` per blur, each computed once (scale groups and levels share blurs)."""
-
-    def __init__(self, gray: np.ndarray, device) -> None:
-        self.gray, self.device, self.stacks = gray, device, {}
-
-    def at(self, sigma: float) -> torch.Tensor:
-        key = round(sigma, 6)  # 2 x sqrt(2)^2 and 1 x 4 are one blur
-        if key not in self.stacks:
-            self.stacks[key] = _image_stack(self.gray, sigma, self.device)
-        return self.stacks[key]
-
-
-def _sample(stack: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples (3, N, S) of ``stack`` at COLMAP-convention points ``xy`` (N, S, 2)."""
-    height, width = stack.shape[-2:]
-    scale = torch.tensor([2.0 / width, 2.0 / height], device=xy.device)
-    grid = xy * scale - 1
-    return F.grid_sample(stack, grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
-
-
 def _normalised(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     mean = (values * weights).sum(-1, keepdim=True)
     centred = values - mean
@@ -181,8 +162,9 @@ def align_keypoints(tracks: Tracks, xy: np.ndarray, edge_maps: np.ndarray, fixed
 
     ``edge_maps`` (E, 2, 2) are the local affinities of ``tracks.edges`` (first node's view to second's);
     ``read_gray(image_id)`` gives an image as float32 grayscale. Tracks are taken in chunks of at most
-    ``settings.max_nodes`` nodes; in each, every image involved is read twice (the templates around its anchors,
-    then the alignment of its keypoints), one at a time: memory is one chunk's templates, never all images.
+    ``settings.max_nodes`` nodes; in each, the templates around the anchors are sampled, then the keypoints
+    aligned, both over groups of images whose blurred stacks fit ``settings.batches``: memory is one
+    chunk's templates, one group's stacks and the cache of decoded images, never all images.
     Tracks of more than ``settings.max_track_size`` keypoints keep theirs (on a synthetic ring of 500 views, one
     chain of 148,000 keypoints held 98% of them and its templates alone took 2 GB)."""
     small = tracks.track_sizes()[tracks.track_ids] <= settings.max_track_size
@@ -193,11 +175,12 @@ def align_keypoints(tracks: Tracks, xy: np.ndarray, edge_maps: np.ndarray, fixed
     moving = (anchors != np.arange(count)) & ~fixed & ~np.isnan(maps[:, 0, 0]) & small
     result = Alignment(xy.copy(), np.zeros(count, bool), moving, np.full(count, np.nan))
     chunks = _chunks(tracks.track_ids, settings.max_nodes)
+    images = GrayImages(read_gray, device, max(settings.max_image_bytes, settings.batches(device)[1] // 3))
     with tqdm(total=int(moving.sum()), desc="aligning keypoints", unit="kp", disable=not progress) as bar:
         for chunk in chunks:
             nodes = chunk[moving[chunk]]
             if len(nodes):
-                _align_chunk(nodes, anchors, maps, xy, tracks.image_ids, read_gray, settings, device, result)
+                _align_chunk(nodes, anchors, maps, xy, tracks.image_ids, images, settings, device, result)
                 bar.update(len(nodes))
     return result
 
@@ -215,47 +198,67 @@ def _chunks(track_ids: np.ndarray, max_nodes: int) -> list[np.ndarray]:
     return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _align_chunk(nodes, anchors, maps, xy, image_ids, read_gray, settings, device, result: Alignment) -> None:
+def _groups(image_ids: np.ndarray, blurs: np.ndarray, images: GrayImages, settings: AlignmentSettings,
+            device, reverse: bool):
+    """(rows, the index of each row's stack in the group, StackGroup) over groups of the rows' (image, blur)
+    stacks that fit the device's stack bytes. ``reverse`` walks the images backwards: the pass after a
+    forward one starts with the images the cache still holds."""
+    stack_bytes = settings.batches(device)[1]
+    codes = np.stack([image_ids.astype(np.int64), np.round(blurs * 1e6).astype(np.int64)], axis=1)
+    unique, inverse = np.unique(codes, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    order = np.arange(len(unique))[::-1] if reverse else np.arange(len(unique))
+    keys = [(int(image_id), code / 1e6) for image_id, code in unique]
+    for group in stack_groups([keys[i] for i in order], images, stack_bytes):
+        members = order[group]
+        position = np.full(len(unique), -1)
+        position[members] = np.arange(len(members))
+        rows = np.flatnonzero(position[inverse] >= 0)
+        rows = rows[np.argsort(position[inverse[rows]], kind="stable")]  # stack by stack: samples stay in cache
+        yield rows, position[inverse[rows]], StackGroup([keys[i] for i in members], images, device)
+
+
+def _align_chunk(nodes, anchors, maps, xy, image_ids, images: GrayImages, settings, device,
+                 result: Alignment) -> None:
     anchor_factor, own_factor = _spacing_factors(maps[nodes])
+    max_rows = settings.batches(device)[0]
     offsets, weights = _grid(settings.radius, device)
     sigmas = settings.blur_sigmas
     templates = torch.empty((len(sigmas), len(nodes), len(offsets)), device=device)
-    anchor_images = image_ids[anchors[nodes]]
-    for image_id in np.unique(anchor_images):
-        stacks = _BlurredStacks(read_gray(int(image_id)), device)
-        for factor in np.unique(anchor_factor[anchor_images == image_id]):
-            rows = np.flatnonzero((anchor_images == image_id) & (anchor_factor == factor))
-            points = torch.from_numpy(xy[anchors[nodes[rows]]]).float().to(device)[:, None] + factor * offsets[None]
-            rows_t = torch.from_numpy(rows).to(device)
-            for level, sigma in enumerate(sigmas):
-                values = _sample(stacks.at(sigma * factor), points)[0]
-                templates[level, rows_t] = _normalised(values, weights)
-    own_images = image_ids[nodes]
-    for image_id in np.unique(own_images):
-        stacks = _BlurredStacks(read_gray(int(image_id)), device)
-        for factor in np.unique(own_factor[own_images == image_id]):
-            rows = np.flatnonzero((own_images == image_id) & (own_factor == factor))
-            group = nodes[rows]
-            rows_t = torch.from_numpy(rows).to(device)
-            start = torch.from_numpy(xy[group]).double().to(device)
-            linear = torch.from_numpy(maps[group]).double().to(device)
-            spacing = torch.from_numpy(anchor_factor[rows]).double().to(device)
-            centre = start.clone()
-            for level, sigma in enumerate(sigmas):
-                centre, linear, correlation = _gauss_newton(stacks.at(sigma * factor), templates[level, rows_t],
-                                                             centre, linear, offsets, spacing, weights,
-                                                             settings.iterations)
-            shift = (centre - start).norm(dim=1)
-            scale = torch.linalg.det(linear).abs().sqrt()
-            good = (shift <= settings.max_shift) & (correlation >= settings.min_correlation)
-            good &= torch.isfinite(shift) & (scale > 0.2) & (scale < 5)
-            good = good.cpu().numpy()
-            result.positions[group[good]] = centre.cpu().numpy()[good]
-            result.aligned[group] = good
-            result.correlation[group] = correlation.cpu().numpy()
+    anchor_xy = torch.from_numpy(xy[anchors[nodes]]).float().to(device)
+    anchor_spacing = torch.from_numpy(anchor_factor).float().to(device)
+    for level, sigma in enumerate(sigmas):
+        for rows, which, stacks in _groups(image_ids[anchors[nodes]], sigma * anchor_factor, images, settings,
+                                           device, reverse=level % 2 == 1):
+            for begin in range(0, len(rows), max_rows):
+                index = torch.from_numpy(rows[begin:begin + max_rows]).to(device)
+                points = anchor_xy[index][:, None] + anchor_spacing[index, None, None] * offsets[None]
+                sample = stacks.sampler(which[begin:begin + max_rows])
+                templates[level, index] = _normalised(sample(points)[0], weights)
+    start = torch.from_numpy(xy[nodes]).double().to(device)
+    centre, linear = start.clone(), torch.from_numpy(maps[nodes]).double().to(device)
+    correlation = torch.full((len(nodes),), float("nan"), dtype=torch.float64, device=device)
+    spacing = anchor_spacing.double()
+    for level, sigma in enumerate(sigmas):
+        # the alignment walks the images the other way from the templates' last pass: the cache holds those
+        for rows, which, stacks in _groups(image_ids[nodes], sigma * own_factor, images, settings, device,
+                                           reverse=(level + len(sigmas)) % 2 == 1):
+            for begin in range(0, len(rows), max_rows):
+                index = torch.from_numpy(rows[begin:begin + max_rows]).to(device)
+                centre[index], linear[index], correlation[index] = _gauss_newton(
+                    stacks.sampler(which[begin:begin + max_rows]), templates[level, index],
+                    centre[index], linear[index], offsets, spacing[index], weights, settings.iterations)
+    shift = (centre - start).norm(dim=1)
+    scale = torch.linalg.det(linear).abs().sqrt()
+    good = (shift <= settings.max_shift) & (correlation >= settings.min_correlation)
+    good &= torch.isfinite(shift) & (scale > 0.2) & (scale < 5)
+    good = good.cpu().numpy()
+    result.positions[nodes[good]] = centre.cpu().numpy()[good]
+    result.aligned[nodes] = good
+    result.correlation[nodes] = correlation.cpu().numpy()
 
 
-def _gauss_newton(stack, template, centre, linear, offsets, spacing, weights, iterations):
+def _gauss_newton(sample, template, centre, linear, offsets, spacing, weights, iterations):
     """Affine Lucas-Kanade with gain and bias: minimise sum_u w(u) (a I(c + L u) + b - T(u))^2 over c, L, a, b
     for every row at once (Levenberg-Marquardt; a step is kept where it lowers the cost). Samples and Jacobians
     are float32, the parameters and the 8x8 solves float64. Returns the centre, linear map and the weighted
@@ -267,7 +270,7 @@ def _gauss_newton(stack, template, centre, linear, offsets, spacing, weights, it
 
     def evaluate(c, lin):
         points = c.float()[:, None] + torch.einsum("nij,nsj->nsi", lin.float(), u)
-        return _sample(stack, points)  # (3, N, S): image, x and y derivatives
+        return sample(points)  # (3, N, S): image, x and y derivatives
 
     image, dx, dy = evaluate(centre, linear)
     w = weights[None]

@@ -1,0 +1,66 @@
+"""The image stacks behind patch alignment: the GPU's blur equals OpenCV's, one atlas of several images samples as
+grid_sample does on each image alone, and decoded images are cached within their budget."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from d2sfm.patch_sampling import GrayImages, StackGroup, fill_stack, fill_stack_torch, stack_groups
+
+
+def noise(shape, seed):
+    return cv2.GaussianBlur(np.random.default_rng(seed).random(shape).astype(np.float32), (0, 0), 1.5)
+
+
+@pytest.mark.parametrize("sigma", [1.0, 2.0, 2.83, 8.0])
+def test_torch_blur_and_derivatives_equal_opencv(sigma):
+    gray = noise((70, 90), 0)
+    opencv, torch_path = torch.empty((3, 70, 90)), torch.empty((3, 70, 90))
+    fill_stack(opencv, gray, sigma)
+    fill_stack_torch(torch_path, gray, sigma)
+    assert torch.allclose(opencv, torch_path, atol=1e-5)
+    assert opencv[1].abs().max() > 1e-3  # derivatives are not trivially zero
+
+
+def test_atlas_samples_each_image_as_grid_sample_alone():
+    """Three images of different sizes in one atlas; points inside, on and beyond every border."""
+    shapes = {1: (40, 50), 2: (64, 30), 3: (25, 70)}
+    grays = {image_id: noise(shape, image_id) for image_id, shape in shapes.items()}
+    images = GrayImages(grays.__getitem__, torch.device("cpu"), 2**20)
+    keys = [(1, 1.0), (2, 2.0), (3, 1.0), (1, 2.0)]
+    group = StackGroup(keys, images, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    which = rng.integers(0, len(keys), 200)
+    points = np.empty((200, 9, 2), np.float32)
+    for row, key in enumerate(which):
+        height, width = shapes[keys[key][0]]
+        points[row] = rng.uniform([-5, -5], [width + 5, height + 5], (9, 2))
+    points[:4, 0] = [[0.5, 0.5], [0, 0], [1e3, 1e3], [-1e3, 3]]
+    samples = group.sampler(which)(torch.from_numpy(points))
+    for row, key in enumerate(which):
+        image_id, sigma = keys[key]
+        height, width = shapes[image_id]
+        stack = torch.empty((3, height, width))
+        fill_stack(stack, grays[image_id], sigma)
+        grid = torch.from_numpy(points[row]) * torch.tensor([2 / width, 2 / height]) - 1
+        expected = F.grid_sample(stack[None], grid[None, None], mode="bilinear", padding_mode="border",
+                                 align_corners=False)[0, :, 0]
+        assert torch.allclose(samples[:, row], expected, atol=1e-5), (row, key)
+
+
+def test_decoded_images_are_read_once_within_the_budget():
+    reads = []
+
+    def read(image_id):
+        reads.append(image_id)
+        return np.zeros((10, 10), np.float32)  # 400 bytes
+
+    images = GrayImages(read, torch.device("cpu"), 1000)  # room for two
+    for image_id in (1, 2, 1, 2, 3, 1, 3):
+        assert images(image_id).shape == (10, 10)
+    assert reads == [1, 2, 3, 1] and images.bytes <= 1000
+    assert images.shape(2) == (10, 10) and reads == [1, 2, 3, 1]  # a shape seen once is known
+    groups = stack_groups([(1, 1.0), (2, 1.0), (3, 1.0), (3, 2.0)], images, 2 * 3 * 400)
+    assert groups == [[0, 1], [2, 3]]

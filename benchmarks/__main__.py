@@ -63,6 +63,8 @@ BENCHMARKS = (
     Benchmark("refine-sfm", "refine_sfm.py", (), "cpu", False,
               "Sacre Coeur SfM, SS and MS, unrefined, database refinement only (patch, featuremetric) and the "
               "default (patch, database and model), beside SIFT"),
+    Benchmark("refine-batching", "refine_batching.py", (), "cpu", False,
+              "patch alignment batched across images against one image per batch, both refinement stages"),
     Benchmark("refine-invariance", "refine_invariance.py", (), "cpu", False,
               "patch alignment and dense features' optimum under a known homography of a real photo"),
     Benchmark("refine-picture", "refine_picture.py", (), "cpu", False,
@@ -79,6 +81,8 @@ BENCHMARKS = (
               "Aachen v1.1 run-time estimate on the GPU"),
     Benchmark("refine-sfm-gpu", "refine_sfm.py", ("--device", "cuda", "--no-sift"), "cuda", False,
               "Sacre Coeur SfM with and without refinement on the GPU: refinement time against extraction time"),
+    Benchmark("refine-batching-gpu", "refine_batching.py", ("--device", "cuda"), "cuda", False,
+              "patch alignment batched across images against one image per batch on the GPU"),
     Benchmark("cluster-scaling-gpu", "cluster_scaling.py", ("--device", "cuda", "--workers", "1"), "cuda", False,
               "extraction and matching with one Ray worker per GPU against the single-process commands"),
 )

@@ -34,21 +34,24 @@ class AlignmentSettings:
     max_shift: float = 8.0  # px in the keypoint's image; beyond it the keypoint stays where it was
     min_correlation: float = 0.9  # weighted normalised cross-correlation of the final fit
     max_nodes: int = 50_000  # keypoints aligned per chunk: bounds the templates' memory (50k: 180 MB)
-    # Batches: None picks by device. A CPU is fastest on cache-sized work (512 keypoints per Gauss-Newton batch,
-    # 32 MiB of image stacks per group); a GPU on few, large launches (8,192 keypoints: 115 MB of Jacobians,
-    # 512 MiB of stacks).
+    # Batches and the cache of decoded images: None picks by device. A CPU is fastest on cache-sized work (512
+    # keypoints per Gauss-Newton batch, 32 MiB of image stacks per group, 128 MiB of decoded images: decoding is
+    # a small part of its time); a GPU on few, large launches (8,192 keypoints: 115 MB of Jacobians, 512 MiB of
+    # stacks, 512 MiB of images, so that decoding does not dominate).
     max_rows: int | None = None
     max_stack_bytes: int | None = None
-    max_image_bytes: int = 512 * 2**20  # decoded images kept for reuse
+    max_image_bytes: int | None = None
     max_track_size: int = 256  # larger tracks are chains merged through wrong matches, not one point: left alone
 
     def as_dict(self) -> dict:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
-    def batches(self, device: torch.device) -> tuple[int, int]:
-        """Keypoints per Gauss-Newton batch and bytes of image stacks per group on ``device``."""
+    def batches(self, device: torch.device) -> tuple[int, int, int]:
+        """Keypoints per Gauss-Newton batch, bytes of image stacks per group and bytes of decoded images kept
+        on ``device``."""
         gpu = torch.device(device).type != "cpu"
-        return (self.max_rows or (8_192 if gpu else 512), self.max_stack_bytes or (512 if gpu else 32) * 2**20)
+        return (self.max_rows or (8_192 if gpu else 512), self.max_stack_bytes or (512 if gpu else 32) * 2**20,
+                self.max_image_bytes or (512 if gpu else 128) * 2**20)
 
 
 @dataclass
@@ -175,7 +178,8 @@ def align_keypoints(tracks: Tracks, xy: np.ndarray, edge_maps: np.ndarray, fixed
     moving = (anchors != np.arange(count)) & ~fixed & ~np.isnan(maps[:, 0, 0]) & small
     result = Alignment(xy.copy(), np.zeros(count, bool), moving, np.full(count, np.nan))
     chunks = _chunks(tracks.track_ids, settings.max_nodes)
-    images = GrayImages(read_gray, device, max(settings.max_image_bytes, settings.batches(device)[1] // 3))
+    _, stack_bytes, image_bytes = settings.batches(device)
+    images = GrayImages(read_gray, device, max(image_bytes, stack_bytes // 3))
     with tqdm(total=int(moving.sum()), desc="aligning keypoints", unit="kp", disable=not progress) as bar:
         for chunk in chunks:
             nodes = chunk[moving[chunk]]

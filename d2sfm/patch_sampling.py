@@ -131,19 +131,27 @@ class StackGroup:
         return sample
 
 
-def stack_groups(keys: Sequence[tuple[int, float]], images: GrayImages, max_bytes: int) -> list[list[int]]:
-    """Indices into ``keys`` cut into consecutive groups whose stacks take at most ``max_bytes`` each (a key
-    larger than that alone). The images are read here, so with a cache of at least a third of ``max_bytes``
-    (a gray image is a third of a stack) a group's images are still cached when its stacks are built."""
-    groups, current, used = [], [], 0
+# The atlas's height: float32 coordinates below 8192 px keep steps of 1/1024 px, so a sample is placed within
+# 5e-4 px (an atlas of 580 small views, 139,000 px high, would round to 0.008 px).
+MAX_ATLAS_HEIGHT = 8192
+
+
+def stack_groups(keys: Sequence[tuple[int, float]], images: GrayImages, max_bytes: int,
+                 max_height: int = MAX_ATLAS_HEIGHT) -> list[list[int]]:
+    """Indices into ``keys`` cut into consecutive groups whose stacks take at most ``max_bytes`` and
+    ``max_height`` rows each (a key larger than that alone). The images are read here, so with a cache of at
+    least a third of ``max_bytes`` (a gray image is a third of a stack) a group's images are still cached when
+    its stacks are built."""
+    groups, current, used, rows = [], [], 0, 0
     for i, (image_id, _) in enumerate(keys):
         height, width = images.shape(image_id)
         size = 3 * 4 * height * width
-        if current and used + size > max_bytes:
+        if current and (used + size > max_bytes or rows + height > max_height):
             groups.append(current)
-            current, used = [], 0
+            current, used, rows = [], 0, 0
         current.append(i)
         used += size
+        rows += height
     if current:
         groups.append(current)
     return groups

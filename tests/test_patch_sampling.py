@@ -62,5 +62,7 @@ def test_decoded_images_are_read_once_within_the_budget():
         assert images(image_id).shape == (10, 10)
     assert reads == [1, 2, 3, 1] and images.bytes <= 1000
     assert images.shape(2) == (10, 10) and reads == [1, 2, 3, 1]  # a shape seen once is known
-    groups = stack_groups([(1, 1.0), (2, 1.0), (3, 1.0), (3, 2.0)], images, 2 * 3 * 400)
-    assert groups == [[0, 1], [2, 3]]
+    keys = [(1, 1.0), (2, 1.0), (3, 1.0), (3, 2.0)]
+    assert stack_groups(keys, images, 2 * 3 * 400) == [[0, 1], [2, 3]]  # two stacks' bytes each
+    assert stack_groups(keys, images, 2**20, max_height=30) == [[0, 1, 2], [3]]  # at most 30 rows
+    assert stack_groups(keys, images, 1) == [[0], [1], [2], [3]]  # a stack over the budget goes alone

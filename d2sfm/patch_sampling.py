@@ -7,14 +7,14 @@ point names its own stack, so one call serves the whole group; the group's size 
 of the four neighbours by index, tried first, ran 10x slower than grid_sample on the CPU.)
 
 Blurs are OpenCV's on the CPU (15-30x faster there than a convolution in torch) and a separable convolution in
-torch on a GPU (same kernel, same reflected border: equal to 1e-6). Decoded images are kept in a cache bounded in
-bytes, so an image is read once for its templates and its alignment while the cache holds it.
+torch on a GPU (same kernel, same reflected border, TF32 off: equal to 1e-6). Decoded images are kept in a cache
+bounded in bytes, so an image is read once for its templates and its alignment while the cache holds it.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -38,7 +38,19 @@ def _filter_torch(image: torch.Tensor, kernel: torch.Tensor, axis: int) -> torch
     mode = "reflect" if half < image.shape[axis] else "replicate"
     padded = F.pad(image[None, None], padding, mode=mode)
     weight = kernel.view(1, 1, 1, -1) if axis == 1 else kernel.view(1, 1, -1, 1)
-    return F.conv2d(padded, weight)[0, 0]
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # TF32 would round to 1e-3: full float32
+        return F.conv2d(padded, weight)[0, 0]
+
+
+def _central_difference(image: torch.Tensor, axis: int) -> torch.Tensor:
+    """(next - previous) / 2 along ``axis`` (1: x), zero on the first and last pixel as OpenCV's reflect-101
+    border gives: plain subtraction, exact in float32 on any device."""
+    difference = torch.zeros_like(image)
+    if axis == 1:
+        difference[:, 1:-1] = (image[:, 2:] - image[:, :-2]) * 0.5
+    else:
+        difference[1:-1] = (image[2:] - image[:-2]) * 0.5
+    return difference
 
 
 def fill_stack(out: torch.Tensor, gray: np.ndarray | torch.Tensor, sigma: float) -> None:
@@ -59,10 +71,9 @@ def fill_stack_torch(out: torch.Tensor, gray: np.ndarray | torch.Tensor, sigma: 
     kernel = torch.from_numpy(gaussian_kernel(sigma)).to(out.device)
     gray = torch.as_tensor(gray, device=out.device)
     blurred = _filter_torch(_filter_torch(gray, kernel, 1), kernel, 0)
-    derivative = torch.tensor([-0.5, 0.0, 0.5], device=out.device)  # conv2d correlates: (next - previous) / 2
     out[0] = blurred
-    out[1] = _filter_torch(blurred, derivative, 1)
-    out[2] = _filter_torch(blurred, derivative, 0)
+    out[1] = _central_difference(blurred, 1)
+    out[2] = _central_difference(blurred, 0)
 
 
 class GrayImages:
@@ -81,12 +92,13 @@ class GrayImages:
         image = torch.from_numpy(np.ascontiguousarray(self.read_gray(image_id), dtype=np.float32)).to(self.device)
         self.shapes[image_id] = tuple(image.shape)
         size = image.numel() * 4
+        if size > self.max_bytes:  # never cached: keep what is
+            return image
         while self.images and self.bytes + size > self.max_bytes:
             _, evicted = self.images.popitem(last=False)
             self.bytes -= evicted.numel() * 4
-        if size <= self.max_bytes:
-            self.images[image_id] = image
-            self.bytes += size
+        self.images[image_id] = image
+        self.bytes += size
         return image
 
     def shape(self, image_id: int) -> tuple[int, int]:
@@ -103,11 +115,11 @@ class StackGroup:
     def __init__(self, keys: Sequence[tuple[int, float]], images: GrayImages, device: torch.device) -> None:
         shapes = np.array([images.shape(image_id) for image_id, _ in keys], dtype=np.int64).reshape(-1, 2)
         tops = np.concatenate([[0], np.cumsum(shapes[:, 0])[:-1]])
-        # one row more: the pixel past a stack's last row or column is read with weight 0, so it must be finite
-        self.atlas = torch.empty((1, 3, int(shapes[:, 0].sum()) + 1, int(shapes[:, 1].max())), device=device)
-        self.atlas[..., -1, :] = 0
+        self.atlas = torch.empty((1, 3, int(shapes[:, 0].sum()), int(shapes[:, 1].max())), device=device)
         for (image_id, sigma), (height, width), top in zip(keys, shapes, tops):
             fill_stack(self.atlas[0, :, top:top + height, :width], images(image_id), sigma)
+            # the pixel right of a narrower stack is read with weight 0 (the row below is the next stack, or
+            # outside the atlas, which grid_sample skips): it must be finite
             self.atlas[0, :, top:top + height, width:] = 0
         self.tops = torch.from_numpy(tops).float().to(device)
         self.limits = torch.from_numpy(shapes[:, ::-1] - 1).float().to(device)  # last pixel centre (x, y)
@@ -131,27 +143,27 @@ class StackGroup:
         return sample
 
 
-# The atlas's height: float32 coordinates below 8192 px keep steps of 1/1024 px, so a sample is placed within
-# 5e-4 px (an atlas of 580 small views, 139,000 px high, would round to 0.008 px).
+# The atlas's height: float32 coordinates below 8192 px keep steps of 1/2048 px or finer, so a sample is placed
+# within about 5e-4 px (an atlas of 580 small views, 139,000 px high, would round to 0.008 px).
 MAX_ATLAS_HEIGHT = 8192
 
 
 def stack_groups(keys: Sequence[tuple[int, float]], images: GrayImages, max_bytes: int,
-                 max_height: int = MAX_ATLAS_HEIGHT) -> list[list[int]]:
-    """Indices into ``keys`` cut into consecutive groups whose stacks take at most ``max_bytes`` and
-    ``max_height`` rows each (a key larger than that alone). The images are read here, so with a cache of at
-    least a third of ``max_bytes`` (a gray image is a third of a stack) a group's images are still cached when
-    its stacks are built."""
-    groups, current, used, rows = [], [], 0, 0
+                 max_height: int = MAX_ATLAS_HEIGHT) -> Iterator[list[int]]:
+    """Indices into ``keys`` cut into consecutive groups whose atlas (total height x widest width x 3 float32)
+    takes at most ``max_bytes`` and ``max_height`` rows (a key larger than that alone). A generator: each image
+    is read when its group is formed, one group ahead of its use, so with a cache of at least a third of
+    ``max_bytes`` (a gray image is a third of its stack) a group's images are still cached when its stacks
+    are built."""
+    current, rows, widest = [], 0, 0
     for i, (image_id, _) in enumerate(keys):
         height, width = images.shape(image_id)
-        size = 3 * 4 * height * width
-        if current and (used + size > max_bytes or rows + height > max_height):
-            groups.append(current)
-            current, used, rows = [], 0, 0
+        atlas_bytes = 3 * 4 * (rows + height) * max(widest, width)
+        if current and (atlas_bytes > max_bytes or rows + height > max_height):
+            yield current
+            current, rows, widest = [], 0, 0
         current.append(i)
-        used += size
         rows += height
+        widest = max(widest, width)
     if current:
-        groups.append(current)
-    return groups
+        yield current

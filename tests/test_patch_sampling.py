@@ -63,6 +63,19 @@ def test_decoded_images_are_read_once_within_the_budget():
     assert reads == [1, 2, 3, 1] and images.bytes <= 1000
     assert images.shape(2) == (10, 10) and reads == [1, 2, 3, 1]  # a shape seen once is known
     keys = [(1, 1.0), (2, 1.0), (3, 1.0), (3, 2.0)]
-    assert stack_groups(keys, images, 2 * 3 * 400) == [[0, 1], [2, 3]]  # two stacks' bytes each
-    assert stack_groups(keys, images, 2**20, max_height=30) == [[0, 1, 2], [3]]  # at most 30 rows
-    assert stack_groups(keys, images, 1) == [[0], [1], [2], [3]]  # a stack over the budget goes alone
+    assert list(stack_groups(keys, images, 2 * 3 * 400)) == [[0, 1], [2, 3]]  # two stacks' bytes each
+    assert list(stack_groups(keys, images, 2**20, max_height=30)) == [[0, 1, 2], [3]]  # at most 30 rows
+    assert list(stack_groups(keys, images, 1)) == [[0], [1], [2], [3]]  # a stack over the budget goes alone
+
+
+def test_an_atlas_is_counted_at_its_widest_image():
+    """One wide image among narrow ones: the atlas is as wide as the widest, and that is what the budget bounds."""
+    shapes = {1: (10, 100), 2: (100, 10), 3: (100, 10)}
+    images = GrayImages(lambda image_id: np.zeros(shapes[image_id], np.float32), torch.device("cpu"), 2**20)
+    keys = [(1, 1.0), (2, 1.0), (3, 1.0)]
+    budget = 12 * 110 * 100  # the first two: 110 rows of 100 columns
+    groups = list(stack_groups(keys, images, budget))
+    assert groups == [[0, 1], [2]]
+    for group in groups:
+        atlas = StackGroup([keys[i] for i in group], images, torch.device("cpu")).atlas
+        assert atlas.numel() * 4 <= budget

@@ -202,13 +202,10 @@ def _chunks(track_ids: np.ndarray, max_nodes: int) -> list[np.ndarray]:
     return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _groups(image_ids: np.ndarray, blurs: np.ndarray, images: GrayImages, settings: AlignmentSettings,
-            device, reverse: bool):
+def _groups(image_ids: np.ndarray, blurs: np.ndarray, images: GrayImages, stack_bytes: int, reverse: bool):
     """(rows, the index of each row's stack in the group, the group's keys) over groups of the rows' (image,
-    blur) stacks that fit the device's stack bytes. The caller builds each StackGroup and drops it before the
-    next (one atlas at a time). ``reverse`` walks the images backwards: the pass after a forward one starts
-    with the images the cache still holds."""
-    stack_bytes = settings.batches(device)[1]
+    blur) stacks that fit ``stack_bytes``. ``reverse`` walks the images backwards: the pass after a forward one
+    starts with the images the cache still holds."""
     codes = np.stack([image_ids.astype(np.int64), np.round(blurs * 1e6).astype(np.int64)], axis=1)
     unique, inverse = np.unique(codes, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
@@ -223,25 +220,33 @@ def _groups(image_ids: np.ndarray, blurs: np.ndarray, images: GrayImages, settin
         yield rows, position[inverse[rows]], [keys[i] for i in members]
 
 
+def _batches(image_ids: np.ndarray, blurs: np.ndarray, images: GrayImages, settings: AlignmentSettings, device,
+             reverse: bool):
+    """(row indices, sampler of those rows' stacks) per batch of at most the device's rows, group by group. The
+    caller drops each sampler before asking for the next, so one atlas is alive at a time."""
+    max_rows, stack_bytes, _ = settings.batches(device)
+    for rows, which, keys in _groups(image_ids, blurs, images, stack_bytes, reverse):
+        stacks = StackGroup(keys, images, device)
+        for begin in range(0, len(rows), max_rows):
+            yield (torch.from_numpy(rows[begin:begin + max_rows]).to(device),
+                   stacks.sampler(which[begin:begin + max_rows]))
+        del stacks
+
+
 def _align_chunk(nodes, anchors, maps, xy, image_ids, images: GrayImages, settings, device,
                  result: Alignment) -> None:
     anchor_factor, own_factor = _spacing_factors(maps[nodes])
-    max_rows = settings.batches(device)[0]
     offsets, weights = _grid(settings.radius, device)
     sigmas = settings.blur_sigmas
     templates = torch.empty((len(sigmas), len(nodes), len(offsets)), device=device)
     anchor_xy = torch.from_numpy(xy[anchors[nodes]]).float().to(device)
     anchor_spacing = torch.from_numpy(anchor_factor).float().to(device)
     for level, sigma in enumerate(sigmas):
-        for rows, which, keys in _groups(image_ids[anchors[nodes]], sigma * anchor_factor, images, settings,
-                                         device, reverse=level % 2 == 1):
-            stacks = StackGroup(keys, images, device)
-            for begin in range(0, len(rows), max_rows):
-                index = torch.from_numpy(rows[begin:begin + max_rows]).to(device)
-                points = anchor_xy[index][:, None] + anchor_spacing[index, None, None] * offsets[None]
-                sample = stacks.sampler(which[begin:begin + max_rows])
-                templates[level, index] = _normalised(sample(points)[0], weights)
-            del stacks, sample  # before the next group's atlas is built
+        for index, sample in _batches(image_ids[anchors[nodes]], sigma * anchor_factor, images, settings, device,
+                                      reverse=level % 2 == 1):
+            points = anchor_xy[index][:, None] + anchor_spacing[index, None, None] * offsets[None]
+            templates[level, index] = _normalised(sample(points)[0], weights)
+            del sample
     start = torch.from_numpy(xy[nodes]).double().to(device)
     centre, linear = start.clone(), torch.from_numpy(maps[nodes]).double().to(device)
     correlation = torch.full((len(nodes),), float("nan"), dtype=torch.float64, device=device)
@@ -249,15 +254,12 @@ def _align_chunk(nodes, anchors, maps, xy, image_ids, images: GrayImages, settin
     for level, sigma in enumerate(sigmas):
         # the alignment walks the images the other way from the previous pass: where the keypoints' images are
         # also anchors' images (most of them), the cache still holds them
-        for rows, which, keys in _groups(image_ids[nodes], sigma * own_factor, images, settings, device,
-                                         reverse=(level + len(sigmas)) % 2 == 1):
-            stacks = StackGroup(keys, images, device)
-            for begin in range(0, len(rows), max_rows):
-                index = torch.from_numpy(rows[begin:begin + max_rows]).to(device)
-                centre[index], linear[index], correlation[index] = _gauss_newton(
-                    stacks.sampler(which[begin:begin + max_rows]), templates[level, index],
-                    centre[index], linear[index], offsets, spacing[index], weights, settings.iterations)
-            del stacks  # before the next group's atlas is built
+        for index, sample in _batches(image_ids[nodes], sigma * own_factor, images, settings, device,
+                                      reverse=(level + len(sigmas)) % 2 == 1):
+            centre[index], linear[index], correlation[index] = _gauss_newton(
+                sample, templates[level, index], centre[index], linear[index], offsets, spacing[index], weights,
+                settings.iterations)
+            del sample
     shift = (centre - start).norm(dim=1)
     scale = torch.linalg.det(linear).abs().sqrt()
     good = (shift <= settings.max_shift) & (correlation >= settings.min_correlation)

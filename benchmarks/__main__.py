@@ -63,6 +63,9 @@ BENCHMARKS = (
     Benchmark("refine-sfm", "refine_sfm.py", (), "cpu", False,
               "Sacre Coeur SfM, SS and MS, unrefined, database refinement only (patch, featuremetric) and the "
               "default (patch, database and model), beside SIFT"),
+    Benchmark("refine-gates", "refine_gates.py", (), "cpu", False,
+              "which patch-alignment fits are trusted: correlation alone against the uncertainty gate, synthetic "
+              "views against the truth and Sacre Coeur SS/MS"),
     Benchmark("refine-batching", "refine_batching.py", (), "cpu", False,
               "patch alignment batched across images against one image per batch, both refinement stages"),
     Benchmark("refine-invariance", "refine_invariance.py", (), "cpu", False,

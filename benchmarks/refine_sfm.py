@@ -57,9 +57,11 @@ def verified_database(images: Path, names, features: Path, work: Path) -> tuple[
     return database, verification.describe(), time.perf_counter() - start
 
 
-def map_seeds(database: Path, images: Path, work: Path, seeds, refine_model_on=None) -> tuple[list, list]:
+def map_seeds(database: Path, images: Path, work: Path, seeds, refine_model_on=None,
+              model_settings=None) -> tuple[list, list]:
     """Mapping per seed; with ``refine_model_on`` (a torch device) each seed's largest model is refined as
-    d2sfm.reconstruct refines it. Returns the runs and the model refinement's seconds per seed."""
+    d2sfm.reconstruct refines it (or with ``model_settings``). Returns the runs and the model refinement's
+    seconds per seed."""
     from d2sfm.images import gray_image_reader
     from d2sfm.mapping import run_mapping
     from d2sfm.model_refinement import refine_model
@@ -74,7 +76,8 @@ def map_seeds(database: Path, images: Path, work: Path, seeds, refine_model_on=N
         if refine_model_on is not None and models:
             names = {image_id: image.name for image_id, image in models[0].images.items()}
             start = time.perf_counter()
-            models[0], summary = refine_model(models[0], gray_image_reader(names, images), refine_model_on)
+            models[0], summary = refine_model(models[0], gray_image_reader(names, images), refine_model_on,
+                                              model_settings)
             refine_seconds.append(time.perf_counter() - start)
             print(f"    seed {seed}: {summary.describe()}", file=sys.stderr)
         runs.append((models, seconds))

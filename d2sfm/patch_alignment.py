@@ -9,7 +9,8 @@ absorb the change of exposure, so the optimum is the true correspondence up to t
 
 Each track aligns to one anchor (a keypoint held fixed where the caller fixes images, else the best-connected
 one): a star, so errors do not add up along chains and a wrong match moves only its own keypoint. A keypoint
-whose alignment does not converge to a good fit keeps its detection.
+whose alignment does not converge to a good fit, or whose fitted position is uncertain (on an edge, or between
+two optima), keeps its detection.
 """
 
 from __future__ import annotations
@@ -32,7 +33,13 @@ class AlignmentSettings:
     blur_sigmas: tuple[float, ...] = (2.0, 1.0)  # coarse to fine: a wider basin, then the precise optimum
     iterations: int = 12  # per level
     max_shift: float = 8.0  # px in the keypoint's image; beyond it the keypoint stays where it was
+    # A fit is trusted where it correlates and its position is certain: the standard deviation of the fitted
+    # centre along its weakest direction (from the residual and the Gauss-Newton Hessian) at most
+    # max_uncertainty px. Correlation alone lets through fits that slide along an edge or land on another
+    # optimum: on synthetic views with known truth, fits above 0.2 px end more than 2 px from the true point in
+    # 3 cases of 4 (docs/benchmarks.md, "Which fits are trusted"). None: no uncertainty gate.
     min_correlation: float = 0.9  # weighted normalised cross-correlation of the final fit
+    max_uncertainty: float | None = 0.15
     max_nodes: int = 50_000  # keypoints aligned per chunk: bounds the templates' memory (50k: 180 MB)
     # Batches and the cache of decoded images: None picks by device. A CPU is fastest on cache-sized work (512
     # keypoints per Gauss-Newton batch, 32 MiB of image stacks per group, 128 MiB of decoded images: decoding is
@@ -60,6 +67,7 @@ class Alignment:
     aligned: np.ndarray  # (K,) bool: the fit converged, correlates and stayed within max_shift
     moving: np.ndarray  # (K,) bool: was to be aligned (neither its track's anchor nor fixed)
     correlation: np.ndarray  # (K,) of the final fit, NaN where not tried
+    uncertainty: np.ndarray  # (K,) px, standard deviation of the fitted position along its weakest direction
 
     @property
     def median_correlation(self) -> float:
@@ -176,7 +184,7 @@ def align_keypoints(tracks: Tracks, xy: np.ndarray, edge_maps: np.ndarray, fixed
                                             tracks.edges[within]), edge_maps[within], fixed)
     count = len(xy)
     moving = (anchors != np.arange(count)) & ~fixed & ~np.isnan(maps[:, 0, 0]) & small
-    result = Alignment(xy.copy(), np.zeros(count, bool), moving, np.full(count, np.nan))
+    result = Alignment(xy.copy(), np.zeros(count, bool), moving, np.full(count, np.nan), np.full(count, np.nan))
     chunks = _chunks(tracks.track_ids, settings.max_nodes)
     _, stack_bytes, image_bytes = settings.batches(device)
     images = GrayImages(read_gray, device, max(image_bytes, stack_bytes // 3))
@@ -250,13 +258,14 @@ def _align_chunk(nodes, anchors, maps, xy, image_ids, images: GrayImages, settin
     start = torch.from_numpy(xy[nodes]).double().to(device)
     centre, linear = start.clone(), torch.from_numpy(maps[nodes]).double().to(device)
     correlation = torch.full((len(nodes),), float("nan"), dtype=torch.float64, device=device)
+    uncertainty = torch.full_like(correlation, float("nan"))
     spacing = anchor_spacing.double()
     for level, sigma in enumerate(sigmas):
         # the alignment walks the images the other way from the previous pass: where the keypoints' images are
         # also anchors' images (most of them), the cache still holds them
         for index, sample in _batches(image_ids[nodes], sigma * own_factor, images, settings, device,
                                       reverse=(level + len(sigmas)) % 2 == 1):
-            centre[index], linear[index], correlation[index] = _gauss_newton(
+            centre[index], linear[index], correlation[index], uncertainty[index] = _gauss_newton(
                 sample, templates[level, index], centre[index], linear[index], offsets, spacing[index], weights,
                 settings.iterations)
             del sample
@@ -264,10 +273,13 @@ def _align_chunk(nodes, anchors, maps, xy, image_ids, images: GrayImages, settin
     scale = torch.linalg.det(linear).abs().sqrt()
     good = (shift <= settings.max_shift) & (correlation >= settings.min_correlation)
     good &= torch.isfinite(shift) & (scale > 0.2) & (scale < 5)
+    if settings.max_uncertainty is not None:
+        good &= uncertainty <= settings.max_uncertainty
     good = good.cpu().numpy()
     result.positions[nodes[good]] = centre.cpu().numpy()[good]
     result.aligned[nodes] = good
     result.correlation[nodes] = correlation.cpu().numpy()
+    result.uncertainty[nodes] = uncertainty.cpu().numpy()
 
 
 def _gauss_newton(sample, template, centre, linear, offsets, spacing, weights, iterations):
@@ -294,15 +306,18 @@ def _gauss_newton(sample, template, centre, linear, offsets, spacing, weights, i
     cost = (residual.double() ** 2).sum(1)
     jacobian = torch.empty((count, samples, 8), device=centre.device)
     jacobian[..., 7] = root
-    for _ in range(iterations):
+
+    def normal_equations():
         gx, gy = gain.float() * dx * root, gain.float() * dy * root
         jacobian[..., 0], jacobian[..., 1] = gx, gy
         jacobian[..., 2], jacobian[..., 3] = gx * u[..., 0], gx * u[..., 1]
         jacobian[..., 4], jacobian[..., 5] = gy * u[..., 0], gy * u[..., 1]
         jacobian[..., 6] = image * root
         transposed = jacobian.transpose(1, 2)
-        hessian = (transposed @ jacobian).double()
-        gradient = (transposed @ residual[..., None])[..., 0].double()
+        return (transposed @ jacobian).double(), (transposed @ residual[..., None])[..., 0].double()
+
+    for _ in range(iterations):
+        hessian, gradient = normal_equations()
         diagonal = torch.diagonal(hessian, dim1=1, dim2=2)
         system = hessian + torch.diag_embed(damping[:, None] * diagonal + 1e-12)
         step = -torch.linalg.solve(system, gradient[..., None])[..., 0]
@@ -325,4 +340,20 @@ def _gauss_newton(sample, template, centre, linear, offsets, spacing, weights, i
         cost = torch.where(better, new_cost, cost)
         damping = torch.where(better, damping * 0.3, damping * 10).clamp(1e-6, 1e6)
     correlation = (_normalised(image, w) * template * w).sum(1).double()
-    return centre, linear, correlation
+    return centre, linear, correlation, _position_uncertainty(normal_equations()[0], cost, samples)
+
+
+def _position_uncertainty(hessian: torch.Tensor, cost: torch.Tensor, samples: int) -> torch.Tensor:
+    """Standard deviation (px) of the fitted centre along its least constrained direction: the centre's block of
+    the parameters' covariance, residual variance times the inverse Gauss-Newton Hessian (the map, gain and bias
+    marginalised). Large on an edge or a flat patch, where the optimum slides. Every sample counts as an
+    independent measurement, so under noise that the blur correlates it is a lower bound (about 3.5 times below
+    the scatter for white noise): a score to gate on, its threshold set by measurement."""
+    size = hessian.shape[-1]
+    ridge = 1e-10 * torch.diagonal(hessian, dim1=1, dim2=2).mean(1).clamp(min=1e-30)  # a null direction: huge
+    inverse = torch.linalg.inv(hessian + ridge[:, None, None] * torch.eye(size, dtype=hessian.dtype,
+                                                                          device=hessian.device))[:, :2, :2]
+    # the residual's variance, at least that of a fit with correlation 0.99995 (the template has unit variance):
+    # a noiseless fit along an edge must not look certain
+    variance = cost.clamp(min=1e-4) / (samples - size)
+    return (torch.linalg.eigvalsh(inverse).amax(1).clamp(min=0) * variance).sqrt()

@@ -82,6 +82,10 @@ def test_a_keypoint_on_the_wrong_patch_keeps_its_position():
     assert not aligned[0] and np.array_equal(positions[0], start[0])
     assert not aligned[1] and np.array_equal(positions[1], start[1])
     assert aligned[2:].mean() > 0.9
+    # why the correlation threshold stays at 0.9: the wrong match finds another patch that correlates above 0.8
+    # with a position certain enough to pass the uncertainty gate
+    positions, aligned, _ = align_pair(image, warped, first, start, maps, AlignmentSettings(min_correlation=0.8))
+    assert aligned[0] and np.linalg.norm(positions[0] - truth[0]) > 20
 
 
 def test_chunks_and_batches_give_the_same_result_and_large_tracks_are_left_alone():
@@ -121,3 +125,47 @@ def test_local_affinities_and_their_composition_along_a_track():
     free, free_maps = anchors_and_maps(tracks, edge_maps, np.zeros(len(fixed), bool))
     assert free[node[(1, 0)]] == node[(2, 0)]  # the middle node has two matches
     assert np.allclose(free_maps[node[(1, 0)]], np.linalg.inv(a_to_b))
+
+
+def test_a_fit_that_can_slide_is_not_trusted():
+    """On a straight edge the patch fits equally well anywhere along it: the fit correlates perfectly but its
+    position is uncertain along the edge, so the keypoint keeps its detection; without the uncertainty gate the
+    same fit would be taken. Textured keypoints of the same pair are certain to a few hundredths of a pixel."""
+    image, warped, first, truth, linear, rng = known_pair(degrees=0.0, scale=1.0)
+    edge = cv2.GaussianBlur((np.arange(240)[None, :] >= 120).astype(np.float32).repeat(240, 0), (0, 0), 1.5)
+    image, warped = image.copy(), warped.copy()
+    image[:, 100:140], warped[:, 100:140] = edge[:, 100:140], 0.7 * edge[:, 100:140] + 0.2  # a vertical edge
+    first[0] = truth[0] = [120.0, 80.0]
+    start = truth + rng.normal(0, 0.7, truth.shape)
+    start[0] = [120.5, 83.0]  # 3 px along the edge
+    maps = np.repeat(linear[None], len(first), axis=0)
+    positions, aligned, result = align_pair(image, warped, first, start, maps)
+    node = len(first)  # nodes are numbered image by image, keypoint by keypoint: the second image's first keypoint
+    assert not aligned[0] and np.array_equal(positions[0], start[0])
+    assert result.correlation[node] > 0.95 and result.uncertainty[node] > 1.0
+    textured = np.abs(truth[:, 0] - 120) > 35  # patches clear of the edge's band
+    errors = np.linalg.norm(positions - truth, axis=1)[textured & aligned]
+    assert aligned[textured].mean() > 0.9 and np.median(errors) < 0.05
+    assert np.median(result.uncertainty[node:][textured]) < 0.05
+    ungated, aligned_ungated, _ = align_pair(image, warped, first, start, maps,
+                                             AlignmentSettings(max_uncertainty=None))
+    assert aligned_ungated[0] and abs(ungated[0, 1] - truth[0, 1]) > 1.0  # taken, still 3 px off along the edge
+
+
+def test_uncertainty_grows_with_image_noise():
+    """The reported uncertainty follows the fit's real precision: more noise in the view, a larger uncertainty,
+    and the positions' scatter about the truth is of its order. The estimate counts every sample as independent;
+    after the final blur (sigma 1 px, samples 1 px apart) white noise is correlated over about 4 pi sigma^2
+    samples, so the true scatter is about sqrt(4 pi) = 3.5 times the estimate (3.4 measured)."""
+    image, warped, first, truth, linear, rng = known_pair(count=40)
+    maps = np.repeat(linear[None], len(first), axis=0)
+    start = truth + rng.normal(0, 1.0, truth.shape)
+    medians, scatters = [], []
+    for noise in (0.01, 0.1):
+        noisy = warped + np.random.default_rng(1).normal(0, noise, warped.shape).astype(np.float32)
+        positions, aligned, result = align_pair(image, noisy, first, start, maps,
+                                                AlignmentSettings(max_uncertainty=None))
+        medians.append(np.nanmedian(result.uncertainty[result.moving]))
+        scatters.append(np.sqrt(np.mean(np.sum((positions - truth) ** 2, axis=1) / 2)))
+    assert medians[1] > 3 * medians[0]
+    assert 1.5 < scatters[1] / medians[1] < 6

@@ -133,25 +133,34 @@ def refined_copy(raw: Path, target: Path, images: Path, weights: Path, device, s
     return target
 
 
+def run_gate(raw: Path, images: Path, work: Path, seeds, gate, weights: Path, device):
+    """One gate from the verified database ``raw``: its refined copy mapped per seed and each seed's largest model
+    refined with the same gate. Returns the runs and the medians of their largest models' statistics."""
+    database_settings, model_settings = settings_for(gate) if gate is not None else (None, None)
+    database = refined_copy(raw, work.with_suffix(".db"), images, weights, device, database_settings)
+    runs, _ = map_seeds(database, images, work, seeds, device if gate is not None else None, model_settings)
+    return runs, median_over_seeds([model_statistics_of(models) for models, _ in runs])
+
+
+def registered(runs) -> list[int]:
+    return [len(models) and models[0].num_reg_images() for models, _ in runs]
+
+
 def synthetic_rows(work: Path, weights: Path, device: torch.device) -> list[str]:
     rows = []
     for scene in SCENES:
         name, count, width, height, *_, seeds = scene
         folder = render_and_verify(work, scene, weights, device.type)
         for label, gate in GATES:
-            database_settings, model_settings = settings_for(gate) if gate is not None else (None, None)
-            fits = (fits_against_truth(folder / "database.db", folder, database_settings, device)
-                    if database_settings else None)
-            database = refined_copy(folder / "database.db", work / f"{name}_{len(rows)}.db", folder / "images",
-                                    weights, device, database_settings)
-            runs, _ = map_seeds(database, folder / "images", work / f"{name}_{len(rows)}", seeds,
-                                device if gate is not None else None, model_settings)
-            statistics = median_over_seeds([model_statistics_of(models) for models, _ in runs])
+            fits = (fits_against_truth(folder / "database.db", folder, settings_for(gate)[0], device)
+                    if gate is not None else None)
+            runs, statistics = run_gate(folder / "database.db", folder / "images", work / f"{name}_{len(rows)}",
+                                        seeds, gate, weights, device)
             cameras = cameras_against_truth(runs, folder / "ground_truth")
             fit_cells = (f"{fits['taken']} / {fits['tried']} | {100 * fits['off']:.1f}% | {fits['median']:.3f}"
                          if fits else " |  | ")
             rows.append(f"| {name} ({count} views {width}x{height}) | {label} | {fit_cells} | "
-                        f"{[len(models) and models[0].num_reg_images() for models, _ in runs]} | "
+                        f"{registered(runs)} | "
                         f"{statistics.get('mean_track_length', 0):.2f} | "
                         f"{statistics.get('mean_reprojection_error', 0):.3f} | "
                         f"{cameras.get('median_rotation_error_deg', np.nan):.3f} / "
@@ -179,13 +188,9 @@ def photo_rows(work: Path, images: Path, weights: Path, device: torch.device) ->
         d2sfm_features(images, names, folder / "features.h5", weights, scales, True, device=device)
         raw, _, _ = verified_database(images, names, folder / "features.h5", folder)
         for index, (gate_label, gate) in enumerate(GATES):
-            database_settings, model_settings = settings_for(gate) if gate is not None else (None, None)
-            database = refined_copy(raw, folder / f"gate_{index}.db", images, weights, device, database_settings)
-            runs, _ = map_seeds(database, images, folder / f"gate_{index}", (0, 1, 2),
-                                device if gate is not None else None, model_settings)
-            statistics = median_over_seeds([model_statistics_of(models) for models, _ in runs])
+            runs, statistics = run_gate(raw, images, folder / f"gate_{index}", (0, 1, 2), gate, weights, device)
             rows.append(f"| d2sfm {label} | {gate_label} | "
-                        f"{[len(models) and models[0].num_reg_images() for models, _ in runs]} | "
+                        f"{registered(runs)} | "
                         f"{statistics.get('points3D', 0):.0f} | {statistics.get('observations', 0):.0f} | "
                         f"{statistics.get('mean_track_length', 0):.2f} | "
                         f"{statistics.get('mean_reprojection_error', 0):.3f} |")

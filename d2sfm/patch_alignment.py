@@ -64,7 +64,7 @@ class AlignmentSettings:
 @dataclass
 class Alignment:
     positions: np.ndarray  # (K, 2) aligned where ``aligned``, else the input
-    aligned: np.ndarray  # (K,) bool: the fit converged, correlates and stayed within max_shift
+    aligned: np.ndarray  # (K,) bool: the fit converged, correlates, is certain and stayed within max_shift
     moving: np.ndarray  # (K,) bool: was to be aligned (neither its track's anchor nor fixed)
     correlation: np.ndarray  # (K,) of the final fit, NaN where not tried
     uncertainty: np.ndarray  # (K,) px, standard deviation of the fitted position along its weakest direction

@@ -4,7 +4,7 @@ import pycolmap
 import pytest
 from PIL import Image
 
-from d2sfm.database import create_database, read_image_ids
+from d2sfm.database import create_database, read_image_ids, verify_pairs
 
 
 def _write_photos(folder):
@@ -56,3 +56,57 @@ def test_reads_the_old_schema_benchmark_database(shared):
     assert sum(name.startswith("db/") for name in ids) == 5401 - 824 - 98
     assert sum(name.startswith("query/day/") for name in ids) == 824
     assert sum(name.startswith("query/night/") for name in ids) == 98
+
+
+
+def _noisy_matches(folder, pairs_reversed: bool):
+    """Four images whose matches follow homographies with 2 px noise (many inliers near the 4 px threshold) and
+    40% outliers, so that RANSAC's inlier set depends on its random draws; all six pairs listed, in order or
+    reversed."""
+    images = folder / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    names = [f"{index}.jpg" for index in range(4)]
+    for name in names:
+        Image.fromarray(np.zeros((300, 400, 3), np.uint8)).save(images / name)
+    ids = create_database(folder / "db.db", images, names, camera_mode="single")
+    points = rng.uniform([0, 0], [400, 300], (400, 2))
+    pairs = [(first, second) for index, first in enumerate(names) for second in names[index + 1:]]
+    with pycolmap.Database.open(folder / "db.db") as database:
+        for k, name in enumerate(names):
+            homography = np.array([[1 + 0.02 * k, 0.01 * k, 5.0 * k], [-0.01 * k, 1 - 0.01 * k, -3.0 * k],
+                                   [1e-5 * k, 0, 1]])
+            mapped = np.c_[points, np.ones(len(points))] @ homography.T
+            keypoints = mapped[:, :2] / mapped[:, 2:] + rng.normal(0, 2.0, points.shape)
+            outliers = rng.random(len(points)) < 0.4
+            keypoints[outliers] = rng.uniform([0, 0], [400, 300], (outliers.sum(), 2))
+            database.write_keypoints(ids[name], keypoints.astype(np.float32))
+        for first, second in pairs:
+            database.write_matches(ids[first], ids[second], np.repeat(np.arange(len(points)), 2).reshape(-1, 2)
+                                   .astype(np.uint32))
+    listed = pairs[::-1] if pairs_reversed else pairs
+    (folder / "pairs.txt").write_text("".join(f"{first} {second}\n" for first, second in listed))
+    return folder / "db.db", folder / "pairs.txt"
+
+
+def _inliers(database_path) -> dict[int, np.ndarray]:
+    with pycolmap.Database.open(database_path) as database:
+        pair_ids, geometries = database.read_two_view_geometries()
+    return {pair_id: np.asarray(geometry.inlier_matches) for pair_id, geometry in zip(pair_ids, geometries)}
+
+
+def test_verification_does_not_depend_on_the_order_of_work(tmp_path):
+    """The same matches verify to the same inliers whatever order the pairs are processed in (pycolmap's
+    unseeded RANSAC continues one random stream per thread, so order and thread scheduling changed the inliers
+    of every pair here), and reruns and benchmark variants therefore map the same graph."""
+    runs = []
+    for pairs_reversed in (False, True):
+        folder = tmp_path / str(pairs_reversed)
+        folder.mkdir()
+        database, pairs = _noisy_matches(folder, pairs_reversed)
+        assert verify_pairs(database, pairs).verified_pairs == 6
+        runs.append(_inliers(database))
+    assert runs[0].keys() == runs[1].keys()
+    for pair_id, inliers in runs[0].items():
+        assert 100 < len(inliers) < 300
+        assert np.array_equal(inliers, runs[1][pair_id])

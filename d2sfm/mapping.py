@@ -7,6 +7,7 @@ import functools
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,15 @@ COLMAP_MAPPER_OPTIONS = {"abs_pose_min_inliers": 30, "abs_pose_min_inlier_ratio"
 # still ends, now and then, with a partial model (Sacre Coeur: 1 to 2 runs in 12), or with a thin one: all images
 # in, but few of their verified matches triangulated (Sacre Coeur multi-scale: 121 points where other seeds give
 # ~1000). The incremental mapper runs again with the next seed (up to ``attempts`` runs in all, reconstruct's
-# --mapper-attempts) when the largest model holds less than RETRY_BELOW_SHARE of the images, or less than
-# RETRY_BELOW_TRIANGULATED of the keypoints of its images that have a verified match have a 3D point; the best
-# model (most images, then most points) is kept.
+# --mapper-attempts) when the largest model holds less than RETRY_BELOW_SHARE of the images, when less than
+# RETRY_BELOW_TRIANGULATED of the keypoints of its images that have a verified match have a 3D point, or when an
+# image it left out has at least RETRY_LINKED_MATCHES verified matches with its images (as many as COLMAP asks of
+# an initial pair, so the image is plainly reachable: single-scale D2 on the Sacre Coeur photos now and then
+# leaves out one image that has ~500 verified matches to the other nine); the best model (most images, then most
+# points) is kept.
 RETRY_BELOW_SHARE = 0.9
 RETRY_BELOW_TRIANGULATED = 0.15
+RETRY_LINKED_MATCHES = 100
 
 
 def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, output_dir: str | os.PathLike,
@@ -62,7 +67,7 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
         with pycolmap.Database.open(database_path) as database:
             total = database.num_images()
         models: dict = {}
-        verified = functools.cache(lambda: verified_keypoints(database_path))
+        verified = functools.cache(lambda: verified_matches(database_path))
         for attempt in range(max(1, attempts)):
             options.random_seed = seed + attempt
             with tqdm(total=total, desc="mapping (images registered)", unit="img", disable=not progress) as bar:
@@ -129,33 +134,65 @@ def _rank(models: dict) -> tuple[int, int]:
     return max(map(_size, models.values()), default=(0, 0))
 
 
-def why_map_again(models: dict, total_images: int, verified: Callable[[], dict[int, int]]) -> str | None:
+@dataclass(frozen=True)
+class VerifiedMatches:
+    """What geometric verification kept, as the retry rule reads it."""
+
+    keypoints: dict[int, int]  # image id -> its keypoints with at least one verified match
+    pairs: dict[tuple[int, int], int]  # (image id, image id) -> verified matches (inliers) of the pair
+
+
+def why_map_again(models: dict, total_images: int, verified: Callable[[], VerifiedMatches]) -> str | None:
     """Why the best model of a mapping run is worth another run with the next seed, or None when it is not.
-    ``verified`` gives ``verified_keypoints`` of the database (only called when needed)."""
+    ``verified`` gives ``verified_matches`` of the database (only called when needed)."""
     if not models:
         return "no model"
     largest = max(models.values(), key=_size)
     if largest.num_reg_images() < RETRY_BELOW_SHARE * total_images:
         return f"the largest model holds {largest.num_reg_images()} of {total_images} images"
-    share = triangulated_share(largest, verified())
+    share = triangulated_share(largest, verified().keypoints)
     if share < RETRY_BELOW_TRIANGULATED:
         return (f"the largest model triangulates {100 * share:.0f}% of its images' verified keypoints "
                 f"({largest.num_points3D()} points)")
+    reachable = left_out_but_linked(largest, verified().pairs)
+    if reachable:
+        return (f"the largest model left out {len(reachable)} image(s) with at least {RETRY_LINKED_MATCHES} verified "
+                f"matches to its images")
     return None
 
 
-def verified_keypoints(database_path: str | os.PathLike) -> dict[int, int]:
-    """Image id -> how many of its keypoints have at least one geometrically verified match."""
+def left_out_but_linked(model: pycolmap.Reconstruction, pairs: dict[tuple[int, int], int]) -> list[int]:
+    """Ids of the images the model did not register that share at least RETRY_LINKED_MATCHES verified matches
+    with the images it did (an image with few links is left out for a reason; another run will not place it)."""
+    registered = set(model.reg_image_ids())
+    links: dict[int, int] = {}
+    for (first, second), count in pairs.items():
+        if (first in registered) != (second in registered):
+            left_out = second if first in registered else first
+            links[left_out] = links.get(left_out, 0) + count
+    return sorted(image_id for image_id, count in links.items() if count >= RETRY_LINKED_MATCHES)
+
+
+def verified_matches(database_path: str | os.PathLike) -> VerifiedMatches:
+    """Per image, how many keypoints have at least one geometrically verified match; per pair, its inliers."""
     with pycolmap.Database.open(database_path) as database:
         pair_ids, geometries = database.read_two_view_geometries()
     indices: dict[int, list[np.ndarray]] = {}
+    pairs: dict[tuple[int, int], int] = {}
     for pair_id, geometry in zip(pair_ids, geometries):
         inliers = np.asarray(geometry.inlier_matches)
         if len(inliers):
             first, second = pycolmap.pair_id_to_image_pair(pair_id)
+            pairs[first, second] = len(inliers)
             indices.setdefault(first, []).append(inliers[:, 0])
             indices.setdefault(second, []).append(inliers[:, 1])
-    return {image_id: len(np.unique(np.concatenate(parts))) for image_id, parts in indices.items()}
+    keypoints = {image_id: len(np.unique(np.concatenate(parts))) for image_id, parts in indices.items()}
+    return VerifiedMatches(keypoints, pairs)
+
+
+def verified_keypoints(database_path: str | os.PathLike) -> dict[int, int]:
+    """Image id -> how many of its keypoints have at least one geometrically verified match."""
+    return verified_matches(database_path).keypoints
 
 
 def triangulated_share(model: pycolmap.Reconstruction, verified: dict[int, int]) -> float:

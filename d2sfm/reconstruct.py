@@ -169,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "COLMAP's 16)")
     parser.add_argument("--mapper-attempts", type=int, default=2,
                         help="incremental mapping runs at most (default 2): a run whose largest model holds under "
-                        "90%% of the images, or gave 3D points to under 15%% of its images' verified keypoints, is "
-                        "repeated with the next seed and the best kept; 1 for huge collections")
+                        "90%% of the images, gave 3D points to under 15%% of its images' verified keypoints, or left "
+                        "out an image with 100+ verified matches to it is repeated with the next seed and the best "
+                        "kept; 1 for huge collections")
     parser.add_argument("--min-model-size", type=int, default=3, help="smallest model kept (images)")
     parser.add_argument("--text", action="store_true", help="write models as COLMAP text instead of binary")
     parser.add_argument("--dense", action="store_true",

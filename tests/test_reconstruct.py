@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -15,10 +16,12 @@ from d2sfm.io import read_keypoints
 from d2sfm.mapping import (
     D2_ABS_POSE_MIN_INLIERS,
     RETRY_BELOW_TRIANGULATED,
+    RETRY_LINKED_MATCHES,
     drop_weak_images,
+    left_out_but_linked,
     read_models,
     triangulated_share,
-    verified_keypoints,
+    verified_matches,
     why_map_again,
 )
 from d2sfm.model_refinement import model_refinement_record
@@ -108,7 +111,8 @@ def test_thin_or_partial_models_are_mapped_again(small_scene, weights_path):
     if not (small_scene / "sparse" / "0").is_dir():
         assert reconstruct(small_scene, "--demo", weights=weights_path).returncode == 0
     database = small_scene / "database.db"
-    verified = verified_keypoints(database)
+    matches = verified_matches(database)
+    verified = matches.keypoints
     with pycolmap.Database.open(database) as db:
         assert set(verified) == {image.image_id for image in db.read_all_images()}
         assert all(0 < count <= db.num_keypoints_for_image(image_id) for image_id, count in verified.items())
@@ -116,17 +120,31 @@ def test_thin_or_partial_models_are_mapped_again(small_scene, weights_path):
     share = triangulated_share(model, verified)
     print(f"healthy model: {model.num_points3D()} points, {100 * share:.0f}% of verified keypoints triangulated")
     assert RETRY_BELOW_TRIANGULATED < share <= 1
-    assert why_map_again({0: model}, model.num_reg_images(), lambda: verified) is None
-    assert "holds 8 of 12 images" in why_map_again({0: model}, 12, lambda: verified)
+    assert why_map_again({0: model}, model.num_reg_images(), lambda: matches) is None
+    assert "holds 8 of 12 images" in why_map_again({0: model}, 12, lambda: matches)
 
     thin = pycolmap.Reconstruction(model)
     point_ids = sorted(thin.point3D_ids())
     for point_id in point_ids[: int(len(point_ids) * (1 - RETRY_BELOW_TRIANGULATED * 0.5 / share))]:
         thin.delete_point3D(point_id)
     assert triangulated_share(thin, verified) < RETRY_BELOW_TRIANGULATED
-    assert "triangulates" in why_map_again({0: thin}, thin.num_reg_images(), lambda: verified)
+    assert "triangulates" in why_map_again({0: thin}, thin.num_reg_images(), lambda: matches)
     # the better of two runs is judged: a healthy model next to a thin one needs no retry
-    assert why_map_again({0: thin, 1: model}, model.num_reg_images(), lambda: verified) is None
+    assert why_map_again({0: thin, 1: model}, model.num_reg_images(), lambda: matches) is None
+
+    # an image left out although it shares many verified matches with the model is worth another run; one whose
+    # links are few is not (another run would not place it)
+    partial = pycolmap.Reconstruction(model)
+    left_out = partial.reg_image_ids()[0]
+    partial.deregister_frame(partial.image(left_out).frame_id)
+    links = sum(count for pair, count in matches.pairs.items() if left_out in pair)
+    print(f"image {left_out} left out: {links} verified matches with the model's images")
+    assert links >= RETRY_LINKED_MATCHES and left_out_but_linked(partial, matches.pairs) == [left_out]
+    assert "left out 1 image(s)" in why_map_again({0: partial}, partial.num_reg_images(), lambda: matches)
+    weakly_linked = {pair: count for pair, count in matches.pairs.items() if left_out not in pair}
+    weakly_linked[next(pair for pair in matches.pairs if left_out in pair)] = RETRY_LINKED_MATCHES - 1
+    assert left_out_but_linked(partial, weakly_linked) == []
+    assert why_map_again({0: partial}, partial.num_reg_images(), lambda: replace(matches, pairs=weakly_linked)) is None
 
 
 def test_images_held_by_few_points_are_left_out(small_scene, weights_path):

@@ -13,7 +13,7 @@ Two tables:
   mapped, the model refined with the same gate, and the cameras compared with the truth (rotation in degrees,
   position in % of the camera spread; median and largest over the images, median over the seeds).
 * **Real photos.** Sacre Coeur single- and multi-scale, as ``refine_sfm.py`` runs them: one verified database,
-  each gate refines a copy and its mapped models (seeds 0, 1, 2; medians over the seeds' largest models).
+  each gate refines a copy and its mapped models (seeds 0, 10, 20; medians over the seeds' largest models).
 
 Every gate row of one scene starts from the same verified database, so rows differ only in the gate.
 """
@@ -44,8 +44,10 @@ GATES = (
     ("+ uncertainty <= 0.1 px", {"max_uncertainty": 0.1}),
     ("correlation >= 0.8, uncertainty <= 0.15 px", {"min_correlation": 0.8}),
 )
+# Spaced seeds: a mapping retry takes the next seed, so seeds 0, 1, 2 could repeat one another's runs.
+SEEDS = (0, 10, 20)
 SCENES = (  # name, views, width, height, focal, layout, pairs, seeds
-    ("arc", 12, 800, 600, 640.0, "arc", "exhaustive", (0, 1, 2)),
+    ("arc", 12, 800, 600, 640.0, "arc", "exhaustive", SEEDS),
     ("rings", 120, 320, 240, 256.0, "rings", "retrieval", (0,)),
 )
 
@@ -188,7 +190,7 @@ def photo_rows(work: Path, images: Path, weights: Path, device: torch.device) ->
         d2sfm_features(images, names, folder / "features.h5", weights, scales, True, device=device)
         raw, _, _ = verified_database(images, names, folder / "features.h5", folder)
         for index, (gate_label, gate) in enumerate(GATES):
-            runs, statistics = run_gate(raw, images, folder / f"gate_{index}", (0, 1, 2), gate, weights, device)
+            runs, statistics = run_gate(raw, images, folder / f"gate_{index}", SEEDS, gate, weights, device)
             rows.append(f"| d2sfm {label} | {gate_label} | "
                         f"{registered(runs)} | "
                         f"{statistics.get('points3D', 0):.0f} | {statistics.get('observations', 0):.0f} | "
@@ -221,7 +223,7 @@ def main() -> None:
     print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     print("\n".join(synthetic))
     if photos:
-        print(f"\nReal photos: {args.images} (medians over seeds 0, 1, 2 of the largest model)\n")
+        print(f"\nReal photos: {args.images} (medians over seeds {', '.join(map(str, SEEDS))} of the largest model)\n")
         print("| pipeline | gate | registered (per seed) | 3D points | observations | track length | "
               "reproj. error (px) |")
         print("| --- | --- | --- | ---: | ---: | ---: | ---: |")

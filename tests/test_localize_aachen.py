@@ -186,7 +186,7 @@ def test_v1_1_retrieval_variant_adds_day_queries_missing_from_the_database(tmp_p
     """v1.1's database holds only night queries; day queries of the retrieval variant join a copy with the
     intrinsics of their query list, and the benchmark's file stays untouched."""
     source = tmp_path_factory.mktemp("courtyard_v11")
-    render_scene(source, count=10, width=640, height=480, focal=512.0)
+    render_scene(source, count=10, width=480, height=360, focal=384.0)  # what is tested is the file handling
     images = posed_images_from_model(pycolmap.Reconstruction(source / "ground_truth"), source / "images")
     database, queries = as_aachen(images, ["view_03.png", "view_06.png", "view_09.png"], night=False)
     dataset = write_mini_aachen(tmp_path_factory.mktemp("aachen_v11"), database, queries, version="1.1",

@@ -44,7 +44,7 @@ def reconstruct(*args, weights):
 @pytest.fixture(scope="module")
 def small_scene(tmp_path_factory):
     scene = tmp_path_factory.mktemp("courtyard")
-    render_scene(scene, count=8, width=640, height=480, focal=512.0)
+    render_scene(scene, count=8, width=480, height=360, focal=384.0)
     return scene
 
 

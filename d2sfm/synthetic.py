@@ -136,19 +136,27 @@ def _camera_rays(rotation: np.ndarray, width: int, height: int, focal: float, pi
 
 
 def _cast(planes: Sequence[Plane], rays: np.ndarray, centre: np.ndarray):
-    """Yield, plane by plane, the pixels where it is the nearest hit so far, with its texture coordinates;
-    ``depth`` (along the optical axis) holds the nearest hit after the last yield."""
+    """Yield, plane by plane, the pixels where it is the nearest hit so far (a boolean mask) with their texture
+    coordinates ``s`` and ``q`` (one value per masked pixel); ``depth`` (along the optical axis) holds the nearest
+    hit after the last yield. Each plane costs one (pixels x 3) @ (3 x 3) product: the ray's components along the
+    normal and both edges give depth and texture coordinates without building per-pixel 3D points."""
     depth = np.full(rays.shape[:2], np.inf)
+    flat_rays, flat_depth = rays.reshape(-1, 3), depth.reshape(-1)
     for plane in planes:
         normal = np.cross(plane.u_edge, plane.v_edge)
+        along_normal, along_u, along_v = np.stack([normal, plane.u_edge, plane.v_edge]) @ flat_rays.T
+        offset = centre - plane.origin
         with np.errstate(divide="ignore", invalid="ignore"):
-            t = ((plane.origin - centre) @ normal) / (rays @ normal)
-        relative = centre + rays * t[..., None] - plane.origin
-        s = relative @ plane.u_edge / (plane.u_edge @ plane.u_edge)
-        q = relative @ plane.v_edge / (plane.v_edge @ plane.v_edge)
-        hit = (t > 1e-6) & (t < depth) & (s >= 0) & (s <= 1) & (q >= 0) & (q <= 1)
-        depth[hit] = t[hit]
-        yield plane, hit, s, q, depth
+            t = (-offset @ normal) / along_normal
+        candidates = np.flatnonzero((t > 1e-6) & (t < flat_depth))
+        t_hit = t[candidates]
+        s = (offset @ plane.u_edge + t_hit * along_u[candidates]) / (plane.u_edge @ plane.u_edge)
+        q = (offset @ plane.v_edge + t_hit * along_v[candidates]) / (plane.v_edge @ plane.v_edge)
+        inside = (s >= 0) & (s <= 1) & (q >= 0) & (q <= 1)
+        hit = np.zeros(depth.shape, bool)
+        hit.reshape(-1)[candidates[inside]] = True
+        flat_depth[candidates[inside]] = t_hit[inside]
+        yield plane, hit, s[inside], q[inside], depth
 
 
 def _nearest_depth(planes: Sequence[Plane], rays: np.ndarray, centre: np.ndarray) -> np.ndarray:
@@ -157,6 +165,18 @@ def _nearest_depth(planes: Sequence[Plane], rays: np.ndarray, centre: np.ndarray
     for *_, depth in _cast(planes, rays, centre):
         pass
     return depth
+
+
+def _sample(texture: np.ndarray, x: np.ndarray, y: np.ndarray, row: int = 1024) -> np.ndarray:
+    """Bilinear samples of ``texture`` at the points (x, y), one row of colours per point: only the pixels a
+    plane covers are sampled, folded into rows of ``row`` for cv2.remap (which refuses maps of 32767+ rows)."""
+    count = len(x)
+    rows = -(-count // row)
+    maps = [np.zeros(rows * row, np.float32) for _ in range(2)]
+    maps[0][:count], maps[1][:count] = x, y
+    sampled = cv2.remap(texture, maps[0].reshape(rows, row), maps[1].reshape(rows, row), cv2.INTER_LINEAR,
+                        borderMode=cv2.BORDER_REFLECT)
+    return sampled.reshape(rows * row, -1)[:count]
 
 
 def render(planes: Sequence[Plane], rotation: np.ndarray, centre: np.ndarray, width: int, height: int,
@@ -169,10 +189,7 @@ def render(planes: Sequence[Plane], rotation: np.ndarray, centre: np.ndarray, wi
         if not hit.any():
             continue
         texture_h, texture_w = plane.texture.shape[:2]
-        map_x = (s * texture_w - 0.5).astype(np.float32)
-        map_y = (q * texture_h - 0.5).astype(np.float32)
-        sampled = cv2.remap(plane.texture, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        image[hit] = sampled[hit]
+        image[hit] = _sample(plane.texture, s * texture_w - 0.5, q * texture_h - 0.5)
     return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA).round().clip(0, 255).astype(np.uint8)
 
 

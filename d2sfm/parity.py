@@ -105,17 +105,26 @@ def local_magnitude(features: torch.Tensor) -> torch.Tensor:
     return F.max_pool2d(features.abs().amax(dim=1, keepdim=True), 3, stride=1, padding=1)
 
 
-def rounding_error(extractor: D2Extractor, weights, image_bgr: np.ndarray) -> float:
-    """Largest difference between the extractor's backbone output and a float64 evaluation of the same network on
-    the same device, relative to the local magnitude: the rounding of this run's feature maps."""
+def float64_backbone(extractor: D2Extractor, weights, image_bgr: np.ndarray) -> torch.Tensor:
+    """The extractor's backbone evaluated in float64 on its device: the yardstick of ``rounding_error``. It depends
+    on the weights, the image and the preprocessing, not on the convolution algorithm, so extractors that differ
+    only in ``conv`` can share one (it costs more than the float32 extraction it measures)."""
     config = extractor.config
     exact_layers = load_model(weights, use_relu=config.use_relu).test_time_layers().double().to(extractor.device)
     pixels = torch.from_numpy(extractor.prepare(image_bgr)[None].copy()).to(extractor.device)
+    with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        return exact_layers(normalise(pixels, config.preprocessing).double())
+
+
+def rounding_error(extractor: D2Extractor, weights, image_bgr: np.ndarray, exact: torch.Tensor | None = None) -> float:
+    """Largest difference between the extractor's backbone output and a float64 evaluation of the same network on
+    the same device (``exact``, from ``float64_backbone``, computed here when not given), relative to the local
+    magnitude: the rounding of this run's feature maps."""
+    if exact is None:
+        exact = float64_backbone(extractor, weights, image_bgr)
+    pixels = torch.from_numpy(extractor.prepare(image_bgr)[None].copy()).to(extractor.device)
     with torch.inference_mode():
-        inputs = normalise(pixels, config.preprocessing)
-        features = extractor.run_backbone(inputs).double()
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            exact = exact_layers(inputs.double())
+        features = extractor.run_backbone(normalise(pixels, extractor.config.preprocessing)).double()
         difference = (features - exact).abs().amax(dim=1, keepdim=True)
         return float((difference / local_magnitude(exact).clamp_min(1e-30)).max())
 

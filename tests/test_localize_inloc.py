@@ -76,12 +76,30 @@ def test_cutout_pose_from_its_scan(mini_inloc):
     assert position < 1e-3 and angle < 0.01
 
 
-def test_queries_are_localized_and_every_query_answered(mini_inloc, weights_path, tmp_path):
-    run = localize(mini_inloc, tmp_path, weights_path)
+@pytest.fixture(scope="module")
+def plain_run(mini_inloc, weights_path, tmp_path_factory) -> Path:
+    """The localization without keypoint refinement: the baseline of the refinement test."""
+    output = tmp_path_factory.mktemp("inloc_plain")
+    run = localize(mini_inloc, output, weights_path, "--no-refine")
+    assert run.returncode == 0, run.stderr
+    return output
+
+
+@pytest.fixture(scope="module")
+def refined_run(plain_run, mini_inloc, weights_path, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The default command (refinement is on) run on a copy of the plain run: it reuses the extraction and the
+    matches and refines, so the two tests below share one extraction. Tests copy it before changing it."""
+    output = tmp_path_factory.mktemp("inloc_refined") / "out"
+    shutil.copytree(plain_run, output)
+    return output, localize(mini_inloc, output, weights_path)
+
+
+def test_queries_are_localized_and_every_query_answered(mini_inloc, refined_run, weights_path):
+    output, run = refined_run
     assert run.returncode == 0, run.stderr
     print(run.stdout)
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    submitted = read_poses(tmp_path / "InLoc_eval_[d2sfm].txt")
+    summary = json.loads((output / "summary.json").read_text())
+    submitted = read_poses(output / "InLoc_eval_[d2sfm].txt")
     assert sorted(submitted) == ["IMG_1001.JPG", "IMG_1004.JPG", "IMG_1009.JPG", "IMG_2000.JPG"]
     assert [f["name"] for f in summary["failed"]] == ["query/iphone7/IMG_2000.JPG"]
     assert summary["failed"][0]["fallback_image"].startswith("database/cutouts/")
@@ -89,9 +107,9 @@ def test_queries_are_localized_and_every_query_answered(mini_inloc, weights_path
     for name in ("IMG_1001.JPG", "IMG_1004.JPG", "IMG_1009.JPG"):
         assert errors[name][0] < 0.05 and errors[name][1] < 0.5, errors[name]
     assert summary["scores"]["recall_percent"] == [75.0, 75.0, 75.0]
-    again = localize(mini_inloc, tmp_path, weights_path)
+    again = localize(mini_inloc, output, weights_path)
     assert "[localize] done earlier, skipped" in again.stdout
-    assert read_poses(tmp_path / "InLoc_eval_[d2sfm].txt").keys() == submitted.keys()
+    assert read_poses(output / "InLoc_eval_[d2sfm].txt").keys() == submitted.keys()
 
 
 def test_missing_scan_is_one_line(mini_inloc, weights_path, tmp_path):
@@ -124,18 +142,15 @@ def matched_query_errors(dataset: Path, output: Path, refined: Path | None = Non
     return np.concatenate(errors)
 
 
-def test_refined_queries_move_towards_the_truth(mini_inloc, weights_path, tmp_path):
-    """--refine moves the query keypoints (the cutouts' stay fixed: their 3D points come from the scans) closer to
-    where the true pose puts their matched scan points, the queries are still localized, and a rerun without
-    --refine localizes again from the detections (refinement is the default; the plain run asks --no-refine)."""
-    plain, refined = tmp_path / "plain", tmp_path / "refined"
-    assert localize(mini_inloc, plain, weights_path, "--no-refine").returncode == 0
-    shutil.copytree(plain, refined)
-    run = localize(mini_inloc, refined, weights_path, "--refine")
+def test_refined_queries_move_towards_the_truth(mini_inloc, plain_run, refined_run, weights_path, tmp_path):
+    """Refinement (the default) moves the query keypoints (the cutouts' stay fixed: their 3D points come from the
+    scans) closer to where the true pose puts their matched scan points, the queries are still localized, and a
+    rerun with --no-refine localizes again from the detections."""
+    refined, run = refined_run
     assert run.returncode == 0, run.stderr
     assert "[extract] done earlier, skipped" in run.stdout and "[refine]\n" in run.stdout
     assert "was localized with other query keypoints" in run.stdout
-    before = matched_query_errors(mini_inloc, plain)
+    before = matched_query_errors(mini_inloc, plain_run)
     after = matched_query_errors(mini_inloc, refined, refined / "refined_queries.h5")
     correct = before < 6.0  # matches of the right scan point; the wrong ones stay wrong
     print(f"matched query keypoints against the truth: median {np.median(before[correct]):.3f} px raw, "
@@ -151,7 +166,9 @@ def test_refined_queries_move_towards_the_truth(mini_inloc, weights_path, tmp_pa
         moved = read_refined_query_keypoints(refined / "refined_queries.h5", *cutout, detected)
         assert moved.shape == detected.shape and 0 < np.abs(moved - detected).max() < 8
 
-    undone = localize(mini_inloc, refined, weights_path, "--no-refine")
+    undone_folder = tmp_path / "undone"
+    shutil.copytree(refined, undone_folder)
+    undone = localize(mini_inloc, undone_folder, weights_path, "--no-refine")
     assert undone.returncode == 0, undone.stderr
     assert "was localized with other query keypoints" in undone.stdout
-    assert json.loads((refined / "summary.json").read_text())["refinement"] is None
+    assert json.loads((undone_folder / "summary.json").read_text())["refinement"] is None

@@ -48,8 +48,14 @@ def small_scene(tmp_path_factory):
     return scene
 
 
-def test_synthetic_scene_cameras_are_recovered(small_scene, weights_path):
-    run = reconstruct(small_scene, "--demo", weights=weights_path)
+@pytest.fixture(scope="module")
+def demo_run(small_scene, weights_path) -> subprocess.CompletedProcess:
+    """The default command (multi-scale, refinement) on the small scene, once: later tests read its outputs."""
+    return reconstruct(small_scene, "--demo", weights=weights_path)
+
+
+def test_synthetic_scene_cameras_are_recovered(small_scene, demo_run, weights_path):
+    run = demo_run
     assert run.returncode == 0, run.stderr
     stats = json.loads((small_scene / "stats.json").read_text())
     check = stats["demo_check"]
@@ -71,10 +77,11 @@ def test_synthetic_scene_cameras_are_recovered(small_scene, weights_path):
     for stage in ("extract", "pairs", "match", "database", "mapping"):
         assert f"[{stage}] done earlier, skipped" in again.stdout
 
-    shutil.copytree(small_scene, small_scene.with_name("global"), ignore=shutil.ignore_patterns("sparse", "stats.json"))
+    # The other mapper on a copy without the models: the verified, refined database is reused, mapping is not.
+    shutil.copytree(small_scene, small_scene.with_name("global"), ignore=shutil.ignore_patterns("sparse"))
     global_run = reconstruct(small_scene.with_name("global"), "--demo", "--mapper", "global", weights=weights_path)
     assert global_run.returncode == 0, global_run.stderr
-    assert "[mapping] done earlier" not in global_run.stdout and "[extract] done earlier, skipped" in global_run.stdout
+    assert "[mapping] done earlier" not in global_run.stdout and "[refine] done earlier, skipped" in global_run.stdout
     global_check = json.loads((small_scene.with_name("global") / "stats.json").read_text())["demo_check"]
     print("global mapper:", global_check)
     # The global mapper's result depends on the verified matches, which RANSAC draws at random: it places all 8
@@ -106,10 +113,9 @@ def test_synthetic_scene_cameras_are_recovered(small_scene, weights_path):
         assert (small_scene / "dense.part" / "undistorted.json").is_file() and not (small_scene / "dense").exists()
 
 
-def test_thin_or_partial_models_are_mapped_again(small_scene, weights_path):
+def test_thin_or_partial_models_are_mapped_again(small_scene, demo_run, weights_path):
     """The retry rule of d2sfm.mapping on the real model of the synthetic scene and on thinned copies of it."""
-    if not (small_scene / "sparse" / "0").is_dir():
-        assert reconstruct(small_scene, "--demo", weights=weights_path).returncode == 0
+    assert demo_run.returncode == 0, demo_run.stderr
     database = small_scene / "database.db"
     matches = verified_matches(database)
     verified = matches.keypoints
@@ -147,10 +153,9 @@ def test_thin_or_partial_models_are_mapped_again(small_scene, weights_path):
     assert why_map_again({0: partial}, partial.num_reg_images(), lambda: replace(matches, pairs=weakly_linked)) is None
 
 
-def test_images_held_by_few_points_are_left_out(small_scene, weights_path):
+def test_images_held_by_few_points_are_left_out(small_scene, demo_run, weights_path):
     """drop_weak_images (applied to the global mapper's models) on the real model of the synthetic scene."""
-    if not (small_scene / "sparse" / "0").is_dir():
-        assert reconstruct(small_scene, "--demo", weights=weights_path).returncode == 0
+    assert demo_run.returncode == 0, demo_run.stderr
     model = read_models(small_scene / "sparse")[0]
     counts = {image.name: image.num_points3D for image in model.images.values()}
     assert drop_weak_images(pycolmap.Reconstruction(model), D2_ABS_POSE_MIN_INLIERS) == []
@@ -169,11 +174,10 @@ def database_transfer_errors(scene):
                                  {(names[a], names[b]): pairs for (a, b), pairs in verified.items()})
 
 
-def test_an_hloc_features_file_is_reconstructed_as_it_is(small_scene, weights_path, tmp_path):
+def test_an_hloc_features_file_is_reconstructed_as_it_is(small_scene, demo_run, weights_path, tmp_path):
     """d2sfm.export hloc, then reconstruct --features on hloc's file: nothing is extracted and the database holds
     the same keypoints in COLMAP's convention."""
-    if not (small_scene / "sparse" / "0").is_dir():
-        assert reconstruct(small_scene, "--demo", weights=weights_path).returncode == 0
+    assert demo_run.returncode == 0, demo_run.stderr
     exported = subprocess.run([sys.executable, "-m", "d2sfm.export", "hloc", str(small_scene / "features.h5"),
                                "-o", str(tmp_path / "hloc"), "--quiet"], capture_output=True, text=True)
     assert exported.returncode == 0, exported.stderr
@@ -189,30 +193,28 @@ def test_an_hloc_features_file_is_reconstructed_as_it_is(small_scene, weights_pa
     assert json.loads((scene / "stats.json").read_text())["models"][0]["registered_images"] == 8
 
 
-def test_refinement_moves_keypoints_towards_the_truth(small_scene, weights_path, tmp_path):
-    """Refinement (the default) against --no-refine on the same features and matches of the synthetic scene: the
-    keypoints of verified matches get closer to where the true geometry puts them (median error down by at least
-    30%); the refined model has a lower reprojection error, longer tracks and cameras closer to the truth;
-    features.h5 keeps the detections; a rerun resumes, also after a crash while the refined model was swapped in,
-    and --no-refine undoes it."""
-    if not (small_scene / "sparse" / "0").is_dir():
-        assert reconstruct(small_scene, "--demo", weights=weights_path).returncode == 0
+def test_refinement_moves_keypoints_towards_the_truth(small_scene, demo_run, weights_path, tmp_path):
+    """Refinement (the default: the demo run) against --no-refine on the same features and matches of the
+    synthetic scene: the keypoints of verified matches get closer to where the true geometry puts them (median
+    error down by at least 30%); the refined model has a lower reprojection error, longer tracks and cameras closer
+    to the truth; features.h5 keeps the detections; a rerun resumes, also after a crash while the refined model was
+    swapped in, and --no-refine undoes it."""
+    assert demo_run.returncode == 0, demo_run.stderr
+    assert "[refine]\n" in demo_run.stdout and "[refine-model]\n" in demo_run.stdout
     raw_scene, scene = tmp_path / "raw", tmp_path / "refined"
-    for folder in (raw_scene, scene):
-        folder.mkdir()
-        for name in ("images", "ground_truth"):
-            shutil.copytree(small_scene / name, folder / name)
-        for name in ("features.h5", "pairs.txt", "matches.h5"):
-            shutil.copy(small_scene / name, folder / name)
+    raw_scene.mkdir()
+    for name in ("images", "ground_truth"):
+        shutil.copytree(small_scene / name, raw_scene / name)
+    for name in ("features.h5", "pairs.txt", "matches.h5"):
+        shutil.copy(small_scene / name, raw_scene / name)
+    # the demo run's outputs (later tests in this module only read them, except dense.part and the global copy)
+    shutil.copytree(small_scene, scene, ignore=shutil.ignore_patterns("dense.part", "dense"))
     unrefined = reconstruct(raw_scene, "--demo", "--no-refine", weights=weights_path)
     assert unrefined.returncode == 0, unrefined.stderr
+    assert "[match] done earlier, skipped" in unrefined.stdout
     assert "[refine]" not in unrefined.stdout and "[refine-model]" not in unrefined.stdout
     raw = json.loads((raw_scene / "stats.json").read_text())
 
-    run = reconstruct(scene, "--demo", weights=weights_path)
-    assert run.returncode == 0, run.stderr
-    assert "[match] done earlier, skipped" in run.stdout
-    assert "[refine]\n" in run.stdout and "[refine-model]\n" in run.stdout
     stats = json.loads((scene / "stats.json").read_text())
     before, after = database_transfer_errors(raw_scene), database_transfer_errors(scene)
     model, raw_model = stats["models"][0], raw["models"][0]

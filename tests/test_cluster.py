@@ -39,6 +39,16 @@ def run_extract(*args, weights):
                           capture_output=True, text=True, env=ONE_THREAD)
 
 
+def run_side_by_side(*commands) -> list[subprocess.CompletedProcess]:
+    """Run the commands at the same time (one-thread processes): the single-process baseline would leave a core
+    idle beside it, and neither run's results depend on the other."""
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ONE_THREAD)
+                 for command in commands]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    return [subprocess.CompletedProcess(command, process.returncode, out, err)
+            for command, process, (out, err) in zip(commands, processes, outputs)]
+
+
 def assert_same_features(path_a, path_b):
     names = sorted(list_entries(path_a))
     assert names == sorted(list_entries(path_b))
@@ -174,14 +184,13 @@ def test_reconstruct_on_ray_gives_the_single_process_model(small_courtyard, weig
     # Keypoint refinement runs in the main process with or without Ray, so --no-refine spends CI time only on what
     # Ray changes (extraction and matching).
     def reconstruct(scene, *extra):
-        return subprocess.run([sys.executable, "-m", "d2sfm.reconstruct", str(scene), "--images",
-                               str(small_courtyard / "images"), "--single-scale", "--camera-mode", "single",
-                               "--no-refine", "--weights", str(weights_path), "--quiet", *extra],
-                              capture_output=True, text=True, env=ONE_THREAD)
+        return [sys.executable, "-m", "d2sfm.reconstruct", str(scene), "--images", str(small_courtyard / "images"),
+                "--single-scale", "--camera-mode", "single", "--no-refine", "--weights", str(weights_path),
+                "--quiet", *extra]
 
-    single = reconstruct(tmp_path / "single")
+    single, clustered = run_side_by_side(reconstruct(tmp_path / "single"),
+                                         reconstruct(tmp_path / "ray", "--ray", "--ray-workers", "2"))
     assert single.returncode == 0, single.stderr
-    clustered = reconstruct(tmp_path / "ray", "--ray", "--ray-workers", "2")
     assert clustered.returncode == 0, clustered.stderr
     assert "8 image(s) to extract, 0 done earlier" in clustered.stdout
     assert_same_features(tmp_path / "ray" / "features.h5", tmp_path / "single" / "features.h5")
@@ -199,13 +208,12 @@ def test_localize_on_ray_gives_the_single_process_poses(small_courtyard, weights
     dataset = write_mini_aachen(tmp_path / "aachen", database, queries)
 
     def localize(output, *extra):
-        return subprocess.run([sys.executable, "-m", "d2sfm.localize", "aachen", "--dataset", str(dataset),
-                               "--output", str(output), "--weights", str(weights_path), "--single-scale", "--quiet",
-                               *extra], capture_output=True, text=True, env=ONE_THREAD)
+        return [sys.executable, "-m", "d2sfm.localize", "aachen", "--dataset", str(dataset), "--output", str(output),
+                "--weights", str(weights_path), "--single-scale", "--quiet", *extra]
 
-    single = localize(tmp_path / "single")
+    single, clustered = run_side_by_side(localize(tmp_path / "single"),
+                                         localize(tmp_path / "ray", "--ray", "--ray-workers", "2"))
     assert single.returncode == 0, single.stderr
-    clustered = localize(tmp_path / "ray", "--ray", "--ray-workers", "2")
     assert clustered.returncode == 0, clustered.stderr
     assert_same_features(tmp_path / "ray" / "features.h5", tmp_path / "single" / "features.h5")
     submission = "Aachen_eval_[d2sfm].txt"

@@ -45,7 +45,7 @@ def d2sfm_features(images: Path, names, output: Path, weights: Path, scales, geo
 
 def original_features(images: Path, names, output: Path, weights: Path, reference: Path) -> float:
     """Extract with the original code; keypoints stored as that pipeline imports them into COLMAP."""
-    from d2sfm.extractor import Features
+    from d2sfm.features import Features
     from d2sfm.images import read_image_bgr
     from d2sfm.io import FeatureWriter
 

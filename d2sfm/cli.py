@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from d2sfm.errors import D2sfmError
 from d2sfm.library_logs import add_verbose_argument, set_library_logs
+
+if TYPE_CHECKING:
+    import torch
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
@@ -35,7 +37,11 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """Map --device to a torch.device; asking for CUDA on a machine without it is a clear error, not a crash."""
+    """Map --device to a torch.device; asking for CUDA on a machine without it is a clear error, not a crash.
+    torch is imported here, not with this module, so that commands without a network (export, evaluate poses)
+    start without paying for it."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

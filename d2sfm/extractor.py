@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from PIL import Image
 
 from d2sfm.checkpoint import load_model
 from d2sfm.errors import D2sfmError
+from d2sfm.features import Features  # noqa: F401  (where callers have long found it)
 from d2sfm.keypoints import network_ij_to_colmap_xy
 from d2sfm.model import (
     CAFFE_BGR_MEAN,
@@ -77,18 +78,6 @@ class ExtractionConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
-
-
-@dataclass
-class Features:
-    """D2 features of one image in COLMAP's convention at the original resolution."""
-
-    keypoints: np.ndarray  # (N, 2) float32 x, y
-    scales: np.ndarray  # (N,) float32: 1/pyramid scale times the resize factor (1 = full-resolution detection)
-    scores: np.ndarray  # (N,) float32
-    descriptors: np.ndarray  # (N, 512) float32, L2-normalised
-    image_size: tuple[int, int] = field(default=(0, 0))  # width, height of the original image
-    global_descriptor: np.ndarray | None = None  # (512,) float32 for image retrieval
 
 
 def network_input_size(height: int, width: int, max_edge: int, max_sum_edges: int) -> tuple[int, int]:

@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from d2sfm.errors import D2sfmError
-from d2sfm.extractor import Features
+from d2sfm.features import Features
 from d2sfm.keypoints import opencv_xy_to_colmap_xy
 
 SCRATCH_GROUP = "_d2sfm_incomplete"

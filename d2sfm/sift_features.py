@@ -1,4 +1,4 @@
-"""OpenCV SIFT and RootSIFT as :class:`~d2sfm.extractor.Features`: the classical baseline of the matching
+"""OpenCV SIFT and RootSIFT as :class:`~d2sfm.features.Features`: the classical baseline of the matching
 benchmarks, stored in the same features.h5 layout (COLMAP convention) as D2 features."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from d2sfm.extractor import Features
+from d2sfm.features import Features
 from d2sfm.keypoints import opencv_xy_to_colmap_xy
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from d2sfm.errors import D2sfmError
-from d2sfm.extractor import Features
+from d2sfm.features import Features
 from d2sfm.io import FeatureWriter, MatchWriter, read_features, read_keypoints, read_matches
 
 NAMES = ("street/a.jpg", "b.jpg")

@@ -111,9 +111,14 @@ def float64_backbone(extractor: D2Extractor, weights, image_bgr: np.ndarray) -> 
     only in ``conv`` can share one (it costs more than the float32 extraction it measures)."""
     config = extractor.config
     exact_layers = load_model(weights, use_relu=config.use_relu).test_time_layers().double().to(extractor.device)
-    pixels = torch.from_numpy(extractor.prepare(image_bgr)[None].copy()).to(extractor.device)
     with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        return exact_layers(normalise(pixels, config.preprocessing).double())
+        return exact_layers(_network_input(extractor, image_bgr).double())
+
+
+def _network_input(extractor: D2Extractor, image_bgr: np.ndarray) -> torch.Tensor:
+    """The image as the extractor's backbone takes it: resized, batched, normalised, on its device."""
+    pixels = torch.from_numpy(extractor.prepare(image_bgr)[None].copy()).to(extractor.device)
+    return normalise(pixels, extractor.config.preprocessing)
 
 
 def rounding_error(extractor: D2Extractor, weights, image_bgr: np.ndarray, exact: torch.Tensor | None = None) -> float:
@@ -122,9 +127,8 @@ def rounding_error(extractor: D2Extractor, weights, image_bgr: np.ndarray, exact
     magnitude: the rounding of this run's feature maps."""
     if exact is None:
         exact = float64_backbone(extractor, weights, image_bgr)
-    pixels = torch.from_numpy(extractor.prepare(image_bgr)[None].copy()).to(extractor.device)
     with torch.inference_mode():
-        features = extractor.run_backbone(normalise(pixels, extractor.config.preprocessing)).double()
+        features = extractor.run_backbone(_network_input(extractor, image_bgr)).double()
         difference = (features - exact).abs().amax(dim=1, keepdim=True)
         return float((difference / local_magnitude(exact).clamp_min(1e-30)).max())
 

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import re
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("D2SFM_SHARED", REPO.parent / "shared"))  # as the tests: a copy elsewhere
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.paths import REPO, SACRE_COEUR  # noqa: E402
+
 DOCUMENT = REPO / "docs" / "benchmarks.md"
 
 
@@ -41,12 +41,12 @@ class Benchmark:
 
 BENCHMARKS = (
     Benchmark("extract-cpu-sacre-coeur", "extract_speed.py",
-              ("--images", str(SHARED / "data" / "sacre_coeur" / "images"), "--max-edge", "640"), "cpu", True,
+              ("--images", str(SACRE_COEUR), "--max-edge", "640"), "cpu", True,
               "extraction, 10 Sacre Coeur photos at 640 px, SS and MS, exact and winograd"),
     Benchmark("extract-cpu-reference", "extract_speed.py", (), "cpu", True,
               "extraction, the two 640-px reference images"),
     Benchmark("extract-cpu-full-size", "extract_speed.py",
-              ("--images", str(SHARED / "data" / "sacre_coeur" / "images"), "--limit", "3"), "cpu", True,
+              ("--images", str(SACRE_COEUR), "--limit", "3"), "cpu", True,
               "extraction, 3 Sacre Coeur photos at their own size (default settings), SS and MS"),
     Benchmark("extract-command-cpu", "extract_command.py", ("--count", "12", "--max-edge", "640"), "cpu", True,
               "the whole extraction command on 12 photos at 640 px, SS and MS, against extract_features.py"),
@@ -73,7 +73,7 @@ BENCHMARKS = (
     Benchmark("refine-picture", "refine_picture.py", (), "cpu", False,
               "before/after picture of refinement on the synthetic scene (docs/img/refine_before_after.png)"),
     Benchmark("extract-gpu", "extract_speed.py",
-              ("--images", str(SHARED / "data" / "sacre_coeur" / "images"), "--max-edge", "1600", "--device", "cuda",
+              ("--images", str(SACRE_COEUR), "--max-edge", "1600", "--device", "cuda",
                "--precision", "fp32", "bf16", "fp16", "--original-tf32"), "cuda", True,
               "extraction at 1600 px on the GPU, fp32 against bf16 and fp16"),
     Benchmark("extract-command-gpu", "extract_command.py",

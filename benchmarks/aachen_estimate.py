@@ -20,15 +20,15 @@ import cv2
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.paths import REPO, SACRE_COEUR, SHARED, WEIGHTS  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=4, help="images extracted for the measurement")
     parser.add_argument("--pairs", type=int, default=30, help="pairs matched for the measurement")
-    parser.add_argument("--weights", type=Path, default=SHARED / "weights" / "d2_hed_vgg16.pth")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--conv", default="exact")
     args = parser.parse_args()
@@ -50,7 +50,7 @@ def main() -> None:
     n_db = len({n for p in db_pairs for n in p} | {b for _, b in query_pairs})
     n_queries = len({a for a, _ in query_pairs})
     n_pairs = len(db_pairs) + len(query_pairs)
-    source = SHARED / "data" / "sacre_coeur" / "images"
+    source = SACRE_COEUR
     names = list_images(source)[: args.images]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:

@@ -21,10 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("D2SFM_SHARED", REPO.parent / "shared"))
-sys.path.insert(0, str(REPO))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.paths import REPO, SACRE_COEUR, WEIGHTS  # noqa: E402
 from d2sfm.images import list_images  # noqa: E402
 from d2sfm.io import list_entries  # noqa: E402
 from d2sfm.pairs import exhaustive_pairs, write_pairs  # noqa: E402
@@ -64,12 +62,12 @@ def ray_start_up(workers: int, device: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=Path, default=SHARED / "data" / "sacre_coeur" / "images")
+    parser.add_argument("--images", type=Path, default=SACRE_COEUR)
     parser.add_argument("--count", type=int, default=48, help="photos (default 48)")
     parser.add_argument("--max-edge", type=int, default=640)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--weights", default=str(SHARED / "weights" / "d2_hed_vgg16.pth"))
+    parser.add_argument("--weights", default=str(WEIGHTS))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cluster_scaling_"))
     photos = repeated_photos(args.images, args.count, work / "images")

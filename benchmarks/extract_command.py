@@ -32,13 +32,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.extract_speed import DEFAULT_WEIGHTS, SHARED, Tf32, original_on_current_torch  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.extract_speed import Tf32, original_on_current_torch  # noqa: E402
+from benchmarks.paths import REPO, SACRE_COEUR, WEIGHTS  # noqa: E402
 from d2sfm.extract import TIMED_STAGES  # noqa: E402
 
-DEFAULT_PHOTOS = SHARED / "data" / "sacre_coeur" / "images"
+DEFAULT_PHOTOS = SACRE_COEUR
 STAGES = TIMED_STAGES
 
 
@@ -97,7 +96,7 @@ def main() -> None:
     parser.add_argument("--images", type=Path, default=DEFAULT_PHOTOS, help="photos to scale and repeat")
     parser.add_argument("--count", type=int, default=220, help="photos in the run (default 220)")
     parser.add_argument("--max-edge", type=int, default=1600, help="their longest side (default 1600)")
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument("--reference", type=Path, default=None, help="checkout of the original D2-Net code: "
                         "adds its extract_features.py as the baseline")
     parser.add_argument("--reference-count", type=int, default=None,

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("D2SFM_SHARED", REPO.parent / "shared"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.paths import SHARED, WEIGHTS  # noqa: E402
+
 DEFAULT_IMAGES = SHARED / "reference" / "d2net_original_hed_vgg16"
-DEFAULT_WEIGHTS = SHARED / "weights" / "d2_hed_vgg16.pth"
 AGREEMENT_PX = (0.01, 0.5, 1.0)
 PYRAMIDS = {"SS": (1.0,), "MS": (0.5, 1.0, 2.0)}
 
@@ -213,7 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES, help="folder of images (default: the "
                         "640-px reference images of ../shared)")
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument("--reference", type=Path, default=None,
                         help="local checkout of the original D2-Net code: adds it as the baseline")
     parser.add_argument("--device", default="cpu")

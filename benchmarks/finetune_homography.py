@@ -20,8 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.paths import REPO, SACRE_COEUR, SHARED, WEIGHTS  # noqa: E402
 
 
 def link_photos(sources: list[Path], folder: Path) -> None:
@@ -34,7 +34,7 @@ def link_photos(sources: list[Path], folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=Path, default=SHARED / "weights" / "d2_hed_vgg16.pth")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument("--output", type=Path, default=Path("outputs/finetune_homography"))
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--pairs-per-epoch", type=int, default=300)
@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    sacre = sorted((SHARED / "data" / "sacre_coeur" / "images").iterdir())
+    sacre = sorted(SACRE_COEUR.iterdir())
     qualitative = sorted((SHARED / "data" / "d2net_qualitative").glob("pair_*/*.jpg"))
     held_out = sacre[::args.holdout_every]
     training = [p for p in sacre if p not in held_out] + qualitative

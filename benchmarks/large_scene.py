@@ -30,10 +30,8 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("D2SFM_SHARED", REPO.parent / "shared"))
-sys.path.insert(0, str(REPO))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.paths import REPO, WEIGHTS  # noqa: E402
 from d2sfm.io import MatchWriter, list_entries, read_features, read_matches  # noqa: E402
 from d2sfm.synthetic import compare_to_truth, render_scene  # noqa: E402
 
@@ -161,7 +159,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "large_scene")
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--weights", default=str(SHARED / "weights" / "d2_hed_vgg16.pth"))
+    parser.add_argument("--weights", default=str(WEIGHTS))
     parser.add_argument("--keep", action="store_true",
                         help="reuse the scenes an earlier run measured (their measured.json) instead of starting over")
     args = parser.parse_args()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pycolmap
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.paths import REPO  # noqa: E402
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ import pycolmap
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.sfm_vs_sift import SHARED  # noqa: E402
+from benchmarks.paths import WEIGHTS  # noqa: E402
 
 
 def synthetic_reconstruction(work: Path, count: int, weights: Path, device: str) -> Path:
@@ -58,7 +58,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--views", type=int, default=120)
-    parser.add_argument("--weights", type=Path, default=SHARED / "weights" / "d2_hed_vgg16.pth")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     pycolmap.logging.minloglevel = 2

@@ -33,8 +33,9 @@ import pycolmap
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.paths import SACRE_COEUR, WEIGHTS  # noqa: E402
 from benchmarks.refine_sfm import map_seeds, median_over_seeds, verified_database  # noqa: E402
-from benchmarks.sfm_vs_sift import SHARED, d2sfm_features  # noqa: E402
+from benchmarks.sfm_vs_sift import d2sfm_features  # noqa: E402
 
 # (row, database/model alignment settings replaced, or None: no refinement)
 GATES = (
@@ -204,8 +205,8 @@ def main() -> None:
     from d2sfm.cli import resolve_device
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, default=SHARED / "data" / "sacre_coeur" / "images")
-    parser.add_argument("--weights", type=Path, default=SHARED / "weights" / "d2_hed_vgg16.pth")
+    parser.add_argument("--images", type=Path, default=SACRE_COEUR)
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-photos", action="store_true", help="leave out the Sacre Coeur table")
     args = parser.parse_args()

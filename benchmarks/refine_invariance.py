@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.sfm_vs_sift import SHARED, d2sfm_features  # noqa: E402
+from benchmarks.paths import SACRE_COEUR, WEIGHTS  # noqa: E402
+from benchmarks.sfm_vs_sift import d2sfm_features  # noqa: E402
 
 WARPS = (  # (label, scale, rotation in degrees, perspective, photometric change)
     ("none", 1.0, 0, 0.0, False),
@@ -51,8 +52,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", type=Path,
-                        default=SHARED / "data" / "sacre_coeur" / "images" / "71295362_4051449754.jpg")
-    parser.add_argument("--weights", type=Path, default=SHARED / "weights" / "d2_hed_vgg16.pth")
+                        default=SACRE_COEUR / "71295362_4051449754.jpg")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument("--keypoints", type=int, default=1500, help="keypoints drawn from the photo's detections")
     args = parser.parse_args()
     torch.set_grad_enabled(False)

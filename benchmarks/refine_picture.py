@@ -25,7 +25,7 @@ import numpy as np
 import pycolmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.sfm_vs_sift import SHARED  # noqa: E402
+from benchmarks.paths import REPO, WEIGHTS  # noqa: E402
 from d2sfm.io import read_keypoints  # noqa: E402
 from d2sfm.patch_alignment import anchors_and_maps  # noqa: E402
 from d2sfm.refine import read_database_keypoints  # noqa: E402
@@ -33,7 +33,6 @@ from d2sfm.synthetic import courtyard, render_scene, transfer_to_view  # noqa: E
 from d2sfm.tracks import build_tracks, read_verified_matches  # noqa: E402
 from d2sfm.viz import write_png  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 ZOOM = 8  # crop enlargement
 CROP = (72, 54)  # crop size in image pixels (width, height)
 SPAN = 3.0  # the offset panel shows +-SPAN pixels
@@ -134,7 +133,7 @@ def caption(canvas: np.ndarray, lines: list[tuple[str, tuple[int, int, int]]]) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", type=Path, default=SHARED / "weights" / "d2_hed_vgg16.pth")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "img" / "refine_before_after.png")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:

@@ -32,7 +32,8 @@ import pycolmap
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.sfm_vs_sift import SHARED, d2sfm_features, sift_reconstruction, summarise  # noqa: E402
+from benchmarks.paths import SACRE_COEUR, WEIGHTS  # noqa: E402
+from benchmarks.sfm_vs_sift import d2sfm_features, sift_reconstruction, summarise  # noqa: E402
 
 # (row suffix, database refinement settings or None, refine the mapped model)
 VARIANTS = (
@@ -99,8 +100,8 @@ def main() -> None:
     from d2sfm.refine import RefineSettings, refine_database
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, default=SHARED / "data" / "sacre_coeur" / "images")
-    parser.add_argument("--weights", type=Path, default=SHARED / "weights" / "d2_hed_vgg16.pth")
+    parser.add_argument("--images", type=Path, default=SACRE_COEUR)
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 10, 20, 30, 40])
     parser.add_argument("--no-sift", action="store_true", help="leave out the SIFT row (no pycolmap SIFT)")

@@ -25,8 +25,8 @@ import numpy as np
 import pycolmap
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.paths import SACRE_COEUR, WEIGHTS  # noqa: E402
 
 
 def d2sfm_features(images: Path, names, output: Path, weights: Path, scales, geometric: bool,
@@ -127,8 +127,8 @@ def summarise(runs, seconds: dict, verification: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=Path, default=SHARED / "data" / "sacre_coeur" / "images")
-    parser.add_argument("--weights", type=Path, default=SHARED / "weights" / "d2_hed_vgg16.pth")
+    parser.add_argument("--images", type=Path, default=SACRE_COEUR)
+    parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument("--reference", type=Path, default=None, help="local checkout of the original D2-Net")
     parser.add_argument("--original-centres", action="store_true",
                         help="also run d2sfm with the original keypoint positions")

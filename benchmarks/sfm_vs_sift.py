@@ -31,13 +31,15 @@ from benchmarks.paths import SACRE_COEUR, WEIGHTS  # noqa: E402
 
 def d2sfm_features(images: Path, names, output: Path, weights: Path, scales, geometric: bool,
                    device: torch.device | str = "cpu") -> float:
-    from d2sfm.extract import extract_features
+    from d2sfm.extract import default_loading, extract_features
     from d2sfm.extractor import D2Extractor, ExtractionConfig
 
     config = ExtractionConfig(scales=scales, geometric_centres=geometric)
     extractor = D2Extractor(weights, config, device)
+    batch_size, workers = default_loading(torch.device(device))  # as d2sfm.reconstruct extracts
     start = time.perf_counter()
-    extract_features(images, names, output, extractor, config.as_dict(), progress=False)
+    extract_features(images, names, output, extractor, config.as_dict(), batch_size=batch_size, workers=workers,
+                     progress=False)
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start

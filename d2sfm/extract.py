@@ -143,6 +143,12 @@ def _batches(loader: Iterator[PreparedImage], batch_size: int):
         yield pending, []
 
 
+def default_loading(device: torch.device) -> tuple[int, int]:
+    """(batch size, loader workers) of the commands when the user gives none: on a GPU, batches of 4 fed by 4
+    decoding workers keep the network busy; on the CPU the network is the bottleneck and batching gains nothing."""
+    return (4, 4) if device.type == "cuda" else (1, 1)
+
+
 def extract_features(
     root: Path, names: Sequence[str], output: Path, extractor: D2Extractor, settings: dict,
     descriptor_dtype=np.float16, overwrite: bool = False, batch_size: int = 1, workers: int = 1,
@@ -261,9 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         preprocessing=args.preprocessing, use_relu=not args.no_relu, max_keypoints=args.max_keypoints,
         precision=args.precision, conv=args.conv, geometric_centres=args.geometric_centres,
     )
-    on_gpu = device.type == "cuda"
-    batch_size = args.batch_size or (4 if on_gpu else 1)
-    workers = args.workers if args.workers is not None else (4 if on_gpu else 1)
+    default_batch, default_workers = default_loading(device)
+    batch_size = args.batch_size or default_batch
+    workers = args.workers if args.workers is not None else default_workers
     if batch_size < 1 or workers < 0:
         raise D2sfmError("--batch-size must be >= 1 and --workers >= 0")
     settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}

@@ -69,7 +69,8 @@ class DenseFeatureNet:
         original / network input."""
         resized = resize_for_network(image_bgr, self.settings.max_edge, self.settings.max_sum_edges)
         pixels = torch.from_numpy(np.ascontiguousarray(resized))[None].to(self.device)
-        features = self.layers(normalise(pixels, self.settings.preprocessing))[0]
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # as the extractor: the same features
+            features = self.layers(normalise(pixels, self.settings.preprocessing))[0]  # on a GPU as on the CPU
         factors = (image_bgr.shape[0] / resized.shape[0], image_bgr.shape[1] / resized.shape[1])
         return F.normalize(features, dim=0), factors
 

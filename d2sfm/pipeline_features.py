@@ -10,7 +10,7 @@ from pathlib import Path
 
 from d2sfm.cli import resolve_device
 from d2sfm.cluster import add_cluster_arguments
-from d2sfm.extract import extract_features, file_sha256
+from d2sfm.extract import default_loading, extract_features, file_sha256
 from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
 from d2sfm.io import MatchWriter, list_entries, pair_key
 from d2sfm.match import match_pairs
@@ -60,9 +60,9 @@ def extract_missing(args: argparse.Namespace, image_dir: Path, names: Sequence[s
         return failed
     device = resolve_device(args.device)
     extractor = D2Extractor(weights, config, device)
-    on_gpu = device.type == "cuda"
-    _, failed = extract_features(image_dir, names, features_path, extractor, settings,
-                                 batch_size=4 if on_gpu else 1, workers=4 if on_gpu else 1, progress=progress)
+    batch_size, workers = default_loading(device)
+    _, failed = extract_features(image_dir, names, features_path, extractor, settings, batch_size=batch_size,
+                                 workers=workers, progress=progress)
     return failed
 
 

@@ -118,6 +118,8 @@ def refine_keypoints(keypoints: dict[int, np.ndarray], names: dict[int, str],
     else:
         patches, centres, factors = _collect_patches(tracks, names, keypoints, Path(image_dir), weights, device,
                                                      settings.patches, progress)
+        if device.type == "cuda":  # the patches' GPU work belongs to their time, not the adjustment's
+            torch.cuda.synchronize(device)
         patch_seconds = time.perf_counter() - started
         started = time.perf_counter()
         displacement, report = adjust_keypoints(patches, centres, tracks.track_ids, tracks.edges,

@@ -23,7 +23,7 @@ import torch
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from d2sfm.patch_sampling import GrayImages, StackGroup, stack_groups
+from d2sfm.patch_sampling import GrayImages, StackGroup, atlas_storage, stack_groups
 from d2sfm.tracks import Tracks
 
 
@@ -188,11 +188,12 @@ def align_keypoints(tracks: Tracks, xy: np.ndarray, edge_maps: np.ndarray, fixed
     chunks = _chunks(tracks.track_ids, settings.max_nodes)
     _, stack_bytes, image_bytes = settings.batches(device)
     images = GrayImages(read_gray, device, max(image_bytes, stack_bytes // 3))
+    storage = atlas_storage(stack_bytes, device) if moving.any() else None
     with tqdm(total=int(moving.sum()), desc="aligning keypoints", unit="kp", disable=not progress) as bar:
         for chunk in chunks:
             nodes = chunk[moving[chunk]]
             if len(nodes):
-                _align_chunk(nodes, anchors, maps, xy, tracks.image_ids, images, settings, device, result)
+                _align_chunk(nodes, anchors, maps, xy, tracks.image_ids, images, storage, settings, device, result)
                 bar.update(len(nodes))
     return result
 
@@ -228,20 +229,21 @@ def _groups(image_ids: np.ndarray, blurs: np.ndarray, images: GrayImages, stack_
         yield rows, position[inverse[rows]], [keys[i] for i in members]
 
 
-def _batches(image_ids: np.ndarray, blurs: np.ndarray, images: GrayImages, settings: AlignmentSettings, device,
-             reverse: bool):
-    """(row indices, sampler of those rows' stacks) per batch of at most the device's rows, group by group. The
-    caller drops each sampler before asking for the next, so one atlas is alive at a time."""
+def _batches(image_ids: np.ndarray, blurs: np.ndarray, images: GrayImages, storage: torch.Tensor,
+             settings: AlignmentSettings, device, reverse: bool):
+    """(row indices, sampler of those rows' stacks) per batch of at most the device's rows, group by group, each
+    group's atlas built in ``storage``. The caller drops each sampler before asking for the next, so one atlas is
+    alive at a time."""
     max_rows, stack_bytes, _ = settings.batches(device)
     for rows, which, keys in _groups(image_ids, blurs, images, stack_bytes, reverse):
-        stacks = StackGroup(keys, images, device)
+        stacks = StackGroup(keys, images, device, storage)
         for begin in range(0, len(rows), max_rows):
             yield (torch.from_numpy(rows[begin:begin + max_rows]).to(device),
                    stacks.sampler(which[begin:begin + max_rows]))
         del stacks
 
 
-def _align_chunk(nodes, anchors, maps, xy, image_ids, images: GrayImages, settings, device,
+def _align_chunk(nodes, anchors, maps, xy, image_ids, images: GrayImages, storage: torch.Tensor, settings, device,
                  result: Alignment) -> None:
     anchor_factor, own_factor = _spacing_factors(maps[nodes])
     offsets, weights = _grid(settings.radius, device)
@@ -250,8 +252,8 @@ def _align_chunk(nodes, anchors, maps, xy, image_ids, images: GrayImages, settin
     anchor_xy = torch.from_numpy(xy[anchors[nodes]]).float().to(device)
     anchor_spacing = torch.from_numpy(anchor_factor).float().to(device)
     for level, sigma in enumerate(sigmas):
-        for index, sample in _batches(image_ids[anchors[nodes]], sigma * anchor_factor, images, settings, device,
-                                      reverse=level % 2 == 1):
+        for index, sample in _batches(image_ids[anchors[nodes]], sigma * anchor_factor, images, storage, settings,
+                                      device, reverse=level % 2 == 1):
             points = anchor_xy[index][:, None] + anchor_spacing[index, None, None] * offsets[None]
             templates[level, index] = _normalised(sample(points)[0], weights)
             del sample
@@ -263,7 +265,7 @@ def _align_chunk(nodes, anchors, maps, xy, image_ids, images: GrayImages, settin
     for level, sigma in enumerate(sigmas):
         # the alignment walks the images the other way from the previous pass: where the keypoints' images are
         # also anchors' images (most of them), the cache still holds them
-        for index, sample in _batches(image_ids[nodes], sigma * own_factor, images, settings, device,
+        for index, sample in _batches(image_ids[nodes], sigma * own_factor, images, storage, settings, device,
                                       reverse=(level + len(sigmas)) % 2 == 1):
             centre[index], linear[index], correlation[index], uncertainty[index] = _gauss_newton(
                 sample, templates[level, index], centre[index], linear[index], offsets, spacing[index], weights,

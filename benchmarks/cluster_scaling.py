@@ -56,7 +56,10 @@ def ray_start_up(workers: int, device: str) -> float:
             "        from d2sfm.model import D2Net; D2Net(); return 1\n"
             "ray.get([a.ready.remote() for a in [A.remote() for _ in range(%d)]]); print(time.perf_counter() - s)"
             % (1 if device == "cuda" else 0, workers))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    try:  # an actor the cluster cannot place (no GPU seen) would wait for ever
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    except subprocess.TimeoutExpired:
+        return float("nan")
     return float(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else float("nan")
 
 

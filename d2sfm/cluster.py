@@ -63,18 +63,31 @@ class WorkerShape:
     def actor_options(self) -> dict:
         return {"num_cpus": self.cpus, "num_gpus": self.gpus}
 
+    def describe(self) -> str:
+        return f"{self.count} Ray workers, " + ("1 GPU each" if self.gpus else f"{self.cpus} CPU each, no GPU")
 
-def worker_shape(ray, workers: int | None, cpus_per_worker: int) -> WorkerShape:
-    """One worker per GPU if the cluster has any, else one per ``cpus_per_worker`` CPUs (or ``workers``)."""
+
+def worker_shape(ray, workers: int | None, cpus_per_worker: int, address: str = LOCAL) -> WorkerShape:
+    """One worker per GPU if the cluster has any, else one per ``cpus_per_worker`` CPUs (or ``workers``). More
+    workers than the cluster can hold would wait for ever: an error on the local cluster, a warning on a joined
+    one (an autoscaling cluster may still grow to hold them)."""
     if cpus_per_worker < 1 or (workers is not None and workers < 1):
         raise D2sfmError("--ray-workers and --ray-cpus-per-worker must be at least 1")
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     if gpus:
-        return WorkerShape(workers or gpus, cpus_per_worker, 1)
-    if cpus < cpus_per_worker:
-        raise D2sfmError(f"the Ray cluster has {cpus} CPUs, fewer than --ray-cpus-per-worker {cpus_per_worker}")
-    return WorkerShape(workers or max(1, cpus // cpus_per_worker), cpus_per_worker, 0)
+        shape, kind, have, need = WorkerShape(workers or gpus, cpus_per_worker, 1), "GPU", gpus, workers or gpus
+    else:
+        if cpus < cpus_per_worker:
+            raise D2sfmError(f"the Ray cluster has {cpus} CPUs, fewer than --ray-cpus-per-worker {cpus_per_worker}")
+        shape = WorkerShape(workers or max(1, cpus // cpus_per_worker), cpus_per_worker, 0)
+        kind, have, need = "CPU", cpus, shape.count * cpus_per_worker
+    if need > have:
+        message = f"--ray-workers {shape.count} needs {need} {kind}s and the Ray cluster has {have}"
+        if address == LOCAL:
+            raise D2sfmError(f"{message}: ask for at most {have // (1 if gpus else cpus_per_worker)} workers")
+        print(f"  warning: {message}; the workers beyond it wait until the cluster grows")
+    return shape
 
 
 def balanced_batch(items: int, requested: int, workers: int, floor: int = 1) -> int:
@@ -159,7 +172,7 @@ def run_sharded(address: str, workers: int | None, cpus_per_worker: int, output:
     if batch_size < 1:
         raise D2sfmError("--ray-batch must be at least 1")
     ray = start_ray(address)
-    shape = worker_shape(ray, workers, cpus_per_worker)
+    shape = worker_shape(ray, workers, cpus_per_worker, address)
     shard_folder(output).mkdir(exist_ok=True)
     remote = ray.remote(max_restarts=-1, max_task_retries=-1)(actor_class)
     actors = [remote.options(**shape.actor_options()).remote(*actor_arguments(str(shard_path(output, index)),
@@ -167,5 +180,5 @@ def run_sharded(address: str, workers: int | None, cpus_per_worker: int, output:
               for index in range(shape.count)]
     size = balanced_batch(len(items), batch_size, shape.count, min_batch)
     batches = [items[start:start + size] for start in range(0, len(items), size)]
-    return run_on_workers(ray, actors, submit, batches, f"{description} ({shape.count} Ray workers)", unit,
+    return run_on_workers(ray, actors, submit, batches, f"{description} ({shape.describe()})", unit,
                           shard_folder(output), progress)

@@ -84,6 +84,11 @@ def test_ray_workers_give_the_single_process_features_and_resume(photos, single_
     assert not shard_folder(output).exists()  # the shards were moved into features.h5
     again = run_extract(photos, "-o", output, *FAST, "--ray", weights=weights_path)
     assert again.returncode == 0 and "0 images extracted, 6 already done" in again.stdout
+    # more workers than the local cluster's CPUs would wait for ever: one line instead
+    too_many = run_extract(photos, "-o", tmp_path / "other.h5", *FAST, "--ray", "--ray-workers",
+                           str(os.cpu_count() + 1), weights=weights_path)
+    assert too_many.returncode == 2 and too_many.stderr.count("\n") == 1, too_many.stderr
+    assert f"--ray-workers {os.cpu_count() + 1} needs" in too_many.stderr
 
 
 def test_images_a_killed_run_left_in_its_shards_are_collected_not_redone(photos, single_process, weights_path,

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d2sfm.patch_sampling import GrayImages, StackGroup, fill_stack, fill_stack_torch, stack_groups
+from d2sfm.patch_sampling import GrayImages, StackGroup, atlas_storage, fill_stack, fill_stack_torch, stack_groups
 
 
 def noise(shape, seed):
@@ -48,6 +48,25 @@ def test_atlas_samples_each_image_as_grid_sample_alone():
         expected = F.grid_sample(stack[None], grid[None, None], mode="bilinear", padding_mode="border",
                                  align_corners=False)[0, :, 0]
         assert torch.allclose(samples[:, row], expected, atol=1e-5), (row, key)
+
+
+def test_groups_build_their_atlas_in_one_shared_buffer():
+    """Every group that fits is built in the same buffer (no allocation per group: on the CPU, atlases allocated
+    and freed one after another fragmented the heap by gigabytes) and samples as a group with its own memory; a
+    group larger than the buffer gets its own."""
+    shapes = {1: (40, 50), 2: (64, 30), 3: (25, 70)}
+    grays = {image_id: noise(shape, image_id) for image_id, shape in shapes.items()}
+    images = GrayImages(grays.__getitem__, torch.device("cpu"), 2**20)
+    storage = atlas_storage(3 * 4 * 104 * 70, torch.device("cpu"))  # room for images 1 and 2 side by side: 104 rows
+    points = torch.from_numpy(np.random.default_rng(1).uniform(-2, 45, (30, 5, 2)).astype(np.float32))
+    for keys in ([(1, 1.0), (2, 2.0)], [(3, 1.0)], [(2, 1.0), (1, 2.0)]):
+        shared = StackGroup(keys, images, torch.device("cpu"), storage)
+        assert shared.atlas.data_ptr() == storage.data_ptr()
+        which = np.arange(30) % len(keys)
+        own = StackGroup(keys, images, torch.device("cpu"))
+        assert torch.equal(shared.sampler(which)(points), own.sampler(which)(points))
+    larger = StackGroup([(1, 1.0), (2, 1.0), (3, 1.0)], images, torch.device("cpu"), storage)
+    assert larger.atlas.data_ptr() != storage.data_ptr()
 
 
 def test_decoded_images_are_read_once_within_the_budget():

@@ -73,7 +73,8 @@ def warm_up(images: Path, names, weights: Path, device, work: Path) -> None:
         database = work / f"{method}.db"
         shutil.copy(raw, database)
         refine_database(database, images, weights, device, RefineSettings(method=method), progress=False)
-    torch.cuda.synchronize()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def map_seeds(database: Path, images: Path, work: Path, seeds, refine_model_on=None,

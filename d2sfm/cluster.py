@@ -76,16 +76,16 @@ def worker_shape(ray, workers: int | None, cpus_per_worker: int, address: str = 
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     if gpus:
-        shape, kind, have, need = WorkerShape(workers or gpus, cpus_per_worker, 1), "GPU", gpus, workers or gpus
+        shape = WorkerShape(workers or gpus, cpus_per_worker, 1)
     else:
         if cpus < cpus_per_worker:
             raise D2sfmError(f"the Ray cluster has {cpus} CPUs, fewer than --ray-cpus-per-worker {cpus_per_worker}")
         shape = WorkerShape(workers or max(1, cpus // cpus_per_worker), cpus_per_worker, 0)
-        kind, have, need = "CPU", cpus, shape.count * cpus_per_worker
-    if need > have:
-        message = f"--ray-workers {shape.count} needs {need} {kind}s and the Ray cluster has {have}"
+    kind, have, each = ("GPU", gpus, 1) if shape.gpus else ("CPU", cpus, cpus_per_worker)
+    if shape.count * each > have:
+        message = f"--ray-workers {shape.count} needs {shape.count * each} {kind}s and the Ray cluster has {have}"
         if address == LOCAL:
-            raise D2sfmError(f"{message}: ask for at most {have // (1 if gpus else cpus_per_worker)} workers")
+            raise D2sfmError(f"{message}: ask for at most {have // each} workers")
         print(f"  warning: {message}; the workers beyond it wait until the cluster grows")
     return shape
 

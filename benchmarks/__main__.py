@@ -79,6 +79,13 @@ BENCHMARKS = (
     Benchmark("extract-command-gpu", "extract_command.py",
               ("--device", "cuda", "--count", "220", "--max-edge", "1600", "--reference-count", "40"), "cuda", True,
               "the whole extraction command on 220 photos at 1600 px on the GPU, fp32 and bf16"),
+    Benchmark("extract-remedies-gpu-ss", "extract_remedies.py", ("--device", "cuda", "--pyramid", "SS"), "cuda",
+              False, "which GPU remedies pay, single scale: the extraction loop on 64 photos of 1600x1200, one change "
+              "at a time and together (workers, pinned input, channels-last maps, bf16 maps, torch.compile, CUDA "
+              "graphs), and decoding on the CPU against nvJPEG"),
+    Benchmark("extract-remedies-gpu-ms", "extract_remedies.py",
+              ("--device", "cuda", "--pyramid", "MS", "--count", "32"), "cuda", False,
+              "which GPU remedies pay, multi-scale (32 photos of 1600x1200)"),
     Benchmark("match-gpu", "match_speed.py", ("--device", "cuda"), "cuda", False, "MNN matching on the GPU"),
     Benchmark("aachen-estimate-gpu", "aachen_estimate.py", ("--device", "cuda", "--images", "10", "--pairs", "200"),
               "cuda", False,

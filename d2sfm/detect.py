@@ -41,7 +41,7 @@ def neighbourhoods(features: torch.Tensor, b, c, i, j) -> tuple[torch.Tensor, to
         v = features[b, c, ii.clamp(0, height - 1), jj.clamp(0, width - 1)]
         values.append(torch.where(inside, v, torch.zeros_like(v)))
         insides.append(inside)
-    return torch.stack(values, dim=1), torch.stack(insides, dim=1)
+    return torch.stack(values, dim=1).float(), torch.stack(insides, dim=1)  # derivatives in float32 always
 
 
 def derivatives(patch: torch.Tensor):
@@ -137,7 +137,7 @@ def detect_level(
         batch_index=b,
         cell=torch.stack([c, i, j], dim=1),
         position=position,
-        score=features[b, c, i, j],
+        score=features[b, c, i, j].float(),
         descriptor=F.normalize(raw_descriptors, dim=1),
         detected_cells=detected_cells,
     )

@@ -13,7 +13,7 @@ import json
 import resource
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from d2sfm.extractor import (
     resize_for_network,
 )
 from d2sfm.fileutil import write_text_atomic
+from d2sfm.gpu_batching import DEFAULT_GPU_MEMORY_GIB, MemoryBoundedBatches
 from d2sfm.images import ImageReadError, list_images, read_image_bgr
 from d2sfm.io import FeatureWriter
 from d2sfm.library_logs import add_verbose_argument, set_library_logs
@@ -128,14 +129,15 @@ def _timed(items: Iterator[PreparedImage], clock: StageClock | None) -> Iterator
         yield item
 
 
-def _batches(loader: Iterator[PreparedImage], batch_size: int):
-    """Group consecutive prepared images of equal size (exact batching: no padding ever changes a feature)."""
+def _batches(loader: Iterator[PreparedImage], limit: Callable[[tuple], int]):
+    """Group consecutive prepared images of equal size, at most ``limit(shape)`` of them (exact batching: no
+    padding ever changes a feature). The limit is asked again for every image: it may change between batches."""
     pending: list[PreparedImage] = []
     for item in loader:
         if item.error is not None:
             yield [], [(item.name, item.error)]
             continue
-        if pending and (len(pending) == batch_size or pending[0].image.shape != item.image.shape):
+        if pending and (len(pending) >= limit(pending[0].image.shape) or pending[0].image.shape != item.image.shape):
             yield pending, []
             pending = []
         pending.append(item)
@@ -144,19 +146,23 @@ def _batches(loader: Iterator[PreparedImage], batch_size: int):
 
 
 def default_loading(device: torch.device) -> tuple[int, int]:
-    """(batch size, loader workers) of the commands when the user gives none: on a GPU, batches of 4 fed by 4
-    decoding workers keep the network busy; on the CPU the network is the bottleneck and batching gains nothing."""
+    """(batch size, loader workers) of the commands when the user gives none: on a GPU, batches of up to 4 (fewer
+    where they would pass the memory budget: gpu_batching.py) fed by 4 decoding workers keep the network busy; on
+    the CPU the network is the bottleneck and batching gains nothing."""
     return (4, 4) if device.type == "cuda" else (1, 1)
 
 
 def extract_features(
     root: Path, names: Sequence[str], output: Path, extractor: D2Extractor, settings: dict,
     descriptor_dtype=np.float16, overwrite: bool = False, batch_size: int = 1, workers: int = 1,
-    progress: bool = True, clock: StageClock | None = None,
+    progress: bool = True, clock: StageClock | None = None, gpu_memory_gib: float | None = DEFAULT_GPU_MEMORY_GIB,
+    batches: MemoryBoundedBatches | None = None,
 ) -> tuple[int, list[tuple[str, str]]]:
     """Extract every image not yet in ``output``. Returns (number extracted now, [(name, error), ...]).
     Decoding runs in loader workers and writing in a thread, both while the network works on other images;
-    ``clock`` (optional) records where the time goes."""
+    ``clock`` (optional) records where the time goes. On a GPU a batch holds at most ``batch_size`` images and
+    no more than fit in ``gpu_memory_gib`` (None: no budget); pass ``batches`` to read its peak afterwards."""
+    batches = batches or MemoryBoundedBatches.for_device(extractor.device, batch_size, gpu_memory_gib)
     writer = FeatureWriter(output, settings, descriptor_dtype=descriptor_dtype, overwrite=overwrite)
     pending = [name for name in names if name not in writer.done]
     failures: list[tuple[str, str]] = []
@@ -168,14 +174,18 @@ def extract_features(
     )
     extracted = 0
     extractor.clock = clock
+
+    def extract(items: Sequence[PreparedImage]) -> list:
+        return extractor.extract_batch([item.image for item in items], [item.original_size for item in items])
+
     images = iter(loader)  # starts the loader processes before the writer thread exists (no fork with threads)
     with (tqdm(total=len(pending), desc="extracting D2 features", unit="img", disable=not progress) as bar,
           BackgroundWriter(writer.write, clock=clock, stage=WRITING_STAGE) as background):
-        for batch, errors in _batches(_timed(images, clock), batch_size):
+        for batch, errors in _batches(_timed(images, clock), batches.limit):
             failures.extend(errors)
             if batch:
                 with timed(clock, NETWORK_AND_DETECTION_STAGE):
-                    results = extractor.extract_batch([b.image for b in batch], [b.original_size for b in batch])
+                    results = batches.run(batch[0].image.shape, batch, extract, describe=lambda item: item.name)
                 for item, features in zip(batch, results):
                     background.put(item.name, features)
                 extracted += len(batch)
@@ -184,7 +194,8 @@ def extract_features(
     return extracted, failures
 
 
-def write_timings(path: Path, clock: StageClock, extracted: int, device: torch.device) -> None:
+def write_timings(path: Path, clock: StageClock, extracted: int, device: torch.device,
+                  peak_gpu_bytes: int | None) -> None:
     """Stage times, throughput and peak memory of this run, as JSON, and one line of it on the terminal."""
     seconds = dict(clock.seconds)
     seconds[DETECTION_STAGE] = max(0.0, seconds.get(NETWORK_AND_DETECTION_STAGE, 0.0) - seconds.get(NETWORK_STAGE, 0.0))
@@ -192,7 +203,7 @@ def write_timings(path: Path, clock: StageClock, extracted: int, device: torch.d
     timings = {
         "images": extracted, "device": str(device), "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "images_per_second_in_loop": extracted / loop if loop else None,
-        "peak_gpu_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "peak_gpu_memory_mb": peak_gpu_bytes / 2**20 if peak_gpu_bytes is not None else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     write_text_atomic(path, json.dumps(timings, indent=2))
@@ -242,7 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--float32-descriptors", action="store_true",
                         help="store descriptors as float32 (default float16, half the disk space)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per network call when they share a size (default 4 on GPU, 1 on CPU)")
+                        help="at most this many images per network call when they share a size (default 4 on GPU, "
+                        "1 on CPU); on a GPU fewer where more would pass --gpu-memory")
+    parser.add_argument("--gpu-memory", type=float, default=DEFAULT_GPU_MEMORY_GIB, metavar="GIB",
+                        help="GPU memory a batch may use, in GiB (default %(default)s; at most 80%% of the GPU): "
+                        "the first image of each size is measured and batches hold what fits; nothing is padded")
     parser.add_argument("--workers", type=int, default=None,
                         help="image loading processes (default 4 on GPU, 1 on CPU; 0 loads in the main process)")
     add_cluster_arguments(parser, "images", DEFAULT_BATCH_IMAGES)
@@ -270,8 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_batch, default_workers = default_loading(device)
     batch_size = args.batch_size or default_batch
     workers = args.workers if args.workers is not None else default_workers
-    if batch_size < 1 or workers < 0:
-        raise D2sfmError("--batch-size must be >= 1 and --workers >= 0")
+    if batch_size < 1 or workers < 0 or args.gpu_memory <= 0:
+        raise D2sfmError("--batch-size must be >= 1, --workers >= 0 and --gpu-memory > 0")
     settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}
     descriptor_dtype = np.float32 if args.float32_descriptors else np.float16
     if args.ray is not None:
@@ -285,13 +300,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     clock = StageClock(device) if args.timings else None
     with timed(clock, STARTUP_STAGE):
         extractor = D2Extractor(weights, config, device)
+    batches = MemoryBoundedBatches.for_device(device, batch_size, args.gpu_memory)
     with timed(clock, LOOP_STAGE):
         extracted, failures = extract_features(
             root, names, args.output, extractor, settings, descriptor_dtype=descriptor_dtype,
             overwrite=args.overwrite, batch_size=batch_size, workers=workers, progress=not args.quiet, clock=clock,
+            batches=batches,
         )
     if clock is not None:
-        write_timings(args.timings, clock, extracted, device)
+        write_timings(args.timings, clock, extracted, device, batches.run_peak_bytes())
     return report(args.output, names, extracted, failures)
 
 

@@ -12,6 +12,9 @@ Backbone implementations (``conv``):
 * ``winograd`` (CPU): NNPACK Winograd convolutions for the wide layers, about 2x faster backbone; feature maps
   differ by ~1e-5 relative, which moves decisions that sit on a threshold (about 0.5% of keypoints).
 * on CUDA ``exact`` is cuDNN in fp32 with TF32 disabled; ``precision`` bf16/fp16 runs the backbone in autocast.
+
+How the GPU runs it (``GpuTuning``: layouts, compilation, CUDA graphs, pinned input) is kept apart from what it
+computes; each choice is measured by ``benchmarks/extract_remedies.py``, and the defaults are what paid there.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE, PyramidLevel, extract_pyram
 from d2sfm.stage_clock import StageClock, timed
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile modes; reduce-overhead adds CUDA graphs
+MAP_LAYOUTS = ("contiguous", "channels_last")
 NETWORK_STAGE = "network"  # the backbone's time, under an extractor's clock
 CONV_IMPLEMENTATIONS = ("exact", "winograd")
 
@@ -78,6 +83,23 @@ class ExtractionConfig:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class GpuTuning:
+    """How the network runs on a CUDA GPU; ignored on the CPU. In fp32 none of these changes what is computed
+    beyond rounding; ``working_precision_maps`` changes bf16/fp16 keypoints the way the precision itself does."""
+
+    maps_layout: str = "contiguous"  # channels_last: detection reads the backbone's NHWC maps without a copy
+    working_precision_maps: bool = False  # bf16/fp16: the pyramid's upsample-and-add and detection read bf16 maps
+    compile: str = "off"  # torch.compile the backbone (fuses bias and ReLU into kernels); reduce-overhead: CUDA graphs
+    pinned_input: bool = False  # images reach the GPU from page-locked memory, asynchronously
+
+    def __post_init__(self) -> None:
+        if self.maps_layout not in MAP_LAYOUTS:
+            raise D2sfmError(f"maps_layout must be one of {MAP_LAYOUTS}, got {self.maps_layout!r}")
+        if self.compile not in COMPILE_MODES:
+            raise D2sfmError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
 
 
 def network_input_size(height: int, width: int, max_edge: int, max_sum_edges: int) -> tuple[int, int]:
@@ -119,9 +141,10 @@ class D2Extractor:
     """Holds the network on a device; ``extract`` / ``extract_batch`` turn BGR images into Features."""
 
     def __init__(self, weights: str | os.PathLike, config: ExtractionConfig | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", tuning: GpuTuning | None = None) -> None:
         self.config = config or ExtractionConfig()
         self.device = torch.device(device)
+        self.tuning = tuning or GpuTuning()
         model = load_model(weights, use_relu=self.config.use_relu)
         layers = model.test_time_layers().to(self.device)
         if self.device.type == "cpu" and self.config.precision != "fp32":
@@ -137,6 +160,9 @@ class D2Extractor:
             self.backbone = onednn_layers(layers)
         else:
             self.backbone = layers.to(memory_format=torch.channels_last)
+            if self.tuning.compile != "off":
+                self.backbone = torch.compile(self.backbone, dynamic=False,
+                                              mode=None if self.tuning.compile == "default" else self.tuning.compile)
         self.clock: StageClock | None = None  # set to time the backbone ("network") apart from detection
 
     def _timed_backbone(self, images: torch.Tensor) -> torch.Tensor:
@@ -147,12 +173,22 @@ class D2Extractor:
         if self.device.type != "cuda":
             return self.backbone(images)
         images = images.contiguous(memory_format=torch.channels_last)
+        if self.tuning.compile == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         if self.config.precision == "fp32":
             with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-                return self.backbone(images).contiguous()
-        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
-        with torch.autocast("cuda", dtype=dtype):
-            return self.backbone(images).float().contiguous()
+                output = self.backbone(images)
+            maps = output
+        else:
+            dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+            with torch.autocast("cuda", dtype=dtype):
+                output = self.backbone(images)
+            maps = output if self.tuning.working_precision_maps else output.float()
+        if self.tuning.maps_layout == "contiguous":
+            maps = maps.contiguous()
+        if maps is output and self.tuning.compile == "reduce-overhead":
+            maps = maps.clone()  # a CUDA graph's output is overwritten by its next replay
+        return maps
 
     def prepare(self, image_bgr: np.ndarray) -> np.ndarray:
         """The CPU part of the work (loader workers call ``resize_for_network`` directly)."""
@@ -166,7 +202,10 @@ class D2Extractor:
         shapes = {image.shape for image in resized}
         if len(shapes) != 1:
             raise ValueError(f"a batch must hold images of one size, got {sorted(shapes)}")
-        pixels = torch.from_numpy(np.stack(resized)).to(self.device, non_blocking=True)
+        pixels = torch.from_numpy(np.stack(resized))
+        if self.tuning.pinned_input and self.device.type == "cuda":
+            pixels = pixels.pin_memory()
+        pixels = pixels.to(self.device, non_blocking=True)
         inputs = normalise(pixels, self.config.preprocessing)
         context = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
         with context:

@@ -36,7 +36,7 @@ class RawFeatures:
 def gem_pool(features: torch.Tensor, power: float = 3.0) -> torch.Tensor:
     """Generalised-mean pooling of (B, C, H, W) maps into L2-normalised (B, C) image descriptors (Radenovic et
     al.); on VGG conv features it is a strong off-the-shelf retrieval descriptor."""
-    pooled = features.clamp(min=1e-6).pow(power).mean(dim=(2, 3)).pow(1.0 / power)
+    pooled = features.clamp(min=1e-6).pow(power).mean(dim=(2, 3), dtype=torch.float32).pow(1.0 / power)
     return F.normalize(pooled, dim=1)
 
 
@@ -56,7 +56,7 @@ class PyramidLevel:
 
     scale: float
     image_size: tuple[int, int]  # (height, width) of the level's resized input
-    features: torch.Tensor  # (B, C, h, w) float32, fused with the coarser levels
+    features: torch.Tensor  # (B, C, h, w) float32 (or bf16/fp16: extractor.GpuTuning), fused with coarser levels
     detections: LevelDetections
 
 
@@ -74,7 +74,7 @@ def pyramid_levels(
             images, scale_factor=scale, mode="bilinear", align_corners=True
         )
         image_size = tuple(level_images.shape[2:])
-        features = backbone(level_images).float()
+        features = backbone(level_images)  # float32, or the working precision when the extractor keeps it
         del level_images
         fmap_size = features.shape[2:]
         if previous is not None:

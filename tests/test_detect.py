@@ -82,3 +82,16 @@ def test_descriptors_are_bilinear_and_points_outside_are_dropped():
     # channel 0 is 4*i + j, channel 1 is 12 + 4*i + j: bilinear interpolation reproduces them exactly
     assert descriptors[:, 0].tolist() == pytest.approx([4 * 0.5 + 1.25, 4 * 2 + 3])
     assert descriptors[:, 1].tolist() == pytest.approx([12 + 4 * 0.5 + 1.25, 12 + 4 * 2 + 3])
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_bf16_and_channels_last_maps_are_read_as_their_float32_values(layout):
+    """GpuTuning's working-precision maps and channels-last maps: detection on them is detection on the float32
+    contiguous maps holding the same values (derivatives, scores and descriptors are computed in float32)."""
+    maps = _smooth_maps(3).bfloat16().contiguous(memory_format=layout)
+    reference = detect_level(maps.float().contiguous())
+    found = detect_level(maps)
+    assert found.score.dtype == found.descriptor.dtype == found.position.dtype == torch.float32
+    for name in ("batch_index", "cell", "position", "score", "descriptor", "detected_cells"):
+        assert torch.equal(getattr(found, name), getattr(reference, name)), name
+    assert len(found.score) > 3

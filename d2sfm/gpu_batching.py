@@ -1,0 +1,104 @@
+"""How many same-size images go into one network call on a GPU: at most ``--batch-size``, and no more than fit in
+a memory budget (``--gpu-memory``), learned from the measured peak of the first call at each input size.
+
+The images of a batch share one size and nothing is padded, so the batch size changes a feature at most by the
+convolution's rounding (cuDNN may pick another algorithm for another batch size): the batch is free to follow
+memory. It has to. Issue 13 measured 3.4 GiB per multi-scale 1600-px photo in bf16 and 6.9 GiB in fp32 on an
+H100: the fixed batch of four that suits single scale (about 1 GiB per photo) needs 14 GiB in bf16 and 27 GiB in
+fp32 at multi-scale, more than most GPUs have.
+The first call at a new size runs one image and measures it; later calls take as many as the budget holds. If
+the GPU still runs out of memory (another process, fragmentation), the batch is halved and retried; one image
+that does not fit alone is a one-line error naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import torch
+
+from d2sfm.errors import D2sfmError
+
+GIB = 2**30
+DEFAULT_GPU_MEMORY_GIB = 6.0  # leaves room under 8 GiB for cuDNN's choices and the allocator's rounding
+DEVICE_SHARE = 0.8  # never plan for more than this share of the GPU's memory
+
+Item = TypeVar("Item")
+
+
+class MemoryBoundedBatches:
+    """Per-size batch limits for one extraction run on one device; on the CPU the limit is simply ``most``."""
+
+    def __init__(self, device: torch.device, most: int, budget_bytes: int | None = None) -> None:
+        if most < 1:
+            raise D2sfmError("--batch-size must be >= 1")
+        self.device, self.most, self.budget = device, most, budget_bytes
+        self.limits: dict[tuple, int] = {}
+        self.peak_bytes = 0  # the run's peak, kept across the resets that measure each new size
+
+    @classmethod
+    def for_device(cls, device: torch.device, most: int,
+                   budget_gib: float | None = DEFAULT_GPU_MEMORY_GIB) -> MemoryBoundedBatches:
+        """Batches for an extraction on ``device``: a budget on a GPU (capped at 80% of its memory), none on the
+        CPU, where batching gains nothing and memory is not the limit."""
+        if budget_gib is not None and budget_gib <= 0:
+            raise D2sfmError("--gpu-memory must be a positive number of GiB")
+        if device.type != "cuda" or budget_gib is None:
+            return cls(device, most)
+        total = torch.cuda.get_device_properties(device).total_memory
+        return cls(device, most, int(min(budget_gib * GIB, DEVICE_SHARE * total)))
+
+    def limit(self, shape: tuple) -> int:
+        """Images of ``shape`` to put in the next call: one to measure a new size, then what the budget holds."""
+        if self.budget is None:
+            return self.most
+        return self.limits.get(tuple(shape), 1)
+
+    def learn(self, shape: tuple, images: int, before_bytes: int, peak_bytes: int) -> int:
+        """Set the limit of ``shape`` from one call's memory: ``images`` took ``peak - before`` above what was
+        allocated before it. Returns the new limit."""
+        per_image = max(1, peak_bytes - before_bytes) / images
+        fit = int((self.budget - before_bytes) // per_image)
+        self.limits[tuple(shape)] = max(1, min(self.most, fit))
+        return self.limits[tuple(shape)]
+
+    def run(self, shape: tuple, items: Sequence[Item], extract: Callable[[Sequence[Item]], list],
+            describe: Callable[[Item], str]) -> list:
+        """``extract(items)``, measuring the first call at a size and splitting a batch that runs out of memory.
+        ``describe(item)`` names an image for the error raised when one alone does not fit."""
+        if self.budget is None:
+            return extract(items)
+        shape = tuple(shape)
+        measuring = shape not in self.limits and self.device.type == "cuda"
+        if measuring:
+            torch.cuda.synchronize(self.device)
+            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+        try:
+            results = extract(items)
+        except torch.cuda.OutOfMemoryError:
+            results = None  # retried below, once this frame's references to the failed call's tensors are gone
+        if results is None:
+            torch.cuda.empty_cache()
+            if len(items) == 1:
+                raise D2sfmError(
+                    f"{describe(items[0])}: does not fit in the GPU's memory even alone (network input "
+                    f"{shape[1]}x{shape[0]}); lower --max-edge, use --precision bf16, or run with --device cpu"
+                ) from None
+            self.limits[shape] = min(self.limits.get(shape, self.most), len(items) // 2)
+            done: list = []
+            while len(done) < len(items):  # in calls of the limit, which a further error lowers again
+                done += self.run(shape, items[len(done):len(done) + self.limits[shape]], extract, describe)
+            return done
+        if measuring:
+            torch.cuda.synchronize(self.device)
+            self.learn(shape, len(items), before, torch.cuda.max_memory_allocated(self.device))
+        return results
+
+    def run_peak_bytes(self) -> int | None:
+        """The run's peak GPU memory (None on the CPU)."""
+        if self.device.type != "cuda":
+            return None
+        return max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))

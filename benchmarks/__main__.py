@@ -86,6 +86,8 @@ BENCHMARKS = (
     Benchmark("extract-remedies-gpu-ms", "extract_remedies.py",
               ("--device", "cuda", "--pyramid", "MS", "--count", "32"), "cuda", False,
               "which GPU remedies pay, multi-scale (32 photos of 1600x1200)"),
+    Benchmark("precision-quality-gpu", "precision_quality.py", ("--device", "cuda"), "cuda", False,
+              "fp32 against bf16, SS and MS: MMA on the synthesised sequences, keypoint movement, Sacre Coeur SfM"),
     Benchmark("match-gpu", "match_speed.py", ("--device", "cuda"), "cuda", False, "MNN matching on the GPU"),
     Benchmark("aachen-estimate-gpu", "aachen_estimate.py", ("--device", "cuda", "--images", "10", "--pairs", "200"),
               "cuda", False,

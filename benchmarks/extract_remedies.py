@@ -16,8 +16,10 @@ nothing but speed agrees at 0.01 px up to the convolution's rounding.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,38 +82,51 @@ def uniform_photos(source: Path, folder: Path, count: int, width: int, height: i
     return names, min(count, len(encoded))
 
 
-def run_variant(variant: Variant, config, device, photos: Path, names: list[str], warm: list[str], output: Path,
-                weights: Path) -> dict:
-    """Warm up on ``warm``, then time the extraction loop over ``names``, writing ``output``."""
+def run_variant(spec: dict) -> dict:
+    """Child process: warm up on ``spec['warm']``, then time the extraction loop over ``spec['names']``.
+
+    One process per variant: a compiled backbone's threads and caches do not reach the next variant, and loader
+    workers are never forked from a process that compiled before (Inductor compiles in this thread only). The
+    warm-up and the timed run share one set of batch limits, so the timed run measures nothing and, with images
+    of one size, meets no batch shape the warm-up did not compile."""
     import torch
 
     from d2sfm.extract import default_loading, extract_features
-    from d2sfm.extractor import D2Extractor, GpuTuning
+    from d2sfm.extractor import D2Extractor, ExtractionConfig, GpuTuning
     from d2sfm.gpu_batching import MemoryBoundedBatches
 
+    torch.set_grad_enabled(False)
+    torch._inductor.config.compile_threads = 1
+    device = torch.device(spec["device"])
+    config = ExtractionConfig(**spec["config"])
+    photos, output = Path(spec["photos"]), Path(spec["output"])
     batch_size, workers = default_loading(device)
-    workers = variant.workers if variant.workers is not None else workers
-    extractor = D2Extractor(weights, config, device, GpuTuning(**variant.tuning))
-    settings = config.as_dict()
+    workers = spec["workers"] if spec["workers"] is not None else workers
+    extractor = D2Extractor(spec["weights"], config, device, GpuTuning(**spec["tuning"]))
+    batches = MemoryBoundedBatches.for_device(device, batch_size)
     start = time.perf_counter()
-    extract_features(photos, warm, output.with_name("warm.h5"), extractor, settings, batch_size=batch_size,
-                     workers=workers, progress=False, overwrite=True)
+    extract_features(photos, spec["warm"], output.with_name(output.stem + "-warm.h5"), extractor, config.as_dict(),
+                     batch_size=batch_size, workers=workers, progress=False, batches=batches)
     warm_up = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    batches = MemoryBoundedBatches.for_device(device, batch_size)
     start = time.perf_counter()
-    extract_features(photos, names, output, extractor, settings, batch_size=batch_size, workers=workers,
-                     progress=False, overwrite=True, batches=batches)
-    seconds = time.perf_counter() - start
-    peak = batches.run_peak_bytes()
-    del extractor
-    torch._dynamo.reset()  # a compiled variant's graphs and CUDA-graph pools go with it
+    extract_features(photos, spec["names"], output, extractor, config.as_dict(), batch_size=batch_size,
+                     workers=workers, progress=False, batches=batches)
     if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return {"variant": variant, "seconds": seconds, "warm_up": warm_up, "peak": peak, "output": output,
-            "workers": workers, "limits": sorted(set(batches.limits.values())) or [batch_size]}
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    peaks = ([torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)]
+             if device.type == "cuda" else None)
+    return {"seconds": seconds, "warm_up": warm_up, "peaks": peaks, "workers": workers,
+            "limits": sorted(set(batches.limits.values())) or [batch_size]}
+
+
+def run_in_child(spec: dict) -> dict:
+    result = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE,
+                            text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def agreement_with(baseline: Path, output: Path, names: list[str]) -> tuple[list[float], float]:
@@ -144,7 +159,8 @@ def decoding_table(photos: Path, names: list[str], device, config, cpus: int) ->
         start = time.perf_counter()
         count = sum(1 for _ in iterator)
         rate = count / (time.perf_counter() - start)
-        rows.append(f"| OpenCV in {workers} loader worker(s) | {rate:.1f} | exact (what the command does) |")
+        rows.append(f"| OpenCV in {workers} loader worker(s): read, decode, resize, hand over (what the command "
+                    f"does) | {rate:.1f} | the command's |")
     if device.type == "cuda":
         from torchvision.io import decode_jpeg
 
@@ -161,7 +177,8 @@ def decoding_table(photos: Path, names: list[str], device, config, cpus: int) ->
             rate = len(data) / (time.perf_counter() - start)
             cpu = torch.from_numpy(read_image_bgr(photos / names[-1])[:, :, ::-1].copy()).permute(2, 0, 1)
             difference = (decoded[-1].cpu().int() - cpu.int()).abs()
-            rows.append(f"| nvJPEG on the GPU, {batch} per call (torchvision.io.decode_jpeg) | {rate:.1f} | "
+            rows.append(f"| nvJPEG on the GPU, {batch} per call (torchvision.io.decode_jpeg): decoding only, "
+                        f"files already in memory, no resize | {rate:.1f} | "
                         f"{(difference > 0).float().mean():.1%} of values differ from OpenCV's, at most by "
                         f"{int(difference.max())} |")
     return rows
@@ -179,7 +196,11 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=None, help="default: fp32 bf16 on a GPU, fp32 on the CPU")
     parser.add_argument("--only", nargs="+", default=None, metavar="N", type=int,
                         help="run only these variants (numbers as listed; 0 is the baseline and always runs)")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_variant(json.loads(args.child))))
+        return
 
     import torch
 
@@ -187,7 +208,6 @@ def main() -> None:
     from d2sfm.gpu_batching import DEFAULT_GPU_MEMORY_GIB
     from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
 
-    torch.set_grad_enabled(False)
     device = torch.device(args.device)
     cpus = os.cpu_count() or 1
     precisions = args.precision or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
@@ -199,7 +219,8 @@ def main() -> None:
               f"{cpus} CPU cores; batch limit and loader workers: the command's defaults unless a row changes "
               f"them; memory budget {DEFAULT_GPU_MEMORY_GIB} GiB\n")
         print("| pyramid | precision | variant | images/s | x baseline | warm-up (s) | images per call | "
-              "peak GPU memory (GiB) | keypoints/image | within 0.01 / 0.5 / 1 px of the baseline |")
+              "peak GPU memory allocated / reserved (GiB) | keypoints/image | within 0.01 / 0.5 / 1 px of the "
+              "baseline |")
         print("| --- | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |")
         for pyramid in args.pyramid:
             for precision in precisions:
@@ -211,13 +232,17 @@ def main() -> None:
                             variant.low_precision_only and precision == "fp32"):
                         continue
                     print(f"  {pyramid} {precision}: {variant.label}", file=sys.stderr)
-                    row = run_variant(variant, config, device, work / "photos", names, names[:distinct],
-                                      work / f"{pyramid}-{precision}-{index}.h5", args.weights)
+                    output = work / f"{pyramid}-{precision}-{index}.h5"
+                    row = run_in_child({
+                        "device": args.device, "config": config.as_dict(), "photos": str(work / "photos"),
+                        "names": names, "warm": names[:distinct], "output": str(output),
+                        "weights": str(args.weights), "tuning": variant.tuning, "workers": variant.workers})
+                    row["output"] = output
                     baseline = baseline or row
                     shares, keypoints = agreement_with(baseline["output"], row["output"], names)
                     rate = len(names) / row["seconds"]
                     ratio = rate / (len(names) / baseline["seconds"])
-                    peak = f"{row['peak'] / 2**30:.2f}" if row["peak"] is not None else "n/a"
+                    peak = " / ".join(f"{b / 2**30:.2f}" for b in row["peaks"]) if row["peaks"] else "n/a"
                     print(f"| {pyramid} | {precision} | {variant.label} | {rate:.2f} | {ratio:.2f}x | "
                           f"{row['warm_up']:.1f} | {'/'.join(map(str, row['limits']))} | {peak} | {keypoints:.0f} | "
                           + " / ".join(f"{share:.2%}" for share in shares) + " |", flush=True)

@@ -30,11 +30,11 @@ from benchmarks.paths import SACRE_COEUR, WEIGHTS  # noqa: E402
 
 
 def d2sfm_features(images: Path, names, output: Path, weights: Path, scales, geometric: bool,
-                   device: torch.device | str = "cpu") -> float:
+                   device: torch.device | str = "cpu", precision: str = "fp32") -> float:
     from d2sfm.extract import default_loading, extract_features
     from d2sfm.extractor import D2Extractor, ExtractionConfig
 
-    config = ExtractionConfig(scales=scales, geometric_centres=geometric)
+    config = ExtractionConfig(scales=scales, geometric_centres=geometric, precision=precision)
     extractor = D2Extractor(weights, config, device)
     batch_size, workers = default_loading(torch.device(device))  # as d2sfm.reconstruct extracts
     start = time.perf_counter()

@@ -102,6 +102,18 @@ class GpuTuning:
             raise D2sfmError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
 
 
+COMPILED_SHAPES = 64  # input shapes a compiled backbone keeps (torch's default, 8, is three multi-scale sizes)
+
+
+def compiled(backbone: torch.nn.Module, mode: str) -> torch.nn.Module:
+    """``torch.compile`` for fixed shapes: each (batch, height, width) compiles once, so it pays only where few
+    sizes recur (a collection of photos from one camera), never on a collection of many sizes."""
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, limit, max(getattr(config, limit), COMPILED_SHAPES))
+    return torch.compile(backbone, dynamic=False, mode=None if mode == "default" else mode)
+
+
 def network_input_size(height: int, width: int, max_edge: int, max_sum_edges: int) -> tuple[int, int]:
     """The original's two resizing rules, applied in turn, each flooring the new size like ``imresize``."""
     if max(height, width) > max_edge:
@@ -161,8 +173,7 @@ class D2Extractor:
         else:
             self.backbone = layers.to(memory_format=torch.channels_last)
             if self.tuning.compile != "off":
-                self.backbone = torch.compile(self.backbone, dynamic=False,
-                                              mode=None if self.tuning.compile == "default" else self.tuning.compile)
+                self.backbone = compiled(self.backbone, self.tuning.compile)
         self.clock: StageClock | None = None  # set to time the backbone ("network") apart from detection
 
     def _timed_backbone(self, images: torch.Tensor) -> torch.Tensor:

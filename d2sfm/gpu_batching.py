@@ -13,6 +13,7 @@ that does not fit alone is a one-line error naming it.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -25,6 +26,11 @@ DEFAULT_GPU_MEMORY_GIB = 6.0  # leaves room under 8 GiB for cuDNN's choices and 
 DEVICE_SHARE = 0.8  # never plan for more than this share of the GPU's memory
 
 Item = TypeVar("Item")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says the GPU ran out of memory: PyTorch's own error or cuDNN's allocation failure."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "CUDNN_STATUS_ALLOC_FAILED" in str(error)
 
 
 class MemoryBoundedBatches:
@@ -78,9 +84,12 @@ class MemoryBoundedBatches:
             before = torch.cuda.memory_allocated(self.device)
         try:
             results = extract(items)
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as error:  # torch.cuda.OutOfMemoryError, or cuDNN failing to allocate its workspace
+            if not is_out_of_memory(error):
+                raise
             results = None  # retried below, once this frame's references to the failed call's tensors are gone
         if results is None:
+            gc.collect()
             torch.cuda.empty_cache()
             if len(items) == 1:
                 raise D2sfmError(

@@ -36,7 +36,8 @@ class RawFeatures:
 def gem_pool(features: torch.Tensor, power: float = 3.0) -> torch.Tensor:
     """Generalised-mean pooling of (B, C, H, W) maps into L2-normalised (B, C) image descriptors (Radenovic et
     al.); on VGG conv features it is a strong off-the-shelf retrieval descriptor."""
-    pooled = features.clamp(min=1e-6).pow(power).mean(dim=(2, 3), dtype=torch.float32).pow(1.0 / power)
+    features = features.float()  # a copy only for bf16/fp16 maps: fp16 cubes overflow above ~40 (review of d801b67)
+    pooled = features.clamp(min=1e-6).pow(power).mean(dim=(2, 3)).pow(1.0 / power)
     return F.normalize(pooled, dim=1)
 
 

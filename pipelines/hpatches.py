@@ -17,7 +17,7 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -29,7 +29,7 @@ from tqdm import tqdm
 from d2sfm.cli import add_device_argument, resolve_device
 from d2sfm.errors import D2sfmError
 from d2sfm.extract import extract_features, file_sha256
-from d2sfm.extractor import CONV_IMPLEMENTATIONS, D2Extractor, ExtractionConfig
+from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
 from d2sfm.fileutil import write_text_atomic
 from d2sfm.images import ImageReadError, read_image_bgr
 from d2sfm.io import FeatureWriter, read_features
@@ -118,6 +118,17 @@ def find_sequences(path: Path, max_size: tuple[int, int] | None = MAX_SIZE,
 
 
 @dataclass(frozen=True)
+class D2Options:
+    """The D2 extraction settings a comparison shares (SIFT ignores all but ``max_keypoints``)."""
+
+    max_keypoints: int = 0
+    max_edge: int = 1600
+    original_centres: bool = False
+    conv: str = "exact"
+    precision: str = "fp32"
+
+
+@dataclass(frozen=True)
 class Method:
     """One column of the comparison: a feature kind and, for D2, its weights."""
 
@@ -125,16 +136,17 @@ class Method:
     label: str  # shown in tables and plots
     weights: Path | None = None
 
-    def settings(self, max_keypoints: int, max_edge: int, original_centres: bool, conv: str) -> dict:
+    def settings(self, options: D2Options) -> dict:
         if self.kind in ("sift", "rootsift"):
-            return {"method": self.kind, "opencv": cv2.__version__, "max_keypoints": max_keypoints}
-        config = self.extraction_config(max_keypoints, max_edge, original_centres, conv)
+            return {"method": self.kind, "opencv": cv2.__version__, "max_keypoints": options.max_keypoints}
+        config = self.extraction_config(options)
         return {"method": self.kind, **config.as_dict(), "weights_sha256": file_sha256(self.weights)}
 
-    def extraction_config(self, max_keypoints: int, max_edge: int, original_centres: bool,
-                          conv: str) -> ExtractionConfig:
-        return ExtractionConfig(scales=MULTI_SCALE if self.kind == "d2-ms" else SINGLE_SCALE, max_edge=max_edge,
-                                max_keypoints=max_keypoints, geometric_centres=not original_centres, conv=conv)
+    def extraction_config(self, options: D2Options) -> ExtractionConfig:
+        return ExtractionConfig(scales=MULTI_SCALE if self.kind == "d2-ms" else SINGLE_SCALE,
+                                max_edge=options.max_edge, max_keypoints=options.max_keypoints,
+                                geometric_centres=not options.original_centres, conv=options.conv,
+                                precision=options.precision)
 
 
 def parse_methods(kinds: Sequence[str], weight_specs: Sequence[str]) -> list[Method]:
@@ -177,16 +189,14 @@ def _extract_sift(root: Path, names: Sequence[str], cache: Path, settings: dict,
 
 
 def extract_method(method: Method, root: Path, names: Sequence[str], output: Path, device: torch.device,
-                   max_keypoints: int = 0, max_edge: int = 1600, original_centres: bool = False,
-                   conv: str = "exact", progress: bool = True) -> Path:
+                   options: D2Options = D2Options(), progress: bool = True) -> Path:
     """Features of every image for one method, in its cache file (images already there are skipped)."""
-    settings = method.settings(max_keypoints, max_edge, original_centres, conv)
+    settings = method.settings(options)
     cache = feature_cache(output, method, settings)
     if method.kind in ("sift", "rootsift"):
-        _extract_sift(root, names, cache, settings, method.kind == "rootsift", max_keypoints, progress)
+        _extract_sift(root, names, cache, settings, method.kind == "rootsift", options.max_keypoints, progress)
         return cache
-    extractor = D2Extractor(method.weights, method.extraction_config(max_keypoints, max_edge, original_centres,
-                                                                     conv), device)
+    extractor = D2Extractor(method.weights, method.extraction_config(options), device)
     _, failed = extract_features(root, names, cache, extractor, settings, progress=progress)
     if failed:
         raise D2sfmError(f"{failed[0][1]}; replace the file")
@@ -213,20 +223,18 @@ def evaluate_method(cache: Path, sequences: Sequence[HSequence], device: torch.d
 
 
 def run_benchmark(path: Path, methods: Sequence[Method], output: Path, device: torch.device,
-                  max_keypoints: int = 0, max_edge: int = 1600, original_centres: bool = False, conv: str = "exact",
-                  max_size: tuple[int, int] | None = MAX_SIZE, progress: bool = True) -> dict:
+                  options: D2Options = D2Options(), max_size: tuple[int, int] | None = MAX_SIZE,
+                  progress: bool = True) -> dict:
     """Every method on every kept sequence; writes and returns ``OUTPUT/hpatches.json``'s content."""
     root, sequences, excluded = find_sequences(path, max_size)
     names = [name for sequence in sequences for name in sequence.images]
     results = {}
     for method in methods:
-        cache = extract_method(method, root, names, output, device, max_keypoints, max_edge, original_centres,
-                               conv, progress)
+        cache = extract_method(method, root, names, output, device, options, progress)
         results[method.label] = evaluate_method(cache, sequences, device, progress=progress, label=method.label)
         results[method.label]["features_file"] = str(cache)
     report = {"dataset": str(root), "sequences": [s.name for s in sequences], "excluded": excluded,
-              "max_keypoints": max_keypoints, "max_edge": max_edge, "original_centres": original_centres,
-              "methods": results}
+              **asdict(options), "methods": results}
     write_text_atomic(output / "hpatches.json", json.dumps(report, indent=1))
     return report
 
@@ -252,6 +260,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="D2: the original code's keypoint positions (default: corrected cell centres)")
     parser.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
                         help="D2 backbone convolutions on the CPU (see d2sfm.extract --help)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="D2 backbone arithmetic on a GPU (see d2sfm.extract --help; default fp32)")
     parser.add_argument("--all-sizes", action="store_true",
                         help="keep every sequence (default: drop the paper's 8 with images above 1600 x 1200)")
     parser.add_argument("--seed", type=int, default=0, help="--images: synthesis seed (default 0)")
@@ -277,8 +287,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_keypoints < 0:
         raise D2sfmError(f"--max-keypoints {args.max_keypoints}: pass 0 (all) or a positive number")
     methods = parse_methods(args.methods, args.weights or [])
-    report = run_benchmark(dataset, methods, output, resolve_device(args.device), args.max_keypoints,
-                           args.max_edge, args.original_centres, args.conv,
+    options = D2Options(args.max_keypoints, args.max_edge, args.original_centres, args.conv, args.precision)
+    report = run_benchmark(dataset, methods, output, resolve_device(args.device), options,
                            None if args.all_sizes else MAX_SIZE, progress=not args.quiet)
     kept, excluded = len(report["sequences"]), len(report["excluded"])
     print(f"{kept} sequences ({excluded} excluded: {', '.join(report['excluded']) or 'none'})")

@@ -60,6 +60,17 @@ def test_out_of_memory_halves_the_batch_and_keeps_every_result_in_order():
 
     with pytest.raises(D2sfmError, match=r"^p0: does not fit in the GPU's memory even alone .*160x120.*--max-edge"):
         batches.run(SHAPE, items[:1], never_fits, lambda item: item.name)
+    def cudnn_cannot_allocate(items):
+        if len(items) > 1:
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED (raised by the test's extract)")
+        return [item.name for item in items]
+
+    def fails_otherwise(items):
+        raise RuntimeError("an error that is not about memory")
+
+    assert batches.run(SHAPE, items[:2], cudnn_cannot_allocate, lambda item: item.name) == ["p0", "p1"]
+    with pytest.raises(RuntimeError, match="not about memory"):
+        batches.run(SHAPE, items[:2], fails_otherwise, lambda item: item.name)
     with pytest.raises(D2sfmError, match="--gpu-memory"):
         MemoryBoundedBatches.for_device(torch.device("cpu"), 4, budget_gib=0)
 

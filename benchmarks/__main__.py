@@ -79,6 +79,8 @@ BENCHMARKS = (
     Benchmark("extract-command-gpu", "extract_command.py",
               ("--device", "cuda", "--count", "220", "--max-edge", "1600", "--reference-count", "40"), "cuda", True,
               "the whole extraction command on 220 photos at 1600 px on the GPU, fp32 and bf16"),
+    Benchmark("extract-profile-gpu", "extract_profile.py", ("--device", "cuda"), "cuda", False,
+              "where a batch's GPU time goes, by operator: 4 photos of 1600x1200, SS and MS, fp32 and bf16"),
     Benchmark("extract-remedies-gpu-ss", "extract_remedies.py", ("--device", "cuda", "--pyramid", "SS"), "cuda",
               False, "which GPU remedies pay, single scale: the extraction loop on 64 photos of 1600x1200, one change "
               "at a time and together (workers, pinned input, channels-last maps, bf16 maps, torch.compile, CUDA "

@@ -17,7 +17,7 @@ from conftest import REFERENCE_IMAGES
 
 import d2sfm.pyramid
 from d2sfm.detect import detect_level
-from d2sfm.extractor import D2Extractor, ExtractionConfig
+from d2sfm.extractor import D2Extractor, ExtractionConfig, GpuTuning
 from d2sfm.images import read_image_bgr
 from d2sfm.keypoints import colmap_xy_to_network_ij
 from d2sfm.parity import agreement, explain, float64_backbone, rounding_error
@@ -86,7 +86,7 @@ def near_tie_tolerance(weights_path, reference_dir):
     cache, float64_maps = {}, {}
 
     def get(extractor, name):
-        key = (extractor.device.type, extractor.config.conv, name)
+        key = (extractor.device.type, extractor.config.conv, extractor.tuning, name)
         if key not in cache:
             image = read_image_bgr(reference_dir / f"{name}.png")
             config = extractor.config  # the float64 maps do not depend on conv: one per image, the costly part
@@ -152,3 +152,37 @@ def test_geometric_centres_shift_each_level_by_its_pooling_offset(weights_path, 
     assert set(np.unique(original.scales).round(3)) == {1.0, 2.0, 4.0}  # 0.5x resize: pyramid scales x2
     assert np.allclose(geometric.keypoints - original.keypoints, 2.0 * original.scales[:, None], atol=1e-3)
     assert np.array_equal(geometric.descriptors, original.descriptors)
+
+
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
+                             reason="no CUDA device: GPU tunings are tested where one is")
+FP32_TUNINGS = {"channels-last-maps": GpuTuning(maps_layout="channels_last"),
+                "pinned-input": GpuTuning(pinned_input=True), "compiled": GpuTuning(compile="default")}
+
+
+@NO_CUDA
+@pytest.mark.parametrize("tuning", FP32_TUNINGS.values(), ids=FP32_TUNINGS.keys())
+@pytest.mark.parametrize("scales,suffix", [(SINGLE_SCALE, "ss"), (MULTI_SCALE, "ms")])
+def test_gpu_tunings_keep_fp32_equal_to_the_original(weights_path, near_tie_tolerance, reference_dir, tuning, scales,
+                                                     suffix):
+    """How the GPU runs the network (benchmarks/extract_remedies.py) must not change what fp32 computes beyond
+    rounding: the same criteria as the plain GPU run."""
+    extractor = D2Extractor(weights_path, ExtractionConfig(scales=scales), "cuda", tuning)
+    for name in REFERENCE_IMAGES:
+        check_against_reference(extractor, reference_dir, name, suffix, near_tie_tolerance(extractor, name))
+
+
+@NO_CUDA
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_low_precision_maps_stay_finite_and_close(weights_path, reference_dir, precision):
+    """bf16/fp16 maps kept through the pyramid: finite descriptors (fp16 cubes overflowed GeM pooling once) and
+    keypoints near those of the same precision with float32 maps."""
+    config = ExtractionConfig(scales=MULTI_SCALE, precision=precision)
+    plain = D2Extractor(weights_path, config, "cuda")
+    kept = D2Extractor(weights_path, config, "cuda", GpuTuning(working_precision_maps=True))
+    for name in REFERENCE_IMAGES:
+        image = read_image_bgr(reference_dir / f"{name}.png")
+        ours, theirs = kept.extract(image), plain.extract(image)
+        assert np.isfinite(ours.global_descriptor).all() and np.isfinite(ours.descriptors).all()
+        result = agreement(ours.keypoints, theirs.keypoints)
+        assert result.count_difference <= 0.05 and result.ours_within(1.0) >= 0.8, name

@@ -18,6 +18,7 @@ import numpy as np
 
 from d2sfm.cluster import collect_left_shards, collect_shards, discard_shards, run_sharded
 from d2sfm.extractor import ExtractionConfig
+from d2sfm.gpu_batching import does_not_fit, is_out_of_memory, release_after_out_of_memory
 from d2sfm.io import FeatureWriter
 
 DEFAULT_BATCH_IMAGES = 8  # enough to amortise scheduling, few enough to balance the workers
@@ -50,9 +51,23 @@ class ExtractionWorker:
                 except ImageReadError as error:
                     results.append((name, str(error)))
                     continue
-                self.writer.write(name, self.extractor.extract(image))
+                features = self._extract_within_memory(image)
+                if features is None:  # one image too large for the GPU fails alone, not the whole job
+                    results.append((name, does_not_fit(str(Path(root) / name), self.extractor.prepare(image).shape)))
+                    continue
+                self.writer.write(name, features)
             results.append((name, None))
         return results
+
+    def _extract_within_memory(self, image):
+        """The image's features, or None when the GPU ran out of memory for it."""
+        try:
+            return self.extractor.extract(image)
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
+        release_after_out_of_memory()
+        return None
 
 
 def extract_on_cluster(

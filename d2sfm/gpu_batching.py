@@ -33,6 +33,18 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "CUDNN_STATUS_ALLOC_FAILED" in str(error)
 
 
+def does_not_fit(name: str, shape: tuple) -> str:
+    """The one-line error for an image whose network input (``shape``: height, width, ...) is too large alone."""
+    return (f"{name}: does not fit in the GPU's memory even alone (network input {shape[1]}x{shape[0]}); lower "
+            "--max-edge, use --precision bf16, or run with --device cpu")
+
+
+def release_after_out_of_memory() -> None:
+    """Give the failed call's blocks back to the GPU (reference cycles first) before anything is retried."""
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
 class MemoryBoundedBatches:
     """Per-size batch limits for one extraction run on one device; on the CPU the limit is simply ``most``."""
 
@@ -89,13 +101,9 @@ class MemoryBoundedBatches:
                 raise
             results = None  # retried below, once this frame's references to the failed call's tensors are gone
         if results is None:
-            gc.collect()
-            torch.cuda.empty_cache()
+            release_after_out_of_memory()
             if len(items) == 1:
-                raise D2sfmError(
-                    f"{describe(items[0])}: does not fit in the GPU's memory even alone (network input "
-                    f"{shape[1]}x{shape[0]}); lower --max-edge, use --precision bf16, or run with --device cpu"
-                ) from None
+                raise D2sfmError(does_not_fit(describe(items[0]), shape)) from None
             self.limits[shape] = min(self.limits.get(shape, self.most), len(items) // 2)
             done: list = []
             while len(done) < len(items):  # in calls of the limit, which a further error lowers again

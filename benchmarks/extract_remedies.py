@@ -214,10 +214,12 @@ def main() -> None:
     chosen = [v for k, v in enumerate(variants(cpus)) if args.only is None or k == 0 or k in args.only]
     work = Path(tempfile.mkdtemp(prefix="d2sfm-remedies-"))
     try:
+        budget = (f"{DEFAULT_GPU_MEMORY_GIB} GiB (at most 80% of the GPU)" if device.type == "cuda"
+                  else "none (CPU)")
         names, distinct = uniform_photos(args.images, work / "photos", args.count, args.width, args.height)
         print(f"{len(names)} JPEG photos of {args.width}x{args.height} from {args.images}; device {device}; "
               f"{cpus} CPU cores; batch limit and loader workers: the command's defaults unless a row changes "
-              f"them; memory budget {DEFAULT_GPU_MEMORY_GIB} GiB\n")
+              f"them; memory budget {budget}\n")
         print("| pyramid | precision | variant | images/s | x baseline | warm-up (s) | images per call | "
               "peak GPU memory allocated / reserved (GiB) | keypoints/image | within 0.01 / 0.5 / 1 px of the "
               "baseline |")

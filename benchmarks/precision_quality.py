@@ -20,7 +20,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -63,10 +62,12 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=None, help="use only the first N photos (a quick check)")
     parser.add_argument("--weights", type=Path, default=WEIGHTS)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], help="fp32 first: it is the reference")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"],
+                        help="fp32 first: it is the reference (default fp32 bf16)")
     parser.add_argument("--pyramid", nargs="+", default=["SS", "MS"], choices=["SS", "MS"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="mapper seeds (default 0 1 2)")
     args = parser.parse_args()
+    args.precision = list(dict.fromkeys(args.precision))
     if args.precision[0] != "fp32":
         parser.error("--precision must start with fp32, the reference the others are compared with")
 
@@ -103,10 +104,8 @@ def main() -> None:
                 folder = work / label.replace(" ", "_")
                 folder.mkdir()
                 features = folder / "features.h5"
-                start = time.perf_counter()
-                d2sfm_features(photos, names, features, args.weights, scales, True, device=device,
-                               precision=precision)
-                extract_seconds = time.perf_counter() - start
+                extract_seconds = d2sfm_features(photos, names, features, args.weights, scales, True,
+                                                 device=device, precision=precision)  # the loop, synchronised
                 fp32_features = fp32_features or features
                 moved = movement(fp32_features, features, names)
                 sfm = d2_reconstruction(photos, names, features, folder, args.seeds, {})

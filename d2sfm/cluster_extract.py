@@ -18,7 +18,7 @@ import numpy as np
 
 from d2sfm.cluster import collect_left_shards, collect_shards, discard_shards, run_sharded
 from d2sfm.extractor import ExtractionConfig
-from d2sfm.gpu_batching import does_not_fit, is_out_of_memory, release_after_out_of_memory
+from d2sfm.gpu_batching import CLUSTER_ADVICE, does_not_fit, is_out_of_memory, release_after_out_of_memory
 from d2sfm.io import FeatureWriter
 
 DEFAULT_BATCH_IMAGES = 8  # enough to amortise scheduling, few enough to balance the workers
@@ -53,7 +53,8 @@ class ExtractionWorker:
                     continue
                 features = self._extract_within_memory(image)
                 if features is None:  # one image too large for the GPU fails alone, not the whole job
-                    results.append((name, does_not_fit(str(Path(root) / name), self.extractor.prepare(image).shape)))
+                    shape = self.extractor.prepare(image).shape
+                    results.append((name, does_not_fit(str(Path(root) / name), shape, CLUSTER_ADVICE)))
                     continue
                 self.writer.write(name, features)
             results.append((name, None))

@@ -36,7 +36,7 @@ from d2sfm.extractor import (
     resize_for_network,
 )
 from d2sfm.fileutil import write_text_atomic
-from d2sfm.gpu_batching import DEFAULT_GPU_MEMORY_GIB, MemoryBoundedBatches
+from d2sfm.gpu_batching import DEFAULT_GPU_MEMORY_GIB, MemoryBoundedBatches, does_not_fit
 from d2sfm.images import ImageReadError, list_images, read_image_bgr
 from d2sfm.io import FeatureWriter
 from d2sfm.library_logs import add_verbose_argument, set_library_logs
@@ -185,11 +185,14 @@ def extract_features(
             failures.extend(errors)
             if batch:
                 with timed(clock, NETWORK_AND_DETECTION_STAGE):
-                    results = batches.run(batch[0].image.shape, batch, extract, describe=lambda item: item.name)
+                    results = batches.run(batch[0].image.shape, batch, extract)
                 for item, features in zip(batch, results):
+                    if features is None:  # too large for the GPU even alone: a failed image, not a failed run
+                        failures.append((item.name, does_not_fit(str(root / item.name), item.image.shape)))
+                        continue
                     background.put(item.name, features)
-                extracted += len(batch)
-                bar.set_postfix(keypoints=len(results[-1].keypoints), failed=len(failures))
+                    extracted += 1
+                    bar.set_postfix(keypoints=len(features.keypoints), failed=len(failures))
             bar.update(len(batch) + len(errors))
     return extracted, failures
 
@@ -256,8 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="at most this many images per network call when they share a size (default 4 on GPU, "
                         "1 on CPU); on a GPU fewer where more would pass --gpu-memory")
     parser.add_argument("--gpu-memory", type=float, default=DEFAULT_GPU_MEMORY_GIB, metavar="GIB",
-                        help="GPU memory a batch may use, in GiB (default %(default)s; at most 80%% of the GPU): "
-                        "the first image of each size is measured and batches hold what fits; nothing is padded")
+                        help="GPU memory the extraction may use, weights included, in GiB (default %(default)s; at "
+                        "most 80%% of the GPU): the first image of each size is measured alone and batches hold "
+                        "what fits; nothing is padded. An image too large alone is listed as failed. Not used "
+                        "with --ray, whose workers extract one image at a time")
     parser.add_argument("--workers", type=int, default=None,
                         help="image loading processes (default 4 on GPU, 1 on CPU; 0 loads in the main process)")
     add_cluster_arguments(parser, "images", DEFAULT_BATCH_IMAGES)
@@ -285,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_batch, default_workers = default_loading(device)
     batch_size = args.batch_size or default_batch
     workers = args.workers if args.workers is not None else default_workers
-    if batch_size < 1 or workers < 0 or args.gpu_memory <= 0:
+    if batch_size < 1 or workers < 0 or not args.gpu_memory > 0:
         raise D2sfmError("--batch-size must be >= 1, --workers >= 0 and --gpu-memory > 0")
     settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}
     descriptor_dtype = np.float32 if args.float32_descriptors else np.float16

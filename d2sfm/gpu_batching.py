@@ -8,7 +8,7 @@ H100: the fixed batch of four that suits single scale (about 1 GiB per photo) ne
 fp32 at multi-scale, more than most GPUs have.
 The first call at a new size runs one image and measures it; later calls take as many as the budget holds. If
 the GPU still runs out of memory (another process, fragmentation), the batch is halved and retried; one image
-that does not fit alone is a one-line error naming it.
+that does not fit alone is left out, as an image that failed (the command lists it and exits with status 1).
 """
 
 from __future__ import annotations
@@ -33,10 +33,13 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError) or "CUDNN_STATUS_ALLOC_FAILED" in str(error)
 
 
-def does_not_fit(name: str, shape: tuple) -> str:
-    """The one-line error for an image whose network input (``shape``: height, width, ...) is too large alone."""
-    return (f"{name}: does not fit in the GPU's memory even alone (network input {shape[1]}x{shape[0]}); lower "
-            "--max-edge, use --precision bf16, or run with --device cpu")
+LOCAL_ADVICE = "lower --max-edge, use --precision bf16, or run with --device cpu"
+CLUSTER_ADVICE = "lower --max-edge or use --precision bf16"  # Ray workers take the GPU whenever they see one
+
+
+def does_not_fit(name: str, shape: tuple, advice: str = LOCAL_ADVICE) -> str:
+    """The one-line failure of an image whose network input (``shape``: height, width, ...) is too large alone."""
+    return f"{name}: does not fit in the GPU's memory even alone (network input {shape[1]}x{shape[0]}); {advice}"
 
 
 def release_after_out_of_memory() -> None:
@@ -60,7 +63,7 @@ class MemoryBoundedBatches:
                    budget_gib: float | None = DEFAULT_GPU_MEMORY_GIB) -> MemoryBoundedBatches:
         """Batches for an extraction on ``device``: a budget on a GPU (capped at 80% of its memory), none on the
         CPU, where batching gains nothing and memory is not the limit."""
-        if budget_gib is not None and budget_gib <= 0:
+        if budget_gib is not None and not budget_gib > 0:  # also refuses NaN
             raise D2sfmError("--gpu-memory must be a positive number of GiB")
         if device.type != "cuda" or budget_gib is None:
             return cls(device, most)
@@ -81,10 +84,9 @@ class MemoryBoundedBatches:
         self.limits[tuple(shape)] = max(1, min(self.most, fit))
         return self.limits[tuple(shape)]
 
-    def run(self, shape: tuple, items: Sequence[Item], extract: Callable[[Sequence[Item]], list],
-            describe: Callable[[Item], str]) -> list:
-        """``extract(items)``, measuring the first call at a size and splitting a batch that runs out of memory.
-        ``describe(item)`` names an image for the error raised when one alone does not fit."""
+    def run(self, shape: tuple, items: Sequence[Item], extract: Callable[[Sequence[Item]], list]) -> list:
+        """``extract(items)``, measuring the first call at a size and splitting a batch that runs out of memory;
+        the result of an item that does not fit even alone is None (see ``does_not_fit``)."""
         if self.budget is None:
             return extract(items)
         shape = tuple(shape)
@@ -103,11 +105,11 @@ class MemoryBoundedBatches:
         if results is None:
             release_after_out_of_memory()
             if len(items) == 1:
-                raise D2sfmError(does_not_fit(describe(items[0]), shape)) from None
+                return [None]
             self.limits[shape] = min(self.limits.get(shape, self.most), len(items) // 2)
             done: list = []
             while len(done) < len(items):  # in calls of the limit, which a further error lowers again
-                done += self.run(shape, items[len(done):len(done) + self.limits[shape]], extract, describe)
+                done += self.run(shape, items[len(done):len(done) + self.limits[shape]], extract)
             return done
         if measuring:
             torch.cuda.synchronize(self.device)

@@ -86,8 +86,9 @@ def match_missing(args: argparse.Namespace, features_path: Path, pairs: Sequence
 
 def extract_and_match(args: argparse.Namespace, run: RunFolder, image_root: Path, names: Sequence[str],
                       pairs: Sequence[Pair], progress: bool = True) -> tuple[set[str], list[Pair]]:
-    """Stages ``extract``, ``pairs`` and ``match`` into ``run``'s features.h5, pairs.txt and matches.h5. Unreadable
-    images are reported, remembered in the run's state and their pairs dropped with a count; returns the images
+    """Stages ``extract``, ``pairs`` and ``match`` into ``run``'s features.h5, pairs.txt and matches.h5. Images that
+    failed (unreadable, or too large for the GPU) are reported, remembered in the run's state and their pairs
+    dropped with a count; returns the images
     with features and the pairs matched."""
     features, pairs_path, matches = run.path("features.h5"), run.path("pairs.txt"), run.path("matches.h5")
 
@@ -95,14 +96,14 @@ def extract_and_match(args: argparse.Namespace, run: RunFolder, image_root: Path
         failed = extract_missing(args, image_root, names, features, progress)
         run.save(unreadable=[list(f) for f in failed])
         for _, error in failed:
-            print(f"  unreadable, skipped: {error}")
+            print(f"  skipped: {error}")
 
     extracted = set(list_entries(features)) if features.is_file() else set()
     run.stages.run("extract", all(n in extracted for n in names) or "unreadable" in run.state, extract)
     extracted = set(list_entries(features))
     usable = [p for p in pairs if p[0] in extracted and p[1] in extracted]
     if len(usable) < len(pairs):
-        print(f"  {len(pairs) - len(usable)} pairs skipped: an image of the pair could not be read")
+        print(f"  {len(pairs) - len(usable)} pairs skipped: an image of the pair has no features")
     run.stages.run("pairs", pairs_path.is_file(), lambda: write_pairs(pairs_path, usable))
     matched = MatchWriter(matches).done if matches.is_file() else set()
     run.stages.run("match", all(pair_key(a, b) in matched for a, b in usable),

@@ -287,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_keypoints < 0:
         raise D2sfmError(f"--max-keypoints {args.max_keypoints}: pass 0 (all) or a positive number")
     methods = parse_methods(args.methods, args.weights or [])
-    options = D2Options(args.max_keypoints, args.max_edge, args.original_centres, args.conv, args.precision)
+    options = D2Options(max_keypoints=args.max_keypoints, max_edge=args.max_edge,
+                        original_centres=args.original_centres, conv=args.conv, precision=args.precision)
     report = run_benchmark(dataset, methods, output, resolve_device(args.device), options,
                            None if args.all_sizes else MAX_SIZE, progress=not args.quiet)
     kept, excluded = len(report["sequences"]), len(report["excluded"])

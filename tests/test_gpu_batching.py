@@ -1,5 +1,6 @@
 """Batches of same-size images bounded by GPU memory: the limit learned from one measured call, halving on an
-out-of-memory error, a one-line error when one image alone does not fit, and (on a GPU) the same features."""
+out-of-memory error, an image that does not fit alone left out with a one-line failure, and (on a GPU) the same
+features."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import torch
 
 from d2sfm.errors import D2sfmError
 from d2sfm.extract import PreparedImage, _batches, extract_features
-from d2sfm.gpu_batching import GIB, MemoryBoundedBatches
+from d2sfm.gpu_batching import CLUSTER_ADVICE, GIB, MemoryBoundedBatches, does_not_fit
 from d2sfm.parity import agreement
 
 SHAPE = (120, 160, 3)
@@ -40,7 +41,7 @@ def test_the_limit_is_what_the_budget_holds_and_never_above_the_batch_size():
     assert MemoryBoundedBatches(torch.device("cpu"), most=4).limit(SHAPE) == 4  # no budget: the batch size
 
 
-def test_out_of_memory_halves_the_batch_and_keeps_every_result_in_order():
+def test_out_of_memory_halves_the_batch_keeps_results_in_order_and_leaves_out_what_never_fits():
     batches = MemoryBoundedBatches(torch.device("cpu"), most=8, budget_bytes=6 * GIB)
     batches.learn(SHAPE, 1, before_bytes=0, peak_bytes=GIB // 2)  # the measurement promised 8 per call
     calls = []
@@ -52,14 +53,17 @@ def test_out_of_memory_halves_the_batch_and_keeps_every_result_in_order():
         return [item.name for item in items]
 
     items = [prepared(f"p{k}") for k in range(8)]
-    assert batches.run(SHAPE, items, extract, lambda item: item.name) == [f"p{k}" for k in range(8)]
+    assert batches.run(SHAPE, items, extract) == [f"p{k}" for k in range(8)]
     assert calls == [8, 4, 2, 2, 2, 2] and batches.limit(SHAPE) == 2
 
     def never_fits(items):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (raised by the test's extract)")
 
-    with pytest.raises(D2sfmError, match=r"^p0: does not fit in the GPU's memory even alone .*160x120.*--max-edge"):
-        batches.run(SHAPE, items[:1], never_fits, lambda item: item.name)
+    assert batches.run(SHAPE, items[:3], never_fits) == [None, None, None]  # each left out, the run goes on
+    message = does_not_fit("photos/p0.jpg", SHAPE)
+    assert message.startswith("photos/p0.jpg: does not fit in the GPU's memory even alone (network input 160x120)")
+    assert "--device cpu" in message and "--device" not in does_not_fit("p0", SHAPE, CLUSTER_ADVICE)
+
     def cudnn_cannot_allocate(items):
         if len(items) > 1:
             raise RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED (raised by the test's extract)")
@@ -68,11 +72,12 @@ def test_out_of_memory_halves_the_batch_and_keeps_every_result_in_order():
     def fails_otherwise(items):
         raise RuntimeError("an error that is not about memory")
 
-    assert batches.run(SHAPE, items[:2], cudnn_cannot_allocate, lambda item: item.name) == ["p0", "p1"]
+    assert batches.run(SHAPE, items[:2], cudnn_cannot_allocate) == ["p0", "p1"]
     with pytest.raises(RuntimeError, match="not about memory"):
-        batches.run(SHAPE, items[:2], fails_otherwise, lambda item: item.name)
-    with pytest.raises(D2sfmError, match="--gpu-memory"):
-        MemoryBoundedBatches.for_device(torch.device("cpu"), 4, budget_gib=0)
+        batches.run(SHAPE, items[:2], fails_otherwise)
+    for bad in (0, float("nan")):
+        with pytest.raises(D2sfmError, match="--gpu-memory"):
+            MemoryBoundedBatches.for_device(torch.device("cpu"), 4, budget_gib=bad)
 
 
 @pytest.mark.integration

@@ -222,7 +222,7 @@ def test_unreadable_images_are_reported_not_dropped(courtyard_run, courtyard_aac
         del handle[broken_db], handle[broken_query]
     run = localize(dataset, work, weights_path)
     assert run.returncode == 0, run.stderr
-    assert "unreadable, skipped" in run.stdout and "pairs skipped" in run.stdout
+    assert "skipped: " in run.stdout and "cannot be decoded" in run.stdout and "pairs skipped" in run.stdout
     result = summary(work)
     assert sorted(name for name, _ in result["unreadable"]) == [broken_db, broken_query]
     failed = {entry["name"]: entry for entry in result["failed"]}

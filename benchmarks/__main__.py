@@ -50,6 +50,9 @@ BENCHMARKS = (
               "extraction, 3 Sacre Coeur photos at their own size (default settings), SS and MS"),
     Benchmark("extract-command-cpu", "extract_command.py", ("--count", "12", "--max-edge", "640"), "cpu", True,
               "the whole extraction command on 12 photos at 640 px, SS and MS, against extract_features.py"),
+    Benchmark("feature-writing", "feature_writing.py", (), "cpu", False,
+              "writing one image's features: descriptors converted to float16 by numpy in the writer against by "
+              "PyTorch where they are computed"),
     Benchmark("match-cpu", "match_speed.py", (), "cpu", False, "MNN matching, 8k and 20k features"),
     Benchmark("aachen-estimate", "aachen_estimate.py", ("--images", "2", "--pairs", "20"), "cpu", False,
               "Aachen v1.1 run-time estimate from a measured subset"),

@@ -63,7 +63,7 @@ class ExtractionWorker:
     def _extract_within_memory(self, image):
         """The image's features, or None when the GPU ran out of memory for it."""
         try:
-            return self.extractor.extract(image)
+            return self.extractor.extract(image, descriptor_dtype=self.writer.descriptor_dtype)
         except RuntimeError as error:
             if not is_out_of_memory(error):
                 raise

@@ -176,7 +176,8 @@ def extract_features(
     extractor.clock = clock
 
     def extract(items: Sequence[PreparedImage]) -> list:
-        return extractor.extract_batch([item.image for item in items], [item.original_size for item in items])
+        return extractor.extract_batch([item.image for item in items], [item.original_size for item in items],
+                                       descriptor_dtype=writer.descriptor_dtype)  # converted on the device
 
     images = iter(loader)  # starts the loader processes before the writer thread exists (no fork with threads)
     with (tqdm(total=len(pending), desc="extracting D2 features", unit="img", disable=not progress) as bar,

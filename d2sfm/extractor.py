@@ -46,6 +46,7 @@ from d2sfm.stage_clock import StageClock, timed
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile modes; reduce-overhead adds CUDA graphs
 MAP_LAYOUTS = ("contiguous", "channels_last")
+DESCRIPTOR_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
 NETWORK_STAGE = "network"  # the backbone's time, under an extractor's clock
 CONV_IMPLEMENTATIONS = ("exact", "winograd")
 
@@ -207,9 +208,12 @@ class D2Extractor:
 
     @torch.inference_mode()
     def extract_batch(self, resized: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]],
-                      on_level: Callable[[PyramidLevel], None] | None = None) -> list[Features]:
+                      on_level: Callable[[PyramidLevel], None] | None = None,
+                      descriptor_dtype=np.float32) -> list[Features]:
         """Extract from prepared images that share one size; ``original_sizes`` are (height, width) before resizing.
-        ``on_level`` sees each pyramid level's fused map and detections (``parity`` explains keypoints with them)."""
+        ``on_level`` sees each pyramid level's fused map and detections (``parity`` explains keypoints with them).
+        ``descriptor_dtype`` float16 converts the descriptors where they are computed, as the file stores them:
+        on the GPU it halves the transfer, on the CPU PyTorch's conversion is 4x numpy's (same values)."""
         shapes = {image.shape for image in resized}
         if len(shapes) != 1:
             raise ValueError(f"a batch must hold images of one size, got {sorted(shapes)}")
@@ -223,12 +227,15 @@ class D2Extractor:
             raw = extract_pyramid(self._timed_backbone, inputs, self.config.scales,
                                   geometric_centres=self.config.geometric_centres, on_level=on_level)
         height, width = resized[0].shape[:2]
-        return [self._to_features(r, height, width, size) for r, size in zip(raw, original_sizes)]
+        dtype = DESCRIPTOR_DTYPES[np.dtype(descriptor_dtype)]
+        return [self._to_features(r, height, width, size, dtype) for r, size in zip(raw, original_sizes)]
 
-    def extract(self, image_bgr: np.ndarray, on_level: Callable[[PyramidLevel], None] | None = None) -> Features:
-        return self.extract_batch([self.prepare(image_bgr)], [image_bgr.shape[:2]], on_level)[0]
+    def extract(self, image_bgr: np.ndarray, on_level: Callable[[PyramidLevel], None] | None = None,
+                descriptor_dtype=np.float32) -> Features:
+        return self.extract_batch([self.prepare(image_bgr)], [image_bgr.shape[:2]], on_level, descriptor_dtype)[0]
 
-    def _to_features(self, raw, height: int, width: int, original_size: tuple[int, int]) -> Features:
+    def _to_features(self, raw, height: int, width: int, original_size: tuple[int, int],
+                     descriptor_dtype: torch.dtype) -> Features:
         scores = raw.scores
         order = None
         if self.config.max_keypoints and len(scores) > self.config.max_keypoints:
@@ -240,7 +247,7 @@ class D2Extractor:
             keypoints=network_ij_to_colmap_xy(ijs[:, :2], factor_i, factor_j).astype(np.float32),
             scales=(ijs[:, 2] * (factor_i + factor_j) / 2).astype(np.float32),
             scores=pick(scores).cpu().numpy().astype(np.float32),
-            descriptors=pick(raw.descriptors).cpu().numpy().astype(np.float32),
+            descriptors=pick(raw.descriptors).to(descriptor_dtype).cpu().numpy(),
             image_size=(int(original_size[1]), int(original_size[0])),
             global_descriptor=raw.global_descriptor.cpu().numpy().astype(np.float32),
         )

@@ -15,6 +15,6 @@ class Features:
     keypoints: np.ndarray  # (N, 2) float32 x, y
     scales: np.ndarray  # (N,) float32: 1/pyramid scale times the resize factor (1 = full-resolution detection)
     scores: np.ndarray  # (N,) float32
-    descriptors: np.ndarray  # (N, 512) float32, L2-normalised
+    descriptors: np.ndarray  # (N, 512) float32 (float16 when extracted for a float16 file), L2-normalised
     image_size: tuple[int, int] = field(default=(0, 0))  # width, height of the original image
     global_descriptor: np.ndarray | None = None  # (512,) float32 for image retrieval

@@ -117,7 +117,7 @@ class FeatureWriter:
             group.create_dataset("keypoints", data=features.keypoints.astype(np.float32))
             group.create_dataset("scales", data=features.scales.astype(np.float32))
             group.create_dataset("scores", data=features.scores.astype(np.float32))
-            group.create_dataset("descriptors", data=features.descriptors.astype(self.descriptor_dtype))
+            group.create_dataset("descriptors", data=features.descriptors.astype(self.descriptor_dtype, copy=False))
             group.create_dataset("image_size", data=np.asarray(features.image_size, dtype=np.int64))
             if features.global_descriptor is not None:
                 group.create_dataset("global_descriptor", data=features.global_descriptor.astype(np.float32))

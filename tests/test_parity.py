@@ -186,3 +186,13 @@ def test_low_precision_maps_stay_finite_and_close(weights_path, reference_dir, p
         assert np.isfinite(ours.global_descriptor).all() and np.isfinite(ours.descriptors).all()
         result = agreement(ours.keypoints, theirs.keypoints)
         assert result.count_difference <= 0.1 and result.ours_within(1.0) >= 0.5, name  # broken maps: ~0
+
+
+def test_float16_descriptors_are_the_float32_ones_rounded(extractors, reference_dir):
+    """Descriptors converted where they are computed (for a float16 file) equal numpy's rounding of float32 ones."""
+    extractor = extractors("cpu", SINGLE_SCALE)
+    image = read_image_bgr(reference_dir / f"{REFERENCE_IMAGES[0]}.png")
+    full, half = extractor.extract(image), extractor.extract(image, descriptor_dtype=np.float16)
+    assert half.descriptors.dtype == np.float16 and len(half.descriptors) > 100
+    assert np.array_equal(half.keypoints, full.keypoints)
+    assert np.array_equal(half.descriptors.view(np.uint16), full.descriptors.astype(np.float16).view(np.uint16))

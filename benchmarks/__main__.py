@@ -53,6 +53,9 @@ BENCHMARKS = (
     Benchmark("feature-writing", "feature_writing.py", (), "cpu", False,
               "writing one image's features: descriptors converted to float16 by numpy in the writer against by "
               "PyTorch where they are computed"),
+    Benchmark("loader-handover", "loader_handover.py", (), "cpu", False,
+              "decoded photos from the loader workers to the network loop: pickled numpy against shared-memory "
+              "tensors"),
     Benchmark("match-cpu", "match_speed.py", (), "cpu", False, "MNN matching, 8k and 20k features"),
     Benchmark("aachen-estimate", "aachen_estimate.py", ("--images", "2", "--pairs", "20"), "cpu", False,
               "Aachen v1.1 run-time estimate from a measured subset"),

@@ -93,6 +93,17 @@ class PreparedImage:
     error: str | None
     seconds: float  # decoding and resizing, in the loader worker
 
+    def __reduce__(self):
+        """Cross from a loader worker as a tensor: PyTorch hands a tensor's memory over through shared memory,
+        where a numpy array is pickled through a pipe and unpickled by the main thread, which the network loop
+        needs (benchmarks/loader_handover.py)."""
+        pixels = None if self.image is None else torch.from_numpy(np.ascontiguousarray(self.image))
+        return _prepared_from_tensor, (self.name, pixels, self.original_size, self.error, self.seconds)
+
+
+def _prepared_from_tensor(name, pixels, original_size, error, seconds) -> PreparedImage:
+    return PreparedImage(name, None if pixels is None else pixels.numpy(), original_size, error, seconds)
+
 
 class _PreparedImages(Dataset):
     """Reads and resizes images in loader workers; a bad image becomes an error message, not an exception."""

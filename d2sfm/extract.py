@@ -204,7 +204,7 @@ def extract_features(
                         continue
                     background.put(item.name, features)
                     extracted += 1
-                    bar.set_postfix(keypoints=len(features.keypoints), failed=len(failures))
+                    bar.set_postfix(keypoints=len(features.keypoints), failed=len(failures), refresh=False)
             bar.update(len(batch) + len(errors))
     return extracted, failures
 

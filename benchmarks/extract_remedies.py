@@ -124,8 +124,13 @@ def run_variant(spec: dict) -> dict:
 
 
 def run_in_child(spec: dict) -> dict:
+    """One variant in a process of its own; {"error": last line} when it fails (a remedy this machine cannot run,
+    such as torch.compile without a C compiler, is a row that says so, not the end of the benchmark)."""
     result = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE,
-                            text=True, check=True)
+                            stderr=subprocess.PIPE, text=True)
+    if result.returncode:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        return {"error": lines[-1][:200] if lines else f"exit status {result.returncode}"}
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -239,6 +244,10 @@ def main() -> None:
                         "device": args.device, "config": config.as_dict(), "photos": str(work / "photos"),
                         "names": names, "warm": names[:distinct], "output": str(output),
                         "weights": str(args.weights), "tuning": variant.tuning, "workers": variant.workers})
+                    if "error" in row:
+                        print(f"| {pyramid} | {precision} | {variant.label} | failed: {row['error']} |" + " |" * 6,
+                              flush=True)
+                        continue
                     row["output"] = output
                     baseline = baseline or row
                     shares, keypoints = agreement_with(baseline["output"], row["output"], names)

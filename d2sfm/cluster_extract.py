@@ -18,63 +18,51 @@ import numpy as np
 
 from d2sfm.cluster import collect_left_shards, collect_shards, discard_shards, run_sharded
 from d2sfm.extractor import ExtractionConfig
-from d2sfm.gpu_batching import CLUSTER_ADVICE, does_not_fit, is_out_of_memory, release_after_out_of_memory
+from d2sfm.gpu_batching import CLUSTER_ADVICE, DEFAULT_GPU_MEMORY_GIB
 from d2sfm.io import FeatureWriter
 
 DEFAULT_BATCH_IMAGES = 8  # enough to amortise scheduling, few enough to balance the workers
 
 
 class ExtractionWorker:
-    """A Ray actor's state: the network on the worker's device and the writer of its shard."""
+    """A Ray actor's state: the network on the worker's device and its shard. Each task runs the single-process
+    extraction loop (``d2sfm.extract.extract_features``) on its images, decoding in the actor: batches under the GPU
+    memory budget, writes in a thread, an image too large for the GPU listed as failed."""
 
     def __init__(self, weights: str, config: dict, shard: str, settings: dict, descriptor_dtype: str,
-                 threads: int) -> None:
+                 gpu_memory_gib: float, threads: int) -> None:
         import torch
 
+        from d2sfm.extract import default_loading
         from d2sfm.extractor import D2Extractor
 
         torch.set_num_threads(threads)
         torch.set_grad_enabled(False)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray shows each actor its GPU
         self.extractor = D2Extractor(weights, ExtractionConfig(**config), device)
-        self.writer = FeatureWriter(shard, settings, descriptor_dtype=np.dtype(descriptor_dtype))
+        self.shard, self.settings = Path(shard), settings
+        self.descriptor_dtype = np.dtype(descriptor_dtype)
+        self.batch_size, _ = default_loading(device)
+        self.gpu_memory_gib = gpu_memory_gib
+        FeatureWriter(shard, settings, descriptor_dtype=self.descriptor_dtype)  # creates the shard, checks settings
 
     def extract(self, root: str, names: Sequence[str]) -> list[tuple[str, str | None]]:
         """Extract and write each image not yet in the shard; returns (name, error or None) for each."""
-        from d2sfm.images import ImageReadError, read_image_bgr
+        from d2sfm.extract import extract_features
 
-        results = []
-        for name in names:
-            if name not in self.writer.done:
-                try:
-                    image = read_image_bgr(Path(root) / name)
-                except ImageReadError as error:
-                    results.append((name, str(error)))
-                    continue
-                features = self._extract_within_memory(image)
-                if features is None:  # one image too large for the GPU fails alone, not the whole job
-                    shape = self.extractor.prepare(image).shape
-                    results.append((name, does_not_fit(str(Path(root) / name), shape, CLUSTER_ADVICE)))
-                    continue
-                self.writer.write(name, features)
-            results.append((name, None))
-        return results
-
-    def _extract_within_memory(self, image):
-        """The image's features, or None when the GPU ran out of memory for it."""
-        try:
-            return self.extractor.extract(image, descriptor_dtype=self.writer.descriptor_dtype)
-        except RuntimeError as error:
-            if not is_out_of_memory(error):
-                raise
-        release_after_out_of_memory()
-        return None
+        _, failures = extract_features(Path(root), names, self.shard, self.extractor, self.settings,
+                                       descriptor_dtype=self.descriptor_dtype, batch_size=self.batch_size,
+                                       workers=0, progress=False, gpu_memory_gib=self.gpu_memory_gib,
+                                       too_large_advice=CLUSTER_ADVICE)
+        errors = dict(failures)
+        return [(name, errors.get(name)) for name in names]
 
 
 def extract_on_cluster(
     root: Path, names: Sequence[str], output: Path, weights: Path, config: ExtractionConfig, settings: dict,
     address: str, descriptor_dtype=np.float16, overwrite: bool = False, workers: int | None = None,
     cpus_per_worker: int = 1, batch_images: int = DEFAULT_BATCH_IMAGES, progress: bool = True,
+    gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB,
 ) -> tuple[int, list[tuple[str, str]]]:
     """Extract every image not yet in ``output`` with Ray workers, ``batch_images`` per task; returns
     (extracted now, [(name, error)])."""
@@ -89,7 +77,7 @@ def extract_on_cluster(
     results = run_sharded(
         address, workers, cpus_per_worker, output, ExtractionWorker,
         lambda shard, threads: (str(weights), config.as_dict(), shard, writer.settings, writer.descriptor_dtype.name,
-                                threads),
+                                gpu_memory_gib, threads),
         pending, batch_images, lambda actor, batch: actor.extract.remote(folder, batch), "extracting D2 features",
         "img", progress)
     failures = [(name, error) for name, error in results if error is not None]

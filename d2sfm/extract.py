@@ -36,7 +36,7 @@ from d2sfm.extractor import (
     resize_for_network,
 )
 from d2sfm.fileutil import write_text_atomic
-from d2sfm.gpu_batching import DEFAULT_GPU_MEMORY_GIB, MemoryBoundedBatches, does_not_fit
+from d2sfm.gpu_batching import DEFAULT_GPU_MEMORY_GIB, LOCAL_ADVICE, MemoryBoundedBatches, does_not_fit
 from d2sfm.images import ImageReadError, list_images, read_image_bgr
 from d2sfm.io import FeatureWriter
 from d2sfm.library_logs import add_verbose_argument, set_library_logs
@@ -167,12 +167,13 @@ def extract_features(
     root: Path, names: Sequence[str], output: Path, extractor: D2Extractor, settings: dict,
     descriptor_dtype=np.float16, overwrite: bool = False, batch_size: int = 1, workers: int = 1,
     progress: bool = True, clock: StageClock | None = None, gpu_memory_gib: float | None = DEFAULT_GPU_MEMORY_GIB,
-    batches: MemoryBoundedBatches | None = None,
+    batches: MemoryBoundedBatches | None = None, too_large_advice: str = LOCAL_ADVICE,
 ) -> tuple[int, list[tuple[str, str]]]:
     """Extract every image not yet in ``output``. Returns (number extracted now, [(name, error), ...]).
     Decoding runs in loader workers and writing in a thread, both while the network works on other images;
     ``clock`` (optional) records where the time goes. On a GPU a batch holds at most ``batch_size`` images and
-    no more than fit in ``gpu_memory_gib`` (None: no budget); pass ``batches`` to read its peak afterwards."""
+    no more than fit in ``gpu_memory_gib`` (None: no budget); pass ``batches`` to read its peak afterwards. An image
+    too large for the GPU even alone is a failure whose message ends with ``too_large_advice``."""
     batches = batches or MemoryBoundedBatches.for_device(extractor.device, batch_size, gpu_memory_gib)
     writer = FeatureWriter(output, settings, descriptor_dtype=descriptor_dtype, overwrite=overwrite)
     pending = [name for name in names if name not in writer.done]
@@ -200,7 +201,8 @@ def extract_features(
                     results = batches.run(batch[0].image.shape, batch, extract)
                 for item, features in zip(batch, results):
                     if features is None:  # too large for the GPU even alone: a failed image, not a failed run
-                        failures.append((item.name, does_not_fit(str(root / item.name), item.image.shape)))
+                        failures.append((item.name, does_not_fit(str(root / item.name), item.image.shape,
+                                                                 too_large_advice)))
                         continue
                     background.put(item.name, features)
                     extracted += 1
@@ -273,8 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu-memory", type=float, default=DEFAULT_GPU_MEMORY_GIB, metavar="GIB",
                         help="GPU memory the extraction may use, weights included, in GiB (default %(default)s; at "
                         "most 80%% of the GPU): the first image of each size is measured alone and batches hold "
-                        "what fits; nothing is padded. An image too large alone is listed as failed. Not used "
-                        "with --ray, whose workers extract one image at a time")
+                        "what fits; nothing is padded. An image too large alone is listed as failed. With --ray, "
+                        "for each worker's GPU")
     parser.add_argument("--workers", type=int, default=None,
                         help="image loading processes (default 4 on GPU, 1 on CPU; 0 loads in the main process)")
     add_cluster_arguments(parser, "images", DEFAULT_BATCH_IMAGES)
@@ -312,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         extracted, failures = extract_on_cluster(
             root, names, args.output, weights, config, settings, args.ray, descriptor_dtype=descriptor_dtype,
             overwrite=args.overwrite, workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
-            batch_images=args.ray_batch, progress=not args.quiet)
+            batch_images=args.ray_batch, progress=not args.quiet, gpu_memory_gib=args.gpu_memory)
         return report(args.output, names, extracted, failures)
     clock = StageClock(device) if args.timings else None
     with timed(clock, STARTUP_STAGE):

@@ -213,7 +213,7 @@ class D2Extractor:
         """Extract from prepared images that share one size; ``original_sizes`` are (height, width) before resizing.
         ``on_level`` sees each pyramid level's fused map and detections (``parity`` explains keypoints with them).
         ``descriptor_dtype`` float16 converts the descriptors where they are computed, as the file stores them:
-        on the GPU it halves the transfer, on the CPU PyTorch's conversion is 4x numpy's (same values)."""
+        on the GPU it halves the transfer, on the CPU PyTorch's conversion is ~5x numpy's (same values)."""
         shapes = {image.shape for image in resized}
         if len(shapes) != 1:
             raise ValueError(f"a batch must hold images of one size, got {sorted(shapes)}")

@@ -35,6 +35,7 @@ class ExtractionWorker:
 
         from d2sfm.extract import default_loading
         from d2sfm.extractor import D2Extractor
+        from d2sfm.gpu_batching import MemoryBoundedBatches
 
         torch.set_num_threads(threads)
         torch.set_grad_enabled(False)
@@ -43,7 +44,7 @@ class ExtractionWorker:
         self.shard, self.settings = Path(shard), settings
         self.descriptor_dtype = np.dtype(descriptor_dtype)
         self.batch_size, _ = default_loading(device)
-        self.gpu_memory_gib = gpu_memory_gib
+        self.batches = MemoryBoundedBatches.for_device(device, self.batch_size, gpu_memory_gib)  # limits kept by task
         FeatureWriter(shard, settings, descriptor_dtype=self.descriptor_dtype)  # creates the shard, checks settings
 
     def extract(self, root: str, names: Sequence[str]) -> list[tuple[str, str | None]]:
@@ -52,7 +53,7 @@ class ExtractionWorker:
 
         _, failures = extract_features(Path(root), names, self.shard, self.extractor, self.settings,
                                        descriptor_dtype=self.descriptor_dtype, batch_size=self.batch_size,
-                                       workers=0, progress=False, gpu_memory_gib=self.gpu_memory_gib,
+                                       workers=0, progress=False, batches=self.batches,
                                        too_large_advice=CLUSTER_ADVICE)
         errors = dict(failures)
         return [(name, errors.get(name)) for name in names]

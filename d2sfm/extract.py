@@ -166,15 +166,16 @@ def default_loading(device: torch.device) -> tuple[int, int]:
 def extract_features(
     root: Path, names: Sequence[str], output: Path, extractor: D2Extractor, settings: dict,
     descriptor_dtype=np.float16, overwrite: bool = False, batch_size: int = 1, workers: int = 1,
-    progress: bool = True, clock: StageClock | None = None, gpu_memory_gib: float | None = DEFAULT_GPU_MEMORY_GIB,
-    batches: MemoryBoundedBatches | None = None, too_large_advice: str = LOCAL_ADVICE,
+    progress: bool = True, clock: StageClock | None = None, batches: MemoryBoundedBatches | None = None,
+    too_large_advice: str = LOCAL_ADVICE,
 ) -> tuple[int, list[tuple[str, str]]]:
     """Extract every image not yet in ``output``. Returns (number extracted now, [(name, error), ...]).
     Decoding runs in loader workers and writing in a thread, both while the network works on other images;
     ``clock`` (optional) records where the time goes. On a GPU a batch holds at most ``batch_size`` images and
-    no more than fit in ``gpu_memory_gib`` (None: no budget); pass ``batches`` to read its peak afterwards. An image
+    no more than fit in the default memory budget; pass ``batches`` for another budget, to keep the limits it
+    learns across calls or to read its peak afterwards. An image
     too large for the GPU even alone is a failure whose message ends with ``too_large_advice``."""
-    batches = batches or MemoryBoundedBatches.for_device(extractor.device, batch_size, gpu_memory_gib)
+    batches = batches or MemoryBoundedBatches.for_device(extractor.device, batch_size)
     writer = FeatureWriter(output, settings, descriptor_dtype=descriptor_dtype, overwrite=overwrite)
     pending = [name for name in names if name not in writer.done]
     failures: list[tuple[str, str]] = []

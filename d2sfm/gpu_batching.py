@@ -42,12 +42,6 @@ def does_not_fit(name: str, shape: tuple, advice: str = LOCAL_ADVICE) -> str:
     return f"{name}: does not fit in the GPU's memory even alone (network input {shape[1]}x{shape[0]}); {advice}"
 
 
-def release_after_out_of_memory() -> None:
-    """Give the failed call's blocks back to the GPU (reference cycles first) before anything is retried."""
-    gc.collect()
-    torch.cuda.empty_cache()
-
-
 class MemoryBoundedBatches:
     """Per-size batch limits for one extraction run on one device; on the CPU the limit is simply ``most``."""
 
@@ -102,8 +96,9 @@ class MemoryBoundedBatches:
             if not is_out_of_memory(error):
                 raise
             results = None  # retried below, once this frame's references to the failed call's tensors are gone
-        if results is None:
-            release_after_out_of_memory()
+        if results is None:  # give the failed call's blocks back (reference cycles first) before a retry
+            gc.collect()
+            torch.cuda.empty_cache()
             if len(items) == 1:
                 return [None]
             self.limits[shape] = min(self.limits.get(shape, self.most), len(items) // 2)

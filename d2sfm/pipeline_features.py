@@ -88,8 +88,7 @@ def extract_and_match(args: argparse.Namespace, run: RunFolder, image_root: Path
                       pairs: Sequence[Pair], progress: bool = True) -> tuple[set[str], list[Pair]]:
     """Stages ``extract``, ``pairs`` and ``match`` into ``run``'s features.h5, pairs.txt and matches.h5. Images that
     failed (unreadable, or too large for the GPU) are reported, remembered in the run's state and their pairs
-    dropped with a count; returns the images
-    with features and the pairs matched."""
+    dropped with a count; returns the images with features and the pairs matched."""
     features, pairs_path, matches = run.path("features.h5"), run.path("pairs.txt"), run.path("matches.h5")
 
     def extract() -> None:

@@ -102,7 +102,7 @@ def test_gpu_batches_stay_in_their_budget_and_give_the_same_features(tmp_path, s
     assert bounded.limits and all(1 <= limit <= 4 for limit in bounded.limits.values())
     assert bounded.run_peak_bytes() <= 1.25 * budget  # limits extrapolated from one image: cuDNN may vary a bit
     extract_features(sacre_coeur_images, names, tmp_path / "single.h5", extractor, settings, batch_size=1,
-                     workers=0, progress=False, gpu_memory_gib=None)
+                     workers=0, progress=False, batches=MemoryBoundedBatches(torch.device("cuda"), 1))
     for name in names:
         ours, one_by_one = read_features(tmp_path / "bounded.h5", name), read_features(tmp_path / "single.h5", name)
         result = agreement(ours.keypoints, one_by_one.keypoints)

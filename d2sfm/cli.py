@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -15,9 +17,13 @@ if TYPE_CHECKING:
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
-    """Run a command's main, turning D2sfmError and Ctrl-C into one line and an exit status instead of a traceback.
+    """Run a command's main, turning D2sfmError, Ctrl-C and the operating system's errors (a folder that cannot be
+    written, a full disk) into one line and an exit status instead of a traceback.
     COLMAP's and OpenCV's own log lines are silenced first; a command's --verbose turns them back on."""
     set_library_logs(verbose=False)
+    with contextlib.suppress(ValueError):  # (not in the main thread: nothing to install)
+        # `kill`, `timeout`, `docker stop`: the same clean stop as Ctrl-C, instead of pycolmap's stack dump
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         status = main(argv)
     except D2sfmError as error:
@@ -26,7 +32,45 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
         status = 130
+    except OSError as error:  # a folder that cannot be made or written, a full disk: the system's words, one line
+        print(f"error: {describe_os_error(error)}; finished work is saved: fix that and rerun the same command",
+              file=sys.stderr)
+        status = 2
     sys.exit(status)
+
+
+def describe_os_error(error: OSError) -> str:
+    """'PATH: reason' where the error names a file (a parent that is a file, no permission, no space left)."""
+    reason = error.strerror or str(error) or type(error).__name__
+    return f"{error.filename}: {reason}" if error.filename else reason
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse with its errors on one line that names the option and points to --help (argparse's own prints the
+    whole usage first: 30 lines for reconstruct, with the error last)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
+
+
+def number(kind: type = int, *, at_least: float | None = None, above: float | None = None,
+           at_most: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type`` for a number within bounds: a bad value is argparse's usage error naming the option,
+    before any work starts, instead of a traceback (or a silently used default) later on."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or (at_least is not None and value < at_least) or (above is not None and value <= above) \
+                or (at_most is not None and value > at_most):
+            bounds = [f">= {at_least:g}" if at_least is not None else "", f"> {above:g}" if above is not None else "",
+                      f"<= {at_most:g}" if at_most is not None else ""]
+            wanted = " and ".join(filter(None, bounds))
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give a number {wanted}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from d2sfm.cli import number
 from d2sfm.errors import D2sfmError
 
 LOCAL = "local"
@@ -26,13 +27,13 @@ def add_cluster_arguments(parser: argparse.ArgumentParser, batch_unit: str | Non
                         help="run on a Ray cluster (pip install -e '.[ray]'): without ADDRESS a local one on this "
                         "machine; 'auto' or 'ray://host:port' joins a running one (photos, weights and outputs "
                         "must then be on a filesystem every node sees)")
-    parser.add_argument("--ray-workers", type=int, default=None,
+    parser.add_argument("--ray-workers", type=number(int, at_least=1), default=None,
                         help="with --ray: workers to start (default: one per GPU of the cluster, else one per "
                         "--ray-cpus-per-worker CPUs)")
-    parser.add_argument("--ray-cpus-per-worker", type=int, default=1,
+    parser.add_argument("--ray-cpus-per-worker", type=number(int, at_least=1), default=1,
                         help="with --ray: CPUs (and torch threads) of each worker (default 1)")
     if batch_unit:
-        parser.add_argument("--ray-batch", type=int, default=batch_default,
+        parser.add_argument("--ray-batch", type=number(int, at_least=1), default=batch_default,
                             help=f"with --ray: {batch_unit} per task handed to a worker at most (default "
                             f"{batch_default}; fewer where that would give a worker under four tasks)")
 

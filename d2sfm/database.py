@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,21 +64,28 @@ def create_database(
     return read_image_ids(database_path)
 
 
-def read_image_ids(database_path: str | os.PathLike) -> dict[str, int]:
-    """{image name: image id} of an existing database of either COLMAP schema.
-
-    Read with sqlite in read-only, immutable mode: opening a database with pycolmap upgrades an older schema (as
-    the localization benchmark's) in place, and a user's benchmark file must never change under them.
-    """
+@contextlib.contextmanager
+def read_only(database_path: str | os.PathLike) -> Iterator[sqlite3.Connection]:
+    """A sqlite connection that reads a database as it lies on disk. Immutable: opening with pycolmap upgrades an
+    older schema (as the localization benchmark's) in place, and a user's benchmark file must never change under
+    them; and a plain read-only connection to a WAL-mode database leaves its -wal and -shm files behind. A file
+    that is not a database is a one-line error."""
     database_path = Path(database_path)
     if not database_path.is_file():
         raise D2sfmError(f"{database_path}: no such COLMAP database; check the path")
     uri = f"{database_path.resolve().as_uri()}?mode=ro&immutable=1"
     try:
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
-            return {name: image_id for name, image_id in connection.execute("SELECT name, image_id FROM images")}
+            yield connection
     except sqlite3.DatabaseError as error:
-        raise D2sfmError(f"{database_path}: not a COLMAP database ({error})") from None
+        raise D2sfmError(f"{database_path}: not a COLMAP database ({error}); check the path (a database.db that a "
+                         "d2sfm run wrote can be deleted: the rerun builds it again)") from None
+
+
+def read_image_ids(database_path: str | os.PathLike) -> dict[str, int]:
+    """{image name: image id} of an existing database of either COLMAP schema."""
+    with read_only(database_path) as connection:
+        return {name: image_id for name, image_id in connection.execute("SELECT name, image_id FROM images")}
 
 
 def import_features_and_matches(
@@ -119,8 +126,7 @@ def verified_pair_inliers(database_path: str | os.PathLike) -> dict[tuple[str, s
     """{(image name, image name): verified inlier count} of every verified pair, read from the table's row counts
     (not the match arrays, so it stays cheap on a 10,000-image database), read-only as ``read_image_ids``."""
     names = {image_id: name for name, image_id in read_image_ids(database_path).items()}
-    uri = f"{Path(database_path).resolve().as_uri()}?mode=ro&immutable=1"
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+    with read_only(database_path) as connection:
         rows = connection.execute("SELECT pair_id, rows FROM two_view_geometries WHERE rows > 0").fetchall()
     counts = {}
     for pair_id, inliers in rows:

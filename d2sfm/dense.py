@@ -33,7 +33,7 @@ PATCH_MATCH_MARKER = "patch_match.json"  # PatchMatch ran to its end
 FUSED = "fused.ply"
 MESH = "meshed-poisson.ply"
 DEFAULT_MESH_TRIM = 10.0  # COLMAP's: drop the surface where Poisson's sampling density is below this
-CUDA_INSTALL = 'pip uninstall -y pycolmap && pip install "pycolmap-cuda12>=4.2,<5"'
+CUDA_INSTALL = 'pip uninstall -y pycolmap && pip install "pycolmap-cuda12>=4.2.1,<5"'
 
 
 def cuda_problem() -> str | None:

@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from d2sfm.cli import run_main
+from d2sfm.cli import CommandParser, run_main
 from d2sfm.fileutil import write_text_atomic
 from d2sfm.pose_scores import THRESHOLD_PRESETS, parse_thresholds, score_poses
 from d2sfm.poses import read_poses
@@ -31,7 +31,7 @@ def _benchmarks():
 
 def build_parser() -> argparse.ArgumentParser:
     summary = __doc__.split("\n\n")[0].replace("``", "")
-    parser = argparse.ArgumentParser(prog="python -m d2sfm.evaluate", description=summary)
+    parser = CommandParser(prog="python -m d2sfm.evaluate", description=summary)
     commands = parser.add_subparsers(dest="command", required=True)
     poses = commands.add_parser(
         "poses", help="localization recall at thresholds",

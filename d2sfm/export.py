@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from d2sfm.cli import run_main
+from d2sfm.cli import CommandParser, run_main
 from d2sfm.errors import D2sfmError
 from d2sfm.fileutil import atomic_path
 from d2sfm.io import list_entries, pair_keys, read_features, read_global_descriptors
@@ -88,7 +88,7 @@ def export_hloc_matches(matches_path: Path, output: Path, progress: bool = True)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m d2sfm.export", description=__doc__.split("\n\n")[0].replace(
+    parser = CommandParser(prog="python -m d2sfm.export", description=__doc__.split("\n\n")[0].replace(
         "``", ""))
     formats = parser.add_subparsers(dest="format", required=True)
     hloc = formats.add_parser("hloc", help="hloc's features and matches files",

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from d2sfm.background import BackgroundWriter
-from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device, run_main
+from d2sfm.cli import CommandParser, add_device_argument, add_weights_argument, number, resolve_device, run_main
 from d2sfm.cluster import add_cluster_arguments
 from d2sfm.cluster_extract import DEFAULT_BATCH_IMAGES
 from d2sfm.errors import D2sfmError
@@ -230,7 +230,7 @@ def write_timings(path: Path, clock: StageClock, extracted: int, device: torch.d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m d2sfm.extract",
         description="Extract D2-Net features from images into an HDF5 file (one group per image; keypoints in "
         "COLMAP's convention at the original resolution). Rerunning resumes: finished images are skipped.",
@@ -245,13 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(parser)
     parser.add_argument("--multiscale", action="store_true",
                         help="multi-scale pyramid at scales 0.5, 1, 2 (the paper's D2-Net MS); default single scale")
-    parser.add_argument("--scales", type=float, nargs="+", default=None,
+    parser.add_argument("--scales", type=number(float, above=0), nargs="+", default=None,
                         help="custom pyramid scales, coarse to fine (overrides --multiscale), e.g. 0.5 1 2")
-    parser.add_argument("--max-edge", type=int, default=1600,
+    parser.add_argument("--max-edge", type=number(int, at_least=16), default=1600,
                         help="resize so that the longer side is at most this many pixels (default 1600)")
-    parser.add_argument("--max-sum-edges", type=int, default=2800,
+    parser.add_argument("--max-sum-edges", type=number(int, at_least=32), default=2800,
                         help="then resize so that width + height is at most this (default 2800)")
-    parser.add_argument("--max-keypoints", type=int, default=0,
+    parser.add_argument("--max-keypoints", type=number(int, at_least=0), default=0,
                         help="keep at most this many keypoints per image, the highest-scoring (default: all)")
     parser.add_argument("--preprocessing", choices=["caffe", "torch"], default="caffe",
                         help="input normalisation the weights were trained with (caffe for all official D2-Net "
@@ -270,15 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "moves up to ~0.5%% of keypoints that sit on a threshold)")
     parser.add_argument("--float32-descriptors", action="store_true",
                         help="store descriptors as float32 (default float16, half the disk space)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--batch-size", type=number(int, at_least=1), default=None,
                         help="at most this many images per network call when they share a size (default 4 on GPU, "
                         "1 on CPU); on a GPU fewer where more would pass --gpu-memory")
-    parser.add_argument("--gpu-memory", type=float, default=DEFAULT_GPU_MEMORY_GIB, metavar="GIB",
+    parser.add_argument("--gpu-memory", type=number(float, above=0), default=DEFAULT_GPU_MEMORY_GIB, metavar="GIB",
                         help="GPU memory the extraction may use, weights included, in GiB (default %(default)s; at "
                         "most 80%% of the GPU): the first image of each size is measured alone and batches hold "
                         "what fits; nothing is padded. An image too large alone is listed as failed. With --ray, "
                         "for each worker's GPU")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=number(int, at_least=0), default=None,
                         help="image loading processes (default 4 on GPU, 1 on CPU; 0 loads in the main process)")
     add_cluster_arguments(parser, "images", DEFAULT_BATCH_IMAGES)
     parser.add_argument("--timings", type=Path, default=None, metavar="FILE",
@@ -303,10 +303,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         precision=args.precision, conv=args.conv, geometric_centres=args.geometric_centres,
     )
     default_batch, default_workers = default_loading(device)
-    batch_size = args.batch_size or default_batch
+    batch_size = args.batch_size if args.batch_size is not None else default_batch
     workers = args.workers if args.workers is not None else default_workers
-    if batch_size < 1 or workers < 0 or not args.gpu_memory > 0:
-        raise D2sfmError("--batch-size must be >= 1, --workers >= 0 and --gpu-memory > 0")
     settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}
     descriptor_dtype = np.float32 if args.float32_descriptors else np.float16
     if args.ray is not None:

@@ -32,6 +32,24 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".part") -> Iterator[Path
             temporary.unlink()
 
 
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # a SQLite file's write-ahead log, its index, its rollback journal
+
+
+def remove_sqlite_side_files(path: str | os.PathLike) -> None:
+    for suffix in SQLITE_SIDE_FILES:
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_database(path: str | os.PathLike) -> Iterator[Path]:
+    """``atomic_path`` for a SQLite database (COLMAP's runs in WAL mode). The side files a process killed with the
+    old database open leaves behind belong to the old file: SQLite would read them against the new one and call
+    it malformed, so they go just before the new file takes its place."""
+    with atomic_path(path) as scratch:
+        yield scratch
+        remove_sqlite_side_files(path)
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -9,6 +9,7 @@ commands with ``--verbose`` turn them back on.
 from __future__ import annotations
 
 COLMAP_ALL, COLMAP_FATAL_ONLY = 0, 3  # glog levels: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL
+OPENCV_SILENT, OPENCV_INFO = 0, 4  # cv::utils::logging::LogLevel, the same numbers in OpenCV 4 and 5
 
 
 def set_library_logs(verbose: bool) -> None:
@@ -21,8 +22,9 @@ def set_library_logs(verbose: bool) -> None:
     os.environ["OPENCV_LOG_LEVEL"] = "INFO" if verbose else "SILENT"
     os.environ["GLOG_minloglevel"] = str(COLMAP_ALL if verbose else COLMAP_FATAL_ONLY)
 
-    logging = cv2.utils.logging
-    logging.setLogLevel(logging.LOG_LEVEL_INFO if verbose else logging.LOG_LEVEL_SILENT)
+    # OpenCV 5 has the setter in cv2.utils.logging only, OpenCV 4.8 at the top level only
+    opencv_logging = getattr(cv2.utils, "logging", cv2)
+    opencv_logging.setLogLevel(OPENCV_INFO if verbose else OPENCV_SILENT)
     pycolmap.logging.minloglevel = COLMAP_ALL if verbose else COLMAP_FATAL_ONLY
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from d2sfm.cli import add_device_argument, add_run_arguments, add_weights_argument, run_main
+from d2sfm.cli import CommandParser, add_device_argument, add_run_arguments, add_weights_argument, run_main
 from d2sfm.library_logs import set_library_logs
 from d2sfm.pipeline_features import add_feature_arguments
 
@@ -26,7 +26,7 @@ def _benchmarks():
 
 def build_parser() -> argparse.ArgumentParser:
     summary = __doc__.split("\n\n")[0].replace("``", "")
-    parser = argparse.ArgumentParser(prog="python -m d2sfm.localize", description=summary)
+    parser = CommandParser(prog="python -m d2sfm.localize", description=summary)
     commands = parser.add_subparsers(dest="benchmark", required=True)
     for name, module in _benchmarks().items():
         sub = commands.add_parser(name, help=module.__doc__.split("\n")[0],

@@ -92,12 +92,13 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
             if dropped:
                 print(f"  global mapper: left out {len(dropped)} image(s) seen by fewer than {min_points} of its 3D "
                       f"points ({', '.join(dropped)}); too few to trust a pose no 2D-3D check confirmed")
-        models = {key: model for key, model in models.items() if model.num_reg_images() >= min_model_size}
     else:
         raise D2sfmError(f"mapper {mapper!r} is unknown; use one of {', '.join(MAPPERS)}")
     for raw in scratch.glob("raw*"):
         shutil.rmtree(raw, ignore_errors=True)
-    ordered = sorted(models.values(), key=_size, reverse=True)
+    # COLMAP keeps a run's only model whatever its size (two images, seven points): not a result
+    kept = [model for model in models.values() if model.num_reg_images() >= min_model_size]
+    ordered = sorted(kept, key=_size, reverse=True)
     for index, model in enumerate(ordered):
         folder = scratch / str(index)
         folder.mkdir()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from d2sfm.cli import add_device_argument, resolve_device, run_main
+from d2sfm.cli import CommandParser, add_device_argument, number, resolve_device, run_main
 from d2sfm.cluster import add_cluster_arguments
 from d2sfm.cluster_match import DEFAULT_BLOCK_PAIRS
 from d2sfm.errors import D2sfmError
@@ -152,7 +152,7 @@ def match_pairs(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m d2sfm.match",
         description="Match D2 features of image pairs by mutual nearest neighbours into an HDF5 file (hloc's "
         "matches layout). Rerunning resumes: pairs already matched are skipped.",
@@ -162,9 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("pairs", type=Path, help="pair list, one 'name0 name1' per line (names as in features.h5)")
     parser.add_argument("--output", "-o", type=Path, default=Path("matches.h5"), help="default: matches.h5")
     add_device_argument(parser)
-    parser.add_argument("--min-similarity", type=float, default=None,
+    parser.add_argument("--min-similarity", type=number(float, at_least=-1, at_most=1), default=None,
                         help="drop matches whose descriptor cosine similarity is below this (e.g. 0.8)")
-    parser.add_argument("--ratio", type=float, default=None,
+    parser.add_argument("--ratio", type=number(float, above=0, at_most=1), default=None,
                         help="Lowe's ratio test on descriptor distances (e.g. 0.9); off by default")
     add_cluster_arguments(parser, "pairs", DEFAULT_BLOCK_PAIRS)
     parser.add_argument("--overwrite", action="store_true", help="delete the output first and redo every pair")

@@ -182,6 +182,21 @@ def _collect_nodes(model: pycolmap.Reconstruction, chunk: np.ndarray, point_ids:
     return _Nodes(point_index[keep], image_ids[keep], keypoint_ids[keep], xy[keep], reference[keep], maps[keep])
 
 
+
+def bundle_adjust(model: pycolmap.Reconstruction) -> None:
+    """COLMAP's global bundle adjustment (every registered image, the gauge fixed by two cameras), called through
+    the adjuster itself: ``pycolmap.bundle_adjustment`` computes the same but turns COLMAP's INFO log on for the
+    rest of the process (pycolmap 4.2), and printing is --verbose's choice."""
+    pycolmap.ObservationManager(model).filter_observations_with_negative_depth()
+    config = pycolmap.BundleAdjustmentConfig()
+    for image_id in model.reg_image_ids():
+        config.add_image(image_id)
+    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
+    options = pycolmap.BundleAdjustmentOptions()
+    options.print_summary = False
+    pycolmap.create_default_bundle_adjuster(options, config, model).solve()
+    model.update_point_3d_errors()
+
 def refine_model(model: pycolmap.Reconstruction, read_gray: Callable[[int], np.ndarray], device: torch.device,
                  settings: ModelRefineSettings | None = None,
                  progress: bool = False) -> tuple[pycolmap.Reconstruction, ModelRefinementSummary]:
@@ -219,7 +234,7 @@ def refine_model(model: pycolmap.Reconstruction, read_gray: Callable[[int], np.n
     aligned = np.concatenate([piece[2] for piece in pieces])
     reference = nodes.reference
     refined = _rebuild(model, point_ids, nodes, np.concatenate([piece[1] for piece in pieces]), aligned | reference)
-    pycolmap.bundle_adjustment(refined, pycolmap.BundleAdjustmentOptions())
+    bundle_adjust(refined)
     pycolmap.ObservationManager(refined).filter_all_points3D(settings.max_reprojection_error,
                                                              settings.min_triangulation_angle)
     keypoint_ids = nodes.keypoint_ids

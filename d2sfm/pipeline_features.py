@@ -8,11 +8,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from d2sfm.cli import resolve_device
+from d2sfm.cli import number, resolve_device
 from d2sfm.cluster import add_cluster_arguments
 from d2sfm.extract import default_loading, extract_features, file_sha256
 from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
-from d2sfm.io import MatchWriter, list_entries, pair_key
+from d2sfm.io import FeatureWriter, MatchWriter, list_entries, pair_key, read_settings
 from d2sfm.match import match_pairs
 from d2sfm.pairs import Pair, write_pairs
 from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
@@ -26,10 +26,11 @@ def add_feature_arguments(parser: argparse.ArgumentParser, max_edge: int = 1600)
                         "reliably; see docs/benchmarks.md)")
     parser.add_argument("--original-centres", action="store_true",
                         help="keep the original D2-Net keypoint positions (default: corrected cell centres)")
-    parser.add_argument("--max-edge", type=int, default=max_edge,
+    parser.add_argument("--max-edge", type=number(int, at_least=16), default=max_edge,
                         help=f"network input size limit (default {max_edge}; keypoints are always returned at "
                         "the original resolution)")
-    parser.add_argument("--max-keypoints", type=int, default=0, help="keep the best N keypoints per image")
+    parser.add_argument("--max-keypoints", type=number(int, at_least=0), default=0,
+                        help="keep the best N keypoints per image")
     parser.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
                         help="backbone convolutions (see d2sfm.extract --help)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -43,14 +44,26 @@ def feature_config(args: argparse.Namespace) -> ExtractionConfig:
                             geometric_centres=not args.original_centres)
 
 
+def extraction_settings(args: argparse.Namespace, progress: bool = True) -> tuple[Path, ExtractionConfig, dict]:
+    """The weights file, the extraction config, and the settings features.h5 records (config and weights hash)."""
+    weights = resolve_weights(args.weights, progress=progress)
+    config = feature_config(args)
+    return weights, config, {**config.as_dict(), "weights_sha256": file_sha256(weights)}
+
+
+def check_extraction_settings(args: argparse.Namespace, features_path: Path, progress: bool = True) -> None:
+    """A rerun with other extraction options or weights must not go on with the earlier features as if they were
+    the new ones, even when every image is there: the same error as ``d2sfm.extract`` gives (pass --overwrite)."""
+    if features_path.is_file() and read_settings(features_path):
+        FeatureWriter(features_path, extraction_settings(args, progress)[2])
+
+
 def extract_missing(args: argparse.Namespace, image_dir: Path, names: Sequence[str], features_path: Path,
                     progress: bool = True) -> list[tuple[str, str]]:
     """Extract the images not yet in ``features_path``; returns [(name, error)] of unreadable ones."""
     done = len(set(list_entries(features_path)) & set(names))
     print(f"  {len(names) - done} image(s) to extract, {done} done earlier")
-    weights = resolve_weights(args.weights, progress=progress)
-    config = feature_config(args)
-    settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}
+    weights, config, settings = extraction_settings(args, progress)
     if args.ray is not None:
         from d2sfm.cluster_extract import extract_on_cluster
 
@@ -97,6 +110,7 @@ def extract_and_match(args: argparse.Namespace, run: RunFolder, image_root: Path
         for _, error in failed:
             print(f"  skipped: {error}")
 
+    check_extraction_settings(args, features, progress)
     extracted = set(list_entries(features)) if features.is_file() else set()
     run.stages.run("extract", all(n in extracted for n in names) or "unreadable" in run.state, extract)
     extracted = set(list_entries(features))

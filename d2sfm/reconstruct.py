@@ -18,11 +18,19 @@ from pathlib import Path
 
 import torch
 
-from d2sfm.cli import add_device_argument, add_run_arguments, add_weights_argument, resolve_device, run_main
+from d2sfm.cli import (
+    CommandParser,
+    add_device_argument,
+    add_run_arguments,
+    add_weights_argument,
+    number,
+    resolve_device,
+    run_main,
+)
 from d2sfm.database import CAMERA_MODELS, CAMERA_MODES, create_database, import_features_and_matches, verify_pairs
 from d2sfm.dense import DEFAULT_MESH_TRIM, FUSED, MESH, cuda_problem, run_dense, workspace_path
 from d2sfm.errors import D2sfmError
-from d2sfm.fileutil import atomic_path, write_text_atomic
+from d2sfm.fileutil import atomic_database, remove_sqlite_side_files, write_text_atomic
 from d2sfm.images import list_images
 from d2sfm.io import MatchWriter, list_entries, pair_key, read_global_descriptors
 from d2sfm.library_logs import set_library_logs
@@ -38,7 +46,7 @@ from d2sfm.mapping import (
 )
 from d2sfm.model_refinement import model_refinement_record, recover_interrupted_models, refine_model_folder
 from d2sfm.pairs import exhaustive_pairs, read_pairs, retrieval_pairs, sequential_pairs, write_pairs
-from d2sfm.pipeline_features import add_feature_arguments, extract_missing, match_missing
+from d2sfm.pipeline_features import add_feature_arguments, check_extraction_settings, extract_missing, match_missing
 from d2sfm.refine import (
     add_refine_argument,
     drop_database_refined_unasked,
@@ -126,7 +134,7 @@ def dense_stage(args: argparse.Namespace, paths: dict[str, Path], image_dir: Pat
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m d2sfm.reconstruct",
         description="Reconstruct a scene from photos with D2-Net features and pycolmap: reads scene/images/ and "
         "writes features.h5, pairs.txt, matches.h5, database.db, sparse/, dense/ and stats.json under scene/. "
@@ -147,10 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pairs", default="auto",
                         help="'exhaustive', 'sequential', 'retrieval', a pair-list file, or 'auto' (exhaustive up "
                         f"to {EXHAUSTIVE_UP_TO} images, else retrieval)")
-    parser.add_argument("--top-k", type=int, default=20, help="retrieval: pairs per image (default 20)")
-    parser.add_argument("--overlap", type=int, default=10, help="sequential: next N images (default 10)")
-    parser.add_argument("--min-similarity", type=float, default=None, help="matching: minimum cosine similarity")
-    parser.add_argument("--ratio", type=float, default=None, help="matching: Lowe's ratio test")
+    parser.add_argument("--top-k", type=number(int, at_least=1), default=20,
+                        help="retrieval: pairs per image (default 20)")
+    parser.add_argument("--overlap", type=number(int, at_least=1), default=10,
+                        help="sequential: next N images (default 10)")
+    parser.add_argument("--min-similarity", type=number(float, at_least=-1, at_most=1), default=None,
+                        help="matching: minimum cosine similarity")
+    parser.add_argument("--ratio", type=number(float, above=0, at_most=1), default=None,
+                        help="matching: Lowe's ratio test")
     parser.add_argument("--camera-mode", choices=list(CAMERA_MODES), default=None,
                         help="auto (COLMAP's default: per camera and size), single, per-image, per-folder "
                         "(default: auto; single with --demo, whose images come from one camera)")
@@ -158,29 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_refine_argument(parser, "the keypoints of each track (before mapping), then each 3D point's observations "
                         "(after mapping, which also completes tracks and bundle-adjusts),")
     parser.add_argument("--mapper", choices=MAPPERS, default="incremental")
-    parser.add_argument("--abs-pose-min-inliers", type=int, default=D2_ABS_POSE_MIN_INLIERS,
+    parser.add_argument("--abs-pose-min-inliers", type=number(int, at_least=1), default=D2_ABS_POSE_MIN_INLIERS,
                         help=f"inliers needed to register an image (default {D2_ABS_POSE_MIN_INLIERS}; COLMAP's "
                         "default 30 leaves D2 images out, see docs/benchmarks.md)")
-    parser.add_argument("--abs-pose-min-inlier-ratio", type=float, default=D2_ABS_POSE_MIN_INLIER_RATIO,
+    parser.add_argument("--abs-pose-min-inlier-ratio", type=number(float, at_least=0, at_most=1),
+                        default=D2_ABS_POSE_MIN_INLIER_RATIO,
                         help=f"inlier ratio needed to register an image (default {D2_ABS_POSE_MIN_INLIER_RATIO}; "
                         "COLMAP's 0.25)")
-    parser.add_argument("--init-min-tri-angle", type=float, default=D2_INIT_MIN_TRI_ANGLE,
+    parser.add_argument("--init-min-tri-angle", type=number(float, above=0, at_most=180), default=D2_INIT_MIN_TRI_ANGLE,
                         help=f"triangulation angle (degrees) the initial pair needs (default {D2_INIT_MIN_TRI_ANGLE}; "
                         "COLMAP's 16)")
-    parser.add_argument("--mapper-attempts", type=int, default=2,
+    parser.add_argument("--mapper-attempts", type=number(int, at_least=1), default=2,
                         help="incremental mapping runs at most (default 2): a run whose largest model holds under "
                         "90%% of the images, gave 3D points to under 15%% of its images' verified keypoints, or left "
                         "out an image with 100+ verified matches to it is repeated with the next seed and the best "
                         "kept; 1 for huge collections")
-    parser.add_argument("--min-model-size", type=int, default=3, help="smallest model kept (images)")
+    parser.add_argument("--min-model-size", type=number(int, at_least=2), default=3,
+                        help="smallest model kept (images)")
     parser.add_argument("--text", action="store_true", help="write models as COLMAP text instead of binary")
     parser.add_argument("--dense", action="store_true",
                         help="also run MVS into dense/ (PatchMatch needs pycolmap with CUDA: README 'Dense MVS'); "
                         "an interrupted run resumes from dense.part/ without recomputing finished depth maps")
-    parser.add_argument("--dense-size", type=int, default=2000,
+    parser.add_argument("--dense-size", type=number(int, at_least=64), default=2000,
                         help="with --dense: longest side of the images PatchMatch works on (default 2000)")
     parser.add_argument("--mesh", action="store_true", help="with --dense: Poisson mesh of the fused points")
-    parser.add_argument("--mesh-trim", type=float, default=DEFAULT_MESH_TRIM,
+    parser.add_argument("--mesh-trim", type=number(float, at_least=0), default=DEFAULT_MESH_TRIM,
                         help=f"with --mesh: drop the surface where the points are sparser than this Poisson density "
                         f"(default {DEFAULT_MESH_TRIM:g}, COLMAP's; 0 keeps everything)")
     add_run_arguments(parser)
@@ -222,9 +236,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in ("pairs", "matches", "database", "sparse", "dense", "stats", "picture") + (
                 () if args.features else ("features",)):
             shutil.rmtree(paths[key]) if paths[key].is_dir() else paths[key].unlink(missing_ok=True)
+        remove_sqlite_side_files(paths["database"])
         shutil.rmtree(workspace_path(paths["dense"]), ignore_errors=True)
-    stages = Stages(previous.get("stage_seconds", {}), previous.get("stage_peak_memory_mb", {}))
     failures: list[tuple[str, str]] = list(map(tuple, previous.get("failed_images", [])))
+    verification = previous.get("verification")
+
+    def save_progress() -> None:
+        """After each stage, what a rerun needs to skip the stages done so far (the full statistics replace it at
+        the end): an interrupted mapping must not cost the verification again."""
+        write_text_atomic(paths["stats"], json.dumps({
+            "failed_images": [list(f) for f in failures], "verification": verification,
+            "stage_seconds": stages.times, "stage_peak_memory_mb": stages.peak_memory_mb}, indent=2))
+
+    stages = Stages(previous.get("stage_seconds", {}), previous.get("stage_peak_memory_mb", {}), save_progress)
     progress = not args.quiet
 
     def extract() -> None:
@@ -237,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = sorted(set(names) - done_names)
         raise D2sfmError(f"{args.features}: has no features for {len(missing)} of the {len(names)} images (first: "
                          f"{missing[0]}); extract them, or leave out --features")
+    if args.features is None:
+        check_extraction_settings(args, paths["features"], progress)
     stages.run("extract", all(n in done_names for n in names), extract)
     extracted = set(list_entries(paths["features"]))
     readable = [n for n in names if n in extracted]
@@ -250,32 +276,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_matched = all(pair_key(a, b) in matched or pair_key(b, a) in matched for a, b in pairs)
     stages.run("match", all_matched, lambda: match_missing(args, paths["features"], pairs, paths["matches"], progress))
 
-    verification = previous.get("verification")
     drop_database_refined_unasked(paths["database"], args.refine, args.refine_method)
-    database_changed = False
+
+    def discard_models() -> None:
+        """Before the database's keypoints change: a model mapped from the earlier ones is stale (removed first, so
+        that a run interrupted in between cannot leave a stale model beside the new database)."""
+        for stale in (paths["sparse"], paths["dense"], workspace_path(paths["dense"])):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def build_database() -> None:
-        nonlocal verification, database_changed
-        with atomic_path(paths["database"]) as scratch:
+        nonlocal verification
+        discard_models()
+        with atomic_database(paths["database"]) as scratch:
             ids = create_database(scratch, image_dir, readable, camera_mode, args.camera_model)
             import_features_and_matches(scratch, ids, paths["features"], paths["matches"], pairs, progress)
             verification = verify_pairs(scratch, paths["pairs"]).__dict__
-        database_changed = True
 
     stages.run("database", paths["database"].is_file() and verification is not None, build_database)
 
     def refine() -> None:
-        nonlocal database_changed
+        discard_models()
         summary = refine_database(paths["database"], image_dir, resolve_weights(args.weights, progress=progress),
                                   resolve_device(args.device), refine_settings(args), progress=progress)
         print(f"  {summary.describe()}")
-        database_changed = True
 
     if args.refine:
         stages.run("refine", is_refined(paths["database"]), refine)
-    if database_changed:  # a model mapped from the database's earlier keypoints is stale
-        for stale in (paths["sparse"], paths["dense"], workspace_path(paths["dense"])):
-            shutil.rmtree(stale, ignore_errors=True)
 
     def mapping() -> None:
         models = run_mapping(paths["database"], image_dir, paths["sparse"], args.mapper, args.min_model_size,

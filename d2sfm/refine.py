@@ -33,10 +33,11 @@ import pycolmap
 import torch
 from tqdm import tqdm
 
-from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device, run_main
+from d2sfm.cli import CommandParser, add_device_argument, add_weights_argument, resolve_device, run_main
+from d2sfm.database import read_only
 from d2sfm.errors import D2sfmError
 from d2sfm.feature_patches import DenseFeatureNet, PatchSettings
-from d2sfm.fileutil import atomic_path
+from d2sfm.fileutil import atomic_database, atomic_path
 from d2sfm.images import gray_image_reader, read_refinement_image
 from d2sfm.io import pair_key, read_keypoints, read_matches
 from d2sfm.keypoint_adjustment import AdjustmentSettings, adjust_keypoints
@@ -171,8 +172,7 @@ REFINED_TABLE = "d2sfm_refinement"
 
 def refinement_record(database_path: str | os.PathLike) -> dict | None:
     """What the refinement of a database reported (its summary and settings), or None if it is not refined."""
-    uri = f"{Path(database_path).resolve().as_uri()}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+    with read_only(database_path) as connection:
         query = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
         if not connection.execute(query, (REFINED_TABLE,)).fetchone()[0]:
             return None
@@ -187,7 +187,7 @@ def is_refined(database_path: str | os.PathLike) -> bool:
 def write_keypoints(database_path: str | os.PathLike, keypoints: dict[int, np.ndarray], record: dict) -> None:
     """Replace the keypoints of a database and mark it refined (``record`` kept as JSON), atomically: a copy is
     updated, then moved over the original."""
-    with atomic_path(database_path) as scratch:
+    with atomic_database(database_path) as scratch:
         shutil.copyfile(database_path, scratch)
         with pycolmap.Database.open(scratch) as database:
             for image_id, points in keypoints.items():
@@ -354,7 +354,7 @@ def drop_database_refined_unasked(database_path: Path, refine: bool, method: str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="python -m d2sfm.refine",
         description="Keypoint refinement, in place (atomically). Given a COLMAP database whose matches are "
         "geometrically verified (before mapping), moves the keypoints of each track to where their image patches "

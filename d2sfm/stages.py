@@ -41,9 +41,11 @@ class Stages:
     """Runs named stages, skipping those whose output is complete, and records their times and the peak resident
     memory of this process during each (helper processes such as image loaders are not included)."""
 
-    def __init__(self, previous_times: dict | None = None, previous_peaks: dict | None = None) -> None:
+    def __init__(self, previous_times: dict | None = None, previous_peaks: dict | None = None,
+                 on_finished: Callable[[], None] | None = None) -> None:
         self.times = dict(previous_times or {})
         self.peak_memory_mb = dict(previous_peaks or {})
+        self.on_finished = on_finished  # called after each stage that ran: save what a rerun needs to skip it
 
     def run(self, name: str, done: bool, work: Callable[[], None]) -> None:
         if done:
@@ -55,6 +57,8 @@ class Stages:
         work()
         self.times[name] = round(time.perf_counter() - start, 2)
         self.peak_memory_mb[name] = round(peak_memory_mb(), 1)
+        if self.on_finished:
+            self.on_finished()
 
 
 class RunFolder:

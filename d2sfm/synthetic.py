@@ -9,7 +9,6 @@ aligns a reconstruction to them with a similarity transform and reports rotation
 
 from __future__ import annotations
 
-import argparse
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy as np
 import pycolmap
 from tqdm import tqdm
 
-from d2sfm.cli import run_main
+from d2sfm.cli import CommandParser, number, run_main
 from d2sfm.fileutil import atomic_path
 
 
@@ -376,12 +375,12 @@ def compare_to_truth(model: pycolmap.Reconstruction, truth_dir: str | Path) -> d
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m d2sfm.synthetic",
+    parser = CommandParser(prog="python -m d2sfm.synthetic",
                                      description="Render the embedded synthetic courtyard scene with known cameras.")
     parser.add_argument("scene", type=Path, help="output folder: images/ and ground_truth/ are written there")
-    parser.add_argument("--views", type=int, default=12, help="number of images (default 12)")
-    parser.add_argument("--width", type=int, default=800)
-    parser.add_argument("--height", type=int, default=600)
+    parser.add_argument("--views", type=number(int, at_least=2), default=12, help="number of images (default 12)")
+    parser.add_argument("--width", type=number(int, at_least=32), default=800)
+    parser.add_argument("--height", type=number(int, at_least=32), default=600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layout", choices=list(LAYOUTS), default="arc",
                         help="'arc': one arc in front of the back wall (default); 'rings': four arcs at different "

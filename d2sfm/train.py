@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from d2sfm.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
-from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device, run_main
+from d2sfm.cli import CommandParser, add_device_argument, add_weights_argument, number, resolve_device, run_main
 from d2sfm.errors import D2sfmError
 from d2sfm.images import list_images
 from d2sfm.model import D2Net
@@ -37,39 +37,46 @@ DATA_KINDS = ("homography", "megadepth")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m d2sfm.train", description=__doc__.replace("``", ""),
+    parser = CommandParser(prog="python -m d2sfm.train", description=__doc__.replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=DATA_KINDS, required=True,
                         help="homography: pairs made from --images; megadepth: --dataset in the D2-Net format")
     parser.add_argument("--output", type=Path, default=Path("outputs/train"),
                         help="checkpoints/, log.jsonl (default outputs/train); rerun to resume")
     parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming")
-    parser.add_argument("--epochs", type=int, default=10, help="number of epochs (default 10, as the original)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--batch-size", type=int, default=1, help="pairs per step (default 1, as the original)")
-    parser.add_argument("--trainable-layers", type=int, default=1,
+    parser.add_argument("--epochs", type=number(int, at_least=1), default=10,
+                        help="number of epochs (default 10, as the original)")
+    parser.add_argument("--lr", type=number(float, above=0), default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--batch-size", type=number(int, at_least=1), default=1,
+                        help="pairs per step (default 1, as the original)")
+    parser.add_argument("--trainable-layers", type=number(int, at_least=1, at_most=10), default=1,
                         help="train the last N conv layers (default 1: conv4_3 only, as the paper; up to 10)")
     parser.add_argument("--seed", type=int, default=1, help="seeds the pairs and torch (default 1)")
-    parser.add_argument("--workers", type=int, default=0, help="data loader processes (default 0)")
-    parser.add_argument("--checkpoint-every", type=int, default=200,
+    parser.add_argument("--workers", type=number(int, at_least=0), default=0, help="data loader processes (default 0)")
+    parser.add_argument("--checkpoint-every", type=number(int, at_least=1), default=200,
                         help="also save last.pth every N steps inside an epoch (default 200)")
     homography = parser.add_argument_group("homography pairs")
     homography.add_argument("--images", type=Path, help="folder of training photos")
     homography.add_argument("--val-images", type=Path,
                             help="folder of validation photos (default: the training photos, other pairs)")
-    homography.add_argument("--pairs-per-epoch", type=int, default=1000, help="training pairs per epoch")
-    homography.add_argument("--val-pairs", type=int, default=100, help="validation pairs (default 100)")
-    homography.add_argument("--strength", type=float, default=0.6, help="homography strength in [0, 1]")
-    homography.add_argument("--night-probability", type=float, default=0.3,
+    homography.add_argument("--pairs-per-epoch", type=number(int, at_least=1), default=1000,
+                            help="training pairs per epoch")
+    homography.add_argument("--val-pairs", type=number(int, at_least=0), default=100,
+                            help="validation pairs (default 100)")
+    homography.add_argument("--strength", type=number(float, at_least=0, at_most=1), default=0.6,
+                            help="homography strength in [0, 1]")
+    homography.add_argument("--night-probability", type=number(float, at_least=0, at_most=1), default=0.3,
                             help="share of pairs whose second image is night-like (default 0.3)")
-    homography.add_argument("--crop", type=int, default=256, help="crop size in pixels (default 256)")
+    homography.add_argument("--crop", type=number(int, at_least=32), default=256,
+                            help="crop size in pixels (default 256)")
     megadepth = parser.add_argument_group("MegaDepth")
     megadepth.add_argument("--dataset", type=Path, help="MegaDepth root (image and depth paths are relative to it)")
     megadepth.add_argument("--scene-info", type=Path, help="scene_info folder (default DATASET/scene_info)")
     megadepth.add_argument("--train-scenes", type=Path, help="file listing training scenes (default: all)")
     megadepth.add_argument("--val-scenes", type=Path, help="file listing validation scenes (default: none)")
-    megadepth.add_argument("--pairs-per-scene", type=int, default=100, help="pairs per scene and epoch")
-    megadepth.add_argument("--max-scale-ratio", type=float, default=1.5, help="default 1.5")
+    megadepth.add_argument("--pairs-per-scene", type=number(int, at_least=1), default=100,
+                           help="pairs per scene and epoch")
+    megadepth.add_argument("--max-scale-ratio", type=number(float, at_least=1), default=1.5, help="default 1.5")
     add_weights_argument(parser)
     add_device_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from d2sfm.cli import run_main
+from d2sfm.cli import CommandParser, number, run_main
 from d2sfm.errors import D2sfmError
 from d2sfm.keypoints import colmap_xy_to_opencv_xy
 from d2sfm.model_picture import FRAMED_SHARE, frustum_size, model_arrays, viewing_frame
@@ -128,14 +128,15 @@ def serve(model_dir: Path, image_dir: Path | None, host: str, port: int, max_poi
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m d2sfm.view", description=__doc__.split("\n\n")[0].replace(
+    parser = CommandParser(prog="python -m d2sfm.view", description=__doc__.split("\n\n")[0].replace(
         "``", "") + " Serves it at http://HOST:PORT until Ctrl-C.")
     parser.add_argument("scene", type=Path, help="scene folder (its sparse/0 is shown) or a COLMAP model folder")
     parser.add_argument("--images", type=Path, default=None, help="photo folder (default: SCENE/images)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (default 127.0.0.1; 0.0.0.0 to reach it from other machines)")
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--max-points", type=int, default=1_000_000, help="points sent to the browser at most")
+    parser.add_argument("--port", type=number(int, at_least=1, at_most=65535), default=8080)
+    parser.add_argument("--max-points", type=number(int, at_least=1), default=1_000_000,
+                        help="points sent to the browser at most")
     return parser
 
 

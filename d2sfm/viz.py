@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from d2sfm.cli import add_device_argument, add_weights_argument, resolve_device, run_main
+from d2sfm.cli import CommandParser, add_device_argument, add_weights_argument, number, resolve_device, run_main
 from d2sfm.errors import D2sfmError
 from d2sfm.fileutil import atomic_path
 from d2sfm.keypoints import colmap_xy_to_opencv_xy
@@ -92,7 +92,7 @@ COMMANDS = ("pair", "model")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m d2sfm.viz", description="Pictures of features and models (PNG).")
+    parser = CommandParser(prog="python -m d2sfm.viz", description="Pictures of features and models (PNG).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{pair,model}")
     pair = commands.add_parser(
         "pair", help="D2 matches between two images",
@@ -105,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_weights_argument(pair)
     add_device_argument(pair)
     pair.add_argument("--multiscale", action="store_true", help="multi-scale extraction (0.5, 1, 2)")
-    pair.add_argument("--max-edge", type=int, default=1600, help="network input size limit (default 1600)")
-    pair.add_argument("--height", type=int, default=480, help="height of the drawn pair in pixels")
+    pair.add_argument("--max-edge", type=number(int, at_least=16), default=1600,
+                      help="network input size limit (default 1600)")
+    pair.add_argument("--height", type=number(int, at_least=16), default=480, help="height of the drawn pair in pixels")
     model = commands.add_parser(
         "model", help="a COLMAP model: points, cameras and match graph",
         description="Draw a COLMAP model (binary or text folder): its points in their colours and its cameras, seen "
@@ -116,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--output", "-o", type=Path, default=Path("model.png"))
     model.add_argument("--database", type=Path, default=None,
                        help="COLMAP database for the match graph (default: MODEL/../../database.db when it exists)")
-    model.add_argument("--height", type=int, default=750, help="picture height in pixels (default 750)")
+    model.add_argument("--height", type=number(int, at_least=16), default=750,
+                       help="picture height in pixels (default 750)")
     return parser
 
 

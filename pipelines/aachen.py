@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pycolmap
 
-from d2sfm.cli import resolve_device
+from d2sfm.cli import number, resolve_device
 from d2sfm.database import import_features_and_matches, read_image_ids, verify_pairs
 from d2sfm.errors import D2sfmError
-from d2sfm.fileutil import atomic_path, write_text_atomic
+from d2sfm.fileutil import atomic_database, write_text_atomic
 from d2sfm.pairs import Pair, read_pairs, unique_pairs
 from d2sfm.pipeline_features import extract_and_match
 from d2sfm.pose_scores import THRESHOLD_PRESETS
@@ -124,10 +124,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db-pairs", type=Path, default=None,
                         help="with --pairs: database pairs to triangulate from (default: those of the protocol's "
                         "image_pairs_to_match file)")
-    parser.add_argument("--min-inliers", type=int, default=30,
+    parser.add_argument("--min-inliers", type=number(int, at_least=1), default=30,
                         help="2D-3D inliers a query needs to register (default 30, COLMAP's and the protocol's; the "
                         "D2-Net authors relaxed it for D2 on Extended CMU Seasons, see datasets/aachen.md)")
-    parser.add_argument("--min-inlier-ratio", type=float, default=0.25,
+    parser.add_argument("--min-inlier-ratio", type=number(float, at_least=0, at_most=1), default=0.25,
                         help="inlier ratio a query needs to register (default 0.25, COLMAP's)")
     add_refine_argument(parser, "the database images' tracks, then each query's keypoints against the fixed "
                         "database keypoints,")
@@ -218,7 +218,7 @@ def run(args: argparse.Namespace) -> int:
     def build_database() -> None:
         nonlocal database_changed
         database_changed = True
-        with atomic_path(paths["database"]) as scratch:
+        with atomic_database(paths["database"]) as scratch:
             shutil.copyfile(layout.database, scratch)
             _add_missing_queries(scratch, queries, set(query_names))
             ids = read_image_ids(scratch)

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from d2sfm.cli import add_device_argument, resolve_device
+from d2sfm.cli import add_device_argument, number, resolve_device
 from d2sfm.errors import D2sfmError
 from d2sfm.extract import extract_features, file_sha256
 from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
@@ -253,9 +253,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, default=None,
                         help="results and feature cache (default outputs/hpatches, or outputs/hpatches_synth "
                         "with --images)")
-    parser.add_argument("--max-keypoints", type=int, default=0,
+    parser.add_argument("--max-keypoints", type=number(int, at_least=0), default=0,
                         help="keep each image's best N features by score (default 0: all, as in the paper)")
-    parser.add_argument("--max-edge", type=int, default=1600, help="D2 network input size limit (default 1600)")
+    parser.add_argument("--max-edge", type=number(int, at_least=16), default=1600,
+                        help="D2 network input size limit (default 1600)")
     parser.add_argument("--original-centres", action="store_true",
                         help="D2: the original code's keypoint positions (default: corrected cell centres)")
     parser.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
@@ -265,7 +266,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--all-sizes", action="store_true",
                         help="keep every sequence (default: drop the paper's 8 with images above 1600 x 1200)")
     parser.add_argument("--seed", type=int, default=0, help="--images: synthesis seed (default 0)")
-    parser.add_argument("--synth-max-edge", type=int, default=512,
+    parser.add_argument("--synth-max-edge", type=number(int, at_least=16), default=512,
                         help="--images: longer side of the synthesised images (default 512)")
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS,
                         help="--images: i illumination, v viewpoint, n night-like (default: all)")

@@ -30,7 +30,7 @@ import pycolmap
 import scipy.io
 from tqdm import tqdm
 
-from d2sfm.cli import resolve_device
+from d2sfm.cli import number, resolve_device
 from d2sfm.errors import D2sfmError
 from d2sfm.fileutil import write_text_atomic
 from d2sfm.io import read_keypoints, read_matches
@@ -90,14 +90,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=Path, default=None,
                         help="query-cutout retrieval pairs, best first per query (default "
                         "DATASET/pairs/pairs-query-netvlad40.txt)")
-    parser.add_argument("--top-k", type=int, default=40, help="cutouts per query taken from the pairs (default 40)")
-    parser.add_argument("--ransac-max-error", type=float, default=None,
+    parser.add_argument("--top-k", type=number(int, at_least=1), default=40,
+                        help="cutouts per query taken from the pairs (default 40)")
+    parser.add_argument("--ransac-max-error", type=number(float, above=0), default=None,
                         help="absolute pose RANSAC threshold in query pixels (default: 48 px for a 4032 px wide "
                         "query, as hloc uses for InLoc, scaled with the query's width)")
-    parser.add_argument("--min-inliers", type=int, default=30,
+    parser.add_argument("--min-inliers", type=number(int, at_least=1), default=30,
                         help="fewer inliers than this counts as not localized (default 30, COLMAP's registration "
                         "threshold, as for Aachen: random matches on a textureless query reach a dozen inliers)")
-    parser.add_argument("--cutout-focal", type=float, default=INLOC_CUTOUT_FOCAL,
+    parser.add_argument("--cutout-focal", type=number(float, above=0), default=INLOC_CUTOUT_FOCAL,
                         help="cutout focal length in pixels, used only for the fallback pose of a failed query")
     add_refine_argument(parser, "each query's keypoints (against its retrieved cutouts', which stay fixed: their "
                         "3D points come from the scans)")

@@ -12,8 +12,9 @@ def _write_photos(folder):
     pixels = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
     exif = Image.Exif()
     exif[0x010F], exif[0x0110] = "Canon", "Canon EOS 5D"
-    exif.get_ifd(0x8769)[0x920A] = 24.0  # focal length (mm)
-    exif.get_ifd(0x8769)[0xA405] = 35  # focal length in 35 mm film
+    # the Exif sub-IFD as a dict: focal length (mm), focal length in 35 mm film (Pillow before 11.3 drops values
+    # set through get_ifd() when saving)
+    exif[0x8769] = {0x920A: 24.0, 0xA405: 35}
     Image.fromarray(pixels).save(folder / "with_exif.jpg", exif=exif)
     Image.fromarray(pixels).save(folder / "without_exif.jpg")
     Image.fromarray(pixels[:200]).save(folder / "smaller.jpg")

@@ -1,6 +1,7 @@
 """``python -m d2sfm.reconstruct`` on the embedded synthetic scene (known cameras) and on bad input."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -111,6 +112,45 @@ def test_synthetic_scene_cameras_are_recovered(small_scene, demo_run, weights_pa
         assert (small_scene / "sparse" / "0" / "images.bin").exists()
         assert json.loads((small_scene / "stats.json").read_text())["models"]
         assert (small_scene / "dense.part" / "undistorted.json").is_file() and not (small_scene / "dense").exists()
+
+
+def test_a_run_killed_while_mapping_resumes_there_and_other_settings_are_refused(small_scene, demo_run,
+                                                                                  weights_path, tmp_path):
+    """SIGKILL during mapping: the rerun keeps the verified, refined database (before, stats.json was written only
+    at the end, so the database stage and its verification ran again, and the killed process's -wal file made
+    the rebuilt database 'malformed'). A rerun with other extraction options is refused instead of mapping the
+    earlier features; a finished run leaves no -wal/-shm files."""
+    assert demo_run.returncode == 0, demo_run.stderr
+    scene = tmp_path / "scene"
+    shutil.copytree(small_scene, scene, ignore=shutil.ignore_patterns(
+        "database.db*", "sparse", "stats.json", "model.png", "dense*", "global"))
+    command = [sys.executable, "-m", "d2sfm.reconstruct", str(scene), "--demo", "--quiet", "--conv", "winograd",
+               "--weights", str(weights_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    printed = []
+    try:
+        for line in iter(process.stdout.readline, ""):
+            if line.startswith("[mapping]"):
+                break  # killed as the mapper starts (it maps these 8 views within a second)
+            printed.append(line)
+    finally:
+        process.kill()
+        process.wait()
+    assert "[database]\n" in printed and "[refine]\n" in printed, printed
+    assert json.loads((scene / "stats.json").read_text())["verification"]["verified_pairs"] > 0
+
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    for stage in ("extract", "pairs", "match", "database", "refine"):
+        assert f"[{stage}] done earlier, skipped" in rerun.stdout, rerun.stdout
+    assert "[mapping]\n" in rerun.stdout and "demo check: 8 of 8" in rerun.stdout
+    assert not list(scene.glob("database.db-*"))
+
+    other = reconstruct(scene, "--demo", "--max-edge", "240", weights=weights_path)
+    assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
+    assert "holds features extracted with other settings (max_edge: 1600 there, 240 now)" in other.stderr
+    assert "--overwrite" in other.stderr
 
 
 def test_thin_or_partial_models_are_mapped_again(small_scene, demo_run, weights_path):
@@ -292,8 +332,9 @@ def test_clear_errors_for_bad_scenes(tmp_path, weights_path):
     assert "b.jpg: cannot be decoded" in output and "c.png: cannot be decoded" in output
     assert "1 readable image(s) of 3" in unreadable.stderr
     assert not OPENCV_LOG_LINE.search(output), output  # d2sfm's words only
-    verbose = reconstruct(lonely, "--verbose", weights=weights_path)
-    assert OPENCV_LOG_LINE.search(verbose.stdout + verbose.stderr)  # the library's own line, on request
+    if int(cv2.__version__.split(".")[0]) >= 5:  # OpenCV 5 logs a cut PNG; 4.11 and 4.12 decline it silently
+        verbose = reconstruct(lonely, "--verbose", weights=weights_path)
+        assert OPENCV_LOG_LINE.search(verbose.stdout + verbose.stderr)  # the library's own line, on request
 
 
 def test_failed_mapping_says_why(tmp_path, weights_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,12 @@ def _expected_shapes() -> dict[str, torch.Size]:
     return {name: tensor.shape for name, tensor in D2Net().state_dict().items()}
 
 
+def _is_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive; the legacy format is a pickle, whose first byte is the PROTO opcode."""
+    with open(path, "rb") as handle:
+        return zipfile.is_zipfile(handle) or handle.seek(0) == 0 and handle.read(1) == b"\x80"
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Unpickle a checkpoint without executing code from it; D2sfmError for anything that is not a checkpoint."""
     path = Path(path)
@@ -35,6 +42,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         with torch.serialization.safe_globals(SAFE_EXTRA_TYPES):
             content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if not _is_torch_file(path):  # a text file, an HTML error page saved as .pth: not a pickle at all
+            raise D2sfmError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle); download it "
+                             "again or pass another --weights") from None
         reason = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe pickle"
         raise D2sfmError(
             f"{path}: refused to load, the file holds objects that could run code ({reason}); "

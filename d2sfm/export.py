@@ -30,7 +30,7 @@ from tqdm import tqdm
 from d2sfm.cli import CommandParser, run_main
 from d2sfm.errors import D2sfmError
 from d2sfm.fileutil import atomic_path
-from d2sfm.io import list_entries, pair_keys, read_features, read_global_descriptors
+from d2sfm.io import list_entries, open_hdf5, pair_keys, read_features, read_global_descriptors
 from d2sfm.keypoints import colmap_xy_to_opencv_xy
 
 HLOC_FEATURE_ATTRS = {"keypoint_convention": "hloc (pixel centres at integers)", "descriptor_layout": "D x N",
@@ -73,7 +73,7 @@ def export_hloc_features(features_path: Path, output: Path, global_output: Path,
 
 
 def export_hloc_matches(matches_path: Path, output: Path, progress: bool = True) -> int:
-    with h5py.File(matches_path, "r") as source:
+    with open_hdf5(matches_path) as source:
         keys = sorted(pair_keys(source))
         if not keys:
             raise D2sfmError(f"{matches_path}: no matches in it; give the matches.h5 of d2sfm.match")
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in (args.features, args.matches):
         if path is not None and not path.is_file():
             raise D2sfmError(f"{path}: no such file; give the features.h5 / matches.h5 of a d2sfm run")
-    with h5py.File(args.features, "r") as handle:
+    with open_hdf5(args.features) as handle:
         if handle.attrs.get("keypoint_convention") != "colmap":
             raise D2sfmError(f"{args.features}: is already in hloc's conventions (not written by d2sfm.extract)")
     args.output.mkdir(parents=True, exist_ok=True)

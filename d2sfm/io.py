@@ -45,13 +45,14 @@ def _keypoints(handle: h5py.File, group: h5py.Group) -> np.ndarray:
     return opencv_xy_to_colmap_xy(keypoints).astype(np.float32) if is_hloc_file(handle) else keypoints
 
 
-def _open(path: Path, mode: str) -> h5py.File:
+def open_hdf5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
+    """h5py.File, with a file that is damaged or not HDF5 as a one-line error naming it."""
     try:
         return h5py.File(path, mode)
     except OSError as error:
-        raise D2sfmError(
-            f"{path}: cannot open as HDF5 ({str(error).splitlines()[0]}); delete it or pass another output path"
-        ) from None
+        advice = ("check the folder and its permissions" if error.errno else "the file is damaged or not HDF5: give "
+                  "another file (a d2sfm output of an interrupted run can be deleted: the rerun writes it again)")
+        raise D2sfmError(f"{path}: cannot open as HDF5 ({str(error).splitlines()[0]}); {advice}") from None
 
 
 def _entry_names(handle: h5py.File) -> list[str]:
@@ -70,7 +71,7 @@ def list_entries(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.exists():
         return []
-    with _open(path, "r") as handle:
+    with open_hdf5(path, "r") as handle:
         return _entry_names(handle)
 
 
@@ -85,7 +86,7 @@ class FeatureWriter:
         if overwrite and self.path.exists():
             self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _open(self.path, "a") as handle:
+        with open_hdf5(self.path, "a") as handle:
             if len(handle) and is_hloc_file(handle):
                 raise D2sfmError(f"{self.path}: is a features file in hloc's conventions; d2sfm reads it but does not "
                                  "add to it: extract into another file, or give it whole to match/reconstruct")
@@ -111,7 +112,7 @@ class FeatureWriter:
             )
 
     def write(self, name: str, features: Features) -> None:
-        with _open(self.path, "a") as handle:
+        with open_hdf5(self.path, "a") as handle:
             scratch = f"{SCRATCH_GROUP}/{uuid.uuid4().hex}"
             group = handle.create_group(scratch)
             group.create_dataset("keypoints", data=features.keypoints.astype(np.float32))
@@ -141,7 +142,7 @@ class FeatureWriter:
 
 
 def read_features(path: str | os.PathLike, name: str) -> Features:
-    with _open(Path(path), "r") as handle:
+    with open_hdf5(Path(path), "r") as handle:
         if name not in handle or "keypoints" not in handle[name]:
             raise D2sfmError(f"{path}: has no features for {name!r}; run d2sfm.extract on that image first")
         group = handle[name]
@@ -162,7 +163,7 @@ def read_features(path: str | os.PathLike, name: str) -> Features:
 
 def read_keypoints(path: str | os.PathLike, name: str) -> tuple[np.ndarray, tuple[int, int]]:
     """Keypoints and (width, height) only: pose estimation needs no descriptors, which are 100x the bytes."""
-    with _open(Path(path), "r") as handle:
+    with open_hdf5(Path(path), "r") as handle:
         if name not in handle or "keypoints" not in handle[name]:
             raise D2sfmError(f"{path}: has no features for {name!r}; run d2sfm.extract on that image first")
         return _keypoints(handle, handle[name]), tuple(int(v) for v in handle[name]["image_size"][()])
@@ -171,7 +172,7 @@ def read_keypoints(path: str | os.PathLike, name: str) -> tuple[np.ndarray, tupl
 def read_global_descriptors(path: str | os.PathLike, names: Sequence[str]) -> np.ndarray:
     """(len(names), D) global descriptors, read in one file session without the local descriptors: retrieval over
     a large collection holds only these."""
-    with _open(Path(path), "r") as handle:
+    with open_hdf5(Path(path), "r") as handle:
         missing = [name for name in names if name not in handle or "global_descriptor" not in handle[name]]
         if missing:
             raise D2sfmError(f"{path}: no global descriptor for {missing[0]!r} ({len(missing)} image(s)); extract "
@@ -181,7 +182,7 @@ def read_global_descriptors(path: str | os.PathLike, names: Sequence[str]) -> np
 
 def read_settings(path: str | os.PathLike) -> dict:
     """The extraction settings d2sfm recorded; {} for a file it did not write (hloc's)."""
-    with _open(Path(path), "r") as handle:
+    with open_hdf5(Path(path), "r") as handle:
         return json.loads(handle.attrs["settings"]) if "settings" in handle.attrs else {}
 
 
@@ -216,7 +217,7 @@ class MatchWriter:
         if overwrite and self.path.exists():
             self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _open(self.path, "a") as handle:
+        with open_hdf5(self.path, "a") as handle:
             if SCRATCH_GROUP in handle:
                 del handle[SCRATCH_GROUP]
             self.done = pair_keys(handle)
@@ -227,7 +228,7 @@ class MatchWriter:
     def write_many(self, results: list[tuple[str, str, np.ndarray, np.ndarray]]) -> None:
         """``results``: (name0, name1, matches0 (N0,) int, scores0 (N0,)) each, written in one file session,
         each pair complete or absent."""
-        with _open(self.path, "a") as handle:
+        with open_hdf5(self.path, "a") as handle:
             for name0, name1, matches0, scores0 in results:
                 key = pair_key(name0, name1)
                 scratch = f"{SCRATCH_GROUP}/{uuid.uuid4().hex}"
@@ -243,10 +244,10 @@ class MatchWriter:
 
     def copy_from(self, shard: str | os.PathLike) -> int:
         """Write every pair of another matches file that this one lacks (a worker's shard); returns how many."""
-        with _open(Path(shard), "r") as source:
+        with open_hdf5(Path(shard), "r") as source:
             missing = sorted(pair_keys(source) - self.done)
         for start in range(0, len(missing), 1000):  # a thousand pairs at a time: memory stays bounded
-            with _open(Path(shard), "r") as source:
+            with open_hdf5(Path(shard), "r") as source:
                 results = [(*key.split("/"), source[key]["matches0"][()], source[key]["matching_scores0"][()])
                            for key in missing[start:start + 1000]]
             self.write_many(results)  # keys are in pair_key form already ('/' inside names was replaced)
@@ -255,7 +256,7 @@ class MatchWriter:
 
 def read_matches(path: str | os.PathLike, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
     """(K, 2) keypoint indices into (name0, name1) and their (K,) scores, whichever order the pair was stored."""
-    with _open(Path(path), "r") as handle:
+    with open_hdf5(Path(path), "r") as handle:
         for key, reverse in ((pair_key(name0, name1), False), (pair_key(name1, name0), True)):
             if key in handle:
                 matches0 = handle[key]["matches0"][()]

@@ -67,7 +67,8 @@ def read_pairs(path: str | os.PathLike, known_names: Iterable[str] | None = None
     """Parse a pair list; every name must be among ``known_names`` when given (one clear error otherwise)."""
     path = Path(path)
     if not path.is_file():
-        raise D2sfmError(f"{path}: no such pair list; pass a text file with one 'name0 name1' per line")
+        raise D2sfmError(f"{path}: no such pair list; pass a text file with one 'name0 name1' per line (or, where the "
+                         "command has them, exhaustive, sequential, retrieval or auto)")
     known = set(known_names) if known_names is not None else None
     pairs = []
     for number, line in enumerate(path.read_text().splitlines(), start=1):

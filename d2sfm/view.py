@@ -156,7 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         server, points, cameras = serve(model_dir, image_dir, args.host, args.port, args.max_points)
     except OSError as error:
         raise D2sfmError(f"cannot serve on {args.host}:{args.port} ({error}); choose another --port") from None
-    print(f"serving {model_dir} ({points} points, {cameras} cameras) at http://{args.host}:{args.port} "
+    port = server.get_port()  # viser moves to the next free port when the one asked for is taken
+    if port != args.port:
+        print(f"  port {args.port} is in use; serving on {port}")
+    print(f"serving {model_dir} ({points} points, {cameras} cameras) at http://{args.host}:{port} "
           "(Ctrl-C to stop)", flush=True)
     try:
         while True:

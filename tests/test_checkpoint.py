@@ -54,6 +54,10 @@ def test_not_a_checkpoint(tmp_path):
     text.write_text("hello")
     with pytest.raises(D2sfmError, match="not a readable PyTorch checkpoint"):
         read_checkpoint(text)
+    for content in ("not a checkpoint\n", "<html><body>404 Not Found</body></html>"):  # not "could run code"
+        text.write_text(content)
+        with pytest.raises(D2sfmError, match="not a (readable )?PyTorch checkpoint"):
+            read_checkpoint(text)
     bare = tmp_path / "bare.pth"
     torch.save(D2Net().state_dict(), bare)  # a state dict without the {'model': ...} wrapper
     with pytest.raises(D2sfmError, match="not a D2-Net checkpoint"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -62,8 +63,8 @@ def number(kind: type = int, *, at_least: float | None = None, above: float | No
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if value != value or (at_least is not None and value < at_least) or (above is not None and value <= above) \
-                or (at_most is not None and value > at_most):
+        if (not math.isfinite(value) or (at_least is not None and value < at_least)
+                or (above is not None and value <= above) or (at_most is not None and value > at_most)):
             bounds = [f">= {at_least:g}" if at_least is not None else "", f"> {above:g}" if above is not None else "",
                       f"<= {at_most:g}" if at_most is not None else ""]
             wanted = " and ".join(filter(None, bounds))

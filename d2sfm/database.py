@@ -20,6 +20,7 @@ import pycolmap
 from tqdm import tqdm
 
 from d2sfm.errors import D2sfmError
+from d2sfm.fileutil import remove_sqlite_side_files
 from d2sfm.io import read_keypoints, read_matches
 from d2sfm.pairs import Pair
 
@@ -53,8 +54,8 @@ def create_database(
     if camera_model not in CAMERA_MODELS:
         raise D2sfmError(f"camera model {camera_model!r} is unknown; use one of {', '.join(CAMERA_MODELS)}")
     database_path = Path(database_path)
-    if database_path.exists():
-        database_path.unlink()
+    database_path.unlink(missing_ok=True)
+    remove_sqlite_side_files(database_path)  # a killed run's log would be read against the new file
     pycolmap.Database.open(database_path).close()
     options = pycolmap.ImageReaderOptions()
     options.camera_model = camera_model

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,15 @@ SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # a SQLite file's write-ahead 
 def remove_sqlite_side_files(path: str | os.PathLike) -> None:
     for suffix in SQLITE_SIDE_FILES:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def copy_database(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy a SQLite database through SQLite (its backup API), so that writes still in the source's -wal file are
+    copied too; a byte copy of the main file would lose them."""
+    uri = f"{Path(source).resolve().as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as reader, \
+            contextlib.closing(sqlite3.connect(target)) as writer:
+        reader.backup(writer)
 
 
 @contextlib.contextmanager

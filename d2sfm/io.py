@@ -75,6 +75,17 @@ def list_entries(path: str | os.PathLike) -> list[str]:
         return _entry_names(handle)
 
 
+def check_same_settings(path: Path, stored: dict, settings: dict, ignore: tuple[str, ...] = ()) -> None:
+    """Features of other settings (as recorded in the file) must never be mixed with, or taken for, new ones."""
+    settings = json.loads(json.dumps(settings))  # as stored: tuples become lists
+    keys = sorted((set(stored) | set(settings)) - set(ignore))
+    differing = [key for key in keys if stored.get(key) != settings.get(key)]
+    if differing:
+        changes = "; ".join(f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} now" for k in differing)
+        raise D2sfmError(f"{path}: holds features extracted with other settings ({changes}); "
+                         "pass --overwrite to replace them or choose another output file")
+
+
 class FeatureWriter:
     """Appends images to a features file whose settings must match; skips what is already complete."""
 
@@ -102,14 +113,7 @@ class FeatureWriter:
             self.done = set(_entry_names(handle))
 
     def _check_settings(self, stored: dict) -> None:
-        keys = sorted(set(stored) | set(self.settings))
-        differing = [key for key in keys if stored.get(key) != self.settings.get(key)]
-        if differing:
-            changes = "; ".join(f"{k}: {stored.get(k)!r} there, {self.settings.get(k)!r} now" for k in differing)
-            raise D2sfmError(
-                f"{self.path}: holds features extracted with other settings ({changes}); "
-                "pass --overwrite to replace them or choose another output file"
-            )
+        check_same_settings(self.path, stored, self.settings)
 
     def write(self, name: str, features: Features) -> None:
         with open_hdf5(self.path, "a") as handle:

@@ -22,7 +22,7 @@ def set_library_logs(verbose: bool) -> None:
     os.environ["OPENCV_LOG_LEVEL"] = "INFO" if verbose else "SILENT"
     os.environ["GLOG_minloglevel"] = str(COLMAP_ALL if verbose else COLMAP_FATAL_ONLY)
 
-    # OpenCV 5 has the setter in cv2.utils.logging only, OpenCV 4.8 at the top level only
+    # OpenCV 5 has the setter in cv2.utils.logging only, OpenCV 4 at the top level only
     opencv_logging = getattr(cv2.utils, "logging", cv2)
     opencv_logging.setLogLevel(OPENCV_INFO if verbose else OPENCV_SILENT)
     pycolmap.logging.minloglevel = COLMAP_ALL if verbose else COLMAP_FATAL_ONLY

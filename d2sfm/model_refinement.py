@@ -182,7 +182,6 @@ def _collect_nodes(model: pycolmap.Reconstruction, chunk: np.ndarray, point_ids:
     return _Nodes(point_index[keep], image_ids[keep], keypoint_ids[keep], xy[keep], reference[keep], maps[keep])
 
 
-
 def bundle_adjust(model: pycolmap.Reconstruction) -> None:
     """COLMAP's global bundle adjustment (every registered image, the gauge fixed by two cameras), called through
     the adjuster itself: ``pycolmap.bundle_adjustment`` computes the same but turns COLMAP's INFO log on for the
@@ -196,6 +195,7 @@ def bundle_adjust(model: pycolmap.Reconstruction) -> None:
     options.print_summary = False
     pycolmap.create_default_bundle_adjuster(options, config, model).solve()
     model.update_point_3d_errors()
+
 
 def refine_model(model: pycolmap.Reconstruction, read_gray: Callable[[int], np.ndarray], device: torch.device,
                  settings: ModelRefineSettings | None = None,

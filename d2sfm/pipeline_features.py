@@ -12,7 +12,7 @@ from d2sfm.cli import number, resolve_device
 from d2sfm.cluster import add_cluster_arguments
 from d2sfm.extract import default_loading, extract_features, file_sha256
 from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
-from d2sfm.io import FeatureWriter, MatchWriter, list_entries, pair_key, read_settings
+from d2sfm.io import MatchWriter, check_same_settings, list_entries, pair_key, read_settings
 from d2sfm.match import match_pairs
 from d2sfm.pairs import Pair, write_pairs
 from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
@@ -53,9 +53,11 @@ def extraction_settings(args: argparse.Namespace, progress: bool = True) -> tupl
 
 def check_extraction_settings(args: argparse.Namespace, features_path: Path, progress: bool = True) -> None:
     """A rerun with other extraction options or weights must not go on with the earlier features as if they were
-    the new ones, even when every image is there: the same error as ``d2sfm.extract`` gives (pass --overwrite)."""
-    if features_path.is_file() and read_settings(features_path):
-        FeatureWriter(features_path, extraction_settings(args, progress)[2])
+    the new ones, even when every image is there: the same error as ``d2sfm.extract`` gives (pass --overwrite).
+    How descriptors are stored (float16 or float32) does not change the features."""
+    stored = read_settings(features_path) if features_path.is_file() else {}
+    if stored:
+        check_same_settings(features_path, stored, extraction_settings(args, progress)[2], ignore=("descriptor_dtype",))
 
 
 def extract_missing(args: argparse.Namespace, image_dir: Path, names: Sequence[str], features_path: Path,

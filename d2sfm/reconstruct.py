@@ -241,11 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: list[tuple[str, str]] = list(map(tuple, previous.get("failed_images", [])))
     verification = previous.get("verification")
 
+    written: dict = {}  # the statistics of this run written so far (the sparse result's, before dense runs)
+
     def save_progress() -> None:
-        """After each stage, what a rerun needs to skip the stages done so far (the full statistics replace it at
-        the end): an interrupted mapping must not cost the verification again."""
+        """After each stage, what a rerun needs to skip the stages done so far, with the statistics written so far:
+        an interrupted mapping must not cost the verification again."""
         write_text_atomic(paths["stats"], json.dumps({
-            "failed_images": [list(f) for f in failures], "verification": verification,
+            **written, "failed_images": [list(f) for f in failures], "verification": verification,
             "stage_seconds": stages.times, "stage_peak_memory_mb": stages.peak_memory_mb}, indent=2))
 
     stages = Stages(previous.get("stage_seconds", {}), previous.get("stage_peak_memory_mb", {}), save_progress)
@@ -336,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stats["demo_check"] = compare_to_truth(models[0], scene / "ground_truth")
     stats["stage_seconds"], stats["stage_peak_memory_mb"] = stages.times, stages.peak_memory_mb
     write_text_atomic(paths["stats"], json.dumps(stats, indent=2))  # the sparse result, saved before dense runs
+    written.update(stats)
     try:  # the summary is printed even when dense fails: the sparse result stands
         if args.dense:
             stats["dense"] = dense_stage(args, paths, image_dir, stages, progress)

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Collection, Sequence
@@ -37,7 +36,7 @@ from d2sfm.cli import CommandParser, add_device_argument, add_weights_argument, 
 from d2sfm.database import read_only
 from d2sfm.errors import D2sfmError
 from d2sfm.feature_patches import DenseFeatureNet, PatchSettings
-from d2sfm.fileutil import atomic_database, atomic_path
+from d2sfm.fileutil import atomic_database, atomic_path, copy_database
 from d2sfm.images import gray_image_reader, read_refinement_image
 from d2sfm.io import pair_key, read_keypoints, read_matches
 from d2sfm.keypoint_adjustment import AdjustmentSettings, adjust_keypoints
@@ -188,7 +187,7 @@ def write_keypoints(database_path: str | os.PathLike, keypoints: dict[int, np.nd
     """Replace the keypoints of a database and mark it refined (``record`` kept as JSON), atomically: a copy is
     updated, then moved over the original."""
     with atomic_database(database_path) as scratch:
-        shutil.copyfile(database_path, scratch)
+        copy_database(database_path, scratch)
         with pycolmap.Database.open(scratch) as database:
             for image_id, points in keypoints.items():
                 database.update_keypoints(image_id, np.ascontiguousarray(points, dtype=np.float32))

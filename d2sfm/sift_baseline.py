@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pycolmap
 
+from d2sfm.fileutil import remove_sqlite_side_files
 from d2sfm.mapping import COLMAP_MAPPER_OPTIONS, run_mapping
 
 
@@ -19,6 +20,7 @@ def sift_database(database_path: str | os.PathLike, image_dir: str | os.PathLike
     a new database; returns the seconds of extraction and of matching with verification."""
     database_path = Path(database_path)
     database_path.unlink(missing_ok=True)
+    remove_sqlite_side_files(database_path)  # a killed run's log would be read against the new file
     pycolmap.Database.open(database_path).close()
     start = time.perf_counter()
     pycolmap.extract_features(database_path, image_dir, list(names), camera_mode=pycolmap.CameraMode.AUTO,

@@ -376,7 +376,7 @@ def compare_to_truth(model: pycolmap.Reconstruction, truth_dir: str | Path) -> d
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = CommandParser(prog="python -m d2sfm.synthetic",
-                                     description="Render the embedded synthetic courtyard scene with known cameras.")
+                           description="Render the embedded synthetic courtyard scene with known cameras.")
     parser.add_argument("scene", type=Path, help="output folder: images/ and ground_truth/ are written there")
     parser.add_argument("--views", type=number(int, at_least=2), default=12, help="number of images (default 12)")
     parser.add_argument("--width", type=number(int, at_least=32), default=800)

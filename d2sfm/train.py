@@ -38,7 +38,7 @@ DATA_KINDS = ("homography", "megadepth")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(prog="python -m d2sfm.train", description=__doc__.replace("``", ""),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=DATA_KINDS, required=True,
                         help="homography: pairs made from --images; megadepth: --dataset in the D2-Net format")
     parser.add_argument("--output", type=Path, default=Path("outputs/train"),

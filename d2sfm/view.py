@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=Path, default=None, help="photo folder (default: SCENE/images)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (default 127.0.0.1; 0.0.0.0 to reach it from other machines)")
-    parser.add_argument("--port", type=number(int, at_least=1, at_most=65535), default=8080)
+    parser.add_argument("--port", type=number(int, at_least=0, at_most=65535), default=8080)
     parser.add_argument("--max-points", type=number(int, at_least=1), default=1_000_000,
                         help="points sent to the browser at most")
     return parser

@@ -213,11 +213,16 @@ def run(args: argparse.Namespace) -> int:
     extracted, usable = extract_and_match(args, run, layout.images, names, pairs, progress)
 
     drop_database_refined_unasked(paths["database"], args.refine, args.refine_method)
-    database_changed = False
+
+    def discard_stale_results() -> None:
+        """Before the database's keypoints change: the triangulation and registrations made from the earlier ones
+        are stale (removed first, so that an interrupted run cannot leave them beside the new database)."""
+        for stale in (paths["reference"], paths["triangulated"], paths["final"]):
+            shutil.rmtree(stale, ignore_errors=True)
+        paths["registration"].unlink(missing_ok=True)
 
     def build_database() -> None:
-        nonlocal database_changed
-        database_changed = True
+        discard_stale_results()
         with atomic_database(paths["database"]) as scratch:
             shutil.copyfile(layout.database, scratch)
             _add_missing_queries(scratch, queries, set(query_names))
@@ -232,19 +237,14 @@ def run(args: argparse.Namespace) -> int:
     stages.run("database", paths["database"].is_file(), build_database)
 
     def refine() -> None:
-        nonlocal database_changed
+        discard_stale_results()
         database_pass, query_pass = refine_localization_database(
             paths["database"], layout.images, query_names, resolve_weights(args.weights, progress=progress),
             resolve_device(args.device), refine_settings(args), progress=progress)
         print(f"  database images: {database_pass.describe()}\n  queries: {query_pass.describe()}")
-        database_changed = True
 
     if args.refine:
         stages.run("refine", is_refined(paths["database"]), refine)
-    if database_changed:  # the triangulation and registrations of the database's earlier keypoints are stale
-        for stale in (paths["reference"], paths["triangulated"], paths["final"]):
-            shutil.rmtree(stale, ignore_errors=True)
-        paths["registration"].unlink(missing_ok=True)
 
     def triangulate() -> None:
         reference = build_reference_model(paths["database"], poses, intrinsics)

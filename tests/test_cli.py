@@ -20,7 +20,7 @@ import pytest
 from d2sfm.cli import CommandParser, number
 from d2sfm.database import read_image_ids
 from d2sfm.errors import D2sfmError
-from d2sfm.fileutil import atomic_database
+from d2sfm.fileutil import atomic_database, copy_database
 from d2sfm.library_logs import COLMAP_ALL, COLMAP_FATAL_ONLY, OPENCV_INFO, OPENCV_SILENT, set_library_logs
 
 
@@ -35,6 +35,7 @@ def test_numeric_options_are_checked_against_their_bounds(capsys):
     assert vars(parser.parse_args(["--count", "3", "--ratio", "1"])) == {"count": 3, "ratio": 1.0}
     for bad, why in [(["--count", "0"], ">= 1"), (["--count", "2.5"], "not an integer"),
                      (["--ratio", "0"], "> 0 and <= 1"), (["--ratio", "nan"], "out of range"),
+                     (["--count", "-1"], ">= 1"), (["--ratio", "inf"], "out of range"),
                      (["--ratio", "1.5"], "<= 1")]:
         with pytest.raises(SystemExit) as stop:
             parser.parse_args(bad)
@@ -133,3 +134,21 @@ def test_reading_a_database_leaves_no_side_files_and_rejects_other_files(tmp_pat
     shutil.copy(__file__, not_a_database)
     with pytest.raises(D2sfmError, match=r"notes.db: not a COLMAP database \(file is not a database\)"):
         read_image_ids(not_a_database)
+
+
+def test_a_database_is_copied_with_the_writes_still_in_its_log(tmp_path):
+    """The refinement copies the database before changing it: a byte copy of the main file would drop what an
+    open (or killed) COLMAP still holds in the -wal file."""
+    path = tmp_path / "database.db"
+    _database(path, "a.jpg")
+    writer = sqlite3.connect(path)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("INSERT INTO images (image_id, name, camera_id) VALUES (2, 'b.jpg', 1)")
+    writer.commit()
+    try:
+        shutil.copyfile(path, tmp_path / "bytes.db")
+        assert read_image_ids(tmp_path / "bytes.db") == {"a.jpg": 1}  # what a byte copy loses
+        copy_database(path, tmp_path / "copy.db")
+        assert read_image_ids(tmp_path / "copy.db") == {"a.jpg": 1, "b.jpg": 2}
+    finally:
+        writer.close()

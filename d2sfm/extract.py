@@ -8,6 +8,7 @@ the exit status is 1 when any image failed.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import resource
@@ -78,11 +79,24 @@ def _read_list(path: Path) -> list[str]:
 
 
 def file_sha256(path: Path) -> str:
+    """The weights' fingerprint in every features file; computed once per file version in a process (a pipeline
+    asks for it when it checks features.h5 and again when it extracts)."""
+    stat = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(1 << 22):
             digest.update(block)
     return digest.hexdigest()
+
+
+def feature_settings(config: ExtractionConfig, weights: Path) -> dict:
+    """What a features file records, and must match to be added to or reused: the config and the weights."""
+    return {**config.as_dict(), "weights_sha256": file_sha256(weights)}
 
 
 @dataclass
@@ -305,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_batch, default_workers = default_loading(device)
     batch_size = args.batch_size if args.batch_size is not None else default_batch
     workers = args.workers if args.workers is not None else default_workers
-    settings = {**config.as_dict(), "weights_sha256": file_sha256(weights)}
+    settings = feature_settings(config, weights)
     descriptor_dtype = np.float32 if args.float32_descriptors else np.float16
     if args.ray is not None:
         from d2sfm.cluster_extract import extract_on_cluster

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from d2sfm.cli import number, resolve_device
 from d2sfm.cluster import add_cluster_arguments
-from d2sfm.extract import default_loading, extract_features, file_sha256
+from d2sfm.extract import default_loading, extract_features, feature_settings
 from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
 from d2sfm.io import MatchWriter, check_same_settings, list_entries, pair_key, read_settings
 from d2sfm.match import match_pairs
@@ -48,7 +48,7 @@ def extraction_settings(args: argparse.Namespace, progress: bool = True) -> tupl
     """The weights file, the extraction config, and the settings features.h5 records (config and weights hash)."""
     weights = resolve_weights(args.weights, progress=progress)
     config = feature_config(args)
-    return weights, config, {**config.as_dict(), "weights_sha256": file_sha256(weights)}
+    return weights, config, feature_settings(config, weights)
 
 
 def check_extraction_settings(args: argparse.Namespace, features_path: Path, progress: bool = True) -> None:

@@ -30,7 +30,7 @@ from d2sfm.cli import (
 from d2sfm.database import CAMERA_MODELS, CAMERA_MODES, create_database, import_features_and_matches, verify_pairs
 from d2sfm.dense import DEFAULT_MESH_TRIM, FUSED, MESH, cuda_problem, run_dense, workspace_path
 from d2sfm.errors import D2sfmError
-from d2sfm.fileutil import atomic_database, remove_sqlite_side_files, write_text_atomic
+from d2sfm.fileutil import atomic_database, write_text_atomic
 from d2sfm.images import list_images
 from d2sfm.io import MatchWriter, list_entries, pair_key, read_global_descriptors
 from d2sfm.library_logs import set_library_logs
@@ -236,7 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in ("pairs", "matches", "database", "sparse", "dense", "stats", "picture") + (
                 () if args.features else ("features",)):
             shutil.rmtree(paths[key]) if paths[key].is_dir() else paths[key].unlink(missing_ok=True)
-        remove_sqlite_side_files(paths["database"])
         shutil.rmtree(workspace_path(paths["dense"]), ignore_errors=True)
     failures: list[tuple[str, str]] = list(map(tuple, previous.get("failed_images", [])))
     verification = previous.get("verification")

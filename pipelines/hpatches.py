@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from d2sfm.cli import add_device_argument, number, resolve_device
 from d2sfm.errors import D2sfmError
-from d2sfm.extract import extract_features, file_sha256
+from d2sfm.extract import extract_features, feature_settings
 from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
 from d2sfm.fileutil import write_text_atomic
 from d2sfm.images import ImageReadError, read_image_bgr
@@ -140,7 +140,7 @@ class Method:
         if self.kind in ("sift", "rootsift"):
             return {"method": self.kind, "opencv": cv2.__version__, "max_keypoints": options.max_keypoints}
         config = self.extraction_config(options)
-        return {"method": self.kind, **config.as_dict(), "weights_sha256": file_sha256(self.weights)}
+        return {"method": self.kind, **feature_settings(config, self.weights)}
 
     def extraction_config(self, options: D2Options) -> ExtractionConfig:
         return ExtractionConfig(scales=MULTI_SCALE if self.kind == "d2-ms" else SINGLE_SCALE,

@@ -332,9 +332,8 @@ def test_clear_errors_for_bad_scenes(tmp_path, weights_path):
     assert "b.jpg: cannot be decoded" in output and "c.png: cannot be decoded" in output
     assert "1 readable image(s) of 3" in unreadable.stderr
     assert not OPENCV_LOG_LINE.search(output), output  # d2sfm's words only
-    if int(cv2.__version__.split(".")[0]) >= 5:  # OpenCV 5 logs a cut PNG; 4.11 and 4.12 decline it silently
-        verbose = reconstruct(lonely, "--verbose", weights=weights_path)
-        assert OPENCV_LOG_LINE.search(verbose.stdout + verbose.stderr)  # the library's own line, on request
+    # Whether OpenCV logs anything for a cut PNG under --verbose is OpenCV's choice (5.1 says nothing, 5.0 a
+    # warning); what d2sfm controls, the log level --verbose sets, is asserted in test_cli.
 
 
 def test_failed_mapping_says_why(tmp_path, weights_path):

@@ -56,7 +56,7 @@ def verified_database(images: Path, names, features: Path, work: Path) -> tuple[
     database = work / "raw.db"
     ids = create_database(database, images, names)
     import_features_and_matches(database, ids, features, work / "matches.h5", pairs, progress=False)
-    verification = verify_pairs(database, work / "pairs.txt")
+    verification = verify_pairs(database)
     return database, verification.describe(), time.perf_counter() - start
 
 

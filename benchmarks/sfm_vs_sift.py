@@ -86,7 +86,7 @@ def d2_reconstruction(images: Path, names, features: Path, work: Path, seeds, re
     start = time.perf_counter()
     ids = create_database(work / "database.db", images, names)
     import_features_and_matches(work / "database.db", ids, features, work / "matches.h5", pairs, progress=False)
-    verification = verify_pairs(work / "database.db", work / "pairs.txt")
+    verification = verify_pairs(work / "database.db")
     verify_seconds = time.perf_counter() - start
     runs = []
     for seed in seeds:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -33,19 +35,32 @@ def _is_torch_file(path: Path) -> bool:
         return zipfile.is_zipfile(handle) or handle.seek(0) == 0 and handle.read(1) == b"\x80"
 
 
+def _refusal_reason(error: pickle.UnpicklingError) -> str:
+    """What torch's weights-only unpickler refused, in d2sfm's words: its message spans lines, carries terminal
+    colour codes and advises loading with ``weights_only=False``, which would run the file's code."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    if found := re.search(r"GLOBAL ([\w.]+)", text):
+        return f"it names {found.group(1)}, which is neither a tensor nor a plain container"
+    if found := re.search(r"Unsupported operand (\d+)", text):
+        return f"pickle instruction {found.group(1)} is not allowed in a weights-only checkpoint"
+    return "objects other than tensors and plain containers"
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Unpickle a checkpoint without executing code from it; D2sfmError for anything that is not a checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise D2sfmError(f"{path}: no such weights file; pass --weights with an existing .pth file or a known name")
     try:
-        with torch.serialization.safe_globals(SAFE_EXTRA_TYPES):
+        # torch's own warnings (the pickle protocol, how to load unsafely) would print beside the one-line error
+        with warnings.catch_warnings(), torch.serialization.safe_globals(SAFE_EXTRA_TYPES):
+            warnings.simplefilter("ignore")
             content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if not _is_torch_file(path):  # a text file, an HTML error page saved as .pth: not a pickle at all
             raise D2sfmError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle); download it "
                              "again or pass another --weights") from None
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe pickle"
+        reason = _refusal_reason(error)
         raise D2sfmError(
             f"{path}: refused to load, the file holds objects that could run code ({reason}); "
             "use a checkpoint that stores only tensors"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import contextlib
+import logging
 import math
 import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -18,26 +22,71 @@ if TYPE_CHECKING:
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
-    """Run a command's main, turning D2sfmError, Ctrl-C and the operating system's errors (a folder that cannot be
-    written, a full disk) into one line and an exit status instead of a traceback.
-    COLMAP's and OpenCV's own log lines are silenced first; a command's --verbose turns them back on."""
+    """Run a command's main, turning D2sfmError, Ctrl-C, SIGTERM, running out of memory and the operating system's
+    errors (a folder that cannot be written, a full disk) into one line and an exit status instead of a traceback.
+    COLMAP's and OpenCV's own log lines are silenced first; a command's --verbose turns them back on. d2sfm's own
+    log messages go to the console as plain lines."""
     set_library_logs(verbose=False)
+    show_library_messages()
+    stop = StopOnSignal()
     with contextlib.suppress(ValueError):  # (not in the main thread: nothing to install)
         # `kill`, `timeout`, `docker stop`: the same clean stop as Ctrl-C, instead of pycolmap's stack dump
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, stop.handle)
     try:
         status = main(argv)
+        if stop.pending:  # the signal's exception was swallowed (it landed in a finaliser): still a stop
+            raise KeyboardInterrupt
     except D2sfmError as error:
         print(f"error: {error}", file=sys.stderr)
         status = 2
     except KeyboardInterrupt:
+        stop.pending = False
         print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
         status = 130
     except OSError as error:  # a folder that cannot be made or written, a full disk: the system's words, one line
         print(f"error: {describe_os_error(error)}; finished work is saved: fix that and rerun the same command",
               file=sys.stderr)
         status = 2
+    except MemoryError:
+        print("error: out of memory; finished work is saved: free memory, or make the work smaller (fewer or "
+              "smaller --scales, a smaller --max-edge), and rerun the same command", file=sys.stderr)
+        status = 2
     sys.exit(status)
+
+
+class StopOnSignal:
+    """SIGTERM as Ctrl-C: KeyboardInterrupt in the main thread. Python ignores an exception raised while it runs a
+    finaliser or a weakref callback ("Exception ignored in ..."), and a signal that arrives there would be lost and
+    the run go on to exit 0 (2 times in 6 during matching); so until ``run_main`` has caught it, the interrupt is
+    raised again every ``retry`` seconds."""
+
+    def __init__(self, retry: float = 1.0) -> None:
+        self.retry = retry
+        self.pending = False
+
+    def handle(self, signum, frame) -> None:
+        if not self.pending:
+            self.pending = True
+            threading.Thread(target=self._insist, name="d2sfm-stop", daemon=True).start()
+        raise KeyboardInterrupt
+
+    def _insist(self) -> None:
+        while True:
+            time.sleep(self.retry)
+            if not self.pending:
+                return
+            _thread.interrupt_main()
+
+
+def show_library_messages() -> None:
+    """d2sfm's log records of level INFO and above, as plain lines on stdout (where its progress lines go)."""
+    logger = logging.getLogger("d2sfm")
+    if not any(getattr(handler, "d2sfm_console", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("  %(message)s"))
+        handler.d2sfm_console = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def describe_os_error(error: OSError) -> str:
@@ -82,20 +131,44 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """Map --device to a torch.device; asking for CUDA on a machine without it is a clear error, not a crash.
+    """Map --device to a torch.device that this machine can run the network on: 'auto', 'cpu', 'cuda' or
+    'cuda:N' with N below the number of GPUs, and 'mps' where torch says it is available. Anything else (torch's
+    'meta', 'xpu', a GPU that is not there) is a one-line error naming the option, not a crash deep in the network.
     torch is imported here, not with this module, so that commands without a network (export, evaluate poses)
     start without paying for it."""
     import torch
 
-    if name == "auto":
+    name = name.strip()
+    if name.lower() == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    choices = "use --device auto, cpu or cuda[:N]"
     try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise D2sfmError(f"--device {name!r} is not a torch device ({error}); use 'auto', 'cpu' or 'cuda'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise D2sfmError(f"--device {name} was asked for but this torch has no usable CUDA GPU; use --device cpu")
-    return device
+        device = torch.device(name.lower())
+    except (RuntimeError, ValueError, TypeError):
+        raise D2sfmError(f"--device {name!r} is not a device name; {choices}") from None
+    if device.type == "cpu":
+        if device.index not in (None, 0):
+            raise D2sfmError(f"--device {name!r}: there is one CPU device; use --device cpu")
+        return torch.device("cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise D2sfmError(f"--device {name!r} was asked for but this torch has no usable CUDA GPU; "
+                             "use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise D2sfmError(f"--device {name!r}: this machine has {count} CUDA GPU{'s' if count != 1 else ''} "
+                             f"(cuda:0 to cuda:{count - 1}); use one of those or --device cpu")
+        return device
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise D2sfmError(f"--device {name!r}: Apple's MPS is not available in this torch on this machine; "
+                             "use --device cpu")
+        if device.index not in (None, 0):
+            raise D2sfmError(f"--device {name!r}: there is one MPS device; use --device mps")
+        return torch.device("mps")
+    raise D2sfmError(f"--device {name!r}: d2sfm runs only on CPU, CUDA GPUs or Apple's MPS, not on torch's "
+                     f"{device.type!r} devices; {choices}")
 
 
 def add_weights_argument(parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,9 @@ from d2sfm.cli import number
 from d2sfm.errors import D2sfmError
 
 LOCAL = "local"
+# --ray-workers: each worker is a process holding the network; past this many the scheduling and the shards (one
+# HDF5 file each) cost more than they gain, on any cluster.
+MAX_RAY_WORKERS = 1024
 
 
 def add_cluster_arguments(parser: argparse.ArgumentParser, batch_unit: str | None = None,
@@ -27,9 +30,9 @@ def add_cluster_arguments(parser: argparse.ArgumentParser, batch_unit: str | Non
                         help="run on a Ray cluster (pip install -e '.[ray]'): without ADDRESS a local one on this "
                         "machine; 'auto' or 'ray://host:port' joins a running one (photos, weights and outputs "
                         "must then be on a filesystem every node sees)")
-    parser.add_argument("--ray-workers", type=number(int, at_least=1), default=None,
+    parser.add_argument("--ray-workers", type=number(int, at_least=1, at_most=MAX_RAY_WORKERS), default=None,
                         help="with --ray: workers to start (default: one per GPU of the cluster, else one per "
-                        "--ray-cpus-per-worker CPUs)")
+                        f"--ray-cpus-per-worker CPUs; at most {MAX_RAY_WORKERS})")
     parser.add_argument("--ray-cpus-per-worker", type=number(int, at_least=1), default=1,
                         help="with --ray: CPUs (and torch threads) of each worker (default 1)")
     if batch_unit:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,25 +94,98 @@ def import_features_and_matches(
     database_path: str | os.PathLike, image_ids: dict[str, int], features_path: str | os.PathLike,
     matches_path: str | os.PathLike, pairs: Sequence[Pair], progress: bool = True,
 ) -> None:
-    """Write every image's keypoints and every pair's raw matches into the database."""
+    """Write every image's keypoints and every pair's raw matches into the database. Each pair's indices are
+    checked against the keypoints they index first: COLMAP trusts them and crashes the process (SIGSEGV in its
+    two-view geometry) on one that is out of range, e.g. matches made from another features file."""
+    counts: dict[str, int] = {}
     with pycolmap.Database.open(database_path) as database:
         for name, image_id in tqdm(image_ids.items(), desc="importing keypoints", unit="img", disable=not progress):
-            database.write_keypoints(image_id, read_keypoints(features_path, name)[0].astype(np.float32))
+            keypoints = read_keypoints(features_path, name)[0]
+            counts[name] = len(keypoints)
+            database.write_keypoints(image_id, keypoints.astype(np.float32))
         for name0, name1 in tqdm(pairs, desc="importing matches", unit="pair", disable=not progress):
             matches, _ = read_matches(matches_path, name0, name1)
+            check_match_indices(matches, (name0, name1), (counts[name0], counts[name1]), matches_path, features_path)
             database.write_matches(image_ids[name0], image_ids[name1], matches.astype(np.uint32))
 
 
-def verify_pairs(database_path: str | os.PathLike, pairs_path: str | os.PathLike,
-                 min_inliers: int = 15, max_error: float = 4.0, seed: int = 0) -> VerificationSummary:
-    """pycolmap's geometric verification (F / E / H with RANSAC) of the listed pairs' matches. RANSAC is seeded
-    (pycolmap's default draws a new seed per run): the same matches verify to the same inliers on every run, so a
-    rerun or a benchmark's variants map the same verified graph instead of a new draw of its borderline matches."""
+def check_match_indices(matches: np.ndarray, names: Pair, counts: tuple[int, int], matches_path, features_path) -> None:
+    """Every index of a (K, 2) match array within its image's keypoints, and no keypoint matched twice."""
+    for column in (0, 1):
+        indices = matches[:, column]
+        if len(indices) and (indices.max() >= counts[column] or indices.min() < 0):
+            bad = int(indices.max() if indices.max() >= counts[column] else indices.min())
+            raise D2sfmError(
+                f"{matches_path}: the pair {names[0]} {names[1]} matches keypoint {bad} of {names[column]}, which has "
+                f"{counts[column]} keypoints in {features_path}: these matches were made from other features; delete "
+                f"{Path(matches_path).name} (or pass --overwrite) and rerun to match again")
+
+
+BUILD_TABLE = "d2sfm_build"  # one row: a token that changes whenever d2sfm rebuilds or refines the database
+
+
+def stamp_database(database_path: str | os.PathLike) -> str:
+    """Give a database (being written, before it is renamed into place) a new build token; returns it. Models
+    record the token of the database they were mapped from, so a model of an earlier database is recognised as
+    stale whatever order a killed run left the files in."""
+    token = uuid.uuid4().hex
+    with contextlib.closing(sqlite3.connect(database_path)) as connection, connection:
+        connection.execute(f"CREATE TABLE IF NOT EXISTS {BUILD_TABLE} (token TEXT)")
+        connection.execute(f"DELETE FROM {BUILD_TABLE}")
+        connection.execute(f"INSERT INTO {BUILD_TABLE} VALUES (?)", (token,))
+    return token
+
+
+def database_token(database_path: str | os.PathLike) -> str | None:
+    """The build token of a database (None for one d2sfm did not stamp: an earlier release's, or COLMAP's)."""
+    with read_only(database_path) as connection:
+        if not connection.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                  (BUILD_TABLE,)).fetchone()[0]:
+            return None
+        row = connection.execute(f"SELECT token FROM {BUILD_TABLE}").fetchone()
+        return row[0] if row else None
+
+
+COLMAP_TABLES = ("cameras", "images", "keypoints", "matches", "two_view_geometries")
+
+
+def database_problem(database_path: str | os.PathLike, names: Sequence[str]) -> str | None:
+    """Why a database is not a complete one for these images (read-only, never changed), or None: an empty or
+    foreign file, a missing COLMAP table, other images, or images without keypoints."""
+    path = Path(database_path)
+    if path.stat().st_size == 0:
+        return "an empty file"
+    try:
+        with read_only(path) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            missing = [table for table in COLMAP_TABLES if table not in tables]
+            if missing:
+                return f"not a COLMAP database (no table {missing[0]!r})"
+            stored = [row[0] for row in connection.execute("SELECT name FROM images")]
+            with_keypoints = connection.execute("SELECT count(*) FROM keypoints").fetchone()[0]
+    except D2sfmError:
+        return "not an SQLite database"
+    except sqlite3.DatabaseError as error:
+        return f"damaged ({error})"
+    if set(stored) != set(names):
+        return f"holds {len(stored)} images, not this scene's {len(names)}"
+    if with_keypoints < len(stored):
+        return f"only {with_keypoints} of its {len(stored)} images have keypoints"
+    return None
+
+
+def verify_pairs(database_path: str | os.PathLike, min_inliers: int = 15, max_error: float = 4.0,
+                 seed: int = 0) -> VerificationSummary:
+    """pycolmap's geometric verification (F / E / H with RANSAC) of every pair that has matches in the database
+    (those imported from the pair list). Not through COLMAP's pair-list reader, which splits names at spaces.
+    RANSAC is seeded (pycolmap's default draws a new seed per run): the same matches verify to the same inliers on
+    every run, so a rerun or a benchmark's variants map the same verified graph instead of a new draw of its
+    borderline matches."""
     options = pycolmap.TwoViewGeometryOptions()
     options.min_num_inliers = min_inliers
     options.ransac.max_error = max_error
     options.ransac.random_seed = seed
-    pycolmap.verify_matches(database_path, pairs_path, options)
+    pycolmap.geometric_verification(database_path, two_view_geometry_options=options)
     return verification_summary(database_path)
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from d2sfm.errors import D2sfmError
 from d2sfm.fileutil import atomic_path, write_text_atomic
+from d2sfm.model_files import read_model
 from d2sfm.mvs_maps import images_with_maps, remove_incomplete_maps
 from d2sfm.ply import count_vertices
 
@@ -60,7 +61,7 @@ def workspace_inputs(sparse_model: Path, image_dir: Path, max_image_size: int) -
         if path.is_file():
             model.update(path.name.encode() + path.read_bytes())
     photos = hashlib.sha256()
-    for image in sorted(pycolmap.Reconstruction(sparse_model).images.values(), key=lambda image: image.name):
+    for image in sorted(read_model(sparse_model).images.values(), key=lambda image: image.name):
         photo = image_dir / image.name
         photos.update(f"{image.name}|{photo.stat().st_size if photo.is_file() else -1}\n".encode())
     return {"sparse model": model.hexdigest(), "photos": photos.hexdigest(), "image size": str(max_image_size)}

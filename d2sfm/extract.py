@@ -36,8 +36,14 @@ from d2sfm.extractor import (
     ExtractionConfig,
     resize_for_network,
 )
-from d2sfm.fileutil import write_text_atomic
-from d2sfm.gpu_batching import DEFAULT_GPU_MEMORY_GIB, LOCAL_ADVICE, MemoryBoundedBatches, does_not_fit
+from d2sfm.fileutil import read_text_file, write_text_atomic
+from d2sfm.gpu_batching import (
+    DEFAULT_GPU_MEMORY_GIB,
+    LOCAL_ADVICE,
+    MemoryBoundedBatches,
+    does_not_fit,
+    out_of_memory,
+)
 from d2sfm.images import ImageReadError, list_images, read_image_bgr
 from d2sfm.io import FeatureWriter
 from d2sfm.library_logs import add_verbose_argument, set_library_logs
@@ -56,6 +62,12 @@ WRITING_STAGE = "writing"
 LOOP_STAGE = "extraction loop"
 TIMED_STAGES = (STARTUP_STAGE, WAITING_STAGE, DECODING_STAGE, NETWORK_STAGE, DETECTION_STAGE, WRITING_STAGE)
 
+# --scales: the original D2-Net's pyramid is 0.5, 1, 2; scale s costs about s*s the memory of scale 1, so a 1600-px
+# photo at scale 4 already needs tens of GiB, and larger scales only run out of memory.
+MAX_SCALE = 4.0
+# --workers: loader processes each hold a torch import and a prefetch queue; more than this only costs memory.
+MAX_WORKERS = 64
+
 
 def image_sources(images: Path, image_list: Path | None) -> tuple[Path, list[str]]:
     """(root, names): every image under a folder, the names listed in ``image_list`` relative to the folder,
@@ -72,7 +84,8 @@ def image_sources(images: Path, image_list: Path | None) -> tuple[Path, list[str
 def _read_list(path: Path) -> list[str]:
     if not path.is_file():
         raise D2sfmError(f"{path}: no such image list; pass a text file with one image path per line")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    lines = read_text_file(path, "image list").splitlines()
+    names = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
     if not names:
         raise D2sfmError(f"{path}: the image list is empty; put one image path per line")
     return list(dict.fromkeys(names))
@@ -202,6 +215,11 @@ def extract_features(
     extracted = 0
     extractor.clock = clock
 
+    def too_large(name: str, shape: tuple) -> str:
+        if extractor.device.type == "cuda":
+            return does_not_fit(name, shape, too_large_advice)
+        return out_of_memory(name, shape, extractor.config.scales)
+
     def extract(items: Sequence[PreparedImage]) -> list:
         return extractor.extract_batch([item.image for item in items], [item.original_size for item in items],
                                        descriptor_dtype=writer.descriptor_dtype)  # converted on the device
@@ -215,9 +233,8 @@ def extract_features(
                 with timed(clock, NETWORK_AND_DETECTION_STAGE):
                     results = batches.run(batch[0].image.shape, batch, extract)
                 for item, features in zip(batch, results):
-                    if features is None:  # too large for the GPU even alone: a failed image, not a failed run
-                        failures.append((item.name, does_not_fit(str(root / item.name), item.image.shape,
-                                                                 too_large_advice)))
+                    if features is None:  # too large for the memory even alone: a failed image, not a failed run
+                        failures.append((item.name, too_large(str(root / item.name), item.image.shape)))
                         continue
                     background.put(item.name, features)
                     extracted += 1
@@ -259,8 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_argument(parser)
     parser.add_argument("--multiscale", action="store_true",
                         help="multi-scale pyramid at scales 0.5, 1, 2 (the paper's D2-Net MS); default single scale")
-    parser.add_argument("--scales", type=number(float, above=0), nargs="+", default=None,
-                        help="custom pyramid scales, coarse to fine (overrides --multiscale), e.g. 0.5 1 2")
+    parser.add_argument("--scales", type=number(float, above=0, at_most=MAX_SCALE), nargs="+", default=None,
+                        help="custom pyramid scales, coarse to fine (overrides --multiscale), e.g. 0.5 1 2; each "
+                        f"above 0 and at most {MAX_SCALE:g} (scale s costs about s*s times the memory and time of "
+                        "scale 1)")
     parser.add_argument("--max-edge", type=number(int, at_least=16), default=1600,
                         help="resize so that the longer side is at most this many pixels (default 1600)")
     parser.add_argument("--max-sum-edges", type=number(int, at_least=32), default=2800,
@@ -292,8 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "most 80%% of the GPU): the first image of each size is measured alone and batches hold "
                         "what fits; nothing is padded. An image too large alone is listed as failed. With --ray, "
                         "for each worker's GPU")
-    parser.add_argument("--workers", type=number(int, at_least=0), default=None,
-                        help="image loading processes (default 4 on GPU, 1 on CPU; 0 loads in the main process)")
+    parser.add_argument("--workers", type=number(int, at_least=0, at_most=MAX_WORKERS), default=None,
+                        help="image loading processes (default 4 on GPU, 1 on CPU; 0 loads in the main process; "
+                        f"at most {MAX_WORKERS})")
     add_cluster_arguments(parser, "images", DEFAULT_BATCH_IMAGES)
     parser.add_argument("--timings", type=Path, default=None, metavar="FILE",
                         help="write where the time went (start-up, waiting for images, decoding, network, detection, "

@@ -7,6 +7,7 @@ complete file or the new complete file, never a half-written one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import tempfile
@@ -56,8 +57,20 @@ def atomic_database(path: str | os.PathLike) -> Iterator[Path]:
     old database open leaves behind belong to the old file: SQLite would read them against the new one and call
     it malformed, so they go just before the new file takes its place."""
     with atomic_path(path) as scratch:
-        yield scratch
+        try:
+            yield scratch
+        except (RuntimeError, sqlite3.Error) as error:
+            problem = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if any(words in problem.lower() for words in SQLITE_WRITE_FAILURES):
+                raise OSError(errno.ENOSPC, f"cannot write the database ({problem})", str(path)) from None
+            raise
+        finally:
+            remove_sqlite_side_files(scratch)  # its own log and index, whether it is renamed into place or not
         remove_sqlite_side_files(path)
+
+
+# What SQLite (directly, or through pycolmap's RuntimeError) says when the disk is full or refuses a write
+SQLITE_WRITE_FAILURES = ("disk is full", "disk i/o error", "file too large", "readonly database", "unable to open")
 
 
 def _current_umask() -> int:
@@ -72,3 +85,29 @@ _UMASK = _current_umask()  # read once, at import: os.umask has no read-only for
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(text)
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def read_text_file(path: str | os.PathLike, what: str) -> str:
+    """The text of an input file the user gives (``what``: "pair list", "image list", "pose file", ...), read as
+    UTF-8 (a leading byte-order mark is skipped) with any line ending read as '\\n', as ``Path.read_text`` does. A
+    file that is missing, a folder or not UTF-8 is a one-line error naming it instead of a traceback."""
+    from d2sfm.errors import D2sfmError
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise D2sfmError(f"{path}: no such {what}; check the path") from None
+    except IsADirectoryError:
+        raise D2sfmError(f"{path}: is a folder, not a {what}; give the file's path") from None
+    skipped = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
+    try:
+        text = data[skipped:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        offset = skipped + error.start
+        raise D2sfmError(f"{path}: {what} is not UTF-8 text (byte 0x{data[offset]:02x} at offset {offset}); save it "
+                         "as UTF-8") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")

@@ -28,18 +28,35 @@ DEVICE_SHARE = 0.8  # never plan for more than this share of the GPU's memory
 Item = TypeVar("Item")
 
 
+# How PyTorch's CPU allocator and oneDNN say that an allocation failed (``DefaultCPUAllocator: can't allocate memory:
+# you tried to allocate ... bytes``); a process under a memory limit (ulimit -v, a container) sees these.
+CPU_ALLOCATION_FAILURES = ("can't allocate memory", "could not allocate", "cannot allocate memory",
+                           "failed to allocate")
+
+
 def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` says the GPU ran out of memory: PyTorch's own error or cuDNN's allocation failure."""
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "CUDNN_STATUS_ALLOC_FAILED" in str(error)
+    """Whether ``error`` says the device ran out of memory: PyTorch's own error (GPU), cuDNN's allocation failure,
+    Python's MemoryError (numpy) or PyTorch's CPU allocator failing."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "CUDNN_STATUS_ALLOC_FAILED" in str(error):
+        return True
+    return isinstance(error, RuntimeError) and any(words in str(error).lower() for words in CPU_ALLOCATION_FAILURES)
 
 
-LOCAL_ADVICE = "lower --max-edge, use --precision bf16, or run with --device cpu"
-CLUSTER_ADVICE = "lower --max-edge or use --precision bf16"  # Ray workers take the GPU whenever they see one
+LOCAL_ADVICE = "lower --max-edge or --scales, use --precision bf16, or run with --device cpu"
+CLUSTER_ADVICE = "lower --max-edge or --scales, or use --precision bf16"  # Ray workers take the GPU when they see one
+CPU_ADVICE = "use fewer or smaller --scales or a lower --max-edge, or free memory"
 
 
 def does_not_fit(name: str, shape: tuple, advice: str = LOCAL_ADVICE) -> str:
     """The one-line failure of an image whose network input (``shape``: height, width, ...) is too large alone."""
     return f"{name}: does not fit in the GPU's memory even alone (network input {shape[1]}x{shape[0]}); {advice}"
+
+
+def out_of_memory(name: str, shape: tuple, scales: Sequence[float], advice: str = CPU_ADVICE) -> str:
+    """The one-line failure of an image whose extraction ran out of the machine's (CPU) memory."""
+    shown = " ".join(f"{scale:g}" for scale in scales)
+    return (f"{name}: ran out of memory in the network (network input {shape[1]}x{shape[0]}, --scales {shown}); "
+            f"{advice}")
 
 
 class MemoryBoundedBatches:
@@ -80,9 +97,11 @@ class MemoryBoundedBatches:
 
     def run(self, shape: tuple, items: Sequence[Item], extract: Callable[[Sequence[Item]], list]) -> list:
         """``extract(items)``, measuring the first call at a size and splitting a batch that runs out of memory;
-        the result of an item that does not fit even alone is None (see ``does_not_fit``)."""
+        the result of an item that does not fit even alone is None (see ``does_not_fit``). Without a budget (the
+        CPU) a batch that runs out of memory is retried one image at a time, and an image that does not fit alone
+        is None too (see ``out_of_memory``): one failed image, not a failed run."""
         if self.budget is None:
-            return extract(items)
+            return self._run_unbounded(items, extract)
         shape = tuple(shape)
         measuring = shape not in self.limits and self.device.type == "cuda"
         if measuring:
@@ -90,15 +109,9 @@ class MemoryBoundedBatches:
             self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
             torch.cuda.reset_peak_memory_stats(self.device)
             before = torch.cuda.memory_allocated(self.device)
-        try:
-            results = extract(items)
-        except RuntimeError as error:  # torch.cuda.OutOfMemoryError, or cuDNN failing to allocate its workspace
-            if not is_out_of_memory(error):
-                raise
-            results = None  # retried below, once this frame's references to the failed call's tensors are gone
+        results = _unless_out_of_memory(extract, items)
         if results is None:  # give the failed call's blocks back (reference cycles first) before a retry
-            gc.collect()
-            torch.cuda.empty_cache()
+            self._release()
             if len(items) == 1:
                 return [None]
             self.limits[shape] = min(self.limits.get(shape, self.most), len(items) // 2)
@@ -111,8 +124,34 @@ class MemoryBoundedBatches:
             self.learn(shape, len(items), before, torch.cuda.max_memory_allocated(self.device))
         return results
 
+    def _run_unbounded(self, items: Sequence[Item], extract: Callable[[Sequence[Item]], list]) -> list:
+        results = _unless_out_of_memory(extract, items)
+        if results is not None:
+            return results
+        self._release()
+        if len(items) == 1:
+            return [None]
+        return [result for item in items for result in self._run_unbounded([item], extract)]
+
+    def _release(self) -> None:
+        """Give a failed call's memory back: its reference cycles first, then (on a GPU) the allocator's cache."""
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def run_peak_bytes(self) -> int | None:
         """The run's peak GPU memory (None on the CPU)."""
         if self.device.type != "cuda":
             return None
         return max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
+
+
+def _unless_out_of_memory(extract: Callable[[Sequence[Item]], list], items: Sequence[Item]) -> list | None:
+    """``extract(items)``, or None when it ran out of memory (the caller retries once this frame's references to
+    the failed call's tensors are gone). Any other error goes on."""
+    try:
+        return extract(items)
+    except (RuntimeError, MemoryError) as error:  # torch.OutOfMemoryError, cuDNN's workspace, the CPU allocator
+        if not is_out_of_memory(error):
+            raise
+    return None

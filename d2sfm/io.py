@@ -39,10 +39,56 @@ def is_hloc_file(handle: h5py.File) -> bool:
     return handle.attrs.get("keypoint_convention", "hloc") != FORMAT_ATTRS["keypoint_convention"]
 
 
-def _keypoints(handle: h5py.File, group: h5py.Group) -> np.ndarray:
-    """(N, 2) float32 keypoints in COLMAP's convention, whatever the file's."""
-    keypoints = group["keypoints"][()]
+HLOC_ADVICE = "an hloc features file needs keypoints and descriptors (run hloc's extract_features or d2sfm.extract)"
+
+
+def _image_group(handle: h5py.File, path: str | os.PathLike, name: str) -> h5py.Group:
+    """The group of image ``name``, or a one-line error when the file has none for it."""
+    group = handle.get(name)
+    if not isinstance(group, h5py.Group) or "keypoints" not in group:
+        raise D2sfmError(f"{path}: has no features for {name!r}; run d2sfm.extract on that image first")
+    return group
+
+
+def _read_dataset(path: str | os.PathLike, name: str, group: h5py.Group, key: str, ndim: int) -> np.ndarray:
+    """``group[key]`` as a numeric array of ``ndim`` dimensions, every value finite; anything else (missing, a
+    group, text, NaN or inf) is a one-line error naming the file, the image and the dataset."""
+    item = group.get(key)
+    if not isinstance(item, h5py.Dataset):
+        raise D2sfmError(f"{path}: image {name!r} has no {key!r} dataset; {HLOC_ADVICE}")
+    try:
+        values = np.asarray(item[()])
+    except (OSError, TypeError, ValueError) as error:
+        raise D2sfmError(f"{path}: image {name!r} has an unreadable {key!r} dataset ({str(error).splitlines()[0]}); "
+                         f"the file is damaged: {HLOC_ADVICE}") from None
+    if values.dtype.kind not in "iuf" or values.ndim != ndim:
+        raise D2sfmError(f"{path}: image {name!r} has a {key!r} dataset of {values.dtype} with shape {values.shape}, "
+                         f"not a {ndim}-D array of numbers; {HLOC_ADVICE}")
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        raise D2sfmError(f"{path}: image {name!r} has {bad} NaN or infinite value(s) in {key!r}; the file is "
+                         f"damaged or was written by a broken extractor: extract that image's features again")
+    return values
+
+
+def _keypoints(handle: h5py.File, group: h5py.Group, path: str | os.PathLike = "features file") -> np.ndarray:
+    """(N, 2) float32 keypoints in COLMAP's convention, whatever the file's; checked: a 2-D array of N x 2 finite
+    numbers."""
+    name = group.name.lstrip("/")
+    keypoints = _read_dataset(path, name, group, "keypoints", 2)
+    if keypoints.shape[1] != 2:
+        raise D2sfmError(f"{path}: image {name!r} has keypoints of shape {keypoints.shape}, not N x 2 (x, y); "
+                         f"{HLOC_ADVICE}")
     return opencv_xy_to_colmap_xy(keypoints).astype(np.float32) if is_hloc_file(handle) else keypoints
+
+
+def _image_size(path: str | os.PathLike, name: str, group: h5py.Group) -> tuple[int, int]:
+    """(width, height) of the image, checked: two positive whole numbers."""
+    size = _read_dataset(path, name, group, "image_size", 1)
+    if size.shape != (2,) or not (size > 0).all() or not (size == np.round(size)).all():
+        raise D2sfmError(f"{path}: image {name!r} has image_size {size.tolist()}, not a positive width and height; "
+                         f"{HLOC_ADVICE}")
+    return int(size[0]), int(size[1])
 
 
 def open_hdf5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
@@ -147,20 +193,22 @@ class FeatureWriter:
 
 def read_features(path: str | os.PathLike, name: str) -> Features:
     with open_hdf5(Path(path), "r") as handle:
-        if name not in handle or "keypoints" not in handle[name]:
-            raise D2sfmError(f"{path}: has no features for {name!r}; run d2sfm.extract on that image first")
-        group = handle[name]
-        keypoints = _keypoints(handle, group)
-        descriptors = group["descriptors"][()]
+        group = _image_group(handle, path, name)
+        keypoints = _keypoints(handle, group, path)
+        descriptors = _read_dataset(path, name, group, "descriptors", 2)
         if is_hloc_file(handle):
             descriptors = descriptors.T  # hloc: D x N
+        if len(descriptors) != len(keypoints):
+            layout = "D x N" if is_hloc_file(handle) else "N x D"
+            raise D2sfmError(f"{path}: image {name!r} has {len(keypoints)} keypoints but descriptors of shape "
+                             f"{group['descriptors'].shape} (this file's layout is {layout}); {HLOC_ADVICE}")
         ones = np.ones(len(keypoints), np.float32)  # hloc files need not hold scales or scores
         return Features(
             keypoints=keypoints,
             scales=group["scales"][()] if "scales" in group else ones,
             scores=group["scores"][()] if "scores" in group else ones,
             descriptors=descriptors,
-            image_size=tuple(int(v) for v in group["image_size"][()]),
+            image_size=_image_size(path, name, group),
             global_descriptor=group["global_descriptor"][()] if "global_descriptor" in group else None,
         )
 
@@ -168,9 +216,8 @@ def read_features(path: str | os.PathLike, name: str) -> Features:
 def read_keypoints(path: str | os.PathLike, name: str) -> tuple[np.ndarray, tuple[int, int]]:
     """Keypoints and (width, height) only: pose estimation needs no descriptors, which are 100x the bytes."""
     with open_hdf5(Path(path), "r") as handle:
-        if name not in handle or "keypoints" not in handle[name]:
-            raise D2sfmError(f"{path}: has no features for {name!r}; run d2sfm.extract on that image first")
-        return _keypoints(handle, handle[name]), tuple(int(v) for v in handle[name]["image_size"][()])
+        group = _image_group(handle, path, name)
+        return _keypoints(handle, group, path), _image_size(path, name, group)
 
 
 def read_global_descriptors(path: str | os.PathLike, names: Sequence[str]) -> np.ndarray:
@@ -211,6 +258,15 @@ def pair_keys(handle: h5py.File) -> set[str]:
         for first, group in handle.items() if first != SCRATCH_GROUP and isinstance(group, h5py.Group)
         for second in group
     }
+
+
+def matched_pairs(path: str | os.PathLike) -> set[str]:
+    """The complete pairs of a matches file, as ``pair_key`` names, read without writing to it (opening for append
+    rewrites the file's metadata: a run that stops early must leave its inputs as they were)."""
+    if not Path(path).is_file():
+        return set()
+    with open_hdf5(Path(path), "r") as handle:
+        return pair_keys(handle)
 
 
 class MatchWriter:

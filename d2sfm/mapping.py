@@ -4,6 +4,8 @@ benchmark's statistics of the result (D2-Net paper, Table 3)."""
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -15,6 +17,9 @@ import pycolmap
 from tqdm import tqdm
 
 from d2sfm.errors import D2sfmError
+from d2sfm.model_files import read_model
+
+log = logging.getLogger("d2sfm")
 
 MAPPERS = ("incremental", "global")
 # Mapper options for D2 features. COLMAP's defaults suit SIFT; D2 gives fewer, less precisely placed matches per
@@ -50,9 +55,11 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
                 text: bool = False, progress: bool = True, abs_pose_min_inliers: int = D2_ABS_POSE_MIN_INLIERS,
                 abs_pose_min_inlier_ratio: float = D2_ABS_POSE_MIN_INLIER_RATIO,
                 init_min_tri_angle: float = D2_INIT_MIN_TRI_ANGLE,
-                attempts: int = 2) -> list[pycolmap.Reconstruction]:
+                attempts: int = 2, mapped_from: dict | None = None) -> list[pycolmap.Reconstruction]:
     """Map, then write the models as ``output_dir/0``, ``1``, ... largest first (binary, or text with
-    ``text``). The folder appears only once everything is written, so a half-written model never exists."""
+    ``text``), and ``mapped_from`` (what the models were made from) as MAPPED_FROM beside them. The folder appears
+    only once everything is written, so a half-written model never exists; when no model is found, an earlier
+    ``output_dir`` is left as it was."""
     output_dir = Path(output_dir)
     scratch = output_dir.with_name(output_dir.name + ".part")
     shutil.rmtree(scratch, ignore_errors=True)
@@ -71,9 +78,12 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
         for attempt in range(max(1, attempts)):
             options.random_seed = seed + attempt
             with tqdm(total=total, desc="mapping (images registered)", unit="img", disable=not progress) as bar:
+                def registered(count: int, bar=bar) -> None:  # COLMAP starts a new model when one ends: at most all
+                    bar.update(min(count, total - bar.n))
+
                 trial = pycolmap.incremental_mapping(
                     database_path, image_dir, scratch / f"raw{attempt}", options,
-                    initial_image_pair_callback=lambda: bar.update(2), next_image_callback=lambda: bar.update(1),
+                    initial_image_pair_callback=lambda: registered(2), next_image_callback=lambda: registered(1),
                 )
             if _rank(trial) > _rank(models):
                 models = trial
@@ -98,15 +108,47 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
         shutil.rmtree(raw, ignore_errors=True)
     # COLMAP keeps a run's only model whatever its size (two images, seven points): not a result
     kept = [model for model in models.values() if model.num_reg_images() >= min_model_size]
-    ordered = sorted(kept, key=_size, reverse=True)
+    ordered = drop_contained_models(sorted(kept, key=_size, reverse=True))
+    if not ordered:
+        shutil.rmtree(scratch, ignore_errors=True)
+        return []
     for index, model in enumerate(ordered):
         folder = scratch / str(index)
         folder.mkdir()
         model.write_text(folder) if text else model.write_binary(folder)
+    (scratch / MAPPED_FROM).write_text(json.dumps(mapped_from or {}, indent=2))
     if output_dir.exists():
         shutil.rmtree(output_dir)
     os.replace(scratch, output_dir)
     return ordered
+
+
+MAPPED_FROM = "mapped_from.json"  # beside the models: the database (its build token) they were mapped from
+
+
+def mapped_from(sparse_dir: str | os.PathLike) -> dict | None:
+    """What ``run_mapping`` recorded beside the models (None for a folder an earlier release wrote)."""
+    path = Path(sparse_dir) / MAPPED_FROM
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (ValueError, OSError):
+        return {}  # unreadable: matches nothing, so the models are mapped again
+
+
+def drop_contained_models(ordered: list[pycolmap.Reconstruction]) -> list[pycolmap.Reconstruction]:
+    """Leave out a model whose registered images are all in a larger one: COLMAP starts another model from a
+    second initial pair inside an image set it has already reconstructed (Sacre Coeur: a 4-image model of images
+    all in the 10-image one), which adds nothing a user can use and would be drawn, refined and reported."""
+    kept: list[pycolmap.Reconstruction] = []
+    seen: list[set[str]] = []
+    for model in ordered:
+        names = {model.image(image_id).name for image_id in model.reg_image_ids()}
+        if any(names <= larger for larger in seen):
+            log.info("left out a model of %d images, all registered in a larger model", len(names))
+            continue
+        kept.append(model)
+        seen.append(names)
+    return kept
 
 
 def drop_weak_images(model: pycolmap.Reconstruction, min_points: int) -> list[str]:
@@ -214,7 +256,7 @@ def model_folders(sparse_dir: str | os.PathLike) -> list[Path]:
 
 
 def read_models(sparse_dir: str | os.PathLike) -> list[pycolmap.Reconstruction]:
-    return [pycolmap.Reconstruction(folder) for folder in model_folders(sparse_dir)]
+    return [read_model(folder) for folder in model_folders(sparse_dir)]
 
 
 def model_statistics(model: pycolmap.Reconstruction) -> dict:

@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", "-o", type=Path, default=Path("matches.h5"), help="default: matches.h5")
     add_device_argument(parser)
     parser.add_argument("--min-similarity", type=number(float, at_least=-1, at_most=1), default=None,
-                        help="drop matches whose descriptor cosine similarity is below this (e.g. 0.8)")
+                        help="drop matches whose descriptor cosine similarity is below this (e.g. 0.8); default: off")
     parser.add_argument("--ratio", type=number(float, above=0, at_most=1), default=None,
                         help="Lowe's ratio test on descriptor distances (e.g. 0.9); off by default")
     add_cluster_arguments(parser, "pairs", DEFAULT_BLOCK_PAIRS)

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from d2sfm.errors import D2sfmError
 from d2sfm.images import gray_image_reader
+from d2sfm.model_files import read_model
 from d2sfm.patch_alignment import AlignmentSettings, align_keypoints, fit_linear_maps
 from d2sfm.tracks import Tracks
 
@@ -333,7 +334,7 @@ def refine_model_folder(folder: str | os.PathLike, image_dir: str | os.PathLike,
     settings = settings or ModelRefineSettings()
     folder = Path(folder)
     recover_interrupted(folder)
-    model = pycolmap.Reconstruction(folder)
+    model = read_model(folder)
     names = {image_id: image.name for image_id, image in model.images.items()}
     refined, summary = refine_model(model, gray_image_reader(names, Path(image_dir)), device, settings, progress)
     part, original = folder.with_name(folder.name + ".refined.part"), folder.with_name(folder.name + ".unrefined")

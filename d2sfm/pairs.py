@@ -2,10 +2,15 @@
 
 A pair list is a text file with one ``name0 name1`` per line, the format of hloc and of the localization
 benchmark. Pairs are unordered: (a, b) and (b, a) are the same pair and kept once, in first-seen order.
+
+Names are separated by white space, so a name that holds white space (``IMG 001.jpg``), a control character or a
+line break, or that starts with ``"`` or ``#``, is written as a JSON string (``"IMG 001.jpg"``): every name a file
+system allows round-trips, and lists of plain names stay exactly hloc's format. Lines end at ``\n`` only.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -14,7 +19,7 @@ import numpy as np
 import torch
 
 from d2sfm.errors import D2sfmError
-from d2sfm.fileutil import write_text_atomic
+from d2sfm.fileutil import read_text_file, write_text_atomic
 
 Pair = tuple[str, str]
 
@@ -63,6 +68,33 @@ def retrieval_pairs(names: Sequence[str], global_descriptors: np.ndarray, top_k:
     return unique_pairs((names[i], names[j]) for i in range(len(names)) for j in neighbours[i])
 
 
+def encode_name(name: str) -> str:
+    """A name as a pair list writes it: as it is when plain, else as a JSON string (see the module's docstring)."""
+    plain = name and not name.startswith(('"', "#")) and all(c.isprintable() and not c.isspace() for c in name)
+    return name if plain else json.dumps(name, ensure_ascii=False)
+
+
+_JSON = json.JSONDecoder()
+
+
+def decode_names(line: str) -> list[str]:
+    """The names on one line of a pair list: plain tokens and JSON strings; ValueError for a broken string."""
+    names, index = [], 0
+    while True:
+        while index < len(line) and line[index].isspace():
+            index += 1
+        if index == len(line):
+            return names
+        if line[index] == '"':
+            name, index = _JSON.raw_decode(line, index)
+        else:
+            end = index
+            while end < len(line) and not line[end].isspace():
+                end += 1
+            name, index = line[index:end], end
+        names.append(name)
+
+
 def read_pairs(path: str | os.PathLike, known_names: Iterable[str] | None = None) -> list[Pair]:
     """Parse a pair list; every name must be among ``known_names`` when given (one clear error otherwise)."""
     path = Path(path)
@@ -71,13 +103,17 @@ def read_pairs(path: str | os.PathLike, known_names: Iterable[str] | None = None
                          "command has them, exhaustive, sequential, retrieval or auto)")
     known = set(known_names) if known_names is not None else None
     pairs = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
+    for number, line in enumerate(read_text_file(path, "pair list").split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
             continue
-        parts = line.split()
+        try:
+            parts = decode_names(line)
+        except ValueError:
+            parts = []
         if len(parts) < 2:
-            raise D2sfmError(f"{path}:{number}: expected 'name0 name1', got {line!r}")
+            raise D2sfmError(f"{path}:{number}: expected 'name0 name1' (a name with spaces in double quotes, as a "
+                             f"JSON string), got {line!r}")
         a, b = parts[0], parts[1]
         if known is not None:
             for name in (a, b):
@@ -91,4 +127,4 @@ def read_pairs(path: str | os.PathLike, known_names: Iterable[str] | None = None
 
 
 def write_pairs(path: str | os.PathLike, pairs: Sequence[Pair]) -> None:
-    write_text_atomic(path, "".join(f"{a} {b}\n" for a, b in pairs))
+    write_text_atomic(path, "".join(f"{encode_name(a)} {encode_name(b)}\n" for a, b in pairs))

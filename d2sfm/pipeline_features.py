@@ -12,7 +12,7 @@ from d2sfm.cli import number, resolve_device
 from d2sfm.cluster import add_cluster_arguments
 from d2sfm.extract import default_loading, extract_features, feature_settings
 from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
-from d2sfm.io import MatchWriter, check_same_settings, list_entries, pair_key, read_settings
+from d2sfm.io import check_same_settings, list_entries, matched_pairs, pair_key, read_settings
 from d2sfm.match import match_pairs
 from d2sfm.pairs import Pair, write_pairs
 from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
@@ -85,8 +85,8 @@ def match_missing(args: argparse.Namespace, features_path: Path, pairs: Sequence
                   progress: bool = True) -> None:
     """Match the pairs not yet in ``matches_path`` (with ``--min-similarity`` and ``--ratio`` where the command
     has them)."""
-    writer = MatchWriter(matches_path) if matches_path.is_file() else None
-    done = sum(writer.has(*pair) for pair in pairs) if writer else 0
+    matched = matched_pairs(matches_path)
+    done = sum(pair_key(a, b) in matched or pair_key(b, a) in matched for a, b in pairs)
     print(f"  {len(pairs) - done} pair(s) to match, {done} matched earlier")
     min_similarity, ratio = getattr(args, "min_similarity", None), getattr(args, "ratio", None)
     if args.ray is not None:
@@ -120,7 +120,7 @@ def extract_and_match(args: argparse.Namespace, run: RunFolder, image_root: Path
     if len(usable) < len(pairs):
         print(f"  {len(pairs) - len(usable)} pairs skipped: an image of the pair has no features")
     run.stages.run("pairs", pairs_path.is_file(), lambda: write_pairs(pairs_path, usable))
-    matched = MatchWriter(matches).done if matches.is_file() else set()
+    matched = matched_pairs(matches)
     run.stages.run("match", all(pair_key(a, b) in matched for a, b in usable),
                    lambda: match_missing(args, features, usable, matches, progress))
     return extracted, usable

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from d2sfm.errors import D2sfmError
-from d2sfm.fileutil import write_text_atomic
+from d2sfm.fileutil import read_text_file, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def read_poses(path: str | os.PathLike) -> dict[str, Pose]:
     if not path.is_file():
         raise D2sfmError(f"{path}: no such pose file; expected one 'name qw qx qy qz tx ty tz' per line")
     poses = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text_file(path, "pose file").splitlines(), 1):
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue

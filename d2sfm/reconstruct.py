@@ -11,6 +11,7 @@ ones.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from collections.abc import Sequence
@@ -27,18 +28,28 @@ from d2sfm.cli import (
     resolve_device,
     run_main,
 )
-from d2sfm.database import CAMERA_MODELS, CAMERA_MODES, create_database, import_features_and_matches, verify_pairs
+from d2sfm.database import (
+    CAMERA_MODELS,
+    CAMERA_MODES,
+    create_database,
+    database_problem,
+    database_token,
+    import_features_and_matches,
+    stamp_database,
+    verify_pairs,
+)
 from d2sfm.dense import DEFAULT_MESH_TRIM, FUSED, MESH, cuda_problem, run_dense, workspace_path
 from d2sfm.errors import D2sfmError
-from d2sfm.fileutil import atomic_database, write_text_atomic
+from d2sfm.fileutil import atomic_database, remove_sqlite_side_files, write_text_atomic
 from d2sfm.images import list_images
-from d2sfm.io import MatchWriter, list_entries, pair_key, read_global_descriptors
+from d2sfm.io import list_entries, matched_pairs, pair_key, read_global_descriptors
 from d2sfm.library_logs import set_library_logs
 from d2sfm.mapping import (
     D2_ABS_POSE_MIN_INLIER_RATIO,
     D2_ABS_POSE_MIN_INLIERS,
     D2_INIT_MIN_TRI_ANGLE,
     MAPPERS,
+    mapped_from,
     model_folders,
     model_statistics,
     read_models,
@@ -55,6 +66,7 @@ from d2sfm.refine import (
     refine_settings,
     refinement_record,
 )
+from d2sfm.run_lock import folder_lock
 from d2sfm.stages import Stages
 from d2sfm.viz import write_model_picture
 from d2sfm.weights import resolve_weights
@@ -160,16 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overlap", type=number(int, at_least=1), default=10,
                         help="sequential: next N images (default 10)")
     parser.add_argument("--min-similarity", type=number(float, at_least=-1, at_most=1), default=None,
-                        help="matching: minimum cosine similarity")
+                        help="matching: drop matches whose descriptor cosine similarity is below this (e.g. 0.8); "
+                        "default: off (mutual nearest neighbours only)")
     parser.add_argument("--ratio", type=number(float, above=0, at_most=1), default=None,
-                        help="matching: Lowe's ratio test")
+                        help="matching: Lowe's ratio test on descriptor distances (e.g. 0.9); default: off")
     parser.add_argument("--camera-mode", choices=list(CAMERA_MODES), default=None,
                         help="auto (COLMAP's default: per camera and size), single, per-image, per-folder "
                         "(default: auto; single with --demo, whose images come from one camera)")
-    parser.add_argument("--camera-model", choices=CAMERA_MODELS, default="SIMPLE_RADIAL")
+    parser.add_argument("--camera-model", choices=CAMERA_MODELS, default="SIMPLE_RADIAL",
+                        help="COLMAP camera model of every camera (default SIMPLE_RADIAL, COLMAP's: focal, principal "
+                        "point, one radial term)")
     add_refine_argument(parser, "the keypoints of each track (before mapping), then each 3D point's observations "
                         "(after mapping, which also completes tracks and bundle-adjusts),")
-    parser.add_argument("--mapper", choices=MAPPERS, default="incremental")
+    parser.add_argument("--mapper", choices=MAPPERS, default="incremental",
+                        help="incremental (default: COLMAP's, image by image, each pose checked by 2D-3D RANSAC) or "
+                        "global (pycolmap's global mapper: rotation and translation averaging, faster on large "
+                        "scenes)")
     parser.add_argument("--abs-pose-min-inliers", type=number(int, at_least=1), default=D2_ABS_POSE_MIN_INLIERS,
                         help=f"inliers needed to register an image (default {D2_ABS_POSE_MIN_INLIERS}; COLMAP's "
                         "default 30 leaves D2 images out, see docs/benchmarks.md)")
@@ -201,14 +219,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def read_previous_stats(path: Path) -> dict:
+    """The record an earlier run left (what its finished stages produced and were run with); a damaged one is a
+    one-line error, not a guess: it says which stages are finished."""
+    if not path.is_file():
+        return {}
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise D2sfmError(f"{path}: damaged ({str(error).splitlines()[0]}); delete it to check every stage again "
+                         "(finished outputs are kept where they are complete), or pass --overwrite") from None
+    if not isinstance(previous, dict):
+        raise D2sfmError(f"{path}: not a d2sfm record (a JSON object is expected); delete it, or pass --overwrite")
+    return previous
+
+
+PAIR_METHODS = ("auto", "exhaustive", "sequential", "retrieval")
+SETTINGS_ORDER = ("pairs", "match", "database", "mapping")  # a change redoes its stage and every later one
+
+
+def stage_settings(args: argparse.Namespace, camera_mode: str, readable: list[str]) -> dict[str, dict]:
+    """What each stage's output depends on beyond the outputs before it, recorded in stats.json when it finishes:
+    a rerun with other settings redoes that stage and the ones after it instead of keeping a result that no longer
+    matches the command (extraction's own settings are checked in features.h5)."""
+    if args.pairs in PAIR_METHODS:
+        pairs = {"pairs": args.pairs, "images": digest("\n".join(readable))}
+        if args.pairs in ("auto", "retrieval"):
+            pairs["top_k"] = args.top_k
+        if args.pairs == "sequential":
+            pairs["overlap"] = args.overlap
+    else:  # a pair list: its content, wherever it lies
+        pair_file = Path(args.pairs)
+        pairs = {"pairs": "file", "sha256": digest(pair_file.read_bytes()) if pair_file.is_file() else str(pair_file)}
+    features = {"features": "scene"}
+    if args.features is not None:  # the user's file: another file, or the same one written again, is other features
+        features = {"features": str(args.features.resolve()), "modified_ns": args.features.stat().st_mtime_ns}
+    return {
+        "pairs": pairs,
+        "match": {**features, "min_similarity": args.min_similarity, "ratio": args.ratio},
+        "database": {"camera_mode": camera_mode, "camera_model": args.camera_model},
+        "mapping": {"mapper": args.mapper, "min_model_size": args.min_model_size, "text": args.text,
+                    "abs_pose_min_inliers": args.abs_pose_min_inliers,
+                    "abs_pose_min_inlier_ratio": args.abs_pose_min_inlier_ratio,
+                    "init_min_tri_angle": args.init_min_tri_angle, "mapper_attempts": args.mapper_attempts},
+    }
+
+
+def digest(data: str | bytes) -> str:
+    return hashlib.sha256(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data).hexdigest()
+
+
+def first_changed_stage(recorded: dict, current: dict) -> str | None:
+    """The first stage whose recorded settings differ from this run's (a stage with no record, as an earlier
+    release wrote, counts as unchanged); printed with what changed."""
+    for stage in SETTINGS_ORDER:
+        before = recorded.get(stage)
+        if before is not None and before != json.loads(json.dumps(current[stage])):
+            changes = ", ".join(f"{key} {before.get(key)!r} -> {current[stage].get(key)!r}"
+                                for key in current[stage] if before.get(key) != current[stage].get(key))
+            print(f"  settings changed since the last run ({stage}: {changes}); redoing {stage} and what follows")
+            return stage
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.mesh and not args.dense:
         raise D2sfmError("--mesh meshes the dense points: add --dense")
     set_library_logs(args.verbose)
     scene: Path = args.scene
-    camera_mode = args.camera_mode or ("single" if args.demo else "auto")
     image_dir = args.images or scene / "images"
+    if not args.demo and not image_dir.is_dir():
+        raise D2sfmError(f"{image_dir}: no such image folder; put the photos in scene/images/ or pass --images DIR")
+    if args.features is not None and not args.features.is_file():
+        raise D2sfmError(f"{args.features}: no such features file; give a features.h5 of d2sfm or hloc")
+    with folder_lock(scene):
+        return reconstruct_scene(args, scene, image_dir)
+
+
+def reconstruct_scene(args: argparse.Namespace, scene: Path, image_dir: Path) -> int:
+    """The stages, with ``scene`` held by this process."""
+    camera_mode = args.camera_mode or ("single" if args.demo else "auto")
     dense_problem = cuda_problem() if args.dense and not (scene / "dense" / FUSED).is_file() else None
     if dense_problem:
         print(f"warning: {dense_problem}")
@@ -222,23 +313,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = list_images(image_dir)
     if len(names) < 2:
         raise D2sfmError(f"{image_dir}: only {len(names)} image; a reconstruction needs at least two")
-    scene.mkdir(parents=True, exist_ok=True)
     paths = {key: scene / name for key, name in [
         ("features", "features.h5"), ("pairs", "pairs.txt"), ("matches", "matches.h5"),
         ("database", "database.db"), ("sparse", "sparse"), ("dense", "dense"), ("stats", "stats.json"),
         ("picture", "model.png")]}
     if args.features is not None:  # the user's file: read, never extracted into or deleted
-        if not args.features.is_file():
-            raise D2sfmError(f"{args.features}: no such features file; give a features.h5 of d2sfm or hloc")
         paths["features"] = args.features
-    previous = json.loads(paths["stats"].read_text()) if paths["stats"].is_file() and not args.overwrite else {}
+    previous = read_previous_stats(paths["stats"]) if not args.overwrite else {}
     if args.overwrite:
         for key in ("pairs", "matches", "database", "sparse", "dense", "stats", "picture") + (
                 () if args.features else ("features",)):
             shutil.rmtree(paths[key]) if paths[key].is_dir() else paths[key].unlink(missing_ok=True)
+        remove_sqlite_side_files(paths["database"])
         shutil.rmtree(workspace_path(paths["dense"]), ignore_errors=True)
     failures: list[tuple[str, str]] = list(map(tuple, previous.get("failed_images", [])))
     verification = previous.get("verification")
+    recorded_settings: dict = dict(previous.get("stage_settings") or {})
 
     written: dict = {}  # the statistics of this run written so far (the sparse result's, before dense runs)
 
@@ -247,6 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         an interrupted mapping must not cost the verification again."""
         write_text_atomic(paths["stats"], json.dumps({
             **written, "failed_images": [list(f) for f in failures], "verification": verification,
+            "stage_settings": recorded_settings,
             "stage_seconds": stages.times, "stage_peak_memory_mb": stages.peak_memory_mb}, indent=2))
 
     stages = Stages(previous.get("stage_seconds", {}), previous.get("stage_peak_memory_mb", {}), save_progress)
@@ -264,39 +355,65 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f"{missing[0]}); extract them, or leave out --features")
     if args.features is None:
         check_extraction_settings(args, paths["features"], progress)
-    stages.run("extract", all(n in done_names for n in names), extract)
+        stages.run("extract", all(n in done_names for n in names), extract)
+    else:
+        stages.run("extract", True, extract, skipped_because=f"features read from {args.features}")
     extracted = set(list_entries(paths["features"]))
     readable = [n for n in names if n in extracted]
     if len(readable) < 2:
         raise D2sfmError(f"{image_dir}: {len(readable)} readable image(s) of {len(names)}; need at least two")
 
-    stages.run("pairs", paths["pairs"].is_file(), lambda: write_pairs(
-        paths["pairs"], choose_pairs(args.pairs, readable, paths["features"], args.top_k, args.overlap)))
+    settings = stage_settings(args, camera_mode, readable)
+    changed = first_changed_stage(recorded_settings, settings)
+    redo = set(SETTINGS_ORDER[SETTINGS_ORDER.index(changed):]) if changed else set()
+
+    def finished(stage: str) -> None:
+        """The stage's output is current: it ran with these settings, or it was done and nothing it depends on
+        changed (a stage an earlier release ran gets this run's settings as its record)."""
+        recorded_settings[stage] = settings[stage]
+
+    def make_pairs() -> None:
+        write_pairs(paths["pairs"], choose_pairs(args.pairs, readable, paths["features"], args.top_k, args.overlap))
+        finished("pairs")
+
+    stages.run("pairs", paths["pairs"].is_file() and "pairs" not in redo, make_pairs)
+    finished("pairs")
     pairs = read_pairs(paths["pairs"], known_names=readable)
-    matched = MatchWriter(paths["matches"]).done if paths["matches"].is_file() else set()
+    if "match" in redo and changed == "match":  # other features or matching options: every pair's matches differ
+        paths["matches"].unlink(missing_ok=True)
+    matched = matched_pairs(paths["matches"])
     all_matched = all(pair_key(a, b) in matched or pair_key(b, a) in matched for a, b in pairs)
-    stages.run("match", all_matched, lambda: match_missing(args, paths["features"], pairs, paths["matches"], progress))
+
+    def match() -> None:
+        match_missing(args, paths["features"], pairs, paths["matches"], progress)
+        finished("match")
+
+    stages.run("match", all_matched, match)
+    finished("match")
 
     drop_database_refined_unasked(paths["database"], args.refine, args.refine_method)
-
-    def discard_models() -> None:
-        """Before the database's keypoints change: a model mapped from the earlier ones is stale (removed first, so
-        that a run interrupted in between cannot leave a stale model beside the new database)."""
-        for stale in (paths["sparse"], paths["dense"], workspace_path(paths["dense"])):
-            shutil.rmtree(stale, ignore_errors=True)
+    problem = database_problem(paths["database"], readable) if paths["database"].is_file() else None
+    if problem and (paths["sparse"] / "0").is_dir():
+        raise D2sfmError(f"{paths['database']}: {problem}, but {paths['sparse']} holds models mapped from it; delete "
+                         f"{paths['database'].name} to build it again from the features and matches (the models are "
+                         "then mapped again), or pass --overwrite to redo the whole scene")
+    if problem:
+        print(f"  {paths['database'].name}: {problem}; building it again")
 
     def build_database() -> None:
         nonlocal verification
-        discard_models()
         with atomic_database(paths["database"]) as scratch:
             ids = create_database(scratch, image_dir, readable, camera_mode, args.camera_model)
             import_features_and_matches(scratch, ids, paths["features"], paths["matches"], pairs, progress)
-            verification = verify_pairs(scratch, paths["pairs"]).__dict__
+            verification = verify_pairs(scratch).__dict__
+            stamp_database(scratch)
+        finished("database")
 
-    stages.run("database", paths["database"].is_file() and verification is not None, build_database)
+    database_done = paths["database"].is_file() and not problem and verification is not None
+    stages.run("database", database_done and "database" not in redo, build_database)
+    finished("database")
 
     def refine() -> None:
-        discard_models()
         summary = refine_database(paths["database"], image_dir, resolve_weights(args.weights, progress=progress),
                                   resolve_device(args.device), refine_settings(args), progress=progress)
         print(f"  {summary.describe()}")
@@ -304,11 +421,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.refine:
         stages.run("refine", is_refined(paths["database"]), refine)
 
+    source = {"database": database_token(paths["database"])}
+
     def mapping() -> None:
         models = run_mapping(paths["database"], image_dir, paths["sparse"], args.mapper, args.min_model_size,
                              text=args.text, progress=progress, abs_pose_min_inliers=args.abs_pose_min_inliers,
                              abs_pose_min_inlier_ratio=args.abs_pose_min_inlier_ratio,
-                             init_min_tri_angle=args.init_min_tri_angle, attempts=args.mapper_attempts)
+                             init_min_tri_angle=args.init_min_tri_angle, attempts=args.mapper_attempts,
+                             mapped_from=source)
         if not models:
             raise D2sfmError(
                 f"mapping found no model of at least {args.min_model_size} images: "
@@ -316,9 +436,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{verification['median_inliers']:.0f} inliers; try more pairs (--pairs exhaustive) "
                 "or more overlapping photos"
             )
+        for stale in (paths["dense"], workspace_path(paths["dense"])):  # made from the models just replaced
+            shutil.rmtree(stale, ignore_errors=True)
+        finished("mapping")
 
     recover_interrupted_models(paths["sparse"])
-    stages.run("mapping", (paths["sparse"] / "0").is_dir(), mapping)
+    recorded_source = mapped_from(paths["sparse"])
+    models_current = (paths["sparse"] / "0").is_dir() and (
+        recorded_source == source if recorded_source is not None else source["database"] is None)
+    stages.run("mapping", models_current and "mapping" not in redo, mapping)
+    finished("mapping")
     if args.refine:
         refine_models(paths["sparse"], image_dir, resolve_device(args.device), stages, progress)
     stages.run("picture", picture_is_current(paths["picture"], paths["sparse"] / "0"), lambda: write_model_picture(
@@ -335,6 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from d2sfm.synthetic import compare_to_truth
 
         stats["demo_check"] = compare_to_truth(models[0], scene / "ground_truth")
+    stats["stage_settings"] = recorded_settings
     stats["stage_seconds"], stats["stage_peak_memory_mb"] = stages.times, stages.peak_memory_mb
     write_text_atomic(paths["stats"], json.dumps(stats, indent=2))  # the sparse result, saved before dense runs
     written.update(stats)

@@ -16,6 +16,7 @@ import numpy as np
 import pycolmap
 
 from d2sfm.errors import D2sfmError
+from d2sfm.fileutil import read_text_file
 from d2sfm.poses import Pose, pose_to_rigid3d
 
 
@@ -36,7 +37,7 @@ def read_nvm_poses(path: str | os.PathLike) -> dict[str, Pose]:
     path = Path(path)
     if not path.is_file():
         raise D2sfmError(f"{path}: no such NVM file")
-    lines = iter(path.read_text().splitlines())
+    lines = iter(read_text_file(path, "NVM file").splitlines())
     header = next(lines, "")
     if not header.startswith("NVM_V3"):
         raise D2sfmError(f"{path}: not an NVM_V3 file (first line {header[:40]!r})")
@@ -68,7 +69,7 @@ def read_intrinsics(path: str | os.PathLike) -> dict[str, Intrinsics]:
     if not path.is_file():
         raise D2sfmError(f"{path}: no such intrinsics file")
     result = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text_file(path, "intrinsics file").splitlines(), 1):
         fields = line.split()
         if not fields:
             continue

@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from d2sfm.cli import CommandParser, add_device_argument, add_weights_argument, resolve_device, run_main
-from d2sfm.database import read_only
+from d2sfm.database import read_only, stamp_database
 from d2sfm.errors import D2sfmError
 from d2sfm.feature_patches import DenseFeatureNet, PatchSettings
 from d2sfm.fileutil import atomic_database, atomic_path, copy_database
@@ -194,6 +194,7 @@ def write_keypoints(database_path: str | os.PathLike, keypoints: dict[int, np.nd
         with contextlib.closing(sqlite3.connect(scratch)) as connection, connection:
             connection.execute(f"CREATE TABLE IF NOT EXISTS {REFINED_TABLE} (record TEXT)")
             connection.execute(f"INSERT INTO {REFINED_TABLE} VALUES (?)", (json.dumps(record),))
+        stamp_database(scratch)  # models mapped from the unrefined keypoints are stale from now on
 
 
 def _refuse_refined(database_path: str | os.PathLike) -> None:
@@ -352,6 +353,32 @@ def drop_database_refined_unasked(database_path: Path, refine: bool, method: str
         database_path.unlink()
 
 
+REFINE_ADVICE = ("give the database.db that d2sfm.reconstruct (or COLMAP's feature import and matching) built, with "
+                 "geometrically verified matches")
+
+
+def check_refinable_database(database_path: Path) -> None:
+    """Refuse, in one line and without writing to it, a file that is not a COLMAP database holding an image with
+    keypoints and verified pairs: opening it with pycolmap would write COLMAP's schema into it (an empty or
+    foreign file) and report '0 of 0 keypoints moved'. ``read_only`` opens the file immutable."""
+    if database_path.stat().st_size == 0:
+        raise D2sfmError(f"{database_path}: is empty (0 bytes), not a COLMAP database; {REFINE_ADVICE}")
+    with read_only(database_path) as connection:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = [table for table in ("images", "keypoints", "two_view_geometries") if table not in tables]
+        if missing:
+            raise D2sfmError(f"{database_path}: not a COLMAP database (no {missing[0]!r} table); {REFINE_ADVICE}")
+        with_keypoints = connection.execute(
+            "SELECT COUNT(*) FROM keypoints JOIN images ON keypoints.image_id = images.image_id "
+            "WHERE keypoints.rows > 0").fetchone()[0]
+        if not with_keypoints:
+            raise D2sfmError(f"{database_path}: has no image with keypoints, so nothing to refine; {REFINE_ADVICE}")
+        verified = connection.execute("SELECT COUNT(*) FROM two_view_geometries WHERE rows > 0").fetchone()[0]
+        if not verified:
+            raise D2sfmError(f"{database_path}: has no geometrically verified image pairs, so no tracks to refine; "
+                             f"{REFINE_ADVICE}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="python -m d2sfm.refine",
@@ -387,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.database.is_file():
         raise D2sfmError(f"{args.database}: no such COLMAP database; check the path")
+    check_refinable_database(args.database)
     weights = resolve_weights(args.weights, progress=not args.quiet) if args.method == "featuremetric" else None
     summary = refine_database(args.database, args.images, weights, resolve_device(args.device),
                               RefineSettings(method=args.method), progress=not args.quiet)

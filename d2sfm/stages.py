@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import resource
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,20 +14,17 @@ from pathlib import Path
 from d2sfm.fileutil import write_text_atomic
 
 
-def reset_peak_memory() -> bool:
-    """Restart this process's peak resident memory (Linux's VmHWM) from its current size, so that the next reading
-    is the peak of what runs in between; False where the kernel does not allow it (the reading is then the peak
-    since the process started)."""
+def resident_memory_mb() -> float:
+    """This process's resident memory now, in MiB (0 where /proc is absent)."""
     try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * PAGE_BYTES / 2**20
     except OSError:
-        return False
+        return 0.0
 
 
 def peak_memory_mb() -> float:
-    """This process's peak resident memory in MiB (since start, or since ``reset_peak_memory``)."""
+    """This process's peak resident memory since it started, in MiB (Linux's VmHWM, what /usr/bin/time reports)."""
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
@@ -35,6 +33,38 @@ def peak_memory_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+PAGE_BYTES = resource.getpagesize()
+
+
+class PeakMemory:
+    """The peak resident memory of this process while a block runs, without resetting the process's own peak
+    (which ``/usr/bin/time`` and other tools read): where the block raised the process's peak, that peak is exact;
+    otherwise the largest of readings taken every ``interval`` seconds in a thread."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.sampled = 0.0
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sampled = max(self.sampled, resident_memory_mb())
+
+    def __enter__(self) -> PeakMemory:
+        self.before = peak_memory_mb()
+        self.sampled = resident_memory_mb()
+        self._thread = threading.Thread(target=self._sample, name="d2sfm-peak-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        after = peak_memory_mb()
+        self.peak_mb = after if after > self.before else max(self.sampled, resident_memory_mb())
 
 
 class Stages:
@@ -47,16 +77,16 @@ class Stages:
         self.peak_memory_mb = dict(previous_peaks or {})
         self.on_finished = on_finished  # called after each stage that ran: save what a rerun needs to skip it
 
-    def run(self, name: str, done: bool, work: Callable[[], None]) -> None:
+    def run(self, name: str, done: bool, work: Callable[[], None], skipped_because: str = "done earlier") -> None:
         if done:
-            print(f"[{name}] done earlier, skipped")
+            print(f"[{name}] {skipped_because}, skipped")
             return
         print(f"[{name}]")
-        reset_peak_memory()
         start = time.perf_counter()
-        work()
+        with PeakMemory() as memory:
+            work()
         self.times[name] = round(time.perf_counter() - start, 2)
-        self.peak_memory_mb[name] = round(peak_memory_mb(), 1)
+        self.peak_memory_mb[name] = round(memory.peak_mb, 1)
         if self.on_finished:
             self.on_finished()
 

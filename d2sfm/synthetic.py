@@ -9,6 +9,7 @@ aligns a reconstruction to them with a similarity transform and reports rotation
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -271,10 +272,12 @@ def render_scene(scene_dir: str | Path, count: int = 12, width: int = 800, heigh
         ok, encoded = cv2.imencode(".png", render(planes, rotation, centre, width, height, focal))
         with atomic_path(scene_dir / "images" / image.name) as temporary:
             temporary.write_bytes(encoded.tobytes())
-    truth_dir = scene_dir / "ground_truth"
+    truth_dir, scratch = scene_dir / "ground_truth", scene_dir / "ground_truth.part"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    truth.write_text(scratch)  # written last and renamed into place: its presence says the scene is complete
     shutil.rmtree(truth_dir, ignore_errors=True)
-    truth_dir.mkdir()
-    truth.write_text(truth_dir)
+    os.replace(scratch, truth_dir)
     return [image.name for image in sorted(truth.images.values(), key=lambda image: image.image_id)]
 
 
@@ -374,13 +377,23 @@ def compare_to_truth(model: pycolmap.Reconstruction, truth_dir: str | Path) -> d
             "median_position_error_rel": float(np.median(position_errors))}
 
 
+# The command's bounds: a 4096 x 4096 view renders (2x supersampled, in float64) in about 9 GB; 60000 x 60000 would
+# need terabytes and ended in a MemoryError. The 'rings' layout is for hundreds or thousands of views.
+MAX_SIDE = 4096
+MAX_VIEWS = 10000
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = CommandParser(prog="python -m d2sfm.synthetic",
                            description="Render the embedded synthetic courtyard scene with known cameras.")
     parser.add_argument("scene", type=Path, help="output folder: images/ and ground_truth/ are written there")
-    parser.add_argument("--views", type=number(int, at_least=2), default=12, help="number of images (default 12)")
-    parser.add_argument("--width", type=number(int, at_least=32), default=800)
-    parser.add_argument("--height", type=number(int, at_least=32), default=600)
+    parser.add_argument("--views", type=number(int, at_least=2, at_most=MAX_VIEWS), default=12,
+                        help=f"number of images (default 12, at most {MAX_VIEWS})")
+    parser.add_argument("--width", type=number(int, at_least=32, at_most=MAX_SIDE), default=800,
+                        help=f"image width in pixels (default 800, at most {MAX_SIDE}: rendering takes about "
+                        "0.6 KB of memory per pixel, 2.4 GB at 2048 x 2048)")
+    parser.add_argument("--height", type=number(int, at_least=32, at_most=MAX_SIDE), default=600,
+                        help=f"image height in pixels (default 600, at most {MAX_SIDE})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--layout", choices=list(LAYOUTS), default="arc",
                         help="'arc': one arc in front of the back wall (default); 'rings': four arcs at different "

@@ -26,6 +26,8 @@ from tqdm import tqdm
 from d2sfm.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 from d2sfm.cli import CommandParser, add_device_argument, add_weights_argument, number, resolve_device, run_main
 from d2sfm.errors import D2sfmError
+from d2sfm.extract import MAX_WORKERS
+from d2sfm.fileutil import read_text_file
 from d2sfm.images import list_images
 from d2sfm.model import D2Net
 from d2sfm.orphans import end_with_this_process
@@ -52,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trainable-layers", type=number(int, at_least=1, at_most=10), default=1,
                         help="train the last N conv layers (default 1: conv4_3 only, as the paper; up to 10)")
     parser.add_argument("--seed", type=int, default=1, help="seeds the pairs and torch (default 1)")
-    parser.add_argument("--workers", type=number(int, at_least=0), default=0, help="data loader processes (default 0)")
+    parser.add_argument("--workers", type=number(int, at_least=0, at_most=MAX_WORKERS), default=0,
+                        help=f"data loader processes (default 0; at most {MAX_WORKERS})")
     parser.add_argument("--checkpoint-every", type=number(int, at_least=1), default=200,
                         help="also save last.pth every N steps inside an epoch (default 200)")
     homography = parser.add_argument_group("homography pairs")
@@ -88,7 +91,7 @@ def _scene_list(path: Path | None) -> list[str] | None:
         return None
     if not path.is_file():
         raise D2sfmError(f"{path}: no such scene list; pass a text file with one scene name per line")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in read_text_file(path, "scene list").splitlines() if line.strip()]
 
 
 def build_datasets(args: argparse.Namespace):

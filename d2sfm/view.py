@@ -20,6 +20,7 @@ import numpy as np
 from d2sfm.cli import CommandParser, number, run_main
 from d2sfm.errors import D2sfmError
 from d2sfm.keypoints import colmap_xy_to_opencv_xy
+from d2sfm.model_files import read_model
 from d2sfm.model_picture import FRAMED_SHARE, frustum_size, model_arrays, viewing_frame
 
 THUMBNAIL_EDGE = 160  # pixels: the photos inside the frusta
@@ -79,10 +80,9 @@ def quaternion_wxyz(rotation: np.ndarray) -> np.ndarray:
 def serve(model_dir: Path, image_dir: Path | None, host: str, port: int, max_points: int):
     """Start the viser server with the model drawn; returns it (its ``stop`` ends it), the points sent and the
     cameras drawn."""
-    import pycolmap
     import viser
 
-    model = pycolmap.Reconstruction(model_dir)
+    model = read_model(model_dir)
     arrays = model_arrays(model)
     server = viser.ViserServer(host=host, port=port, verbose=False)
     points, colours = arrays.points, arrays.colours

@@ -125,15 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
 def write_model_picture(model_dir: Path, output: Path, database: Path | None = None,
                         all_names: Sequence[str] = (), height: int = 750) -> Path:
     """Read a COLMAP model and write its picture (d2sfm.model_picture)."""
-    import pycolmap
-
+    from d2sfm.model_files import read_model
     from d2sfm.model_picture import model_picture
 
     if not ((model_dir / "images.bin").is_file() or (model_dir / "images.txt").is_file()):
         raise D2sfmError(f"{model_dir}: not a COLMAP model (no images.bin or images.txt); give a model folder "
                          "such as SCENE/sparse/0")
     database = database or (model_dir.parent.parent / "database.db")
-    picture = model_picture(pycolmap.Reconstruction(model_dir), database if database.is_file() else None,
+    picture = model_picture(read_model(model_dir), database if database.is_file() else None,
                             list(all_names), height)
     return write_png(output, picture)
 

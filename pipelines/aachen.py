@@ -31,6 +31,7 @@ from d2sfm.cli import number, resolve_device
 from d2sfm.database import import_features_and_matches, read_image_ids, verify_pairs
 from d2sfm.errors import D2sfmError
 from d2sfm.fileutil import atomic_database, write_text_atomic
+from d2sfm.model_files import read_model
 from d2sfm.pairs import Pair, read_pairs, unique_pairs
 from d2sfm.pipeline_features import extract_and_match
 from d2sfm.pose_scores import THRESHOLD_PRESETS
@@ -230,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
             with_features = {n: ids[n] for n in names if n in extracted}
             import_features_and_matches(scratch, with_features, paths["features"], paths["matches"], usable,
                                         progress)
-            verification = verify_pairs(scratch, paths["pairs"])
+            verification = verify_pairs(scratch)
             print(f"  {verification.describe()}")
             run.save(verification=verification.__dict__)
 
@@ -256,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
     stages.run("triangulate", paths["triangulated"].is_dir(), triangulate)
 
     def register() -> None:
-        model = pycolmap.Reconstruction(paths["triangulated"])
+        model = read_model(paths["triangulated"])
         options = registration_options(args.min_inliers, args.min_inlier_ratio,
                                        refine_intrinsics=args.refine_query_intrinsics)
         final, results = register_queries(paths["database"], model, query_names, options,
@@ -267,7 +268,7 @@ def run(args: argparse.Namespace) -> int:
     stages.run("register", paths["registration"].is_file() and paths["final"].is_dir(), register)
     run.save()
 
-    final = pycolmap.Reconstruction(paths["final"])
+    final = read_model(paths["final"])
     by_name = {image.name: image for image in final.images.values()}
     outcomes = []
     for result in json.loads(paths["registration"].read_text()):

@@ -30,7 +30,7 @@ from d2sfm.cli import add_device_argument, number, resolve_device
 from d2sfm.errors import D2sfmError
 from d2sfm.extract import extract_features, feature_settings
 from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
-from d2sfm.fileutil import write_text_atomic
+from d2sfm.fileutil import read_text_file, write_text_atomic
 from d2sfm.images import ImageReadError, read_image_bgr
 from d2sfm.io import FeatureWriter, read_features
 from d2sfm.match import mutual_nearest_neighbours
@@ -89,7 +89,7 @@ def _read_sequence(root: Path, name: str) -> HSequence:
         if not (folder / f"{k}{suffix}").is_file() or not path.is_file():
             raise D2sfmError(f"{path}: missing (each sequence needs images 1-6 and H_1_2..H_1_6); {DATASET_HELP}")
         try:
-            homography = np.loadtxt(path, dtype=np.float64)
+            homography = np.loadtxt(read_text_file(path, "homography file").splitlines(), dtype=np.float64)
         except ValueError:
             homography = None
         if homography is None or homography.shape != (3, 3):

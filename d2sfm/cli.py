@@ -68,7 +68,8 @@ class StopOnSignal:
         if not self.pending:
             self.pending = True
             threading.Thread(target=self._insist, name="d2sfm-stop", daemon=True).start()
-        raise KeyboardInterrupt
+        if not in_finaliser(frame):  # there, the exception would be ignored: the next try comes from _insist
+            raise KeyboardInterrupt
 
     def _insist(self) -> None:
         while True:
@@ -76,6 +77,16 @@ class StopOnSignal:
             if not self.pending:
                 return
             _thread.interrupt_main()
+
+
+def in_finaliser(frame) -> bool:
+    """Whether Python is running a finaliser (``__del__``) or a weakref callback in ``frame`` or a caller of it,
+    where an exception raised is printed as "Exception ignored" and dropped."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__" or frame.f_code.co_filename.endswith("weakref.py"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def show_library_messages() -> None:

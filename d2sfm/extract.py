@@ -11,6 +11,9 @@ import argparse
 import functools
 import hashlib
 import json
+import logging
+import os
+import posixpath
 import resource
 import sys
 import time
@@ -45,7 +48,7 @@ from d2sfm.gpu_batching import (
     out_of_memory,
 )
 from d2sfm.images import ImageReadError, list_images, read_image_bgr
-from d2sfm.io import FeatureWriter
+from d2sfm.io import SCRATCH_GROUP, FeatureWriter
 from d2sfm.library_logs import add_verbose_argument, set_library_logs
 from d2sfm.orphans import end_with_this_process
 from d2sfm.pyramid import MULTI_SCALE
@@ -60,6 +63,8 @@ NETWORK_AND_DETECTION_STAGE = "network and detection"
 DETECTION_STAGE = "detection"
 WRITING_STAGE = "writing"
 LOOP_STAGE = "extraction loop"
+log = logging.getLogger("d2sfm")
+
 TIMED_STAGES = (STARTUP_STAGE, WAITING_STAGE, DECODING_STAGE, NETWORK_STAGE, DETECTION_STAGE, WRITING_STAGE)
 
 # --scales: the original D2-Net's pyramid is 0.5, 1, 2; scale s costs about s*s the memory of scale 1, so a 1600-px
@@ -71,14 +76,34 @@ MAX_WORKERS = 64
 
 def image_sources(images: Path, image_list: Path | None) -> tuple[Path, list[str]]:
     """(root, names): every image under a folder, the names listed in ``image_list`` relative to the folder,
-    or, when ``images`` is a text file, the paths it lists (relative to the current folder or absolute)."""
+    or, when ``images`` is a text file, the paths it lists (relative to the current folder or absolute).
+
+    Names are keys of features.h5 and must be the same on every run for a rerun to resume: a listed path is
+    normalised (``./a.jpg`` is ``a.jpg``), and when a list file holds an absolute path or one outside the current
+    folder, every name is taken relative to the deepest folder that holds all the listed photos."""
     if images.is_file() and image_list is None:
-        return Path("."), _read_list(images)
+        return list_file_sources(_read_list(images))
     if not images.is_dir():
         raise D2sfmError(f"{images}: no such folder or image list; pass a folder of images or a text file of paths")
     if image_list is None:
         return images, list_images(images)
-    return images, _read_list(image_list)
+    names = [posixpath.normpath(name) for name in _read_list(image_list)]
+    outside = [name for name in names if posixpath.isabs(name) or name.split("/")[0] == ".."]
+    if outside:
+        raise D2sfmError(f"{image_list}: {outside[0]!r} is not inside {images}; --image-list names photos relative to "
+                         "the folder (or give the list alone, without the folder)")
+    return images, list(dict.fromkeys(names))
+
+
+def list_file_sources(paths: Sequence[str]) -> tuple[Path, list[str]]:
+    """(root, names) of the paths a list file gives (see ``image_sources``)."""
+    names = [posixpath.normpath(path) for path in paths]
+    if not any(posixpath.isabs(name) or name.split("/")[0] == ".." for name in names):
+        return Path("."), list(dict.fromkeys(names))
+    absolute = [os.path.abspath(name) for name in names]
+    root = os.path.commonpath([os.path.dirname(path) for path in absolute])
+    log.info("image names are the listed paths relative to %s", root)
+    return Path(root), list(dict.fromkeys(Path(path).relative_to(root).as_posix() for path in absolute))
 
 
 def _read_list(path: Path) -> list[str]:
@@ -89,6 +114,24 @@ def _read_list(path: Path) -> list[str]:
     if not names:
         raise D2sfmError(f"{path}: the image list is empty; put one image path per line")
     return list(dict.fromkeys(names))
+
+
+def name_problem(name: str) -> str | None:
+    """Why an image name cannot be a features file's key, or None. A file name that is not UTF-8 (HDF5's and the
+    COLMAP database's names are UTF-8 text) and a first folder named as features.h5's scratch group (its images
+    would be taken for an interrupted write and dropped) are failed images with their reason, not a stopped run."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8 text; rename the file (e.g. with convmv)"
+    if name.split("/")[0] == SCRATCH_GROUP:
+        return f"the folder name {SCRATCH_GROUP} is reserved for features.h5's unfinished entries; rename the folder"
+    return None
+
+
+def printable(name: str) -> str:
+    """A name as it can be printed and logged whatever its bytes (undecodable ones as \\udcXX)."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def file_sha256(path: Path) -> str:
@@ -205,7 +248,9 @@ def extract_features(
     batches = batches or MemoryBoundedBatches.for_device(extractor.device, batch_size)
     writer = FeatureWriter(output, settings, descriptor_dtype=descriptor_dtype, overwrite=overwrite)
     pending = [name for name in names if name not in writer.done]
-    failures: list[tuple[str, str]] = []
+    failures = [(printable(name), f"{printable(str(root / name))}: {name_problem(name)}")
+                for name in pending if name_problem(name)]
+    pending = [name for name in pending if not name_problem(name)]
     if not pending:
         return 0, failures
     loader = DataLoader(

@@ -7,12 +7,13 @@ complete file or the new complete file, never a half-written one.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import sqlite3
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from d2sfm.errors import D2sfmError
 
 
 @contextlib.contextmanager
@@ -62,7 +63,8 @@ def atomic_database(path: str | os.PathLike) -> Iterator[Path]:
         except (RuntimeError, sqlite3.Error) as error:
             problem = str(error).splitlines()[0] if str(error) else type(error).__name__
             if any(words in problem.lower() for words in SQLITE_WRITE_FAILURES):
-                raise OSError(errno.ENOSPC, f"cannot write the database ({problem})", str(path)) from None
+                raise D2sfmError(f"{path}: cannot write the database ({problem}); check the free disk space and the "
+                                 "folder's permissions, then rerun the same command: finished work is saved") from None
             raise
         finally:
             remove_sqlite_side_files(scratch)  # its own log and index, whether it is renamed into place or not
@@ -70,7 +72,9 @@ def atomic_database(path: str | os.PathLike) -> Iterator[Path]:
 
 
 # What SQLite (directly, or through pycolmap's RuntimeError) says when the disk is full or refuses a write
-SQLITE_WRITE_FAILURES = ("disk is full", "disk i/o error", "file too large", "readonly database", "unable to open")
+# (COLMAP says only "No registered database factory succeeded" when SQLite cannot create or open the file)
+SQLITE_WRITE_FAILURES = ("disk is full", "disk i/o error", "file too large", "readonly database", "unable to open",
+                         "no registered database factory")
 
 
 def _current_umask() -> int:
@@ -94,7 +98,6 @@ def read_text_file(path: str | os.PathLike, what: str) -> str:
     """The text of an input file the user gives (``what``: "pair list", "image list", "pose file", ...), read as
     UTF-8 (a leading byte-order mark is skipped) with any line ending read as '\\n', as ``Path.read_text`` does. A
     file that is missing, a folder or not UTF-8 is a one-line error naming it instead of a traceback."""
-    from d2sfm.errors import D2sfmError
 
     path = Path(path)
     try:

@@ -226,7 +226,7 @@ def test_an_hloc_features_file_is_reconstructed_as_it_is(small_scene, demo_run, 
     run = reconstruct(scene, "--features", tmp_path / "hloc" / "features.h5", "--camera-mode", "single",
                       "--no-refine", weights=weights_path)  # the database's keypoints are the detections
     assert run.returncode == 0, run.stderr
-    assert "[extract] done earlier, skipped" in run.stdout and not (scene / "features.h5").exists()
+    assert "[extract] features read from" in run.stdout and not (scene / "features.h5").exists()
     names, keypoints = read_database_keypoints(scene / "database.db")
     for image_id, name in names.items():
         assert np.allclose(keypoints[image_id][:, :2], read_keypoints(small_scene / "features.h5", name)[0], atol=1e-4)
@@ -292,7 +292,7 @@ def test_refinement_moves_keypoints_towards_the_truth(small_scene, demo_run, wei
     resumed = reconstruct(scene, "--demo", weights=weights_path)
     assert resumed.returncode == 0, resumed.stderr
     assert "[mapping] done earlier, skipped" in resumed.stdout and "[refine-model]\n" in resumed.stdout
-    assert sorted(p.name for p in sparse.iterdir()) == ["0"]
+    assert sorted(p.name for p in sparse.iterdir()) == ["0", "mapped_from.json"]  # no .unrefined, no .part
 
     undone = reconstruct(scene, "--demo", "--no-refine", weights=weights_path)
     assert undone.returncode == 0, undone.stderr

@@ -40,9 +40,9 @@ from tqdm import tqdm
 
 from d2sfm.cli import CommandParser, run_main
 from d2sfm.errors import D2sfmError
+from d2sfm.features import Features
 from d2sfm.fileutil import atomic_path
 from d2sfm.io import list_entries, open_hdf5, pair_keys, read_features, read_global_descriptors
-from d2sfm.features import Features
 from d2sfm.keypoints import colmap_xy_to_opencv_xy
 
 HLOC_FEATURE_ATTRS = {"keypoint_convention": "hloc (pixel centres at integers)", "descriptor_layout": "D x N",

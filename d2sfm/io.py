@@ -30,7 +30,12 @@ from d2sfm.features import Features
 from d2sfm.keypoints import opencv_xy_to_colmap_xy
 
 SCRATCH_GROUP = "_d2sfm_incomplete"
-FORMAT_ATTRS = {"d2sfm_format": "features-1", "keypoint_convention": "colmap", "descriptor_layout": "N x D"}
+# hloc reads no file attribute, so this cannot stop its readers; it tells a person who opens the file what it is
+HLOC_NOTE = ("not hloc's conventions although laid out like hloc's: keypoints are COLMAP's (hloc's readers would read "
+             "them 0.5 px off) and descriptors are N x D (hloc: D x N); convert with python -m d2sfm.export hloc "
+             "FEATURES [MATCHES] -o DIR [--model SCENE/sparse/0]")
+FORMAT_ATTRS = {"d2sfm_format": "features-1", "keypoint_convention": "colmap", "descriptor_layout": "N x D",
+                "hloc_note": HLOC_NOTE}
 
 
 def is_hloc_file(handle: h5py.File) -> bool:

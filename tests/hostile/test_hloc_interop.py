@@ -11,6 +11,7 @@ reads the export with hloc itself where it happens to be importable.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import shutil
 import sqlite3
 from pathlib import Path
@@ -129,7 +130,7 @@ def test_appended_points_are_never_matched(scene, tmp_path):
     assert export(scene, tmp_path / "plain").returncode == 0
     model = read_model(scene / "sparse" / "0")
     names = sorted(model.images[image_id].name for image_id in model.reg_image_ids())
-    for name0, name1 in zip(names, names[1:]):
+    for name0, name1 in itertools.pairwise(names):
         counts = [len(read_features(scene / "features.h5", name).keypoints) for name in (name0, name1)]
         aligned = [hloc_matcher_inputs(tmp_path / "aligned" / "features.h5", name)["descriptors"]
                    for name in (name0, name1)]

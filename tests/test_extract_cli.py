@@ -12,6 +12,7 @@ import cv2
 import h5py
 import numpy as np
 import pytest
+from in_process import command_in_process
 
 from d2sfm.io import SCRATCH_GROUP, list_entries, read_features, read_settings
 
@@ -131,17 +132,17 @@ def test_interrupted_run_resumes_without_redoing_work(tmp_path, sacre_coeur_imag
 
 
 def test_help_and_bad_folder(tmp_path, weights_path):
-    help_run = subprocess.run([sys.executable, "-m", "d2sfm.extract", "--help"], capture_output=True, text=True)
+    help_run = command_in_process("d2sfm.extract", "--help")
     assert help_run.returncode == 0 and "--max-keypoints" in help_run.stdout and "--multiscale" in help_run.stdout
     missing = run_extract(tmp_path / "nowhere", weights=weights_path)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert "nowhere: no such folder or image list" in missing.stderr
     (tmp_path / "empty").mkdir()
-    empty = run_extract(tmp_path / "empty", weights=weights_path)
+    empty = command_in_process("d2sfm.extract", tmp_path / "empty", "--weights", weights_path)  # same main, no imports
     assert empty.returncode == 2 and "no images found" in empty.stderr
     (tmp_path / "one").mkdir()
     cv2.imwrite(str(tmp_path / "one" / "a.png"), np.zeros((32, 32, 3), np.uint8))
-    no_memory = run_extract(tmp_path / "one", "--gpu-memory", "0", weights=weights_path)
+    no_memory = command_in_process("d2sfm.extract", tmp_path / "one", "--gpu-memory", "0", "--weights", weights_path)
     assert no_memory.returncode == 2 and no_memory.stderr.count("\n") == 1
     assert "argument --gpu-memory:" in no_memory.stderr
 
@@ -149,7 +150,10 @@ def test_help_and_bad_folder(tmp_path, weights_path):
 def _child_pids(pid: int) -> list[int]:
     children = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        children += [int(c) for c in (task / "children").read_text().split()]
+        try:
+            children += [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):  # the thread (or the process) ended since the listing
+            continue
     return children
 
 

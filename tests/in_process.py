@@ -1,0 +1,40 @@
+"""Running a d2sfm command's ``main`` the way ``python -m`` does, inside the test process."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+import os
+import signal
+import subprocess
+
+
+def command_in_process(module: str, *args) -> subprocess.CompletedProcess:
+    """The command's own ``main`` under ``cli.run_main`` (what ``python -m`` runs), in this process: for refusals
+    that happen before any work, where a fresh interpreter would cost 2-4 s of imports per case. Every test file
+    still runs the same refusals through ``command`` at least once, so the ``python -m`` path stays covered.
+    What ``run_main`` changes for the process (the SIGTERM handler, d2sfm's console handler, the library log
+    settings it puts in the environment for child processes) is put back."""
+    from d2sfm.cli import run_main
+
+    main = importlib.import_module(f"d2sfm.{module.removeprefix('d2sfm.')}").main
+    logger = logging.getLogger("d2sfm")
+    handlers, level, sigterm = list(logger.handlers), logger.level, signal.getsignal(signal.SIGTERM)
+    environment = dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run_main(main, [str(arg) for arg in args])
+                status = 0
+            except SystemExit as stop:
+                status = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        signal.signal(signal.SIGTERM, sigterm)
+        os.environ.clear()
+        os.environ.update(environment)
+    return subprocess.CompletedProcess([module, *map(str, args)], status, out.getvalue(), err.getvalue())

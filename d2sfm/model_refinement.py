@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from d2sfm.errors import D2sfmError
 from d2sfm.images import gray_image_reader
+from d2sfm.mapping import bundle_adjust
 from d2sfm.model_files import read_model
 from d2sfm.patch_alignment import AlignmentSettings, align_keypoints, fit_linear_maps
 from d2sfm.tracks import Tracks
@@ -181,21 +182,6 @@ def _collect_nodes(model: pycolmap.Reconstruction, chunk: np.ndarray, point_ids:
     keep = (usable | reference) & np.isfinite(maps).all(axis=(1, 2))
     keep |= reference  # a reference seen from behind (never after mapping) still anchors its observations
     return _Nodes(point_index[keep], image_ids[keep], keypoint_ids[keep], xy[keep], reference[keep], maps[keep])
-
-
-def bundle_adjust(model: pycolmap.Reconstruction) -> None:
-    """COLMAP's global bundle adjustment (every registered image, the gauge fixed by two cameras), called through
-    the adjuster itself: ``pycolmap.bundle_adjustment`` computes the same but turns COLMAP's INFO log on for the
-    rest of the process (pycolmap 4.2), and printing is --verbose's choice."""
-    pycolmap.ObservationManager(model).filter_observations_with_negative_depth()
-    config = pycolmap.BundleAdjustmentConfig()
-    for image_id in model.reg_image_ids():
-        config.add_image(image_id)
-    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
-    options = pycolmap.BundleAdjustmentOptions()
-    options.print_summary = False
-    pycolmap.create_default_bundle_adjuster(options, config, model).solve()
-    model.update_point_3d_errors()
 
 
 def refine_model(model: pycolmap.Reconstruction, read_gray: Callable[[int], np.ndarray], device: torch.device,

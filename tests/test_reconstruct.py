@@ -21,6 +21,7 @@ from d2sfm.mapping import (
     drop_weak_images,
     left_out_but_linked,
     read_models,
+    run_mapping,
     triangulated_share,
     verified_matches,
     why_map_again,
@@ -191,6 +192,20 @@ def test_thin_or_partial_models_are_mapped_again(small_scene, demo_run, weights_
     weakly_linked[next(pair for pair in matches.pairs if left_out in pair)] = RETRY_LINKED_MATCHES - 1
     assert left_out_but_linked(partial, weakly_linked) == []
     assert why_map_again({0: partial}, partial.num_reg_images(), lambda: replace(matches, pairs=weakly_linked)) is None
+
+
+def test_distortion_is_held_while_mapping_and_estimated_once_every_image_is_in(small_scene, demo_run, tmp_path):
+    """run_mapping holds the cameras' distortion (SIMPLE_RADIAL's k) at zero while the model grows, then estimates
+    it in a final bundle adjustment: the written model has it estimated (small: the rendered photos have none)."""
+    assert demo_run.returncode == 0, demo_run.stderr
+    models = run_mapping(small_scene / "database.db", small_scene / "images", tmp_path / "sparse", progress=False,
+                         attempts=1)
+    model = models[0]
+    assert model.num_reg_images() == 8
+    distorted = [camera for camera in model.cameras.values() if camera.model.name == "SIMPLE_RADIAL"]
+    assert distorted and all(camera.params[3] != 0.0 for camera in distorted), [c.params for c in distorted]
+    assert all(abs(camera.params[3]) < 0.05 for camera in distorted)  # the rendered photos have no distortion
+    assert read_models(tmp_path / "sparse")[0].cameras[distorted[0].camera_id].params[3] == distorted[0].params[3]
 
 
 def test_images_held_by_few_points_are_left_out(small_scene, demo_run, weights_path):

@@ -26,7 +26,7 @@ def evaluate_eth(*args, weights):
 @pytest.fixture(scope="module")
 def eth_run(tmp_path_factory, weights_path):
     scene = tmp_path_factory.mktemp("eth") / "courtyard"
-    names = render_scene(scene, count=6, width=480, height=360, focal=384.0)
+    names = render_scene(scene, count=6, width=320, height=240, focal=256.0)
     write_pairs(scene / "match_list.txt", sequential_pairs(names, 3))
     output = scene.parent / "out"
     result = evaluate_eth("--dataset", scene, "--output", output, "--methods", "d2-ss", "sift", weights=weights_path)

@@ -49,7 +49,7 @@ def summary(output: Path) -> dict:
 @pytest.fixture(scope="module")
 def courtyard_aachen(tmp_path_factory) -> Path:
     source = tmp_path_factory.mktemp("courtyard")
-    render_scene(source, count=10, width=480, height=360, focal=384.0)  # 640x480 cost CI 1.8x the extraction
+    render_scene(source, count=10, width=320, height=240, focal=256.0)  # 480x360 cost CI 1.5x, 640x480 2.7x
     truth = pycolmap.Reconstruction(source / "ground_truth")
     images = posed_images_from_model(truth, source / "images")
     database, queries = as_aachen(images, ["view_03.png", "view_06.png", "view_09.png"])
@@ -195,7 +195,7 @@ def test_v1_1_retrieval_variant_adds_day_queries_missing_from_the_database(tmp_p
     """v1.1's database holds only night queries; day queries of the retrieval variant join a copy with the
     intrinsics of their query list, and the benchmark's file stays untouched."""
     source = tmp_path_factory.mktemp("courtyard_v11")
-    render_scene(source, count=10, width=480, height=360, focal=384.0)  # what is tested is the file handling
+    render_scene(source, count=10, width=320, height=240, focal=256.0)  # what is tested is the file handling
     images = posed_images_from_model(pycolmap.Reconstruction(source / "ground_truth"), source / "images")
     database, queries = as_aachen(images, ["view_03.png", "view_06.png", "view_09.png"], night=False)
     dataset = write_mini_aachen(tmp_path_factory.mktemp("aachen_v11"), database, queries, version="1.1",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pycolmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.paths import REPO  # noqa: E402
+from benchmarks.paths import REPO
 
 
 def main() -> None:
@@ -31,6 +31,7 @@ def main() -> None:
         D2_ABS_POSE_MIN_INLIER_RATIO,
         D2_ABS_POSE_MIN_INLIERS,
         D2_INIT_MIN_TRI_ANGLE,
+        hold_distortion,
         run_mapping,
         verified_keypoints,
     )
@@ -44,7 +45,7 @@ def main() -> None:
         "d2sfm's initial-pair angle only": {"init_min_tri_angle": D2_INIT_MIN_TRI_ANGLE},
         "d2sfm's (both)": {**registration, "init_min_tri_angle": D2_INIT_MIN_TRI_ANGLE},
         "d2sfm's, distortion held while mapping": {**registration, "init_min_tri_angle": D2_INIT_MIN_TRI_ANGLE,
-                                                    **HOLD_DISTORTION},
+                                                    "hold_distortion": True},
     }
     if args.rows == "distortion":
         option_sets = {label: option_sets[label] for label in list(option_sets)[-2:]}
@@ -64,8 +65,11 @@ def main() -> None:
             options = pycolmap.IncrementalPipelineOptions()
             options.random_seed = seed
             options.min_model_size = 3
-            for key, value in changes.items():  # "ba_...": the pipeline's own; the others: its mapper's
-                setattr(options if key.startswith("ba_") else options.mapper, key, value)
+            for key, value in changes.items():
+                if key == "hold_distortion":
+                    hold_distortion(options)  # (without run_mapping's final adjustment: as the mapper leaves it)
+                else:
+                    setattr(options.mapper, key, value)
             with tempfile.TemporaryDirectory() as scratch:
                 models = pycolmap.incremental_mapping(database, images, scratch, options)
             per_seed.append(describe(sorted(models.values(), key=lambda m: m.num_reg_images(), reverse=True),
@@ -79,9 +83,6 @@ def main() -> None:
     report("d2sfm.reconstruct (d2sfm's, distortion held while mapping, retried under 90% of the images or 15% "
            "triangulated, or leaving out a well-linked image)", per_seed, total,
            args.seeds)
-
-
-HOLD_DISTORTION = {"ba_refine_extra_params": False, "abs_pose_refine_extra_params": False}  # (no final BA here)
 
 
 def describe(models: list, verified: dict) -> tuple[list[int], int, float]:

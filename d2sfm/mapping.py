@@ -46,12 +46,11 @@ COLMAP_MAPPER_OPTIONS = {"abs_pose_min_inliers": 30, "abs_pose_min_inlier_ratio"
 # leaves out one image that has ~500 verified matches to the other nine); the best model (most images, then most
 # points) is kept.
 # Distortion is held at its start (none) while the incremental mapper grows a model, and estimated once all images
-# are in, by a final global bundle adjustment (bundle_adjust). Refined from the first pair on, as COLMAP does, a
+# are in, by a final global bundle adjustment (hold_distortion, bundle_adjust). Refined from the first pair on, as COLMAP does, a
 # per-photo SIMPLE_RADIAL camera without EXIF focal can run away on a narrow-baseline pair of zoomed shots (focal
 # 1e4 to 1e6 px, k of several units) and nothing else registers: on SIFT keypoints of the Sacre Coeur photos, 7 to
 # 17 single mapping runs in 30 ended with 2 to 4 images; with distortion held, 0 to 1 (docs/benchmarks.md, "Holding
 # distortion while mapping", by benchmarks/mapper_options.py). Focal lengths are still refined throughout.
-HOLD_DISTORTION_WHILE_MAPPING = True
 RETRY_BELOW_SHARE = 0.9
 RETRY_BELOW_TRIANGULATED = 0.15
 RETRY_LINKED_MATCHES = 100
@@ -78,9 +77,7 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
         options.mapper.abs_pose_min_num_inliers = abs_pose_min_inliers
         options.mapper.abs_pose_min_inlier_ratio = abs_pose_min_inlier_ratio
         options.mapper.init_min_tri_angle = init_min_tri_angle
-        if HOLD_DISTORTION_WHILE_MAPPING:
-            options.ba_refine_extra_params = False
-            options.mapper.abs_pose_refine_extra_params = False
+        hold_distortion(options)
         with pycolmap.Database.open(database_path) as database:
             total = database.num_images()
         models: dict = {}
@@ -122,7 +119,7 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
     if not ordered:
         shutil.rmtree(scratch, ignore_errors=True)
         return []
-    if mapper == "incremental" and HOLD_DISTORTION_WHILE_MAPPING:
+    if mapper == "incremental":
         for model in ordered:  # the distortion held while mapping, estimated now that every image is in
             bundle_adjust(model)
     for index, model in enumerate(ordered):
@@ -137,6 +134,13 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
 
 
 MAPPED_FROM = "mapped_from.json"  # beside the models: the database (its build token) they were mapped from
+
+
+def hold_distortion(options: pycolmap.IncrementalPipelineOptions) -> None:
+    """The incremental mapper's options with the cameras' extra parameters (distortion) held while it maps; the
+    final ``bundle_adjust`` of ``run_mapping`` estimates them."""
+    options.ba_refine_extra_params = False
+    options.mapper.abs_pose_refine_extra_params = False
 
 
 def bundle_adjust(model: pycolmap.Reconstruction) -> None:

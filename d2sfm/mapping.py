@@ -46,11 +46,12 @@ COLMAP_MAPPER_OPTIONS = {"abs_pose_min_inliers": 30, "abs_pose_min_inlier_ratio"
 # leaves out one image that has ~500 verified matches to the other nine); the best model (most images, then most
 # points) is kept.
 # Distortion is held at its start (none) while the incremental mapper grows a model, and estimated once all images
-# are in, by a final global bundle adjustment (hold_distortion, bundle_adjust). Refined from the first pair on, as COLMAP does, a
-# per-photo SIMPLE_RADIAL camera without EXIF focal can run away on a narrow-baseline pair of zoomed shots (focal
-# 1e4 to 1e6 px, k of several units) and nothing else registers: on SIFT keypoints of the Sacre Coeur photos, 7 to
-# 17 single mapping runs in 30 ended with 2 to 4 images; with distortion held, 0 to 1 (docs/benchmarks.md, "Holding
-# distortion while mapping", by benchmarks/mapper_options.py). Focal lengths are still refined throughout.
+# are in, by a final global bundle adjustment (hold_distortion, bundle_adjust). Refined from the first pair on, as
+# COLMAP does, a per-photo SIMPLE_RADIAL camera without EXIF focal can run away on a narrow-baseline pair of zoomed
+# shots (focal 1e4 to 1e6 px, k of several units) and nothing else registers: on SIFT keypoints of the Sacre Coeur
+# photos, 7 to 17 single mapping runs in 30 ended with 2 to 4 images; with distortion held, 0 to 1
+# (docs/benchmarks.md, "Holding distortion while mapping", by benchmarks/mapper_options.py). Focal lengths are still
+# refined throughout.
 RETRY_BELOW_SHARE = 0.9
 RETRY_BELOW_TRIANGULATED = 0.15
 RETRY_LINKED_MATCHES = 100

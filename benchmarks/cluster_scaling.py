@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.paths import REPO, SACRE_COEUR, WEIGHTS  # noqa: E402
-from d2sfm.images import list_images  # noqa: E402
-from d2sfm.io import list_entries  # noqa: E402
-from d2sfm.pairs import exhaustive_pairs, write_pairs  # noqa: E402
+from d2sfm.io.h5 import list_entries  # noqa: E402
+from d2sfm.io.images import list_images  # noqa: E402
+from d2sfm.matching.pairs import exhaustive_pairs, write_pairs  # noqa: E402
 
 
 def repeated_photos(source: Path, count: int, folder: Path) -> Path:
@@ -53,7 +53,7 @@ def ray_start_up(workers: int, device: str) -> float:
     code = ("import time, ray, torch; s = time.perf_counter(); ray.init(include_dashboard=False, "
             "logging_level='ERROR', log_to_driver=False)\n"
             "@ray.remote(num_cpus=1, num_gpus=%d)\nclass A:\n    def ready(self):\n"
-            "        from d2sfm.model import D2Net; D2Net(); return 1\n"
+            "        from d2sfm.features.network import D2Net; D2Net(); return 1\n"
             "ray.get([a.ready.remote() for a in [A.remote() for _ in range(%d)]]); print(time.perf_counter() - s)"
             % (1 if device == "cuda" else 0, workers))
     try:  # an actor the cluster cannot place (no GPU seen) would wait for ever

@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.extract_speed import Tf32, original_on_current_torch  # noqa: E402
 from benchmarks.paths import REPO, SACRE_COEUR, WEIGHTS  # noqa: E402
-from d2sfm.extract import TIMED_STAGES  # noqa: E402
+from d2sfm.commands.extract import TIMED_STAGES  # noqa: E402
 
 DEFAULT_PHOTOS = SACRE_COEUR
 STAGES = TIMED_STAGES
@@ -43,7 +43,7 @@ STAGES = TIMED_STAGES
 
 def prepare_photos(source: Path, folder: Path, count: int, max_edge: int) -> list[Path]:
     """``count`` JPEG photos with their longest side ``max_edge``, cycling through the photos of ``source``."""
-    from d2sfm.images import list_images, read_image_bgr
+    from d2sfm.io.images import list_images, read_image_bgr
 
     encoded = []
     for name in list_images(source):

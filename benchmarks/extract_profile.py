@@ -64,9 +64,9 @@ def main() -> None:
 
     import torch
 
-    from d2sfm.extractor import D2Extractor, ExtractionConfig
-    from d2sfm.images import read_image_bgr
-    from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
+    from d2sfm.features.extractor import D2Extractor, ExtractionConfig
+    from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
+    from d2sfm.io.images import read_image_bgr
 
     torch.set_grad_enabled(False)
     device = torch.device(args.device)

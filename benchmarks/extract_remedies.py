@@ -63,7 +63,7 @@ def variants(cpus: int) -> list[Variant]:
 def uniform_photos(source: Path, folder: Path, count: int, width: int, height: int) -> tuple[list[str], int]:
     """``count`` JPEGs of exactly ``width`` x ``height``, cycling through the photos of ``source``; returns their
     names and how many of them are distinct."""
-    from d2sfm.images import list_images, read_image_bgr
+    from d2sfm.io.images import list_images, read_image_bgr
 
     encoded = []
     for name in list_images(source):
@@ -91,9 +91,9 @@ def run_variant(spec: dict) -> dict:
     of one size, meets no batch shape the warm-up did not compile."""
     import torch
 
-    from d2sfm.extract import default_loading, extract_features
-    from d2sfm.extractor import D2Extractor, ExtractionConfig, GpuTuning
-    from d2sfm.gpu_batching import MemoryBoundedBatches
+    from d2sfm.commands.extract import default_loading, extract_features
+    from d2sfm.features.extractor import D2Extractor, ExtractionConfig, GpuTuning
+    from d2sfm.features.gpu_batching import MemoryBoundedBatches
 
     torch.set_grad_enabled(False)
     torch._inductor.config.compile_threads = 1
@@ -136,8 +136,8 @@ def run_in_child(spec: dict) -> dict:
 
 def agreement_with(baseline: Path, output: Path, names: list[str]) -> tuple[list[float], float]:
     """Mean share of ``output``'s keypoints within each of DISTANCES of ``baseline``'s, and keypoints/image."""
-    from d2sfm.io import read_features
-    from d2sfm.parity import agreement
+    from d2sfm.evaluation.parity import agreement
+    from d2sfm.io.h5 import read_features
 
     shares, counts = [], []
     for name in names:
@@ -153,7 +153,7 @@ def decoding_table(photos: Path, names: list[str], device, config, cpus: int) ->
     import torch
     from torch.utils.data import DataLoader
 
-    from d2sfm.extract import _as_is, _PreparedImages
+    from d2sfm.commands.extract import _as_is, _PreparedImages
 
     rows = []
     for workers in sorted({w for w in (1, 4, 8, 12) if w <= cpus} | {cpus}):
@@ -169,7 +169,7 @@ def decoding_table(photos: Path, names: list[str], device, config, cpus: int) ->
     if device.type == "cuda":
         from torchvision.io import decode_jpeg
 
-        from d2sfm.images import read_image_bgr
+        from d2sfm.io.images import read_image_bgr
 
         data = [torch.frombuffer(bytearray((photos / name).read_bytes()), dtype=torch.uint8) for name in names]
         for batch in (1, 8):
@@ -209,9 +209,9 @@ def main() -> None:
 
     import torch
 
-    from d2sfm.extractor import ExtractionConfig
-    from d2sfm.gpu_batching import DEFAULT_GPU_MEMORY_GIB
-    from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
+    from d2sfm.features.extractor import ExtractionConfig
+    from d2sfm.features.gpu_batching import DEFAULT_GPU_MEMORY_GIB
+    from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
 
     device = torch.device(args.device)
     cpus = os.cpu_count() or 1

@@ -39,8 +39,8 @@ PYRAMIDS = {"SS": (1.0,), "MS": (0.5, 1.0, 2.0)}
 
 
 def _load_images(folder: Path, limit: int, max_edge: int, max_sum_edges: int):
-    from d2sfm.extractor import resize_for_network
-    from d2sfm.images import list_images, read_image_bgr
+    from d2sfm.features.extractor import resize_for_network
+    from d2sfm.io.images import list_images, read_image_bgr
 
     names = list_images(folder)[:limit]
     return names, [resize_for_network(read_image_bgr(folder / n), max_edge, max_sum_edges) for n in names]
@@ -107,7 +107,7 @@ def run_child(spec: dict) -> dict:
                 keypoints, _, _ = original_pyramid.process_multiscale(tensor.to(device), model, scales=list(scales))
             return keypoints[:, [1, 0]] + 0.5
     else:
-        from d2sfm.extractor import D2Extractor, ExtractionConfig
+        from d2sfm.features.extractor import D2Extractor, ExtractionConfig
 
         conv = "winograd" if spec["impl"] == "winograd" else "exact"
         config = ExtractionConfig(scales=scales, conv=conv, precision=spec["precision"],
@@ -128,7 +128,7 @@ def run_child(spec: dict) -> dict:
         extract(image)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    from d2sfm.pyramid import pyramid_gflop
+    from d2sfm.features.pyramid import pyramid_gflop
 
     seconds, keypoints = [], []
     gflop = [pyramid_gflop(*image.shape[:2], scales) for image in images]
@@ -146,7 +146,7 @@ def run_child(spec: dict) -> dict:
 def agreement_shares(ours: list, theirs: list) -> dict[float, tuple[float, float]]:
     """For each distance in AGREEMENT_PX: (share of our keypoints within it of one of theirs, and the reverse),
     pooled over the images."""
-    from d2sfm.parity import agreement
+    from d2sfm.evaluation.parity import agreement
 
     pooled = {distance: [0, 0] for distance in AGREEMENT_PX}
     counts = [0, 0]

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def features_with(keypoints: int, seed: int = 0):
-    from d2sfm.features import Features
+    from d2sfm.io.features import Features
 
     rng = np.random.default_rng(seed)
     descriptors = rng.standard_normal((keypoints, 512)).astype(np.float32)
@@ -48,7 +48,7 @@ def main() -> None:
 
     import torch
 
-    from d2sfm.io import FeatureWriter
+    from d2sfm.io.h5 import FeatureWriter
 
     print(f"{args.images} images written per row into a fresh features.h5 (float16 descriptors, 512 each); median "
           f"per image; torch {torch.__version__}, {torch.get_num_threads()} threads\n")

@@ -32,8 +32,8 @@ import pycolmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.paths import REPO, WEIGHTS  # noqa: E402
-from d2sfm.io import MatchWriter, list_entries, read_features, read_matches  # noqa: E402
-from d2sfm.synthetic import compare_to_truth, render_scene  # noqa: E402
+from d2sfm.io.h5 import MatchWriter, list_entries, read_features, read_matches  # noqa: E402
+from d2sfm.synthetic.scene import compare_to_truth, render_scene  # noqa: E402
 
 STAGES = ("extract", "pairs", "match", "database", "refine", "mapping", "refine-model")
 

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.extract_remedies import uniform_photos  # noqa: E402
 from benchmarks.paths import SACRE_COEUR  # noqa: E402
-from d2sfm.extract import _as_is, _PreparedImages  # noqa: E402
+from d2sfm.commands.extract import _as_is, _PreparedImages  # noqa: E402
 
 
 @dataclass
@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=None, help="default: 1 and the CPU count (<= 4)")
     args = parser.parse_args()
 
-    from d2sfm.extractor import ExtractionConfig
+    from d2sfm.features.extractor import ExtractionConfig
 
     workers_list = args.workers or sorted({1, min(4, os.cpu_count() or 1)})
     config = ExtractionConfig(max_edge=max(args.width, args.height))

@@ -27,7 +27,7 @@ def main() -> None:
                         "distortion while mapping changes (d2sfm's options with and without it, and the command)")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from d2sfm.mapping import (
+    from d2sfm.sfm.mapping import (
         D2_ABS_POSE_MIN_INLIER_RATIO,
         D2_ABS_POSE_MIN_INLIERS,
         D2_INIT_MIN_TRI_ANGLE,
@@ -87,7 +87,7 @@ def main() -> None:
 
 def describe(models: list, verified: dict) -> tuple[list[int], int, float]:
     """(images of each model, largest first; 3D points and triangulated share of the largest)."""
-    from d2sfm.mapping import triangulated_share
+    from d2sfm.sfm.mapping import triangulated_share
 
     if not models:
         return [], 0, 0.0

@@ -33,7 +33,7 @@ MOVEMENT_DISTANCES = (0.05, 1.0)
 
 def photo_folder(source: Path, count: int | None, work: Path) -> Path:
     """``source``, or a folder of links to its first ``count`` photos."""
-    from d2sfm.images import list_images
+    from d2sfm.io.images import list_images
 
     if not count:
         return source
@@ -46,8 +46,8 @@ def photo_folder(source: Path, count: int | None, work: Path) -> Path:
 
 def movement(reference: Path, other: Path, names) -> list[float]:
     """Mean share of ``other``'s keypoints within each of MOVEMENT_DISTANCES of ``reference``'s."""
-    from d2sfm.io import read_features
-    from d2sfm.parity import agreement
+    from d2sfm.evaluation.parity import agreement
+    from d2sfm.io.h5 import read_features
 
     shares = []
     for name in names:
@@ -75,8 +75,8 @@ def main() -> None:
     import torch
 
     from benchmarks.sfm_vs_sift import d2_reconstruction, d2sfm_features
-    from d2sfm.images import list_images
-    from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
+    from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
+    from d2sfm.io.images import list_images
     from pipelines.hpatches import D2Options, Method, find_sequences, run_benchmark
     from pipelines.synthetic_sequences import synthesise_sequences
 

@@ -32,7 +32,7 @@ from benchmarks.paths import WEIGHTS  # noqa: E402
 
 
 def synthetic_reconstruction(work: Path, count: int, weights: Path, device: str) -> Path:
-    from d2sfm.synthetic import render_scene
+    from d2sfm.synthetic.scene import render_scene
 
     scene = work / "scene"
     render_scene(scene, count, 320, 240, focal=256.0, layout="rings")
@@ -52,9 +52,9 @@ def timed(function, device: torch.device):
 
 
 def main() -> None:
-    from d2sfm.cli import resolve_device
-    from d2sfm.model_refinement import ModelRefineSettings, refine_model_folder
-    from d2sfm.refine import RefineSettings, read_database_keypoints, refine_database
+    from d2sfm.commands.cli import resolve_device
+    from d2sfm.commands.refine import RefineSettings, read_database_keypoints, refine_database
+    from d2sfm.refinement.model_refinement import ModelRefineSettings, refine_model_folder
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--views", type=int, default=120)

@@ -54,9 +54,9 @@ SCENES = (  # name, views, width, height, focal, layout, pairs, seeds
 
 
 def settings_for(gate: dict):
-    from d2sfm.model_refinement import ModelRefineSettings
-    from d2sfm.patch_alignment import AlignmentSettings
-    from d2sfm.refine import RefineSettings
+    from d2sfm.commands.refine import RefineSettings
+    from d2sfm.refinement.model_refinement import ModelRefineSettings
+    from d2sfm.refinement.patch_alignment import AlignmentSettings
 
     model = ModelRefineSettings()
     return (RefineSettings(alignment=replace(AlignmentSettings(), **gate)),
@@ -65,7 +65,7 @@ def settings_for(gate: dict):
 
 def render_and_verify(work: Path, scene, weights: Path, device: str) -> Path:
     """A rendered scene reconstructed once without refinement: its database is the verified start of every gate."""
-    from d2sfm.synthetic import render_scene
+    from d2sfm.synthetic.scene import render_scene
 
     name, count, width, height, focal, layout, pairs, _ = scene
     folder = work / name
@@ -79,11 +79,11 @@ def render_and_verify(work: Path, scene, weights: Path, device: str) -> Path:
 def fits_against_truth(database: Path, folder: Path, settings, device: torch.device) -> dict:
     """The database refinement's alignment of ``database`` with every moved keypoint compared with the truth:
     the anchor's keypoint is cast onto the true surface and projected into the keypoint's view."""
-    from d2sfm.images import gray_image_reader
-    from d2sfm.patch_alignment import align_keypoints, anchors_and_maps, edge_affinities
-    from d2sfm.refine import read_database_keypoints
-    from d2sfm.synthetic import courtyard, transfer_to_view
-    from d2sfm.tracks import Tracks, build_tracks, read_verified_matches
+    from d2sfm.commands.refine import read_database_keypoints
+    from d2sfm.io.images import gray_image_reader
+    from d2sfm.refinement.patch_alignment import align_keypoints, anchors_and_maps, edge_affinities
+    from d2sfm.refinement.tracks import Tracks, build_tracks, read_verified_matches
+    from d2sfm.synthetic.scene import courtyard, transfer_to_view
 
     names, keypoints = read_database_keypoints(database)
     matches = read_verified_matches(database)
@@ -118,7 +118,7 @@ def fits_against_truth(database: Path, folder: Path, settings, device: torch.dev
 
 
 def cameras_against_truth(runs, truth: Path) -> dict:
-    from d2sfm.synthetic import compare_to_truth
+    from d2sfm.synthetic.scene import compare_to_truth
 
     checks = [compare_to_truth(models[0], truth) for models, _ in runs if models]
     checks = [check for check in checks if check.get("aligned")]
@@ -128,7 +128,7 @@ def cameras_against_truth(runs, truth: Path) -> dict:
 
 
 def refined_copy(raw: Path, target: Path, images: Path, weights: Path, device, settings) -> Path:
-    from d2sfm.refine import refine_database
+    from d2sfm.commands.refine import refine_database
 
     shutil.copy(raw, target)
     if settings is not None:
@@ -175,13 +175,13 @@ def synthetic_rows(work: Path, weights: Path, device: torch.device) -> list[str]
 
 
 def model_statistics_of(models) -> dict:
-    from d2sfm.mapping import model_statistics
+    from d2sfm.sfm.mapping import model_statistics
 
     return model_statistics(models[0]) if models else {}
 
 
 def photo_rows(work: Path, images: Path, weights: Path, device: torch.device) -> list[str]:
-    from d2sfm.images import list_images
+    from d2sfm.io.images import list_images
 
     names = list_images(images)
     rows = []
@@ -202,7 +202,7 @@ def photo_rows(work: Path, images: Path, weights: Path, device: torch.device) ->
 
 
 def main() -> None:
-    from d2sfm.cli import resolve_device
+    from d2sfm.commands.cli import resolve_device
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=SACRE_COEUR)

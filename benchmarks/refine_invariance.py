@@ -46,9 +46,9 @@ def homography(size: tuple[int, int], scale: float, degrees: float, perspective:
 
 
 def main() -> None:
-    from d2sfm.feature_patches import DenseFeatureNet, PatchSettings
-    from d2sfm.io import read_keypoints
-    from d2sfm.keypoint_adjustment import adjust_keypoints
+    from d2sfm.io.h5 import read_keypoints
+    from d2sfm.refinement.feature_patches import DenseFeatureNet, PatchSettings
+    from d2sfm.refinement.keypoint_adjustment import adjust_keypoints
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", type=Path,
@@ -110,8 +110,8 @@ def patch_alignment_errors(image, warped, source, start, truth) -> str:
     """Median / 75% final error of ``--refine``'s patch alignment of the warped keypoints against the fixed
     originals, the local affinity taken from the neighbouring matches as in a real run (keypoints whose alignment
     fails keep their start, and count)."""
-    from d2sfm.patch_alignment import AlignmentSettings, align_keypoints, edge_affinities
-    from d2sfm.tracks import build_tracks
+    from d2sfm.refinement.patch_alignment import AlignmentSettings, align_keypoints, edge_affinities
+    from d2sfm.refinement.tracks import build_tracks
 
     order = np.arange(len(source))
     matches = {(1, 2): np.stack([order, order], axis=1)}

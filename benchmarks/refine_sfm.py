@@ -45,9 +45,9 @@ VARIANTS = (
 
 
 def verified_database(images: Path, names, features: Path, work: Path) -> tuple[Path, str, float]:
-    from d2sfm.database import create_database, import_features_and_matches, verify_pairs
-    from d2sfm.match import match_pairs
-    from d2sfm.pairs import exhaustive_pairs, write_pairs
+    from d2sfm.commands.match import match_pairs
+    from d2sfm.matching.pairs import exhaustive_pairs, write_pairs
+    from d2sfm.sfm.database import create_database, import_features_and_matches, verify_pairs
 
     pairs = exhaustive_pairs(names)
     write_pairs(work / "pairs.txt", pairs)
@@ -64,7 +64,7 @@ def warm_up(images: Path, names, weights: Path, device, work: Path) -> None:
     """One untimed pass on a GPU over three photos (multi-scale extraction, matching, both database refinements),
     so that the first timed stage does not pay for the CUDA context, cuDNN, cuBLAS/cuSOLVER and lazily loaded
     kernels."""
-    from d2sfm.refine import RefineSettings, refine_database
+    from d2sfm.commands.refine import RefineSettings, refine_database
 
     work.mkdir()
     d2sfm_features(images, names, work / "features.h5", weights, (0.5, 1.0, 2.0), True, device=device)
@@ -82,9 +82,9 @@ def map_seeds(database: Path, images: Path, work: Path, seeds, refine_model_on=N
     """Mapping per seed; with ``refine_model_on`` (a torch device) each seed's largest model is refined as
     d2sfm.reconstruct refines it (or with ``model_settings``). Returns the runs and the model refinement's
     seconds per seed."""
-    from d2sfm.images import gray_image_reader
-    from d2sfm.mapping import run_mapping
-    from d2sfm.model_refinement import refine_model
+    from d2sfm.io.images import gray_image_reader
+    from d2sfm.refinement.model_refinement import refine_model
+    from d2sfm.sfm.mapping import run_mapping
 
     runs, refine_seconds = [], []
     for seed in seeds:
@@ -112,9 +112,9 @@ def median_over_seeds(per_seed: list[dict]) -> dict:
 
 
 def main() -> None:
-    from d2sfm.cli import resolve_device
-    from d2sfm.images import list_images
-    from d2sfm.refine import RefineSettings, refine_database
+    from d2sfm.commands.cli import resolve_device
+    from d2sfm.commands.refine import RefineSettings, refine_database
+    from d2sfm.io.images import list_images
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=SACRE_COEUR)

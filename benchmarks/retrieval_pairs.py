@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pycolmap
 
-from d2sfm.io import list_entries, read_features
-from d2sfm.pairs import retrieval_pairs, unique_pairs
+from d2sfm.io.h5 import list_entries, read_features
+from d2sfm.matching.pairs import retrieval_pairs, unique_pairs
 
 
 def verified_pairs(database: Path, min_inliers: int) -> dict[frozenset, int]:

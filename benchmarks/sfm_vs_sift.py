@@ -31,8 +31,8 @@ from benchmarks.paths import SACRE_COEUR, WEIGHTS  # noqa: E402
 
 def d2sfm_features(images: Path, names, output: Path, weights: Path, scales, geometric: bool,
                    device: torch.device | str = "cpu", precision: str = "fp32") -> float:
-    from d2sfm.extract import default_loading, extract_features
-    from d2sfm.extractor import D2Extractor, ExtractionConfig
+    from d2sfm.commands.extract import default_loading, extract_features
+    from d2sfm.features.extractor import D2Extractor, ExtractionConfig
 
     config = ExtractionConfig(scales=scales, geometric_centres=geometric, precision=precision)
     extractor = D2Extractor(weights, config, device)
@@ -47,9 +47,9 @@ def d2sfm_features(images: Path, names, output: Path, weights: Path, scales, geo
 
 def original_features(images: Path, names, output: Path, weights: Path, reference: Path) -> float:
     """Extract with the original code; keypoints stored as that pipeline imports them into COLMAP."""
-    from d2sfm.features import Features
-    from d2sfm.images import read_image_bgr
-    from d2sfm.io import FeatureWriter
+    from d2sfm.io.features import Features
+    from d2sfm.io.h5 import FeatureWriter
+    from d2sfm.io.images import read_image_bgr
 
     sys.path.insert(0, str(reference))
     from lib.model_test import D2Net  # the reference checkout, imported at run time
@@ -69,14 +69,14 @@ def original_features(images: Path, names, output: Path, weights: Path, referenc
     return time.perf_counter() - start
 
 
-from d2sfm.mapping import COLMAP_MAPPER_OPTIONS as COLMAP_MAPPER  # noqa: E402  (pycolmap's defaults)
+from d2sfm.sfm.mapping import COLMAP_MAPPER_OPTIONS as COLMAP_MAPPER  # noqa: E402  (pycolmap's defaults)
 
 
 def d2_reconstruction(images: Path, names, features: Path, work: Path, seeds, registration: dict) -> dict:
-    from d2sfm.database import create_database, import_features_and_matches, verify_pairs
-    from d2sfm.mapping import run_mapping
-    from d2sfm.match import match_pairs
-    from d2sfm.pairs import exhaustive_pairs, write_pairs
+    from d2sfm.commands.match import match_pairs
+    from d2sfm.matching.pairs import exhaustive_pairs, write_pairs
+    from d2sfm.sfm.database import create_database, import_features_and_matches, verify_pairs
+    from d2sfm.sfm.mapping import run_mapping
 
     pairs = exhaustive_pairs(names)
     write_pairs(work / "pairs.txt", pairs)
@@ -98,9 +98,9 @@ def d2_reconstruction(images: Path, names, features: Path, work: Path, seeds, re
 
 
 def sift_reconstruction(images: Path, names, work: Path, seeds) -> dict:
-    from d2sfm.database import verification_summary
-    from d2sfm.mapping import run_mapping
-    from d2sfm.sift_baseline import sift_database
+    from d2sfm.evaluation.sift_baseline import sift_database
+    from d2sfm.sfm.database import verification_summary
+    from d2sfm.sfm.mapping import run_mapping
 
     database = work / "database.db"
     extract_seconds, match_seconds = sift_database(database, images, names)
@@ -116,7 +116,7 @@ def sift_reconstruction(images: Path, names, work: Path, seeds) -> dict:
 
 
 def summarise(runs, seconds: dict, verification: str) -> dict:
-    from d2sfm.mapping import model_statistics
+    from d2sfm.sfm.mapping import model_statistics
 
     models, map_seconds = runs[0]
     largest = model_statistics(models[0]) if models else {}
@@ -139,7 +139,7 @@ def main() -> None:
     args = parser.parse_args()
     pycolmap.logging.minloglevel = 2
     torch.set_grad_enabled(False)
-    from d2sfm.images import list_images
+    from d2sfm.io.images import list_images
 
     names = list_images(args.images)
     results = {}

@@ -21,8 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from d2sfm.features import Features  # noqa: E402
-from d2sfm.io import FeatureWriter, list_entries, read_features  # noqa: E402
+from d2sfm.io.features import Features  # noqa: E402
+from d2sfm.io.h5 import FeatureWriter, list_entries, read_features  # noqa: E402
 
 SETTINGS = {"benchmark": "shard_merge"}
 

@@ -27,17 +27,8 @@ from pathlib import Path
 
 import pycolmap
 
-from d2sfm.cli import number, resolve_device
-from d2sfm.database import import_features_and_matches, read_image_ids, verify_pairs
-from d2sfm.errors import D2sfmError
-from d2sfm.fileutil import atomic_database, write_text_atomic
-from d2sfm.model_files import read_model
-from d2sfm.pairs import Pair, read_pairs, unique_pairs
-from d2sfm.pipeline_features import extract_and_match
-from d2sfm.pose_scores import THRESHOLD_PRESETS
-from d2sfm.poses import pose_from_rigid3d
-from d2sfm.reference_model import Intrinsics, build_reference_model, read_intrinsics, read_nvm_poses
-from d2sfm.refine import (
+from d2sfm.commands.cli import number, resolve_device
+from d2sfm.commands.refine import (
     add_refine_argument,
     drop_database_refined_unasked,
     is_refined,
@@ -45,11 +36,20 @@ from d2sfm.refine import (
     refine_settings,
     refinement_record,
 )
-from d2sfm.registration import register_queries, registration_options
-from d2sfm.stages import RunFolder
-from d2sfm.submission import QueryOutcome, finish_localization, ground_truth_if_present
-from d2sfm.triangulation import triangulate_fixed
-from d2sfm.weights import resolve_weights
+from d2sfm.errors import D2sfmError
+from d2sfm.features.weights import resolve_weights
+from d2sfm.io.atomic import atomic_database, write_text_atomic
+from d2sfm.io.model_files import read_model
+from d2sfm.localization.pose_scores import THRESHOLD_PRESETS
+from d2sfm.localization.poses import pose_from_rigid3d
+from d2sfm.localization.reference_model import Intrinsics, build_reference_model, read_intrinsics, read_nvm_poses
+from d2sfm.localization.registration import register_queries, registration_options
+from d2sfm.localization.submission import QueryOutcome, finish_localization, ground_truth_if_present
+from d2sfm.matching.pairs import Pair, read_pairs, unique_pairs
+from d2sfm.pipeline.features import extract_and_match
+from d2sfm.pipeline.stages import RunFolder
+from d2sfm.sfm.database import import_features_and_matches, read_image_ids, verify_pairs
+from d2sfm.sfm.triangulation import triangulate_fixed
 
 README = "datasets/aachen.md"
 QUERY_KINDS = ("day", "night")

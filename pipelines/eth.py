@@ -16,12 +16,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from d2sfm.dense import cuda_problem, run_dense
 from d2sfm.errors import D2sfmError
-from d2sfm.fileutil import write_text_atomic
-from d2sfm.images import list_images
-from d2sfm.mapping import model_statistics
-from d2sfm.sift_baseline import sift_reconstruction
+from d2sfm.evaluation.sift_baseline import sift_reconstruction
+from d2sfm.io.atomic import write_text_atomic
+from d2sfm.io.images import list_images
+from d2sfm.sfm.dense import cuda_problem, run_dense
+from d2sfm.sfm.mapping import model_statistics
 
 METHODS = {"d2-ms": "d2sfm MS", "d2-ss": "d2sfm SS", "sift": "COLMAP SIFT"}
 MATCH_LIST = "match_list.txt"
@@ -57,7 +57,7 @@ def scene_inputs(dataset: Path) -> tuple[Path, list[str], Path | None]:
 
 
 def run_d2(kind: str, images: Path, match_list: Path | None, folder: Path, args: argparse.Namespace) -> dict:
-    from d2sfm.reconstruct import main as reconstruct
+    from d2sfm.commands.reconstruct import main as reconstruct
 
     argv = [str(folder), "--images", str(images), "--pairs", str(match_list) if match_list else "auto",
             "--device", args.device]
@@ -92,7 +92,7 @@ def run_sift(images: Path, names: Sequence[str], match_list: Path | None, folder
 
 def sift_pairs(match_list: Path | None, output: Path, count: int) -> Path | None:
     """The scene's list, else (above the exhaustive limit) the pairs the D2 run chose, else None: exhaustive."""
-    from d2sfm.reconstruct import EXHAUSTIVE_UP_TO
+    from d2sfm.commands.reconstruct import EXHAUSTIVE_UP_TO
 
     if match_list or count <= EXHAUSTIVE_UP_TO:
         return match_list

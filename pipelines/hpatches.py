@@ -26,18 +26,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from d2sfm.cli import add_device_argument, number, resolve_device
+from d2sfm.commands.cli import add_device_argument, number, resolve_device
+from d2sfm.commands.extract import extract_features, feature_settings
+from d2sfm.commands.match import mutual_nearest_neighbours
 from d2sfm.errors import D2sfmError
-from d2sfm.extract import extract_features, feature_settings
-from d2sfm.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
-from d2sfm.fileutil import read_text_file, write_text_atomic
-from d2sfm.images import ImageReadError, read_image_bgr
-from d2sfm.io import FeatureWriter, read_features
-from d2sfm.match import mutual_nearest_neighbours
-from d2sfm.mma import THRESHOLDS, PairResult, accuracy_at, format_table, match_errors, summarise
-from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
-from d2sfm.sift_features import sift_features
-from d2sfm.weights import resolve_weights
+from d2sfm.evaluation.mma import THRESHOLDS, PairResult, accuracy_at, format_table, match_errors, summarise
+from d2sfm.features.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
+from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
+from d2sfm.features.sift import sift_features
+from d2sfm.features.weights import resolve_weights
+from d2sfm.io.atomic import read_text_file, write_text_atomic
+from d2sfm.io.h5 import FeatureWriter, read_features
+from d2sfm.io.images import ImageReadError, read_image_bgr
 from pipelines.synthetic_sequences import SPLITS
 
 RELEASE_FOLDER = "hpatches-sequences-release"
@@ -276,7 +276,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from d2sfm.plots import PLOTS_HINT, plot_counts, plot_mma
+    from d2sfm.evaluation.plots import PLOTS_HINT, plot_counts, plot_mma
     from pipelines.synthetic_sequences import synthesise_sequences
 
     output = args.output or Path("outputs/hpatches_synth" if args.images else "outputs/hpatches")

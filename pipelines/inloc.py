@@ -30,25 +30,25 @@ import pycolmap
 import scipy.io
 from tqdm import tqdm
 
-from d2sfm.cli import number, resolve_device
-from d2sfm.errors import D2sfmError
-from d2sfm.fileutil import write_text_atomic
-from d2sfm.io import read_keypoints, read_matches
-from d2sfm.keypoints import colmap_xy_to_pixel_index
-from d2sfm.pairs import Pair, read_pairs
-from d2sfm.pipeline_features import extract_and_match
-from d2sfm.pose_scores import THRESHOLD_PRESETS
-from d2sfm.poses import Pose, pose_from_rigid3d
-from d2sfm.refine import (
+from d2sfm.commands.cli import number, resolve_device
+from d2sfm.commands.refine import (
     add_refine_argument,
     read_refined_query_keypoints,
     refine_queries_against_fixed,
     refine_settings,
     refined_keypoints_record,
 )
-from d2sfm.stages import RunFolder
-from d2sfm.submission import QueryOutcome, finish_localization, ground_truth_if_present
-from d2sfm.weights import resolve_weights
+from d2sfm.errors import D2sfmError
+from d2sfm.features.weights import resolve_weights
+from d2sfm.io.atomic import write_text_atomic
+from d2sfm.io.h5 import read_keypoints, read_matches
+from d2sfm.io.keypoints import colmap_xy_to_pixel_index
+from d2sfm.localization.pose_scores import THRESHOLD_PRESETS
+from d2sfm.localization.poses import Pose, pose_from_rigid3d
+from d2sfm.localization.submission import QueryOutcome, finish_localization, ground_truth_if_present
+from d2sfm.matching.pairs import Pair, read_pairs
+from d2sfm.pipeline.features import extract_and_match
+from d2sfm.pipeline.stages import RunFolder
 
 README = "datasets/inloc.md"
 GROUND_TRUTH = "query_ground_truth.txt"

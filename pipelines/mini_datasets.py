@@ -17,9 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from d2sfm.fileutil import atomic_path, write_text_atomic
-from d2sfm.poses import Pose, write_poses
-from d2sfm.reference_model import Intrinsics
+from d2sfm.io.atomic import atomic_path, write_text_atomic
+from d2sfm.localization.poses import Pose, write_poses
+from d2sfm.localization.reference_model import Intrinsics
 
 # COLMAP's database schema before rigs and frames (COLMAP <= 3.11), as the benchmark's database.db uses it.
 OLD_SCHEMA = """
@@ -134,7 +134,7 @@ def write_mini_aachen(root: str | os.PathLike, database: Sequence[PosedImage], q
 def posed_images_from_model(model, image_dir: str | os.PathLike, scale: float = 1.0) -> dict[str, PosedImage]:
     """Every registered image of a pycolmap model with its pixels, intrinsics and pose (world scaled by
     ``scale``), keyed by the model's image name."""
-    from d2sfm.poses import pose_from_rigid3d
+    from d2sfm.localization.poses import pose_from_rigid3d
 
     result = {}
     for image in model.images.values():
@@ -160,7 +160,7 @@ def as_aachen(images: dict[str, PosedImage], query_names: Sequence[str], night: 
               seed: int = 0) -> tuple[list[PosedImage], list[PosedImage]]:
     """Rename into Aachen's layout: database ``db/<k>.jpg``, queries ``query/night/nexus5x/<stem>.jpg`` made
     night-like (darker, colour cast, noise), or ``query/day/nexus4/<stem>.jpg`` unchanged when ``night`` is off."""
-    from d2sfm.photometric import night_like
+    from d2sfm.synthetic.photometric import night_like
 
     rng = np.random.default_rng(seed)
     database, queries = [], []

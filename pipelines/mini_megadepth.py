@@ -18,7 +18,7 @@ import cv2
 import h5py
 import numpy as np
 
-from d2sfm.synthetic import camera_poses, courtyard, render, render_xyz
+from d2sfm.synthetic.scene import camera_poses, courtyard, render, render_xyz
 
 SCENE = "0000"
 

@@ -30,10 +30,10 @@ import numpy as np
 from tqdm import tqdm
 
 from d2sfm.errors import D2sfmError
-from d2sfm.fileutil import write_text_atomic
-from d2sfm.homographies import random_homography, visible_fraction, warp_image
-from d2sfm.images import ImageReadError, list_images, read_image_bgr
-from d2sfm.photometric import illumination_change, random_night_like
+from d2sfm.io.atomic import write_text_atomic
+from d2sfm.io.images import ImageReadError, list_images, read_image_bgr
+from d2sfm.synthetic.homographies import random_homography, visible_fraction, warp_image
+from d2sfm.synthetic.photometric import illumination_change, random_night_like
 
 SPLITS = ("i", "v", "n")
 NIGHT_VIEWPOINT_STRENGTH = 0.3  # night-like images also move a little: queries are never taken from the same spot

@@ -17,9 +17,9 @@ def command_in_process(module: str, *args) -> subprocess.CompletedProcess:
     still runs the same refusals through ``command`` at least once, so the ``python -m`` path stays covered.
     What ``run_main`` changes for the process (the SIGTERM handler, d2sfm's console handler, the library log
     settings it puts in the environment for child processes) is put back."""
-    from d2sfm.cli import run_main
+    from d2sfm.commands.cli import run_main
 
-    main = importlib.import_module(f"d2sfm.{module.removeprefix('d2sfm.')}").main
+    main = importlib.import_module(f"d2sfm.commands.{module.removeprefix('d2sfm.')}").main
     logger = logging.getLogger("d2sfm")
     handlers, level, sigterm = list(logger.handlers), logger.level, signal.getsignal(signal.SIGTERM)
     environment = dict(os.environ)

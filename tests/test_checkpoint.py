@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 
-from d2sfm.checkpoint import load_model, read_checkpoint, save_checkpoint, validate_state_dict
 from d2sfm.errors import D2sfmError
-from d2sfm.model import D2Net
+from d2sfm.features.checkpoint import load_model, read_checkpoint, save_checkpoint, validate_state_dict
+from d2sfm.features.network import D2Net
 
 
 class _RunsCodeWhenUnpickled:

@@ -17,11 +17,11 @@ import numpy as np
 import pycolmap
 import pytest
 
-from d2sfm.cluster import shard_folder
-from d2sfm.io import FeatureWriter, MatchWriter, list_entries, read_features, read_matches, read_settings
-from d2sfm.pairs import exhaustive_pairs, read_pairs, write_pairs
-from d2sfm.poses import pose_errors, read_poses
-from d2sfm.synthetic import render_scene
+from d2sfm.cluster.ray_backend import shard_folder
+from d2sfm.io.h5 import FeatureWriter, MatchWriter, list_entries, read_features, read_matches, read_settings
+from d2sfm.localization.poses import pose_errors, read_poses
+from d2sfm.matching.pairs import exhaustive_pairs, read_pairs, write_pairs
+from d2sfm.synthetic.scene import render_scene
 from pipelines.mini_datasets import as_aachen, posed_images_from_model, write_mini_aachen
 
 pytestmark = pytest.mark.integration

@@ -4,7 +4,7 @@ import pycolmap
 import pytest
 from PIL import Image
 
-from d2sfm.database import create_database, read_image_ids, verify_pairs
+from d2sfm.sfm.database import create_database, read_image_ids, verify_pairs
 
 
 def _write_photos(folder):

@@ -12,7 +12,10 @@ import numpy as np
 import pycolmap
 import pytest
 
-from d2sfm.dense import (
+from d2sfm.errors import D2sfmError
+from d2sfm.io.mvs_maps import map_is_complete, map_path, read_map, remove_incomplete_maps, write_map
+from d2sfm.io.ply import read_vertices
+from d2sfm.sfm.dense import (
     FUSED,
     MESH,
     UNDISTORTED_MARKER,
@@ -21,10 +24,14 @@ from d2sfm.dense import (
     workspace_images,
     workspace_path,
 )
-from d2sfm.errors import D2sfmError
-from d2sfm.mvs_maps import map_is_complete, map_path, read_map, remove_incomplete_maps, write_map
-from d2sfm.ply import read_vertices
-from d2sfm.synthetic import camera_poses, courtyard, distance_to_surfaces, render, render_depth_normals, true_model
+from d2sfm.synthetic.scene import (
+    camera_poses,
+    courtyard,
+    distance_to_surfaces,
+    render,
+    render_depth_normals,
+    true_model,
+)
 
 WIDTH, HEIGHT, FOCAL, VIEWS = 200, 150, 160.0, 8
 SCENE_SIZE = 12.0  # the courtyard's extent (world units)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d2sfm.detect import detect_level, sample_descriptors
+from d2sfm.features.detect import detect_level, sample_descriptors
 
 
 def _filter(maps, kernel):

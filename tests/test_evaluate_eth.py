@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from d2sfm.pairs import read_pairs, sequential_pairs, write_pairs
-from d2sfm.synthetic import render_scene
+from d2sfm.matching.pairs import read_pairs, sequential_pairs, write_pairs
+from d2sfm.synthetic.scene import render_scene
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from d2sfm.io import list_entries, read_features
+from d2sfm.io.h5 import list_entries, read_features
 
 pytestmark = pytest.mark.integration
 

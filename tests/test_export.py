@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from d2sfm.errors import D2sfmError
-from d2sfm.features import Features
-from d2sfm.io import FeatureWriter, MatchWriter, read_features, read_keypoints, read_matches
+from d2sfm.io.features import Features
+from d2sfm.io.h5 import FeatureWriter, MatchWriter, read_features, read_keypoints, read_matches
 
 NAMES = ("street/a.jpg", "b.jpg")
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from in_process import command_in_process
 
-from d2sfm.io import SCRATCH_GROUP, list_entries, read_features, read_settings
+from d2sfm.io.h5 import SCRATCH_GROUP, list_entries, read_features, read_settings
 
 pytestmark = pytest.mark.integration
 FAST = ["--max-edge", "256", "--quiet"]

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from d2sfm.fileutil import atomic_path, write_text_atomic
+from d2sfm.io.atomic import atomic_path, write_text_atomic
 
 
 def test_atomic_write_gives_a_complete_file_with_ordinary_permissions(tmp_path):

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from d2sfm.commands.extract import PreparedImage, _batches, extract_features
 from d2sfm.errors import D2sfmError
-from d2sfm.extract import PreparedImage, _batches, extract_features
-from d2sfm.gpu_batching import CLUSTER_ADVICE, GIB, MemoryBoundedBatches, does_not_fit
-from d2sfm.parity import agreement
+from d2sfm.evaluation.parity import agreement
+from d2sfm.features.gpu_batching import CLUSTER_ADVICE, GIB, MemoryBoundedBatches, does_not_fit
 
 SHAPE = (120, 160, 3)
 
@@ -87,9 +87,9 @@ def test_gpu_batches_stay_in_their_budget_and_give_the_same_features(tmp_path, s
     """Multi-scale photos in batches of up to 4 under a 1.5 GiB budget: the learned limit keeps the peak near it
     (within 25%: a limit is extrapolated from one image) and the features agree with one image per call as
     closely as the parity criteria ask."""
-    from d2sfm.extractor import D2Extractor, ExtractionConfig
-    from d2sfm.images import list_images
-    from d2sfm.io import read_features
+    from d2sfm.features.extractor import D2Extractor, ExtractionConfig
+    from d2sfm.io.h5 import read_features
+    from d2sfm.io.images import list_images
 
     names = list_images(sacre_coeur_images)[:6]
     extractor = D2Extractor(weights_path, ExtractionConfig.multiscale(max_edge=640), "cuda")

@@ -4,9 +4,9 @@ import pycolmap
 import pytest
 from PIL import Image
 
-from d2sfm.extractor import network_input_size, resize_for_network
-from d2sfm.images import ImageReadError, list_images, read_image_bgr
-from d2sfm.keypoints import colmap_xy_to_network_ij, network_ij_to_colmap_xy
+from d2sfm.features.extractor import network_input_size, resize_for_network
+from d2sfm.io.images import ImageReadError, list_images, read_image_bgr
+from d2sfm.io.keypoints import colmap_xy_to_network_ij, network_ij_to_colmap_xy
 
 
 def test_exif_orientation_is_ignored_like_pycolmap(tmp_path):

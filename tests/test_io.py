@@ -9,13 +9,13 @@ import time
 
 import numpy as np
 
-from d2sfm.features import Features
-from d2sfm.io import FeatureWriter, list_entries, read_features
+from d2sfm.io.features import Features
+from d2sfm.io.h5 import FeatureWriter, list_entries, read_features
 
 WRITER = textwrap.dedent("""
     import sys, numpy as np
-    from d2sfm.io import FeatureWriter
-    from d2sfm.features import Features
+    from d2sfm.io.h5 import FeatureWriter
+    from d2sfm.io.features import Features
     writer = FeatureWriter(sys.argv[1], {"test": 1})
     index = len(writer.done)
     print("ready", flush=True)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from d2sfm.extract import _as_is, _PreparedImages
-from d2sfm.extractor import ExtractionConfig, resize_for_network
-from d2sfm.images import read_image_bgr
+from d2sfm.commands.extract import _as_is, _PreparedImages
+from d2sfm.features.extractor import ExtractionConfig, resize_for_network
+from d2sfm.io.images import read_image_bgr
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -17,13 +17,13 @@ import pycolmap
 import pytest
 from in_process import command_in_process
 
-from d2sfm.database import read_image_ids
-from d2sfm.images import list_images
-from d2sfm.pairs import read_pairs
-from d2sfm.poses import read_poses
-from d2sfm.reference_model import read_intrinsics, read_nvm_poses
-from d2sfm.sift_baseline import sift_reconstruction
-from d2sfm.synthetic import render_scene
+from d2sfm.evaluation.sift_baseline import sift_reconstruction
+from d2sfm.io.images import list_images
+from d2sfm.localization.poses import read_poses
+from d2sfm.localization.reference_model import read_intrinsics, read_nvm_poses
+from d2sfm.matching.pairs import read_pairs
+from d2sfm.sfm.database import read_image_ids
+from d2sfm.synthetic.scene import render_scene
 from pipelines.mini_datasets import as_aachen, metric_scale, posed_images_from_model, write_mini_aachen
 
 pytestmark = pytest.mark.integration

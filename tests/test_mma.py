@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from d2sfm.errors import D2sfmError
-from d2sfm.homographies import random_homography, visible_fraction, warp_image, warp_points
-from d2sfm.mma import PairResult, accuracy_at, match_errors, summarise
-from d2sfm.sift_features import root_sift, sift_features
+from d2sfm.evaluation.mma import PairResult, accuracy_at, match_errors, summarise
+from d2sfm.features.sift import root_sift, sift_features
+from d2sfm.synthetic.homographies import random_homography, visible_fraction, warp_image, warp_points
 from pipelines.hpatches import find_sequences, parse_methods
 from pipelines.synthetic_sequences import synthesise_sequences
 

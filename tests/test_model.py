@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d2sfm.model import CONV4_3_INDEX, D2Net, backbone_gflop, onednn_layers, winograd_layers
-from d2sfm.pyramid import level_size, pyramid_gflop
+from d2sfm.features.network import CONV4_3_INDEX, D2Net, backbone_gflop, onednn_layers, winograd_layers
+from d2sfm.features.pyramid import level_size, pyramid_gflop
 
 OFFICIAL_CONV_INDICES = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21]
 

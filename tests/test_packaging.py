@@ -99,10 +99,13 @@ def test_png_encoding_survives_pycolmap_loaded_first(tmp_path):
 
 
 def test_feature_files_and_export_need_no_torch(tmp_path):
-    """d2sfm.io and the export command read and write features without a network: they must start without
-    importing torch (2-3 s of every such command, and of its --help)."""
+    """d2sfm.io (every module) and the export command read and write features without a network: they must start
+    without importing torch (2-3 s of every such command, and of its --help)."""
     import subprocess
 
-    script = "import sys, d2sfm.io, d2sfm.export, d2sfm.cli\nassert 'torch' not in sys.modules, 'torch imported'\n"
+    script = ("import importlib, pkgutil, sys, d2sfm.io, d2sfm.commands.export, d2sfm.commands.cli\n"
+              "for module in pkgutil.iter_modules(d2sfm.io.__path__, 'd2sfm.io.'):\n"
+              "    importlib.import_module(module.name)\n"
+              "assert 'torch' not in sys.modules, 'torch imported'\n")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]

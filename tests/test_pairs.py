@@ -1,9 +1,16 @@
 import numpy as np
 import pytest
 
-import d2sfm.pairs as pairs_module
+import d2sfm.matching.pairs as pairs_module
 from d2sfm.errors import D2sfmError
-from d2sfm.pairs import exhaustive_pairs, read_pairs, retrieval_pairs, sequential_pairs, unique_pairs, write_pairs
+from d2sfm.matching.pairs import (
+    exhaustive_pairs,
+    read_pairs,
+    retrieval_pairs,
+    sequential_pairs,
+    unique_pairs,
+    write_pairs,
+)
 
 
 def test_exhaustive_and_sequential():

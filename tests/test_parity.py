@@ -3,9 +3,10 @@
 "Equal to the original" is stated so that it holds on every machine (README, "Equal to the original"): the
 reference was computed on one CPU, and other kernels (AVX-512 instead of AVX2, cuDNN, Winograd) round the feature
 maps differently. So the test asserts high agreement, and then explains every keypoint that does not agree as a
-near-tie: a detector decision, recomputed from our own fused feature maps (d2sfm/parity.py), whose relative margin
-is within a few times the rounding of the two computations. A real bug moves keypoints whose decisions are far
-from any threshold, and fails here even when it touches fewer than 0.5% of them (the mutation test below).
+near-tie: a detector decision, recomputed from our own fused feature maps (d2sfm/evaluation/parity.py), whose
+relative margin is within a few times the rounding of the two computations. A real bug moves keypoints whose
+decisions are far from any threshold, and fails here even when it touches fewer than 0.5% of them (the mutation
+test below).
 """
 
 import importlib.util
@@ -17,13 +18,13 @@ import pytest
 import torch
 from conftest import REFERENCE_IMAGES
 
-import d2sfm.pyramid
-from d2sfm.detect import detect_level
-from d2sfm.extractor import D2Extractor, ExtractionConfig, GpuTuning
-from d2sfm.images import read_image_bgr
-from d2sfm.keypoints import colmap_xy_to_network_ij
-from d2sfm.parity import agreement, explain, float64_backbone, rounding_error
-from d2sfm.pyramid import MULTI_SCALE, SINGLE_SCALE
+import d2sfm.features.pyramid
+from d2sfm.evaluation.parity import agreement, explain, float64_backbone, rounding_error
+from d2sfm.features.detect import detect_level
+from d2sfm.features.extractor import D2Extractor, ExtractionConfig, GpuTuning
+from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
+from d2sfm.io.images import read_image_bgr
+from d2sfm.io.keypoints import colmap_xy_to_network_ij
 
 pytestmark = pytest.mark.integration
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from d2sfm.parity import DECISIONS, agreement, cell_decisions, explain
-from d2sfm.pyramid import extract_pyramid
+from d2sfm.evaluation.parity import DECISIONS, agreement, cell_decisions, explain
+from d2sfm.features.pyramid import extract_pyramid
 
 
 def peak_map(peaks, height=12, width=14, channels=3):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from d2sfm.patch_alignment import AlignmentSettings, align_keypoints, anchors_and_maps, local_affinities
-from d2sfm.tracks import build_tracks
+from d2sfm.refinement.patch_alignment import AlignmentSettings, align_keypoints, anchors_and_maps, local_affinities
+from d2sfm.refinement.tracks import build_tracks
 
 
 def texture(size=240, seed=0):

@@ -7,7 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d2sfm.patch_sampling import GrayImages, StackGroup, atlas_storage, fill_stack, fill_stack_torch, stack_groups
+from d2sfm.refinement.patch_sampling import (
+    GrayImages,
+    StackGroup,
+    atlas_storage,
+    fill_stack,
+    fill_stack_torch,
+    stack_groups,
+)
 
 
 def noise(shape, seed):

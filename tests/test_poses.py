@@ -10,8 +10,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from d2sfm.errors import D2sfmError
-from d2sfm.pose_scores import THRESHOLD_PRESETS, parse_thresholds, score_poses
-from d2sfm.poses import Pose, pose_errors, read_poses, write_poses
+from d2sfm.localization.pose_scores import THRESHOLD_PRESETS, parse_thresholds, score_poses
+from d2sfm.localization.poses import Pose, pose_errors, read_poses, write_poses
 
 
 def random_pose(rng: np.random.Generator) -> Pose:

@@ -13,8 +13,11 @@ import numpy as np
 import pycolmap
 import pytest
 
-from d2sfm.io import read_keypoints
-from d2sfm.mapping import (
+from d2sfm.commands.refine import is_refined, read_database_keypoints
+from d2sfm.io.h5 import read_keypoints
+from d2sfm.refinement.model_refinement import model_refinement_record
+from d2sfm.refinement.tracks import read_verified_matches
+from d2sfm.sfm.mapping import (
     D2_ABS_POSE_MIN_INLIERS,
     RETRY_BELOW_TRIANGULATED,
     RETRY_LINKED_MATCHES,
@@ -26,10 +29,7 @@ from d2sfm.mapping import (
     verified_matches,
     why_map_again,
 )
-from d2sfm.model_refinement import model_refinement_record
-from d2sfm.refine import is_refined, read_database_keypoints
-from d2sfm.synthetic import match_transfer_errors, render_scene
-from d2sfm.tracks import read_verified_matches
+from d2sfm.synthetic.scene import match_transfer_errors, render_scene
 
 pytestmark = pytest.mark.integration
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d2sfm.keypoint_adjustment import AdjustmentSettings, adjust_keypoints, sample_patches
-from d2sfm.tracks import build_tracks
+from d2sfm.refinement.keypoint_adjustment import AdjustmentSettings, adjust_keypoints, sample_patches
+from d2sfm.refinement.tracks import build_tracks
 
 
 def test_tracks_are_the_connected_keypoints_of_verified_matches():

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from d2sfm.cluster import balanced_batch
-from d2sfm.stages import Stages, peak_memory_mb, resident_memory_mb
-from d2sfm.synthetic import courtyard, ring_poses, view_name
+from d2sfm.cluster.ray_backend import balanced_batch
+from d2sfm.pipeline.stages import Stages, peak_memory_mb, resident_memory_mb
+from d2sfm.synthetic.scene import courtyard, ring_poses, view_name
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the per-stage peak reads Linux's /proc")

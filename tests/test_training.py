@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from d2sfm.checkpoint import load_model, read_checkpoint
-from d2sfm.homographies import warp_points
-from d2sfm.keypoints import feature_map_to_image_ij, image_to_feature_map_ij
-from d2sfm.synthetic import camera_poses, courtyard, render_xyz
+from d2sfm.features.checkpoint import load_model, read_checkpoint
+from d2sfm.io.keypoints import feature_map_to_image_ij, image_to_feature_map_ij
+from d2sfm.synthetic.homographies import warp_points
+from d2sfm.synthetic.scene import camera_poses, courtyard, render_xyz
 from d2sfm.training.correspondences import depth_correspondences, homography_correspondences
 from d2sfm.training.data import HomographyPairs, MegaDepthPairs
 from d2sfm.training.loss import grid_positions, pair_loss

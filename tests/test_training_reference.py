@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from d2sfm.checkpoint import load_model
-from d2sfm.extractor import normalise
+from d2sfm.features.checkpoint import load_model
+from d2sfm.features.extractor import normalise
 from d2sfm.training.data import MegaDepthPairs
 from d2sfm.training.step import batch_loss
 from pipelines.mini_megadepth import write_mini_megadepth

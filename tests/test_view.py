@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from d2sfm.synthetic import camera_poses, courtyard, render_scene, true_model
+from d2sfm.synthetic.scene import camera_poses, courtyard, render_scene, true_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 MAGENTA = np.array([255, 0, 255], np.uint8)
@@ -106,7 +106,7 @@ def test_the_browser_draws_the_model(tmp_path):
 
 def test_a_selected_camera_shows_its_keypoints(tmp_path):
     """The side-panel picture: the photo with the image's keypoints, green with a 3D point, red without."""
-    from d2sfm.view import PANEL_EDGE, keypoint_picture
+    from d2sfm.commands.view import PANEL_EDGE, keypoint_picture
 
     render_scene(tmp_path, count=3, width=160, height=120, focal=128.0)
     model = true_model(courtyard(0), camera_poses(3), 160, 120, 128.0, point_step=9)

@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from d2sfm.viz import draw_keypoints, draw_matches, write_png
+from d2sfm.commands.viz import draw_keypoints, draw_matches, write_png
 
 
 def test_matches_are_drawn_between_the_right_places(tmp_path):
@@ -33,8 +33,8 @@ def test_model_picture_shows_points_cameras_and_graph(tmp_path):
     import subprocess
     import sys
 
-    from d2sfm.model_picture import covisibility, model_arrays, model_picture, viewing_frame
-    from d2sfm.synthetic import camera_poses, courtyard, true_model
+    from d2sfm.synthetic.scene import camera_poses, courtyard, true_model
+    from d2sfm.viz.model_picture import covisibility, model_arrays, model_picture, viewing_frame
 
     model = true_model(courtyard(0), camera_poses(5), 320, 240, 256.0, point_step=8)
     for point in model.points3D.values():

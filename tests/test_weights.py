@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from d2sfm.errors import D2sfmError
-from d2sfm.model import D2Net
-from d2sfm.weights import KNOWN_WEIGHTS, fetch_known_weights, resolve_weights
+from d2sfm.features.network import D2Net
+from d2sfm.features.weights import KNOWN_WEIGHTS, fetch_known_weights, resolve_weights
 
 
 class _Server:

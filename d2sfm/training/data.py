@@ -23,9 +23,9 @@ import torch
 from torch.utils.data import Dataset
 
 from d2sfm.errors import D2sfmError
-from d2sfm.homographies import random_homography
-from d2sfm.images import list_images, read_image_bgr
-from d2sfm.photometric import illumination_change, random_night_like
+from d2sfm.io.images import list_images, read_image_bgr
+from d2sfm.synthetic.homographies import random_homography
+from d2sfm.synthetic.photometric import illumination_change, random_night_like
 
 CROP = 256
 

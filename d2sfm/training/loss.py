@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from d2sfm.keypoints import image_to_feature_map_ij
+from d2sfm.io.keypoints import image_to_feature_map_ij
 
 MARGIN = 1.0
 SAFE_RADIUS = 4  # feature cells

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from d2sfm.extractor import normalise
-from d2sfm.keypoints import feature_map_to_image_ij
-from d2sfm.model import D2Net
+from d2sfm.features.extractor import normalise
+from d2sfm.features.network import D2Net
+from d2sfm.io.keypoints import feature_map_to_image_ij
 from d2sfm.training.correspondences import depth_correspondences, homography_correspondences
 from d2sfm.training.loss import MARGIN, MIN_CORRESPONDENCES, SAFE_RADIUS, cells_inside, grid_positions, pair_loss
 from d2sfm.training.soft_detection import soft_detection_scores

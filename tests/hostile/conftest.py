@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from d2sfm.synthetic import render_scene
+from d2sfm.synthetic.scene import render_scene
 
 FAST = ("--single-scale", "--conv", "winograd", "--quiet")
 TEMPORARY = re.compile(r"(\.part($|[.-])|-wal$|-shm$|-journal$)")  # what an interrupted write leaves

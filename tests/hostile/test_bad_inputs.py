@@ -109,8 +109,8 @@ OUT_OF_MEMORY_SCRIPT = textwrap.dedent("""
     import json, re, resource, sys
     from pathlib import Path
     import torch
-    from d2sfm.extract import extract_features, feature_settings
-    from d2sfm.extractor import D2Extractor, ExtractionConfig
+    from d2sfm.commands.extract import extract_features, feature_settings
+    from d2sfm.features.extractor import D2Extractor, ExtractionConfig
 
     root, weights, output, margin_mib = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
     torch.set_grad_enabled(False)
@@ -219,7 +219,7 @@ def test_d_text_inputs_that_are_not_utf8_are_named(images, tmp_path):
 def test_d_read_text_file_reports_offsets_in_the_file(tmp_path):
     """The offset counts from the file's first byte, a byte-order mark included; line endings read as '\\n'."""
     from d2sfm.errors import D2sfmError
-    from d2sfm.fileutil import read_text_file
+    from d2sfm.io.atomic import read_text_file
 
     path = tmp_path / "list.txt"
     path.write_bytes(b"\xef\xbb\xbfa.png\r\nb.png\rc.png\n")

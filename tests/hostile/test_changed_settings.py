@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from d2sfm.database import database_token
-from d2sfm.mapping import read_models
-from d2sfm.pairs import read_pairs, sequential_pairs
+from d2sfm.matching.pairs import read_pairs, sequential_pairs
+from d2sfm.sfm.database import database_token
+from d2sfm.sfm.mapping import read_models
 
 from .conftest import assert_one_line_error, leftovers, reconstruct, snapshot
 

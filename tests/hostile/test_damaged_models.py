@@ -19,7 +19,7 @@ import pycolmap
 import pytest
 
 from d2sfm.errors import D2sfmError
-from d2sfm.model_files import check_model_folder, read_model
+from d2sfm.io.model_files import check_model_folder, read_model
 
 POINTS, TRACK = 4, (1, 2, 3)  # image 4 sees no point: an empty 2D-point line in images.txt
 

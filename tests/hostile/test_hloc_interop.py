@@ -21,10 +21,10 @@ import numpy as np
 import pycolmap
 import pytest
 
+from d2sfm.commands.export import main as export_main
 from d2sfm.errors import D2sfmError
-from d2sfm.export import main as export_main
-from d2sfm.io import read_features
-from d2sfm.model_files import read_model
+from d2sfm.io.h5 import read_features
+from d2sfm.io.model_files import read_model
 
 from .conftest import assert_one_line_error, command
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from d2sfm.mapping import read_models
-from d2sfm.synthetic import render_scene
+from d2sfm.sfm.mapping import read_models
+from d2sfm.synthetic.scene import render_scene
 
 from .conftest import FAST, leftovers
 

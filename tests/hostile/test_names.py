@@ -9,10 +9,10 @@ import os
 import shutil
 from pathlib import Path
 
-from d2sfm.io import list_entries
-from d2sfm.mapping import read_models
-from d2sfm.pairs import read_pairs
-from d2sfm.synthetic import render_scene
+from d2sfm.io.h5 import list_entries
+from d2sfm.matching.pairs import read_pairs
+from d2sfm.sfm.mapping import read_models
+from d2sfm.synthetic.scene import render_scene
 
 from .conftest import FAST, command
 

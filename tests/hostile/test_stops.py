@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
-from d2sfm.features import Features
-from d2sfm.io import FeatureWriter
-from d2sfm.pairs import exhaustive_pairs, write_pairs
+from d2sfm.io.features import Features
+from d2sfm.io.h5 import FeatureWriter
+from d2sfm.matching.pairs import exhaustive_pairs, write_pairs
 
 from .conftest import assert_one_line_error, leftovers, reconstruct, snapshot
 
@@ -30,7 +30,7 @@ def test_sigterm_landing_in_a_finaliser_still_stops_the_command(tmp_path):
     script = tmp_path / "busy.py"
     script.write_text(textwrap.dedent("""
         import time
-        from d2sfm.cli import run_main
+        from d2sfm.commands.cli import run_main
 
         class Slow:
             def __del__(self):

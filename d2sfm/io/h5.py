@@ -1,0 +1,332 @@
+"""features.h5: one HDF5 group per image (its path relative to the image folder), as hloc lays it out.
+
+Each group holds ``keypoints`` (N, 2) float32 x, y in COLMAP's convention at the original resolution, ``scales``
+(N,), ``scores`` (N,), ``descriptors`` (N, 512) float16 (float32 on request) and ``image_size`` (width, height).
+Differences from hloc: keypoints are stored in COLMAP's convention (hloc stores pixel centres at 0 and adds 0.5 on
+import) and descriptors are N x D (hloc: D x N). The file records both facts and the extraction settings as
+attributes. A file without them is read as hloc's (``is_hloc_file``): the readers below convert its keypoints and
+descriptors on the fly, so every command takes an hloc features file as it is (``d2sfm.export hloc`` goes the
+other way).
+
+Each image is written under a temporary name and moved to its final name only when complete, and the file is
+closed after each image, so an interrupted run leaves only complete entries (plus scratch that the next run
+removes), and a resumed run skips every finished image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from d2sfm.errors import D2sfmError
+from d2sfm.io.features import Features
+from d2sfm.io.keypoints import opencv_xy_to_colmap_xy
+
+SCRATCH_GROUP = "_d2sfm_incomplete"
+# hloc reads no file attribute, so this cannot stop its readers; it tells a person who opens the file what it is
+HLOC_NOTE = ("not hloc's conventions although laid out like hloc's: keypoints are COLMAP's (hloc's readers would read "
+             "them 0.5 px off) and descriptors are N x D (hloc: D x N); convert with python -m d2sfm.export hloc "
+             "FEATURES [MATCHES] -o DIR [--model SCENE/sparse/0]")
+FORMAT_ATTRS = {"d2sfm_format": "features-1", "keypoint_convention": "colmap", "descriptor_layout": "N x D",
+                "hloc_note": HLOC_NOTE}
+
+
+def is_hloc_file(handle: h5py.File) -> bool:
+    """True for a features file in hloc's conventions: one d2sfm did not write (no ``keypoint_convention``
+    attribute; hloc writes no attributes) or one ``d2sfm.export hloc`` wrote."""
+    return handle.attrs.get("keypoint_convention", "hloc") != FORMAT_ATTRS["keypoint_convention"]
+
+
+HLOC_ADVICE = "an hloc features file needs keypoints and descriptors (run hloc's extract_features or d2sfm.extract)"
+
+
+def _image_group(handle: h5py.File, path: str | os.PathLike, name: str) -> h5py.Group:
+    """The group of image ``name``, or a one-line error when the file has none for it."""
+    group = handle.get(name)
+    if not isinstance(group, h5py.Group) or "keypoints" not in group:
+        raise D2sfmError(f"{path}: has no features for {name!r}; run d2sfm.extract on that image first")
+    return group
+
+
+def _read_dataset(path: str | os.PathLike, name: str, group: h5py.Group, key: str, ndim: int) -> np.ndarray:
+    """``group[key]`` as a numeric array of ``ndim`` dimensions, every value finite; anything else (missing, a
+    group, text, NaN or inf) is a one-line error naming the file, the image and the dataset."""
+    item = group.get(key)
+    if not isinstance(item, h5py.Dataset):
+        raise D2sfmError(f"{path}: image {name!r} has no {key!r} dataset; {HLOC_ADVICE}")
+    try:
+        values = np.asarray(item[()])
+    except (OSError, TypeError, ValueError) as error:
+        raise D2sfmError(f"{path}: image {name!r} has an unreadable {key!r} dataset ({str(error).splitlines()[0]}); "
+                         f"the file is damaged: {HLOC_ADVICE}") from None
+    if values.dtype.kind not in "iuf" or values.ndim != ndim:
+        raise D2sfmError(f"{path}: image {name!r} has a {key!r} dataset of {values.dtype} with shape {values.shape}, "
+                         f"not a {ndim}-D array of numbers; {HLOC_ADVICE}")
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        raise D2sfmError(f"{path}: image {name!r} has {bad} NaN or infinite value(s) in {key!r}; the file is "
+                         f"damaged or was written by a broken extractor: extract that image's features again")
+    return values
+
+
+def _keypoints(handle: h5py.File, group: h5py.Group, path: str | os.PathLike = "features file") -> np.ndarray:
+    """(N, 2) float32 keypoints in COLMAP's convention, whatever the file's; checked: a 2-D array of N x 2 finite
+    numbers."""
+    name = group.name.lstrip("/")
+    keypoints = _read_dataset(path, name, group, "keypoints", 2)
+    if keypoints.shape[1] != 2:
+        raise D2sfmError(f"{path}: image {name!r} has keypoints of shape {keypoints.shape}, not N x 2 (x, y); "
+                         f"{HLOC_ADVICE}")
+    return opencv_xy_to_colmap_xy(keypoints).astype(np.float32) if is_hloc_file(handle) else keypoints
+
+
+def _image_size(path: str | os.PathLike, name: str, group: h5py.Group) -> tuple[int, int]:
+    """(width, height) of the image, checked: two positive whole numbers."""
+    size = _read_dataset(path, name, group, "image_size", 1)
+    if size.shape != (2,) or not (size > 0).all() or not (size == np.round(size)).all():
+        raise D2sfmError(f"{path}: image {name!r} has image_size {size.tolist()}, not a positive width and height; "
+                         f"{HLOC_ADVICE}")
+    return int(size[0]), int(size[1])
+
+
+def open_hdf5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
+    """h5py.File, with a file that is damaged or not HDF5 as a one-line error naming it."""
+    try:
+        return h5py.File(path, mode)
+    except OSError as error:
+        advice = ("check the folder and its permissions" if error.errno else "the file is damaged or not HDF5: give "
+                  "another file (a d2sfm output of an interrupted run can be deleted: the rerun writes it again)")
+        raise D2sfmError(f"{path}: cannot open as HDF5 ({str(error).splitlines()[0]}); {advice}") from None
+
+
+def _entry_names(handle: h5py.File) -> list[str]:
+    names: list[str] = []
+
+    def visit(name: str, item) -> None:
+        if isinstance(item, h5py.Group) and "keypoints" in item and not name.startswith(SCRATCH_GROUP):
+            names.append(name)
+
+    handle.visititems(visit)
+    return names
+
+
+def list_entries(path: str | os.PathLike) -> list[str]:
+    """Names of the complete entries of a features file (empty if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open_hdf5(path, "r") as handle:
+        return _entry_names(handle)
+
+
+def check_same_settings(path: Path, stored: dict, settings: dict, ignore: tuple[str, ...] = ()) -> None:
+    """Features of other settings (as recorded in the file) must never be mixed with, or taken for, new ones."""
+    settings = json.loads(json.dumps(settings))  # as stored: tuples become lists
+    keys = sorted((set(stored) | set(settings)) - set(ignore))
+    differing = [key for key in keys if stored.get(key) != settings.get(key)]
+    if differing:
+        changes = "; ".join(f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} now" for k in differing)
+        raise D2sfmError(f"{path}: holds features extracted with other settings ({changes}); "
+                         "pass --overwrite to replace them or choose another output file")
+
+
+class FeatureWriter:
+    """Appends images to a features file whose settings must match; skips what is already complete."""
+
+    def __init__(self, path: str | os.PathLike, settings: dict, descriptor_dtype=np.float16,
+                 overwrite: bool = False) -> None:
+        self.path = Path(path)
+        self.descriptor_dtype = np.dtype(descriptor_dtype)
+        self.settings = json.loads(json.dumps({**settings, "descriptor_dtype": self.descriptor_dtype.name}))
+        if overwrite and self.path.exists():
+            self.path.unlink()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open_hdf5(self.path, "a") as handle:
+            if len(handle) and is_hloc_file(handle):
+                raise D2sfmError(f"{self.path}: is a features file in hloc's conventions; d2sfm reads it but does not "
+                                 "add to it: extract into another file, or give it whole to match/reconstruct")
+            stored = handle.attrs.get("settings")
+            if stored is not None:
+                self._check_settings(json.loads(stored))
+            else:
+                handle.attrs["settings"] = json.dumps(self.settings, sort_keys=True)
+                for key, value in FORMAT_ATTRS.items():
+                    handle.attrs[key] = value
+            if SCRATCH_GROUP in handle:
+                del handle[SCRATCH_GROUP]
+            self.done = set(_entry_names(handle))
+
+    def _check_settings(self, stored: dict) -> None:
+        check_same_settings(self.path, stored, self.settings)
+
+    def write(self, name: str, features: Features) -> None:
+        with open_hdf5(self.path, "a") as handle:
+            scratch = f"{SCRATCH_GROUP}/{uuid.uuid4().hex}"
+            group = handle.create_group(scratch)
+            group.create_dataset("keypoints", data=features.keypoints.astype(np.float32))
+            group.create_dataset("scales", data=features.scales.astype(np.float32))
+            group.create_dataset("scores", data=features.scores.astype(np.float32))
+            group.create_dataset("descriptors", data=features.descriptors.astype(self.descriptor_dtype, copy=False))
+            group.create_dataset("image_size", data=np.asarray(features.image_size, dtype=np.int64))
+            if features.global_descriptor is not None:
+                group.create_dataset("global_descriptor", data=features.global_descriptor.astype(np.float32))
+            if name in handle:
+                del handle[name]
+            if posixpath.dirname(name):
+                handle.require_group(posixpath.dirname(name))
+            handle.move(scratch, name)
+        self.done.add(name)
+
+    def copy_from(self, shard: str | os.PathLike) -> int:
+        """Write every image of another features file that this one lacks (a worker's shard); returns how many.
+        A file made with other settings is an error, not a silent mix."""
+        names = [name for name in list_entries(shard) if name not in self.done]
+        if names and read_settings(shard) != self.settings:
+            raise D2sfmError(f"{shard}: holds features extracted with other settings than {self.path}; delete it "
+                             "or pass --overwrite")
+        for name in names:
+            self.write(name, read_features(shard, name))
+        return len(names)
+
+
+def read_features(path: str | os.PathLike, name: str) -> Features:
+    with open_hdf5(Path(path), "r") as handle:
+        group = _image_group(handle, path, name)
+        keypoints = _keypoints(handle, group, path)
+        descriptors = _read_dataset(path, name, group, "descriptors", 2)
+        if is_hloc_file(handle):
+            descriptors = descriptors.T  # hloc: D x N
+        if len(descriptors) != len(keypoints):
+            layout = "D x N" if is_hloc_file(handle) else "N x D"
+            raise D2sfmError(f"{path}: image {name!r} has {len(keypoints)} keypoints but descriptors of shape "
+                             f"{group['descriptors'].shape} (this file's layout is {layout}); {HLOC_ADVICE}")
+        ones = np.ones(len(keypoints), np.float32)  # hloc files need not hold scales or scores
+        return Features(
+            keypoints=keypoints,
+            scales=group["scales"][()] if "scales" in group else ones,
+            scores=group["scores"][()] if "scores" in group else ones,
+            descriptors=descriptors,
+            image_size=_image_size(path, name, group),
+            global_descriptor=group["global_descriptor"][()] if "global_descriptor" in group else None,
+        )
+
+
+def read_keypoints(path: str | os.PathLike, name: str) -> tuple[np.ndarray, tuple[int, int]]:
+    """Keypoints and (width, height) only: pose estimation needs no descriptors, which are 100x the bytes."""
+    with open_hdf5(Path(path), "r") as handle:
+        group = _image_group(handle, path, name)
+        return _keypoints(handle, group, path), _image_size(path, name, group)
+
+
+def read_global_descriptors(path: str | os.PathLike, names: Sequence[str]) -> np.ndarray:
+    """(len(names), D) global descriptors, read in one file session without the local descriptors: retrieval over
+    a large collection holds only these."""
+    with open_hdf5(Path(path), "r") as handle:
+        missing = [name for name in names if name not in handle or "global_descriptor" not in handle[name]]
+        if missing:
+            raise D2sfmError(f"{path}: no global descriptor for {missing[0]!r} ({len(missing)} image(s)); extract "
+                             "the features again with this version of d2sfm.extract")
+        return np.stack([handle[name]["global_descriptor"][()] for name in names])
+
+
+def read_settings(path: str | os.PathLike) -> dict:
+    """The extraction settings d2sfm recorded; {} for a file it did not write (hloc's)."""
+    with open_hdf5(Path(path), "r") as handle:
+        return json.loads(handle.attrs["settings"]) if "settings" in handle.attrs else {}
+
+
+def iter_features(path: str | os.PathLike) -> Iterator[tuple[str, Features]]:
+    for name in list_entries(path):
+        yield name, read_features(path, name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# matches.h5: hloc's layout, one group per pair: <name0>/<name1> (slashes inside names become '-'), holding
+# ``matches0`` (N0,) int32, the index of the matched keypoint in image 1 or -1, and ``matching_scores0`` (N0,).
+
+
+def pair_key(name0: str, name1: str) -> str:
+    return f"{name0.replace('/', '-')}/{name1.replace('/', '-')}"
+
+
+def pair_keys(handle: h5py.File) -> set[str]:
+    """The complete pairs of an open matches file, as ``pair_key`` names."""
+    return {
+        f"{first}/{second}"
+        for first, group in handle.items() if first != SCRATCH_GROUP and isinstance(group, h5py.Group)
+        for second in group
+    }
+
+
+def matched_pairs(path: str | os.PathLike) -> set[str]:
+    """The complete pairs of a matches file, as ``pair_key`` names, read without writing to it (opening for append
+    rewrites the file's metadata: a run that stops early must leave its inputs as they were)."""
+    if not Path(path).is_file():
+        return set()
+    with open_hdf5(Path(path), "r") as handle:
+        return pair_keys(handle)
+
+
+class MatchWriter:
+    """Appends pair matches; a pair already present in either order counts as done."""
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        if overwrite and self.path.exists():
+            self.path.unlink()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open_hdf5(self.path, "a") as handle:
+            if SCRATCH_GROUP in handle:
+                del handle[SCRATCH_GROUP]
+            self.done = pair_keys(handle)
+
+    def has(self, name0: str, name1: str) -> bool:
+        return pair_key(name0, name1) in self.done or pair_key(name1, name0) in self.done
+
+    def write_many(self, results: list[tuple[str, str, np.ndarray, np.ndarray]]) -> None:
+        """``results``: (name0, name1, matches0 (N0,) int, scores0 (N0,)) each, written in one file session,
+        each pair complete or absent."""
+        with open_hdf5(self.path, "a") as handle:
+            for name0, name1, matches0, scores0 in results:
+                key = pair_key(name0, name1)
+                scratch = f"{SCRATCH_GROUP}/{uuid.uuid4().hex}"
+                group = handle.create_group(scratch)
+                group.create_dataset("matches0", data=np.asarray(matches0, dtype=np.int32))
+                group.create_dataset("matching_scores0", data=np.asarray(scores0, dtype=np.float16))
+                if key in handle:
+                    del handle[key]
+                handle.require_group(posixpath.dirname(key))
+                handle.move(scratch, key)
+                self.done.add(key)
+
+
+    def copy_from(self, shard: str | os.PathLike) -> int:
+        """Write every pair of another matches file that this one lacks (a worker's shard); returns how many."""
+        with open_hdf5(Path(shard), "r") as source:
+            missing = sorted(pair_keys(source) - self.done)
+        for start in range(0, len(missing), 1000):  # a thousand pairs at a time: memory stays bounded
+            with open_hdf5(Path(shard), "r") as source:
+                results = [(*key.split("/"), source[key]["matches0"][()], source[key]["matching_scores0"][()])
+                           for key in missing[start:start + 1000]]
+            self.write_many(results)  # keys are in pair_key form already ('/' inside names was replaced)
+        return len(missing)
+
+
+def read_matches(path: str | os.PathLike, name0: str, name1: str) -> tuple[np.ndarray, np.ndarray]:
+    """(K, 2) keypoint indices into (name0, name1) and their (K,) scores, whichever order the pair was stored."""
+    with open_hdf5(Path(path), "r") as handle:
+        for key, reverse in ((pair_key(name0, name1), False), (pair_key(name1, name0), True)):
+            if key in handle:
+                matches0 = handle[key]["matches0"][()]
+                scores0 = handle[key]["matching_scores0"][()].astype(np.float32)
+                rows = np.flatnonzero(matches0 >= 0)
+                pairs = np.stack([rows, matches0[rows]], axis=1).astype(np.int64)
+                return (pairs[:, ::-1].copy() if reverse else pairs), scores0[rows]
+    raise D2sfmError(f"{path}: no matches for the pair {name0} {name1}; run d2sfm.match on the pair list first")

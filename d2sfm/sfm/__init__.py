@@ -1,0 +1,4 @@
+"""Structure from motion on pycolmap: the COLMAP database and geometric verification (`database`),
+incremental or global mapping with d2sfm's options for D2 keypoints (`mapping`), triangulation at known poses
+(`triangulation`) and multi-view stereo (`dense`).
+"""

@@ -34,14 +34,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     sys.path.insert(0, str(REPO))
-    from d2sfm.commands.cli import resolve_device
-    from d2sfm.commands.extract import default_loading, extract_features
-    from d2sfm.commands.match import match_pairs
+    from d2sfm.features.extraction import default_loading, extract_features
     from d2sfm.features.extractor import D2Extractor, ExtractionConfig
     from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
     from d2sfm.io.h5 import read_features
     from d2sfm.io.images import list_images
+    from d2sfm.matching.matcher import match_pairs
     from d2sfm.matching.pairs import read_pairs
+    from d2sfm.runtime.device import resolve_device
 
     device = resolve_device(args.device)
     batch_size, workers = default_loading(device)  # as d2sfm.reconstruct and d2sfm.localize extract

@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.extract_speed import Tf32, original_on_current_torch  # noqa: E402
 from benchmarks.paths import REPO, SACRE_COEUR, WEIGHTS  # noqa: E402
-from d2sfm.commands.extract import TIMED_STAGES  # noqa: E402
+from d2sfm.features.extraction import TIMED_STAGES
 
 DEFAULT_PHOTOS = SACRE_COEUR
 STAGES = TIMED_STAGES

@@ -91,7 +91,7 @@ def run_variant(spec: dict) -> dict:
     of one size, meets no batch shape the warm-up did not compile."""
     import torch
 
-    from d2sfm.commands.extract import default_loading, extract_features
+    from d2sfm.features.extraction import default_loading, extract_features
     from d2sfm.features.extractor import D2Extractor, ExtractionConfig, GpuTuning
     from d2sfm.features.gpu_batching import MemoryBoundedBatches
 
@@ -153,7 +153,7 @@ def decoding_table(photos: Path, names: list[str], device, config, cpus: int) ->
     import torch
     from torch.utils.data import DataLoader
 
-    from d2sfm.commands.extract import _as_is, _PreparedImages
+    from d2sfm.features.extraction import _as_is, _PreparedImages
 
     rows = []
     for workers in sorted({w for w in (1, 4, 8, 12) if w <= cpus} | {cpus}):

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.extract_remedies import uniform_photos  # noqa: E402
 from benchmarks.paths import SACRE_COEUR  # noqa: E402
-from d2sfm.commands.extract import _as_is, _PreparedImages  # noqa: E402
+from d2sfm.features.extraction import _as_is, _PreparedImages
 
 
 @dataclass

@@ -30,7 +30,7 @@ def dense_baseline(d0: torch.Tensor, d1: torch.Tensor):
 
 
 def measure(spec: dict) -> dict:
-    from d2sfm.commands.match import mutual_nearest_neighbours
+    from d2sfm.matching.mnn import mutual_nearest_neighbours
 
     device = torch.device(spec["device"])
     generator = torch.Generator().manual_seed(0)

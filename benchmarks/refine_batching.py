@@ -52,9 +52,9 @@ def timed(function, device: torch.device):
 
 
 def main() -> None:
-    from d2sfm.commands.cli import resolve_device
-    from d2sfm.commands.refine import RefineSettings, read_database_keypoints, refine_database
+    from d2sfm.refinement.database_refinement import RefineSettings, read_database_keypoints, refine_database
     from d2sfm.refinement.model_refinement import ModelRefineSettings, refine_model_folder
+    from d2sfm.runtime.device import resolve_device
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--views", type=int, default=120)

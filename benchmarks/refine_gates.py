@@ -54,7 +54,7 @@ SCENES = (  # name, views, width, height, focal, layout, pairs, seeds
 
 
 def settings_for(gate: dict):
-    from d2sfm.commands.refine import RefineSettings
+    from d2sfm.refinement.database_refinement import RefineSettings
     from d2sfm.refinement.model_refinement import ModelRefineSettings
     from d2sfm.refinement.patch_alignment import AlignmentSettings
 
@@ -79,8 +79,8 @@ def render_and_verify(work: Path, scene, weights: Path, device: str) -> Path:
 def fits_against_truth(database: Path, folder: Path, settings, device: torch.device) -> dict:
     """The database refinement's alignment of ``database`` with every moved keypoint compared with the truth:
     the anchor's keypoint is cast onto the true surface and projected into the keypoint's view."""
-    from d2sfm.commands.refine import read_database_keypoints
     from d2sfm.io.images import gray_image_reader
+    from d2sfm.refinement.database_refinement import read_database_keypoints
     from d2sfm.refinement.patch_alignment import align_keypoints, anchors_and_maps, edge_affinities
     from d2sfm.refinement.tracks import Tracks, build_tracks, read_verified_matches
     from d2sfm.synthetic.scene import courtyard, transfer_to_view
@@ -128,7 +128,7 @@ def cameras_against_truth(runs, truth: Path) -> dict:
 
 
 def refined_copy(raw: Path, target: Path, images: Path, weights: Path, device, settings) -> Path:
-    from d2sfm.commands.refine import refine_database
+    from d2sfm.refinement.database_refinement import refine_database
 
     shutil.copy(raw, target)
     if settings is not None:
@@ -202,7 +202,7 @@ def photo_rows(work: Path, images: Path, weights: Path, device: torch.device) ->
 
 
 def main() -> None:
-    from d2sfm.commands.cli import resolve_device
+    from d2sfm.runtime.device import resolve_device
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=SACRE_COEUR)

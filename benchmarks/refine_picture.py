@@ -26,12 +26,12 @@ import pycolmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.paths import REPO, WEIGHTS  # noqa: E402
-from d2sfm.commands.refine import read_database_keypoints  # noqa: E402
-from d2sfm.commands.viz import write_png  # noqa: E402
 from d2sfm.io.h5 import read_keypoints  # noqa: E402
+from d2sfm.refinement.database_refinement import read_database_keypoints
 from d2sfm.refinement.patch_alignment import anchors_and_maps  # noqa: E402
 from d2sfm.refinement.tracks import build_tracks, read_verified_matches  # noqa: E402
 from d2sfm.synthetic.scene import courtyard, render_scene, transfer_to_view  # noqa: E402
+from d2sfm.viz.drawing import write_png
 
 ZOOM = 8  # crop enlargement
 CROP = (72, 54)  # crop size in image pixels (width, height)

@@ -45,7 +45,7 @@ VARIANTS = (
 
 
 def verified_database(images: Path, names, features: Path, work: Path) -> tuple[Path, str, float]:
-    from d2sfm.commands.match import match_pairs
+    from d2sfm.matching.matcher import match_pairs
     from d2sfm.matching.pairs import exhaustive_pairs, write_pairs
     from d2sfm.sfm.database import create_database, import_features_and_matches, verify_pairs
 
@@ -64,7 +64,7 @@ def warm_up(images: Path, names, weights: Path, device, work: Path) -> None:
     """One untimed pass on a GPU over three photos (multi-scale extraction, matching, both database refinements),
     so that the first timed stage does not pay for the CUDA context, cuDNN, cuBLAS/cuSOLVER and lazily loaded
     kernels."""
-    from d2sfm.commands.refine import RefineSettings, refine_database
+    from d2sfm.refinement.database_refinement import RefineSettings, refine_database
 
     work.mkdir()
     d2sfm_features(images, names, work / "features.h5", weights, (0.5, 1.0, 2.0), True, device=device)
@@ -112,9 +112,9 @@ def median_over_seeds(per_seed: list[dict]) -> dict:
 
 
 def main() -> None:
-    from d2sfm.commands.cli import resolve_device
-    from d2sfm.commands.refine import RefineSettings, refine_database
     from d2sfm.io.images import list_images
+    from d2sfm.refinement.database_refinement import RefineSettings, refine_database
+    from d2sfm.runtime.device import resolve_device
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path, default=SACRE_COEUR)

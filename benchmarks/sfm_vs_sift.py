@@ -31,7 +31,7 @@ from benchmarks.paths import SACRE_COEUR, WEIGHTS  # noqa: E402
 
 def d2sfm_features(images: Path, names, output: Path, weights: Path, scales, geometric: bool,
                    device: torch.device | str = "cpu", precision: str = "fp32") -> float:
-    from d2sfm.commands.extract import default_loading, extract_features
+    from d2sfm.features.extraction import default_loading, extract_features
     from d2sfm.features.extractor import D2Extractor, ExtractionConfig
 
     config = ExtractionConfig(scales=scales, geometric_centres=geometric, precision=precision)
@@ -73,7 +73,7 @@ from d2sfm.sfm.mapping import COLMAP_MAPPER_OPTIONS as COLMAP_MAPPER  # noqa: E4
 
 
 def d2_reconstruction(images: Path, names, features: Path, work: Path, seeds, registration: dict) -> dict:
-    from d2sfm.commands.match import match_pairs
+    from d2sfm.matching.matcher import match_pairs
     from d2sfm.matching.pairs import exhaustive_pairs, write_pairs
     from d2sfm.sfm.database import create_database, import_features_and_matches, verify_pairs
     from d2sfm.sfm.mapping import run_mapping

@@ -27,15 +27,8 @@ from pathlib import Path
 
 import pycolmap
 
-from d2sfm.commands.cli import number, resolve_device
-from d2sfm.commands.refine import (
-    add_refine_argument,
-    drop_database_refined_unasked,
-    is_refined,
-    refine_localization_database,
-    refine_settings,
-    refinement_record,
-)
+from d2sfm.commands.options import add_refine_argument, number
+from d2sfm.commands.refine import refine_settings
 from d2sfm.errors import D2sfmError
 from d2sfm.features.weights import resolve_weights
 from d2sfm.io.atomic import atomic_database, write_text_atomic
@@ -48,6 +41,13 @@ from d2sfm.localization.submission import QueryOutcome, finish_localization, gro
 from d2sfm.matching.pairs import Pair, read_pairs, unique_pairs
 from d2sfm.pipeline.features import extract_and_match
 from d2sfm.pipeline.stages import RunFolder
+from d2sfm.refinement.database_refinement import (
+    drop_database_refined_unasked,
+    is_refined,
+    refine_localization_database,
+    refinement_record,
+)
+from d2sfm.runtime.device import resolve_device
 from d2sfm.sfm.database import import_features_and_matches, read_image_ids, verify_pairs
 from d2sfm.sfm.triangulation import triangulate_fixed
 

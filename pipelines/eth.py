@@ -92,7 +92,7 @@ def run_sift(images: Path, names: Sequence[str], match_list: Path | None, folder
 
 def sift_pairs(match_list: Path | None, output: Path, count: int) -> Path | None:
     """The scene's list, else (above the exhaustive limit) the pairs the D2 run chose, else None: exhaustive."""
-    from d2sfm.commands.reconstruct import EXHAUSTIVE_UP_TO
+    from d2sfm.pipeline.reconstruct import EXHAUSTIVE_UP_TO
 
     if match_list or count <= EXHAUSTIVE_UP_TO:
         return match_list

@@ -26,11 +26,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from d2sfm.commands.cli import add_device_argument, number, resolve_device
-from d2sfm.commands.extract import extract_features, feature_settings
-from d2sfm.commands.match import mutual_nearest_neighbours
+from d2sfm.commands.options import add_device_argument, number
 from d2sfm.errors import D2sfmError
 from d2sfm.evaluation.mma import THRESHOLDS, PairResult, accuracy_at, format_table, match_errors, summarise
+from d2sfm.features.extraction import extract_features, feature_settings
 from d2sfm.features.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
 from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
 from d2sfm.features.sift import sift_features
@@ -38,6 +37,8 @@ from d2sfm.features.weights import resolve_weights
 from d2sfm.io.atomic import read_text_file, write_text_atomic
 from d2sfm.io.h5 import FeatureWriter, read_features
 from d2sfm.io.images import ImageReadError, read_image_bgr
+from d2sfm.matching.mnn import mutual_nearest_neighbours
+from d2sfm.runtime.device import resolve_device
 from pipelines.synthetic_sequences import SPLITS
 
 RELEASE_FOLDER = "hpatches-sequences-release"

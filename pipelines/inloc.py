@@ -30,14 +30,8 @@ import pycolmap
 import scipy.io
 from tqdm import tqdm
 
-from d2sfm.commands.cli import number, resolve_device
-from d2sfm.commands.refine import (
-    add_refine_argument,
-    read_refined_query_keypoints,
-    refine_queries_against_fixed,
-    refine_settings,
-    refined_keypoints_record,
-)
+from d2sfm.commands.options import add_refine_argument, number
+from d2sfm.commands.refine import refine_settings
 from d2sfm.errors import D2sfmError
 from d2sfm.features.weights import resolve_weights
 from d2sfm.io.atomic import write_text_atomic
@@ -49,6 +43,12 @@ from d2sfm.localization.submission import QueryOutcome, finish_localization, gro
 from d2sfm.matching.pairs import Pair, read_pairs
 from d2sfm.pipeline.features import extract_and_match
 from d2sfm.pipeline.stages import RunFolder
+from d2sfm.refinement.database_refinement import (
+    read_refined_query_keypoints,
+    refine_queries_against_fixed,
+    refined_keypoints_record,
+)
+from d2sfm.runtime.device import resolve_device
 
 README = "datasets/inloc.md"
 GROUND_TRUTH = "query_ground_truth.txt"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from d2sfm.pipeline.background import BackgroundWriter
+from d2sfm.runtime.background import BackgroundWriter
 
 
 def test_writes_everything_in_order_before_close_returns():

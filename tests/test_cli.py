@@ -18,8 +18,9 @@ import pycolmap
 import pytest
 from in_process import command_in_process
 
-from d2sfm.commands.cli import CommandParser, number
+from d2sfm.commands.cli import CommandParser
 from d2sfm.commands.library_logs import COLMAP_ALL, COLMAP_FATAL_ONLY, OPENCV_INFO, OPENCV_SILENT, set_library_logs
+from d2sfm.commands.options import number
 from d2sfm.errors import D2sfmError
 from d2sfm.io.atomic import atomic_database, copy_database
 from d2sfm.sfm.database import read_image_ids

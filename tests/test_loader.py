@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
-from d2sfm.commands.extract import _as_is, _PreparedImages
+from d2sfm.features.extraction import _as_is, _PreparedImages
 from d2sfm.features.extractor import ExtractionConfig, resize_for_network
 from d2sfm.io.images import read_image_bgr
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from d2sfm.commands.refine import read_refined_query_keypoints
 from d2sfm.io.h5 import read_keypoints, read_matches
 from d2sfm.localization.poses import Pose, pose_errors, read_poses
 from d2sfm.localization.reference_model import Intrinsics
 from d2sfm.matching.pairs import read_pairs
+from d2sfm.refinement.database_refinement import read_refined_query_keypoints
 from d2sfm.synthetic.scene import camera_poses, courtyard, look_at, render, render_xyz
 from pipelines.inloc import IPHONE7_FOCAL_PER_WIDTH, cutout_pose, read_scan, scan_points
 from pipelines.mini_datasets import PosedImage, write_mini_inloc

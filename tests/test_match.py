@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from d2sfm.commands.match import GPU_SIMILARITY_BYTES, mutual_nearest_neighbours, similarity_chunk_rows
+from d2sfm.matching.mnn import GPU_SIMILARITY_BYTES, mutual_nearest_neighbours, similarity_chunk_rows
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"))]
 

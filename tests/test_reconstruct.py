@@ -13,8 +13,8 @@ import numpy as np
 import pycolmap
 import pytest
 
-from d2sfm.commands.refine import is_refined, read_database_keypoints
 from d2sfm.io.h5 import read_keypoints
+from d2sfm.refinement.database_refinement import is_refined, read_database_keypoints
 from d2sfm.refinement.model_refinement import model_refinement_record
 from d2sfm.refinement.tracks import read_verified_matches
 from d2sfm.sfm.mapping import (

@@ -106,7 +106,7 @@ def test_the_browser_draws_the_model(tmp_path):
 
 def test_a_selected_camera_shows_its_keypoints(tmp_path):
     """The side-panel picture: the photo with the image's keypoints, green with a 3D point, red without."""
-    from d2sfm.commands.view import PANEL_EDGE, keypoint_picture
+    from d2sfm.viz.viewer import PANEL_EDGE, keypoint_picture
 
     render_scene(tmp_path, count=3, width=160, height=120, focal=128.0)
     model = true_model(courtyard(0), camera_poses(3), 160, 120, 128.0, point_step=9)

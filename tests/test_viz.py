@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from d2sfm.commands.viz import draw_keypoints, draw_matches, write_png
+from d2sfm.viz.drawing import draw_keypoints, draw_matches, write_png
 
 
 def test_matches_are_drawn_between_the_right_places(tmp_path):

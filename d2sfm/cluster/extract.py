@@ -20,6 +20,7 @@ from d2sfm.cluster.ray_backend import collect_left_shards, collect_shards, disca
 from d2sfm.features.extractor import ExtractionConfig
 from d2sfm.features.gpu_batching import CLUSTER_ADVICE, DEFAULT_GPU_MEMORY_GIB
 from d2sfm.io.h5 import FeatureWriter
+from d2sfm.runtime.device import resolve_device
 
 DEFAULT_BATCH_IMAGES = 8  # enough to amortise scheduling, few enough to balance the workers
 
@@ -33,13 +34,13 @@ class ExtractionWorker:
                  gpu_memory_gib: float, threads: int) -> None:
         import torch
 
-        from d2sfm.commands.extract import default_loading
+        from d2sfm.features.extraction import default_loading
         from d2sfm.features.extractor import D2Extractor
         from d2sfm.features.gpu_batching import MemoryBoundedBatches
 
         torch.set_num_threads(threads)
         torch.set_grad_enabled(False)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # Ray shows each actor its GPU
+        device = resolve_device("auto")  # Ray shows each actor its GPU
         self.extractor = D2Extractor(weights, ExtractionConfig(**config), device)
         self.shard, self.settings = Path(shard), settings
         self.descriptor_dtype = np.dtype(descriptor_dtype)
@@ -49,7 +50,7 @@ class ExtractionWorker:
 
     def extract(self, root: str, names: Sequence[str]) -> list[tuple[str, str | None]]:
         """Extract and write each image not yet in the shard; returns (name, error or None) for each."""
-        from d2sfm.commands.extract import extract_features
+        from d2sfm.features.extraction import extract_features
 
         _, failures = extract_features(Path(root), names, self.shard, self.extractor, self.settings,
                                        descriptor_dtype=self.descriptor_dtype, batch_size=self.batch_size,

@@ -16,6 +16,7 @@ from pathlib import Path
 from d2sfm.cluster.ray_backend import collect_left_shards, collect_shards, discard_shards, run_sharded
 from d2sfm.io.h5 import MatchWriter
 from d2sfm.matching.pairs import Pair
+from d2sfm.runtime.device import resolve_device
 
 DEFAULT_BLOCK_PAIRS = 256
 
@@ -28,12 +29,13 @@ class MatchingWorker:
         import torch
 
         torch.set_num_threads(threads)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = resolve_device("auto")
         self.features, self.min_similarity, self.ratio = Path(features), min_similarity, ratio
         self.writer = MatchWriter(shard)
 
     def match(self, block: Sequence[Pair]) -> list[tuple[str, None]]:
-        from d2sfm.commands.match import DescriptorCache, match_pair
+        from d2sfm.matching.matcher import DescriptorCache
+        from d2sfm.matching.mnn import match_pair
 
         todo = [pair for pair in block if not self.writer.has(*pair)]
         cache = DescriptorCache(self.features, self.device, capacity=len({n for pair in todo for n in pair}))

@@ -8,37 +8,16 @@ network loaded between the batches it is given, and Ray restarts it and retries 
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from d2sfm.commands.cli import number
 from d2sfm.errors import D2sfmError
 
 LOCAL = "local"
 # --ray-workers: each worker is a process holding the network; past this many the scheduling and the shards (one
 # HDF5 file each) cost more than they gain, on any cluster.
 MAX_RAY_WORKERS = 1024
-
-
-def add_cluster_arguments(parser: argparse.ArgumentParser, batch_unit: str | None = None,
-                          batch_default: int | None = None) -> None:
-    """``--ray`` and its worker options; ``--ray-batch`` too where the command has one kind of task (the pipelines,
-    which both extract and match, use each kind's default batch)."""
-    parser.add_argument("--ray", nargs="?", const=LOCAL, default=None, metavar="ADDRESS",
-                        help="run on a Ray cluster (pip install -e '.[ray]'): without ADDRESS a local one on this "
-                        "machine; 'auto' or 'ray://host:port' joins a running one (photos, weights and outputs "
-                        "must then be on a filesystem every node sees)")
-    parser.add_argument("--ray-workers", type=number(int, at_least=1, at_most=MAX_RAY_WORKERS), default=None,
-                        help="with --ray: workers to start (default: one per GPU of the cluster, else one per "
-                        f"--ray-cpus-per-worker CPUs; at most {MAX_RAY_WORKERS})")
-    parser.add_argument("--ray-cpus-per-worker", type=number(int, at_least=1), default=1,
-                        help="with --ray: CPUs (and torch threads) of each worker (default 1)")
-    if batch_unit:
-        parser.add_argument("--ray-batch", type=number(int, at_least=1), default=batch_default,
-                            help=f"with --ray: {batch_unit} per task handed to a worker at most (default "
-                            f"{batch_default}; fewer where that would give a worker under four tasks)")
 
 
 def start_ray(address: str):

@@ -6,7 +6,6 @@ import _thread
 import argparse
 import contextlib
 import logging
-import math
 import signal
 import sys
 import threading
@@ -14,11 +13,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from d2sfm.commands.library_logs import add_verbose_argument, set_library_logs
+from d2sfm.commands.library_logs import set_library_logs
 from d2sfm.errors import D2sfmError
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
@@ -114,85 +113,3 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
 
 
-def number(kind: type = int, *, at_least: float | None = None, above: float | None = None,
-           at_most: float | None = None) -> Callable[[str], float]:
-    """An argparse ``type`` for a number within bounds: a bad value is argparse's usage error naming the option,
-    before any work starts, instead of a traceback (or a silently used default) later on."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if (not math.isfinite(value) or (at_least is not None and value < at_least)
-                or (above is not None and value <= above) or (at_most is not None and value > at_most)):
-            bounds = [f">= {at_least:g}" if at_least is not None else "", f"> {above:g}" if above is not None else "",
-                      f"<= {at_most:g}" if at_most is not None else ""]
-            wanted = " and ".join(filter(None, bounds))
-            raise argparse.ArgumentTypeError(f"{text} is out of range: give a number {wanted}")
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device", default="auto",
-        help="torch device: 'auto' (first CUDA GPU if present, else CPU), 'cpu', 'cuda', 'cuda:1', ...",
-    )
-
-
-def resolve_device(name: str) -> torch.device:
-    """Map --device to a torch.device that this machine can run the network on: 'auto', 'cpu', 'cuda' or
-    'cuda:N' with N below the number of GPUs, and 'mps' where torch says it is available. Anything else (torch's
-    'meta', 'xpu', a GPU that is not there) is a one-line error naming the option, not a crash deep in the network.
-    torch is imported here, not with this module, so that commands without a network (export, evaluate poses)
-    start without paying for it."""
-    import torch
-
-    name = name.strip()
-    if name.lower() == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    choices = "use --device auto, cpu or cuda[:N]"
-    try:
-        device = torch.device(name.lower())
-    except (RuntimeError, ValueError, TypeError):
-        raise D2sfmError(f"--device {name!r} is not a device name; {choices}") from None
-    if device.type == "cpu":
-        if device.index not in (None, 0):
-            raise D2sfmError(f"--device {name!r}: there is one CPU device; use --device cpu")
-        return torch.device("cpu")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise D2sfmError(f"--device {name!r} was asked for but this torch has no usable CUDA GPU; "
-                             "use --device cpu")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise D2sfmError(f"--device {name!r}: this machine has {count} CUDA GPU{'s' if count != 1 else ''} "
-                             f"(cuda:0 to cuda:{count - 1}); use one of those or --device cpu")
-        return device
-    if device.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise D2sfmError(f"--device {name!r}: Apple's MPS is not available in this torch on this machine; "
-                             "use --device cpu")
-        if device.index not in (None, 0):
-            raise D2sfmError(f"--device {name!r}: there is one MPS device; use --device mps")
-        return torch.device("mps")
-    raise D2sfmError(f"--device {name!r}: d2sfm runs only on CPU, CUDA GPUs or Apple's MPS, not on torch's "
-                     f"{device.type!r} devices; {choices}")
-
-
-def add_weights_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--weights", default=None, metavar="NAME|PATH",
-        help="D2-Net checkpoint: a file path, or one of d2_ots, d2_tf, d2_tf_no_phototourism (downloaded once "
-        "into the cache). Default: $D2SFM_WEIGHTS if set, else d2_tf.",
-    )
-
-
-def add_run_arguments(parser: argparse.ArgumentParser, overwrite_help: str = "redo every stage") -> None:
-    """The options every staged pipeline command shares: --overwrite, --verbose (COLMAP's and OpenCV's logs),
-    --quiet."""
-    parser.add_argument("--overwrite", action="store_true", help=overwrite_help)
-    add_verbose_argument(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")

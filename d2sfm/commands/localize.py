@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from d2sfm.commands.cli import CommandParser, add_device_argument, add_run_arguments, add_weights_argument, run_main
+from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.library_logs import set_library_logs
-from d2sfm.pipeline.features import add_feature_arguments
+from d2sfm.commands.options import add_device_argument, add_feature_arguments, add_run_arguments, add_weights_argument
 
 
 def _benchmarks():

@@ -11,138 +11,35 @@ ones.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from d2sfm.commands.cli import (
-    CommandParser,
+from d2sfm.commands.cli import CommandParser, run_main
+from d2sfm.commands.library_logs import set_library_logs
+from d2sfm.commands.options import (
     add_device_argument,
+    add_feature_arguments,
+    add_refine_argument,
     add_run_arguments,
     add_weights_argument,
     number,
-    resolve_device,
-    run_main,
 )
-from d2sfm.commands.library_logs import set_library_logs
-from d2sfm.commands.refine import (
-    add_refine_argument,
-    drop_database_refined_unasked,
-    is_refined,
-    refine_database,
-    refine_settings,
-    refinement_record,
-)
-from d2sfm.commands.viz import write_model_picture
 from d2sfm.errors import D2sfmError
-from d2sfm.features.weights import resolve_weights
-from d2sfm.io.atomic import atomic_database, remove_sqlite_side_files, write_text_atomic
-from d2sfm.io.h5 import list_entries, matched_pairs, pair_key, read_global_descriptors
-from d2sfm.io.images import list_images
-from d2sfm.matching.pairs import exhaustive_pairs, read_pairs, retrieval_pairs, sequential_pairs, write_pairs
-from d2sfm.pipeline.features import add_feature_arguments, check_extraction_settings, extract_missing, match_missing
-from d2sfm.pipeline.run_lock import folder_lock
-from d2sfm.pipeline.stages import Stages
-from d2sfm.refinement.model_refinement import model_refinement_record, recover_interrupted_models, refine_model_folder
+from d2sfm.pipeline.reconstruct import EXHAUSTIVE_UP_TO, reconstruct_scene
+from d2sfm.runtime.run_lock import folder_lock
 from d2sfm.sfm.database import (
     CAMERA_MODELS,
     CAMERA_MODES,
-    create_database,
-    database_problem,
-    database_token,
-    import_features_and_matches,
-    stamp_database,
-    verify_pairs,
 )
-from d2sfm.sfm.dense import DEFAULT_MESH_TRIM, FUSED, MESH, cuda_problem, run_dense, workspace_path
+from d2sfm.sfm.dense import DEFAULT_MESH_TRIM
 from d2sfm.sfm.mapping import (
     D2_ABS_POSE_MIN_INLIER_RATIO,
     D2_ABS_POSE_MIN_INLIERS,
     D2_INIT_MIN_TRI_ANGLE,
     MAPPERS,
-    mapped_from,
-    model_folders,
-    model_statistics,
-    read_models,
-    run_mapping,
 )
-
-EXHAUSTIVE_UP_TO = 100  # images; above this, --pairs auto uses retrieval
-
-
-def choose_pairs(method: str, names: list[str], features_path: Path, top_k: int, overlap: int):
-    if method == "auto":
-        method = "exhaustive" if len(names) <= EXHAUSTIVE_UP_TO else "retrieval"
-    if method == "exhaustive":
-        return exhaustive_pairs(names)
-    if method == "sequential":
-        return sequential_pairs(names, overlap)
-    if method == "retrieval":
-        return retrieval_pairs(names, read_global_descriptors(features_path, names), top_k)
-    return read_pairs(method, known_names=names)
-
-
-def print_table(stats: dict) -> None:
-    rows = [("images (readable / given)", f"{stats['images_readable']} / {stats['images_given']}"),
-            ("pairs matched / verified", f"{stats['pairs']} / {stats['verification']['verified_pairs']}")]
-    if stats.get("refinement"):
-        refinement = stats["refinement"]
-        rows.append(("keypoints refined / in tracks (median shift)", f"{refinement['keypoints_moved']} / "
-                     f"{refinement['keypoints_in_tracks']} ({refinement['median_shift_px']:.2f} px)"))
-    for index, record in enumerate(stats.get("model_refinement") or []):
-        if record:
-            rows.append((f"model {index}: observations aligned / dropped / added", f"{record['observations_aligned']}"
-                         f" / {record['observations_dropped']} / {record['observations_added']}"))
-    for index, model in enumerate(stats["models"]):
-        rows += [(f"model {index}: registered images", model["registered_images"]),
-                 (f"model {index}: 3D points", model["points3D"]),
-                 (f"model {index}: observations", model["observations"]),
-                 (f"model {index}: mean track length", f"{model['mean_track_length']:.2f}"),
-                 (f"model {index}: mean reprojection error (px)", f"{model['mean_reprojection_error']:.3f}")]
-    if "dense_points" in stats:
-        rows.append(("dense points", stats["dense_points"]))
-    peaks = stats.get("stage_peak_memory_mb", {})
-    rows += [(f"{stage}: time (s) / peak memory (MiB)", f"{seconds} / {peaks.get(stage, 'n/a')}")
-             for stage, seconds in stats["stage_seconds"].items()]
-    width = max(len(str(label)) for label, _ in rows)
-    for label, value in rows:
-        print(f"  {label:<{width}}  {value}")
-
-
-def refine_models(sparse: Path, image_dir: Path, device: torch.device, stages: Stages, progress: bool) -> None:
-    """After mapping: every model refined (patch alignment of each point's observations, completed tracks,
-    bundle adjustment); a model refined earlier keeps its record and is skipped."""
-    pending = [folder for folder in model_folders(sparse) if model_refinement_record(folder) is None]
-
-    def refine() -> None:
-        for folder in pending:
-            summary = refine_model_folder(folder, image_dir, device, progress=progress)
-            print(f"  model {folder.name}: {summary.describe()}")
-
-    stages.run("refine-model", not pending, refine)
-
-
-def picture_is_current(picture: Path, model_dir: Path) -> bool:
-    """model.png exists and was drawn after the model it shows was written."""
-    written = [path.stat().st_mtime for path in model_dir.glob("images.*")]
-    return picture.is_file() and bool(written) and picture.stat().st_mtime >= max(written)
-
-
-def dense_stage(args: argparse.Namespace, paths: dict[str, Path], image_dir: Path, stages: Stages,
-                progress: bool) -> dict:
-    """MVS of the largest model into dense/, skipped when done (a mesh asked for later is added on its own)."""
-    def dense() -> dict:
-        return run_dense(paths["sparse"] / "0", image_dir, paths["dense"], args.dense_size, mesh=args.mesh,
-                         mesh_trim=args.mesh_trim, progress=progress)
-
-    result: dict = {}
-    done = (paths["dense"] / FUSED).is_file() and (not args.mesh or (paths["dense"] / MESH).is_file())
-    stages.run("dense", done, lambda: result.update(dense()))
-    return result or dense()  # done earlier: run_dense checks it against this run's inputs and reads its counts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,69 +116,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def read_previous_stats(path: Path) -> dict:
-    """The record an earlier run left (what its finished stages produced and were run with); a damaged one is a
-    one-line error, not a guess: it says which stages are finished."""
-    if not path.is_file():
-        return {}
-    try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise D2sfmError(f"{path}: damaged ({str(error).splitlines()[0]}); delete it to check every stage again "
-                         "(finished outputs are kept where they are complete), or pass --overwrite") from None
-    if not isinstance(previous, dict):
-        raise D2sfmError(f"{path}: not a d2sfm record (a JSON object is expected); delete it, or pass --overwrite")
-    return previous
-
-
-PAIR_METHODS = ("auto", "exhaustive", "sequential", "retrieval")
-SETTINGS_ORDER = ("pairs", "match", "database", "mapping")  # a change redoes its stage and every later one
-
-
-def stage_settings(args: argparse.Namespace, camera_mode: str, readable: list[str]) -> dict[str, dict]:
-    """What each stage's output depends on beyond the outputs before it, recorded in stats.json when it finishes:
-    a rerun with other settings redoes that stage and the ones after it instead of keeping a result that no longer
-    matches the command (extraction's own settings are checked in features.h5)."""
-    if args.pairs in PAIR_METHODS:
-        pairs = {"pairs": args.pairs, "images": digest("\n".join(readable))}
-        if args.pairs in ("auto", "retrieval"):
-            pairs["top_k"] = args.top_k
-        if args.pairs == "sequential":
-            pairs["overlap"] = args.overlap
-    else:  # a pair list: its content, wherever it lies
-        pair_file = Path(args.pairs)
-        pairs = {"pairs": "file", "sha256": digest(pair_file.read_bytes()) if pair_file.is_file() else str(pair_file)}
-    features = {"features": "scene"}
-    if args.features is not None:  # the user's file: another file, or the same one written again, is other features
-        features = {"features": str(args.features.resolve()), "modified_ns": args.features.stat().st_mtime_ns}
-    return {
-        "pairs": pairs,
-        "match": {**features, "min_similarity": args.min_similarity, "ratio": args.ratio},
-        "database": {"camera_mode": camera_mode, "camera_model": args.camera_model},
-        "mapping": {"mapper": args.mapper, "min_model_size": args.min_model_size, "text": args.text,
-                    "abs_pose_min_inliers": args.abs_pose_min_inliers,
-                    "abs_pose_min_inlier_ratio": args.abs_pose_min_inlier_ratio,
-                    "init_min_tri_angle": args.init_min_tri_angle, "mapper_attempts": args.mapper_attempts},
-    }
-
-
-def digest(data: str | bytes) -> str:
-    return hashlib.sha256(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data).hexdigest()
-
-
-def first_changed_stage(recorded: dict, current: dict) -> str | None:
-    """The first stage whose recorded settings differ from this run's (a stage with no record, as an earlier
-    release wrote, counts as unchanged); printed with what changed."""
-    for stage in SETTINGS_ORDER:
-        before = recorded.get(stage)
-        if before is not None and before != json.loads(json.dumps(current[stage])):
-            changes = ", ".join(f"{key} {before.get(key)!r} -> {current[stage].get(key)!r}"
-                                for key in current[stage] if before.get(key) != current[stage].get(key))
-            print(f"  settings changed since the last run ({stage}: {changes}); redoing {stage} and what follows")
-            return stage
-    return None
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.mesh and not args.dense:
@@ -295,194 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise D2sfmError(f"{args.features}: no such features file; give a features.h5 of d2sfm or hloc")
     with folder_lock(scene):
         return reconstruct_scene(args, scene, image_dir)
-
-
-def reconstruct_scene(args: argparse.Namespace, scene: Path, image_dir: Path) -> int:
-    """The stages, with ``scene`` held by this process."""
-    camera_mode = args.camera_mode or ("single" if args.demo else "auto")
-    dense_problem = cuda_problem() if args.dense and not (scene / "dense" / FUSED).is_file() else None
-    if dense_problem:
-        print(f"warning: {dense_problem}")
-    if args.demo and not (scene / "ground_truth").is_dir():
-        from d2sfm.synthetic.scene import render_scene
-
-        print(f"rendering the synthetic demo scene into {scene}")
-        render_scene(scene)
-    if not image_dir.is_dir():
-        raise D2sfmError(f"{image_dir}: no such image folder; put the photos in scene/images/ or pass --images DIR")
-    names = list_images(image_dir)
-    if len(names) < 2:
-        raise D2sfmError(f"{image_dir}: only {len(names)} image; a reconstruction needs at least two")
-    paths = {key: scene / name for key, name in [
-        ("features", "features.h5"), ("pairs", "pairs.txt"), ("matches", "matches.h5"),
-        ("database", "database.db"), ("sparse", "sparse"), ("dense", "dense"), ("stats", "stats.json"),
-        ("picture", "model.png")]}
-    if args.features is not None:  # the user's file: read, never extracted into or deleted
-        paths["features"] = args.features
-    previous = read_previous_stats(paths["stats"]) if not args.overwrite else {}
-    if args.overwrite:
-        for key in ("pairs", "matches", "database", "sparse", "dense", "stats", "picture") + (
-                () if args.features else ("features",)):
-            shutil.rmtree(paths[key]) if paths[key].is_dir() else paths[key].unlink(missing_ok=True)
-        remove_sqlite_side_files(paths["database"])
-        shutil.rmtree(workspace_path(paths["dense"]), ignore_errors=True)
-    failures: list[tuple[str, str]] = list(map(tuple, previous.get("failed_images", [])))
-    verification = previous.get("verification")
-    recorded_settings: dict = dict(previous.get("stage_settings") or {})
-
-    written: dict = {}  # the statistics of this run written so far (the sparse result's, before dense runs)
-
-    def save_progress() -> None:
-        """After each stage, what a rerun needs to skip the stages done so far, with the statistics written so far:
-        an interrupted mapping must not cost the verification again."""
-        write_text_atomic(paths["stats"], json.dumps({
-            **written, "failed_images": [list(f) for f in failures], "verification": verification,
-            "stage_settings": recorded_settings,
-            "stage_seconds": stages.times, "stage_peak_memory_mb": stages.peak_memory_mb}, indent=2))
-
-    stages = Stages(previous.get("stage_seconds", {}), previous.get("stage_peak_memory_mb", {}), save_progress)
-    progress = not args.quiet
-
-    def extract() -> None:
-        failures[:] = extract_missing(args, image_dir, names, paths["features"], progress)
-        for _, error in failures:
-            print(f"  skipped: {error}")
-
-    done_names = set(list_entries(paths["features"]))
-    if args.features is not None and not set(names) <= done_names:
-        missing = sorted(set(names) - done_names)
-        raise D2sfmError(f"{args.features}: has no features for {len(missing)} of the {len(names)} images (first: "
-                         f"{missing[0]}); extract them, or leave out --features")
-    if args.features is None:
-        check_extraction_settings(args, paths["features"], progress)
-        stages.run("extract", all(n in done_names for n in names), extract)
-    else:
-        stages.run("extract", True, extract, skipped_because=f"features read from {args.features}")
-    extracted = set(list_entries(paths["features"]))
-    readable = [n for n in names if n in extracted]
-    if len(readable) < 2:
-        raise D2sfmError(f"{image_dir}: {len(readable)} readable image(s) of {len(names)}; need at least two")
-
-    settings = stage_settings(args, camera_mode, readable)
-    changed = first_changed_stage(recorded_settings, settings)
-    redo = set(SETTINGS_ORDER[SETTINGS_ORDER.index(changed):]) if changed else set()
-
-    def finished(stage: str) -> None:
-        """The stage's output is current: it ran with these settings, or it was done and nothing it depends on
-        changed (a stage an earlier release ran gets this run's settings as its record)."""
-        recorded_settings[stage] = settings[stage]
-
-    def make_pairs() -> None:
-        write_pairs(paths["pairs"], choose_pairs(args.pairs, readable, paths["features"], args.top_k, args.overlap))
-        finished("pairs")
-
-    stages.run("pairs", paths["pairs"].is_file() and "pairs" not in redo, make_pairs)
-    finished("pairs")
-    pairs = read_pairs(paths["pairs"], known_names=readable)
-    if "match" in redo and changed == "match":  # other features or matching options: every pair's matches differ
-        paths["matches"].unlink(missing_ok=True)
-    matched = matched_pairs(paths["matches"])
-    all_matched = all(pair_key(a, b) in matched or pair_key(b, a) in matched for a, b in pairs)
-
-    def match() -> None:
-        match_missing(args, paths["features"], pairs, paths["matches"], progress)
-        finished("match")
-
-    stages.run("match", all_matched, match)
-    finished("match")
-
-    drop_database_refined_unasked(paths["database"], args.refine, args.refine_method)
-    problem = database_problem(paths["database"], readable) if paths["database"].is_file() else None
-    if problem and (paths["sparse"] / "0").is_dir():
-        raise D2sfmError(f"{paths['database']}: {problem}, but {paths['sparse']} holds models mapped from it; delete "
-                         f"{paths['database'].name} to build it again from the features and matches (the models are "
-                         "then mapped again), or pass --overwrite to redo the whole scene")
-    if problem:
-        print(f"  {paths['database'].name}: {problem}; building it again")
-
-    def build_database() -> None:
-        nonlocal verification
-        with atomic_database(paths["database"]) as scratch:
-            ids = create_database(scratch, image_dir, readable, camera_mode, args.camera_model)
-            import_features_and_matches(scratch, ids, paths["features"], paths["matches"], pairs, progress)
-            verification = verify_pairs(scratch).__dict__
-            stamp_database(scratch)
-        finished("database")
-
-    database_done = paths["database"].is_file() and not problem and verification is not None
-    stages.run("database", database_done and "database" not in redo, build_database)
-    finished("database")
-
-    def refine() -> None:
-        summary = refine_database(paths["database"], image_dir, resolve_weights(args.weights, progress=progress),
-                                  resolve_device(args.device), refine_settings(args), progress=progress)
-        print(f"  {summary.describe()}")
-
-    if args.refine:
-        stages.run("refine", is_refined(paths["database"]), refine)
-
-    source = {"database": database_token(paths["database"])}
-
-    def mapping() -> None:
-        models = run_mapping(paths["database"], image_dir, paths["sparse"], args.mapper, args.min_model_size,
-                             text=args.text, progress=progress, abs_pose_min_inliers=args.abs_pose_min_inliers,
-                             abs_pose_min_inlier_ratio=args.abs_pose_min_inlier_ratio,
-                             init_min_tri_angle=args.init_min_tri_angle, attempts=args.mapper_attempts,
-                             mapped_from=source)
-        if not models:
-            raise D2sfmError(
-                f"mapping found no model of at least {args.min_model_size} images: "
-                f"{verification['verified_pairs']} of {verification['pairs']} pairs verified with a median of "
-                f"{verification['median_inliers']:.0f} inliers; try more pairs (--pairs exhaustive) "
-                "or more overlapping photos"
-            )
-        for stale in (paths["dense"], workspace_path(paths["dense"])):  # made from the models just replaced
-            shutil.rmtree(stale, ignore_errors=True)
-        finished("mapping")
-
-    recover_interrupted_models(paths["sparse"])
-    recorded_source = mapped_from(paths["sparse"])
-    models_current = (paths["sparse"] / "0").is_dir() and (
-        recorded_source == source if recorded_source is not None else source["database"] is None)
-    stages.run("mapping", models_current and "mapping" not in redo, mapping)
-    finished("mapping")
-    if args.refine:
-        refine_models(paths["sparse"], image_dir, resolve_device(args.device), stages, progress)
-    stages.run("picture", picture_is_current(paths["picture"], paths["sparse"] / "0"), lambda: write_model_picture(
-        paths["sparse"] / "0", paths["picture"], paths["database"], readable))
-    models = read_models(paths["sparse"])
-    stats = {
-        "images_given": len(names), "images_readable": len(readable),
-        "failed_images": [list(f) for f in failures], "pairs": len(pairs), "verification": verification,
-        "models": [model_statistics(model) for model in models],
-        "refinement": refinement_record(paths["database"]),
-        "model_refinement": [model_refinement_record(folder) for folder in model_folders(paths["sparse"])],
-    }
-    if args.demo:
-        from d2sfm.synthetic.scene import compare_to_truth
-
-        stats["demo_check"] = compare_to_truth(models[0], scene / "ground_truth")
-    stats["stage_settings"] = recorded_settings
-    stats["stage_seconds"], stats["stage_peak_memory_mb"] = stages.times, stages.peak_memory_mb
-    write_text_atomic(paths["stats"], json.dumps(stats, indent=2))  # the sparse result, saved before dense runs
-    written.update(stats)
-    try:  # the summary is printed even when dense fails: the sparse result stands
-        if args.dense:
-            stats["dense"] = dense_stage(args, paths, image_dir, stages, progress)
-            stats["dense_points"] = stats["dense"]["dense_points"]
-            stats["stage_seconds"], stats["stage_peak_memory_mb"] = stages.times, stages.peak_memory_mb
-            write_text_atomic(paths["stats"], json.dumps(stats, indent=2))
-    finally:
-        print(f"wrote {scene}: {len(models)} model(s) in {paths['sparse']} (picture: {paths['picture']}), "
-              f"statistics in {paths['stats']}")
-        print_table(stats)
-        if args.demo:
-            check = stats["demo_check"]
-            print(f"  demo check: {check['registered']} of {len(names)} cameras registered; "
-                  + (f"max rotation error {check['max_rotation_error_deg']:.3f} deg, max position error "
-                     f"{100 * check['max_position_error_rel']:.3f}% of the scene size" if check["aligned"]
-                     else "alignment to the truth failed"))
-    return 0
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from d2sfm.commands.cli import CommandParser, number, run_main
+from d2sfm.commands.cli import CommandParser, run_main
+from d2sfm.commands.options import number
 from d2sfm.synthetic.scene import LAYOUTS, render_scene
 
 MAX_SIDE = 4096

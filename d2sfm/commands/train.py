@@ -23,22 +23,17 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from d2sfm.commands.cli import (
-    CommandParser,
-    add_device_argument,
-    add_weights_argument,
-    number,
-    resolve_device,
-    run_main,
-)
+from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.extract import MAX_WORKERS
+from d2sfm.commands.options import add_device_argument, add_weights_argument, number
 from d2sfm.errors import D2sfmError
 from d2sfm.features.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 from d2sfm.features.network import D2Net
 from d2sfm.features.weights import resolve_weights
 from d2sfm.io.atomic import read_text_file
 from d2sfm.io.images import list_images
-from d2sfm.pipeline.orphans import end_with_this_process
+from d2sfm.runtime.device import resolve_device
+from d2sfm.runtime.orphans import end_with_this_process
 from d2sfm.training.data import HomographyPairs, MegaDepthPairs
 from d2sfm.training.step import batch_loss
 

@@ -41,7 +41,7 @@ from d2sfm.features.network import (
 from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE, PyramidLevel, extract_pyramid
 from d2sfm.io.features import Features  # noqa: F401  (where callers have long found it)
 from d2sfm.io.keypoints import network_ij_to_colmap_xy
-from d2sfm.pipeline.stage_clock import StageClock, timed
+from d2sfm.runtime.stage_clock import StageClock, timed
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile modes; reduce-overhead adds CUDA graphs

@@ -7,15 +7,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import posixpath
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from d2sfm.errors import D2sfmError
+from d2sfm.io.atomic import read_text_file
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pnm", ".jp2"}
+
+log = logging.getLogger("d2sfm")
 
 
 class ImageReadError(D2sfmError):
@@ -88,3 +94,45 @@ def gray_image_reader(names: dict[int, str], image_dir: Path):
         image = read_refinement_image(image_dir / names[image_id])
         return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float32) / 255.0
     return read
+
+
+def image_sources(images: Path, image_list: Path | None) -> tuple[Path, list[str]]:
+    """(root, names): every image under a folder, the names listed in ``image_list`` relative to the folder,
+    or, when ``images`` is a text file, the paths it lists (relative to the current folder or absolute).
+
+    Names are keys of features.h5 and must be the same on every run for a rerun to resume: a listed path is
+    normalised (``./a.jpg`` is ``a.jpg``), and when a list file holds an absolute path or one outside the current
+    folder, every name is taken relative to the deepest folder that holds all the listed photos."""
+    if images.is_file() and image_list is None:
+        return list_file_sources(_read_list(images))
+    if not images.is_dir():
+        raise D2sfmError(f"{images}: no such folder or image list; pass a folder of images or a text file of paths")
+    if image_list is None:
+        return images, list_images(images)
+    names = [posixpath.normpath(name) for name in _read_list(image_list)]
+    outside = [name for name in names if posixpath.isabs(name) or name.split("/")[0] == ".."]
+    if outside:
+        raise D2sfmError(f"{image_list}: {outside[0]!r} is not inside {images}; --image-list names photos relative to "
+                         "the folder (or give the list alone, without the folder)")
+    return images, list(dict.fromkeys(names))
+
+
+def list_file_sources(paths: Sequence[str]) -> tuple[Path, list[str]]:
+    """(root, names) of the paths a list file gives (see ``image_sources``)."""
+    names = [posixpath.normpath(path) for path in paths]
+    if not any(posixpath.isabs(name) or name.split("/")[0] == ".." for name in names):
+        return Path("."), list(dict.fromkeys(names))
+    absolute = [os.path.abspath(name) for name in names]
+    root = os.path.commonpath([os.path.dirname(path) for path in absolute])
+    log.info("image names are the listed paths relative to %s", root)
+    return Path(root), list(dict.fromkeys(Path(path).relative_to(root).as_posix() for path in absolute))
+
+
+def _read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise D2sfmError(f"{path}: no such image list; pass a text file with one image path per line")
+    lines = read_text_file(path, "image list").splitlines()
+    names = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    if not names:
+        raise D2sfmError(f"{path}: the image list is empty; put one image path per line")
+    return list(dict.fromkeys(names))

@@ -8,34 +8,15 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from d2sfm.cluster.ray_backend import add_cluster_arguments
-from d2sfm.commands.cli import number, resolve_device
-from d2sfm.commands.extract import default_loading, extract_features, feature_settings
-from d2sfm.commands.match import match_pairs
-from d2sfm.features.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
+from d2sfm.features.extraction import default_loading, extract_features, feature_settings
+from d2sfm.features.extractor import D2Extractor, ExtractionConfig
 from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
 from d2sfm.features.weights import resolve_weights
 from d2sfm.io.h5 import check_same_settings, list_entries, matched_pairs, pair_key, read_settings
+from d2sfm.matching.matcher import match_pairs
 from d2sfm.matching.pairs import Pair, write_pairs
 from d2sfm.pipeline.stages import RunFolder
-
-
-def add_feature_arguments(parser: argparse.ArgumentParser, max_edge: int = 1600) -> None:
-    parser.add_argument("--single-scale", action="store_true",
-                        help="single-scale D2 features (default: multi-scale 0.5, 1, 2, which registers far more "
-                        "reliably; see docs/benchmarks.md)")
-    parser.add_argument("--original-centres", action="store_true",
-                        help="keep the original D2-Net keypoint positions (default: corrected cell centres)")
-    parser.add_argument("--max-edge", type=number(int, at_least=16), default=max_edge,
-                        help=f"network input size limit (default {max_edge}; keypoints are always returned at "
-                        "the original resolution)")
-    parser.add_argument("--max-keypoints", type=number(int, at_least=0), default=0,
-                        help="keep the best N keypoints per image")
-    parser.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
-                        help="backbone convolutions (see d2sfm.extract --help)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="backbone arithmetic on a GPU (see d2sfm.extract --help)")
-    add_cluster_arguments(parser)
+from d2sfm.runtime.device import resolve_device
 
 
 def feature_config(args: argparse.Namespace) -> ExtractionConfig:

@@ -8,6 +8,7 @@ Orthographic projection: no point can fall behind the virtual camera, and the fr
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,9 @@ import cv2
 import numpy as np
 import pycolmap
 from scipy.spatial import cKDTree
+
+from d2sfm.errors import D2sfmError
+from d2sfm.viz.drawing import write_png
 
 ELEVATION_DEG = 15.0  # how far the virtual view looks down from the cameras' mean viewing direction
 FRAMED_SHARE = (1.0, 99.0)  # percentiles of the points kept in the frame (far outliers would shrink the scene)
@@ -214,3 +218,18 @@ def model_picture(model: pycolmap.Reconstruction, database_path: str | os.PathLi
         + (f" ({outside} far from the points, outside the frame)" if outside else ""),
         f"right: the match graph, {len(edges)} image pairs with {kind} (colour and width: log scale up to "
         f"{strongest}); nodes green when registered, red when not"]), picture])
+
+
+def write_model_picture(model_dir: Path, output: Path, database: Path | None = None,
+                        all_names: Sequence[str] = (), height: int = 750) -> Path:
+    """Read a COLMAP model and write its picture (d2sfm.model_picture)."""
+    from d2sfm.io.model_files import read_model
+    from d2sfm.viz.model_picture import model_picture
+
+    if not ((model_dir / "images.bin").is_file() or (model_dir / "images.txt").is_file()):
+        raise D2sfmError(f"{model_dir}: not a COLMAP model (no images.bin or images.txt); give a model folder "
+                         "such as SCENE/sparse/0")
+    database = database or (model_dir.parent.parent / "database.db")
+    picture = model_picture(read_model(model_dir), database if database.is_file() else None,
+                            list(all_names), height)
+    return write_png(output, picture)

@@ -109,7 +109,7 @@ OUT_OF_MEMORY_SCRIPT = textwrap.dedent("""
     import json, re, resource, sys
     from pathlib import Path
     import torch
-    from d2sfm.commands.extract import extract_features, feature_settings
+    from d2sfm.features.extraction import extract_features, feature_settings
     from d2sfm.features.extractor import D2Extractor, ExtractionConfig
 
     root, weights, output, margin_mib = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])

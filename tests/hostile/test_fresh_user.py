@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pycolmap
 
-from d2sfm.pipeline.run_lock import folder_lock
+from d2sfm.runtime.run_lock import folder_lock
 from d2sfm.sfm.mapping import drop_contained_models
 
 from .conftest import assert_one_line_error, command, reconstruct

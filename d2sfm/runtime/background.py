@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from d2sfm.pipeline.stage_clock import StageClock
+from d2sfm.runtime.stage_clock import StageClock
 
 _DONE = object()
 

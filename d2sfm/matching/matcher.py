@@ -1,0 +1,58 @@
+"""Matching every pair of a pair list into matches.h5: descriptors read once per image through a small cache, pairs
+matched on the device, written as they finish; a rerun skips matched pairs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from d2sfm.io.h5 import MatchWriter, read_features
+from d2sfm.matching.mnn import match_pair
+from d2sfm.matching.pairs import Pair
+
+
+class DescriptorCache:
+    """Keeps the descriptors of recently used images on the device (pairs share images)."""
+
+    def __init__(self, features_path: Path, device: torch.device, capacity: int = 64) -> None:
+        self.features_path, self.device, self.capacity = features_path, device, capacity
+        self.entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def get(self, name: str) -> torch.Tensor:
+        if name in self.entries:
+            self.entries.move_to_end(name)
+            return self.entries[name]
+        descriptors = torch.from_numpy(read_features(self.features_path, name).descriptors).to(self.device)
+        self.entries[name] = descriptors
+        if len(self.entries) > self.capacity:
+            self.entries.popitem(last=False)
+        return descriptors
+
+
+def match_pairs(
+    features_path: str | Path, pairs: Sequence[Pair], matches_path: str | Path, device: torch.device | str = "cpu",
+    min_similarity: float | None = None, ratio: float | None = None, overwrite: bool = False,
+    progress: bool = True, flush_seconds: float = 5.0,
+) -> int:
+    """Match every pair not yet in ``matches_path``; returns how many pairs were matched now."""
+    device = torch.device(device)
+    writer = MatchWriter(matches_path, overwrite=overwrite)
+    todo = [pair for pair in pairs if not writer.has(*pair)]
+    cache = DescriptorCache(Path(features_path), device)
+    pending: list = []
+    last_flush = time.monotonic()
+    for name0, name1 in tqdm(todo, desc="matching", unit="pair", disable=not progress):
+        matches0, scores0 = match_pair(cache.get(name0), cache.get(name1), min_similarity, ratio)
+        pending.append((name0, name1, matches0, scores0))
+        if time.monotonic() - last_flush > flush_seconds:
+            writer.write_many(pending)
+            pending, last_flush = [], time.monotonic()
+    if pending:
+        writer.write_many(pending)
+    return len(todo)

@@ -1,4 +1,9 @@
-"""d2sfm: D2-Net features in a complete COLMAP pipeline."""
+"""d2sfm: D2-Net features in a complete COLMAP pipeline.
+
+The Python API (``d2sfm.api``, documented in the README): ``extract``, ``pairs``, ``match``, ``reconstruct`` and
+``localize``, with the configuration dataclasses and presets of ``d2sfm.config`` (``preset("d2-ss")``). They are
+loaded on first use, so that ``import d2sfm`` stays light (no torch, no pycolmap) for commands that read files only.
+"""
 
 # The system zlib must be loaded before pycolmap. pycolmap 4.2's extension exports the zlib it links statically;
 # loaded first, it leaves later PNG encoders (OpenCV's, Pillow's) freeing zlib memory with the wrong allocator, and
@@ -17,3 +22,25 @@ if sys.platform.startswith("linux"):
         pass
 
 __version__ = "0.1.0"
+
+_API = {name: "d2sfm.api" for name in ("extract", "pairs", "match", "reconstruct", "localize", "ExtractionResult")}
+_API.update({"ReconstructionResult": "d2sfm.pipeline.reconstruct"})
+_API.update({name: "d2sfm.config" for name in (
+    "FeatureConfig", "PairsConfig", "MatchConfig", "RefineConfig", "MappingConfig", "DenseConfig", "RunConfig",
+    "ReconstructionConfig", "AachenConfig", "InLocConfig", "PRESETS", "ORIGINAL_D2", "preset")})
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    """The API's names, imported when first used (PEP 562)."""
+    if name not in _API:
+        raise AttributeError(f"module 'd2sfm' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -19,7 +19,7 @@ triangulated from the protocol's database pairs (or ``--db-pairs``).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import shutil
 from dataclasses import dataclass
@@ -27,8 +27,7 @@ from pathlib import Path
 
 import pycolmap
 
-from d2sfm.commands.options import add_refine_argument, number
-from d2sfm.commands.refine import refine_settings
+from d2sfm.config import AachenConfig
 from d2sfm.errors import D2sfmError
 from d2sfm.features.weights import resolve_weights
 from d2sfm.io.atomic import atomic_database, write_text_atomic
@@ -114,29 +113,6 @@ class AachenLayout:
                                  f"in {README}")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--version", choices=["1.0", "1.1"], default="1.0", help="dataset version (default 1.0)")
-    parser.add_argument("--pairs", type=Path, default=None,
-                        help="retrieval variant: query-database pairs (e.g. hloc's pairs-query-netvlad50.txt) for "
-                        "the --queries sets instead of the protocol's query pairs")
-    parser.add_argument("--queries", default="night",
-                        help="with --pairs: query sets to localize, comma-separated from day,night (default night, "
-                        "the protocol's)")
-    parser.add_argument("--db-pairs", type=Path, default=None,
-                        help="with --pairs: database pairs to triangulate from (default: those of the protocol's "
-                        "image_pairs_to_match file)")
-    parser.add_argument("--min-inliers", type=number(int, at_least=1), default=30,
-                        help="2D-3D inliers a query needs to register (default 30, COLMAP's and the protocol's; the "
-                        "D2-Net authors relaxed it for D2 on Extended CMU Seasons, see datasets/aachen.md)")
-    parser.add_argument("--min-inlier-ratio", type=number(float, at_least=0, at_most=1), default=0.25,
-                        help="inlier ratio a query needs to register (default 0.25, COLMAP's)")
-    add_refine_argument(parser, "the database images' tracks, then each query's keypoints against the fixed "
-                        "database keypoints,")
-    parser.add_argument("--refine-query-intrinsics", action="store_true",
-                        help="let registration estimate and refine the queries' focal length and distortion as "
-                        "COLMAP's registrator does for cameras without a prior (default: fixed, as the protocol asks)")
-
-
 def _query_intrinsics(layout: AachenLayout, kinds: list[str]) -> dict[str, Intrinsics]:
     result = {}
     for kind in kinds:
@@ -145,20 +121,20 @@ def _query_intrinsics(layout: AachenLayout, kinds: list[str]) -> dict[str, Intri
     return result
 
 
-def _select_pairs(layout: AachenLayout, args: argparse.Namespace, database_names: set[str],
+def _select_pairs(layout: AachenLayout, config: AachenConfig, database_names: set[str],
                   queries: dict[str, Intrinsics]) -> list[Pair]:
     """The pairs to match; every name must be a database image or a query with intrinsics."""
     known = database_names | set(queries)
     protocol = read_pairs(layout.pairs)
-    if args.pairs is None:
+    if config.pairs is None:
         pairs = protocol
     else:
-        db_pairs = read_pairs(args.db_pairs) if args.db_pairs else [
+        db_pairs = read_pairs(config.db_pairs) if config.db_pairs else [
             p for p in protocol if p[0] not in queries and p[1] not in queries and not p[0].startswith("query/")
             and not p[1].startswith("query/")]
-        query_pairs = [p for p in read_pairs(args.pairs) if p[0] in queries or p[1] in queries]
+        query_pairs = [p for p in read_pairs(config.pairs) if p[0] in queries or p[1] in queries]
         if not query_pairs:
-            raise D2sfmError(f"{args.pairs}: no pair names a query of the sets {args.queries}; check --queries")
+            raise D2sfmError(f"{config.pairs}: no pair names a query of the sets {config.queries}; check --queries")
         pairs = unique_pairs(db_pairs + query_pairs)
     unknown = sorted({n for p in pairs for n in p} - known)
     if unknown:
@@ -178,42 +154,48 @@ def _add_missing_queries(database_path: Path, queries: dict[str, Intrinsics], na
             database.write_image(pycolmap.Image(name=name, camera_id=camera_id))
 
 
-def run(args: argparse.Namespace) -> int:
-    layout = AachenLayout(Path(args.dataset), args.version)
+def localize(dataset: str | Path, config: AachenConfig | None = None, output: str | Path | None = None) -> dict:
+    """Localize the queries, write the submission file and summary.json (scores where the ground truth is
+    present) under ``output`` (default outputs/aachen[_v1_1]); returns the summary. Finished stages are skipped."""
+    config = config or AachenConfig()
+    config = dataclasses.replace(config, pairs=Path(config.pairs) if config.pairs else None,
+                                 db_pairs=Path(config.db_pairs) if config.db_pairs else None)
+    layout = AachenLayout(Path(dataset), config.version)
     layout.require(layout.root, layout.database, layout.pairs, layout.images, layout.nvm, layout.intrinsics)
-    kinds = [k.strip() for k in args.queries.split(",") if k.strip()]
+    kinds = [k.strip() for k in config.queries.split(",") if k.strip()]
     if any(k not in QUERY_KINDS for k in kinds) or not kinds:
-        raise D2sfmError(f"--queries {args.queries!r}: use day, night or day,night")
-    if args.pairs is None and kinds != ["night"]:
+        raise D2sfmError(f"--queries {config.queries!r}: use day, night or day,night")
+    if config.pairs is None and kinds != ["night"]:
         raise D2sfmError("--queries other than night needs --pairs (the protocol's pair list covers the night "
                          "queries only)")
-    if args.pairs is not None and not args.pairs.is_file():
-        raise D2sfmError(f"{args.pairs}: no such pair file (one 'query database' name pair per line)")
-    run = RunFolder(Path(args.output or f"outputs/aachen{layout.suffix}"), args.overwrite)
+    if config.pairs is not None and not config.pairs.is_file():
+        raise D2sfmError(f"{config.pairs}: no such pair file (one 'query database' name pair per line)")
+    run = RunFolder(Path(output or f"outputs/aachen{layout.suffix}"), config.run.overwrite)
     paths = {key: run.path(name) for key, name in [
         ("features", "features.h5"), ("pairs", "pairs.txt"), ("matches", "matches.h5"),
         ("database", "database.db"), ("reference", "sparse-empty"), ("triangulated", "sparse-database"),
         ("final", "sparse-final"), ("registration", "registration.json"), ("summary", "summary.json")]}
     stages, state = run.stages, run.state
-    progress = not args.quiet
+    progress = config.run.progress
 
     poses = read_nvm_poses(layout.nvm)
     intrinsics = read_intrinsics(layout.intrinsics)
     queries = _query_intrinsics(layout, kinds)
     database_names = set(read_image_ids(layout.database))  # read-only: pycolmap opens a copy later
-    missing_query = sorted(n for n in queries if n not in database_names and args.pairs is None)
+    missing_query = sorted(n for n in queries if n not in database_names and config.pairs is None)
     if missing_query:
         raise D2sfmError(f"{layout.database}: {len(missing_query)} queries of the list are not in the database "
                          f"(first: {missing_query[0]}); use the database of this dataset version")
-    pairs = _select_pairs(layout, args, database_names, queries)
+    pairs = _select_pairs(layout, config, database_names, queries)
     query_names = [n for n in dict.fromkeys(n for p in pairs for n in p) if n in queries]
     names = sorted({n for p in pairs for n in p})
     print(f"Aachen v{layout.version}: {len(poses)} database poses, {len(query_names)} queries, "
           f"{len(pairs)} pairs, {len(names)} images to extract")
 
-    extracted, usable = extract_and_match(args, run, layout.images, names, pairs, progress)
+    extracted, usable = extract_and_match(config.features, config.matching, config.run, run, layout.images,
+                                          names, pairs)
 
-    drop_database_refined_unasked(paths["database"], args.refine, args.refine_method)
+    drop_database_refined_unasked(paths["database"], config.refine.enabled, config.refine.method)
 
     def discard_stale_results() -> None:
         """Before the database's keypoints change: the triangulation and registrations made from the earlier ones
@@ -240,11 +222,11 @@ def run(args: argparse.Namespace) -> int:
     def refine() -> None:
         discard_stale_results()
         database_pass, query_pass = refine_localization_database(
-            paths["database"], layout.images, query_names, resolve_weights(args.weights, progress=progress),
-            resolve_device(args.device), refine_settings(args), progress=progress)
+            paths["database"], layout.images, query_names, resolve_weights(config.features.weights, progress=progress),
+            resolve_device(config.run.device), config.refine.settings(), progress=progress)
         print(f"  database images: {database_pass.describe()}\n  queries: {query_pass.describe()}")
 
-    if args.refine:
+    if config.refine.enabled:
         stages.run("refine", is_refined(paths["database"]), refine)
 
     def triangulate() -> None:
@@ -258,10 +240,10 @@ def run(args: argparse.Namespace) -> int:
 
     def register() -> None:
         model = read_model(paths["triangulated"])
-        options = registration_options(args.min_inliers, args.min_inlier_ratio,
-                                       refine_intrinsics=args.refine_query_intrinsics)
+        options = registration_options(config.min_inliers, config.min_inlier_ratio,
+                                       refine_intrinsics=config.refine_query_intrinsics)
         final, results = register_queries(paths["database"], model, query_names, options,
-                                          refine_intrinsics=args.refine_query_intrinsics, progress=progress)
+                                          refine_intrinsics=config.refine_query_intrinsics, progress=progress)
         final.write_binary(_fresh_dir(paths["final"]))
         write_text_atomic(paths["registration"], json.dumps([r.as_dict() for r in results], indent=2))
 
@@ -292,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
                "verification": state.get("verification"), "unreadable": state.get("unreadable", []),
                "refinement": refinement_record(paths["database"]),
                "stage_seconds": stages.times})
-    return 0
+    return json.loads(paths["summary"].read_text())
 
 
 def _fresh_dir(path: Path) -> Path:

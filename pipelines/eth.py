@@ -10,12 +10,15 @@ pycolmap built with CUDA, dense points. Each method works in its own folder unde
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+from d2sfm.api import reconstruct
+from d2sfm.config import DenseConfig, PairsConfig, RunConfig, preset
 from d2sfm.errors import D2sfmError
 from d2sfm.evaluation.sift_baseline import sift_reconstruction
 from d2sfm.io.atomic import write_text_atomic
@@ -30,18 +33,16 @@ COLUMNS = [("registered_images", "registered images", "{:.0f}"), ("points3D", "s
            ("mean_reprojection_error", "reprojection error (px)", "{:.2f}"), ("dense_points", "dense points", "{}")]
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", type=Path, required=True,
-                        help="scene folder: images/ and optionally match_list.txt (datasets/eth.md)")
-    parser.add_argument("--output", type=Path, default=None, help="working folder (default outputs/eth/<scene>)")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
-                        help="which pipelines to run (default: all)")
-    parser.add_argument("--dense", action="store_true", help="also run MVS and count dense points (needs CUDA "
-                        "pycolmap)")
-    parser.add_argument("--seed", type=int, default=0, help="mapper seed of the SIFT baseline (default 0)")
-    parser.add_argument("--weights", default=None, help="D2 weights: a .pth path or an official name")
-    parser.add_argument("--device", default="auto", help="D2 extraction and matching device (default auto)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+@dataclass(frozen=True)
+class EthOptions:
+    """What ``python -m d2sfm.evaluate eth`` can be told (its options say the same)."""
+
+    methods: tuple[str, ...] = tuple(METHODS)  # which pipelines to run: d2-ms, d2-ss, sift
+    dense: bool = False  # also run MVS and count dense points (needs CUDA pycolmap)
+    seed: int = 0  # mapper seed of the SIFT baseline
+    weights: str | None = None  # D2 weights: a .pth path or an official name
+    device: str = "auto"  # D2 extraction and matching device
+    progress: bool = True  # progress bars
 
 
 def scene_inputs(dataset: Path) -> tuple[Path, list[str], Path | None]:
@@ -56,17 +57,12 @@ def scene_inputs(dataset: Path) -> tuple[Path, list[str], Path | None]:
     return images, names, match_list if match_list.is_file() else None
 
 
-def run_d2(kind: str, images: Path, match_list: Path | None, folder: Path, args: argparse.Namespace) -> dict:
-    from d2sfm.commands.reconstruct import main as reconstruct
-
-    argv = [str(folder), "--images", str(images), "--pairs", str(match_list) if match_list else "auto",
-            "--device", args.device]
-    argv += ["--single-scale"] if kind == "d2-ss" else []
-    argv += ["--weights", args.weights] if args.weights else []
-    argv += ["--dense"] if args.dense and not cuda_problem() else []  # without CUDA: reported as n/a
-    argv += ["--quiet"] if args.quiet else []
-    reconstruct(argv)
-    stats = json.loads((folder / "stats.json").read_text())
+def run_d2(kind: str, images: Path, match_list: Path | None, folder: Path, options: EthOptions) -> dict:
+    config = preset(kind, pairs=PairsConfig(method=str(match_list) if match_list else "auto"),
+                    run=RunConfig(device=options.device, progress=options.progress),
+                    dense=DenseConfig(enabled=options.dense and not cuda_problem()))  # without CUDA: n/a
+    config = dataclasses.replace(config, features=dataclasses.replace(config.features, weights=options.weights))
+    stats = reconstruct(folder, config, images=images).statistics
     row = dict(stats["models"][0]) if stats["models"] else {}
     row["dense_points"] = stats.get("dense_points")
     row["seconds"] = sum(stats["stage_seconds"].values())
@@ -74,16 +70,16 @@ def run_d2(kind: str, images: Path, match_list: Path | None, folder: Path, args:
 
 
 def run_sift(images: Path, names: Sequence[str], match_list: Path | None, folder: Path,
-             args: argparse.Namespace) -> dict:
+             options: EthOptions) -> dict:
     stats_path = folder / "stats.json"
     if stats_path.is_file():
         return json.loads(stats_path.read_text())
     start = time.perf_counter()
-    models = sift_reconstruction(images, names, folder, seed=args.seed, pairs_path=match_list,
-                                 progress=not args.quiet)
+    models = sift_reconstruction(images, names, folder, seed=options.seed, pairs_path=match_list,
+                                 progress=options.progress)
     row = model_statistics(models[0]) if models else {}
     row["dense_points"] = None
-    if args.dense and models and not cuda_problem():
+    if options.dense and models and not cuda_problem():
         row["dense_points"] = run_dense(folder / "sparse" / "0", images, folder / "dense")["dense_points"]
     row["seconds"] = time.perf_counter() - start
     write_text_atomic(stats_path, json.dumps(row, indent=2))
@@ -113,24 +109,28 @@ def format_table(rows: dict[str, dict], total_images: int) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    images, names, match_list = scene_inputs(args.dataset)
-    output = args.output or Path("outputs/eth") / args.dataset.resolve().name
-    problem = cuda_problem() if args.dense else None
+def run(dataset: str | Path, options: EthOptions | None = None, output: str | Path | None = None) -> dict:
+    """Every method's largest model's statistics on the scene in ``dataset``, written to eth.json under ``output``
+    (default outputs/eth/<scene>) and returned; each method resumes in its own folder."""
+    options, dataset = options or EthOptions(), Path(dataset)
+    output = Path(output) if output is not None else None
+    images, names, match_list = scene_inputs(dataset)
+    output = output or Path("outputs/eth") / dataset.resolve().name
+    problem = cuda_problem() if options.dense else None
     if problem:
         print(f"warning: {problem}; dense points are reported as n/a")
     print(f"{len(names)} images, pairs: {match_list or 'exhaustive (up to 100 images) or retrieval'}")
     rows = {}
-    for kind in sorted(args.methods, key=list(METHODS).index):  # D2 first: SIFT may reuse its pairs
+    for kind in sorted(options.methods, key=list(METHODS).index):  # D2 first: SIFT may reuse its pairs
         folder = output / kind
         print(f"== {METHODS[kind]} in {folder}")
         if kind == "sift":
-            rows[METHODS[kind]] = run_sift(images, names, sift_pairs(match_list, output, len(names)), folder, args)
+            rows[METHODS[kind]] = run_sift(images, names, sift_pairs(match_list, output, len(names)), folder, options)
         else:
-            rows[METHODS[kind]] = run_d2(kind, images, match_list, folder, args)
-    report = {"scene": str(args.dataset), "images": len(names), "pairs": str(match_list) if match_list else "auto",
+            rows[METHODS[kind]] = run_d2(kind, images, match_list, folder, options)
+    report = {"scene": str(dataset), "images": len(names), "pairs": str(match_list) if match_list else "auto",
               "largest_model": rows}
     write_text_atomic(output / "eth.json", json.dumps(report, indent=2))
     print(format_table(rows, len(names)))
     print(f"wrote {output / 'eth.json'} (statistics of each method's largest model)")
-    return 0
+    return report

@@ -12,7 +12,6 @@ file per setting), so adding a method or rerunning with other plots costs only t
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
@@ -26,11 +25,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from d2sfm.commands.options import add_device_argument, number
 from d2sfm.errors import D2sfmError
 from d2sfm.evaluation.mma import THRESHOLDS, PairResult, accuracy_at, format_table, match_errors, summarise
 from d2sfm.features.extraction import extract_features, feature_settings
-from d2sfm.features.extractor import CONV_IMPLEMENTATIONS, PRECISIONS, D2Extractor, ExtractionConfig
+from d2sfm.features.extractor import D2Extractor, ExtractionConfig
 from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
 from d2sfm.features.sift import sift_features
 from d2sfm.features.weights import resolve_weights
@@ -240,67 +238,56 @@ def run_benchmark(path: Path, methods: Sequence[Method], output: Path, device: t
     return report
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", type=Path, help="HPatches folder (datasets/hpatches.md)")
-    source.add_argument("--images", type=Path,
-                        help="any folder of photos: synthesise sequences from them first (splits i, v, n), "
-                        "into OUTPUT/sequences")
-    parser.add_argument("--methods", nargs="+", default=list(METHOD_KINDS), metavar="METHOD",
-                        help=f"any of {', '.join(METHOD_KINDS)} (default: all)")
-    parser.add_argument("--weights", action="append", default=None, metavar="[LABEL=]WEIGHTS",
-                        help="D2 weights (a .pth path or an official name); repeat to compare several, e.g. "
-                        "--weights start=a.pth --weights tuned=b.pth (default: $D2SFM_WEIGHTS or d2_tf)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help="results and feature cache (default outputs/hpatches, or outputs/hpatches_synth "
-                        "with --images)")
-    parser.add_argument("--max-keypoints", type=number(int, at_least=0), default=0,
-                        help="keep each image's best N features by score (default 0: all, as in the paper)")
-    parser.add_argument("--max-edge", type=number(int, at_least=16), default=1600,
-                        help="D2 network input size limit (default 1600)")
-    parser.add_argument("--original-centres", action="store_true",
-                        help="D2: the original code's keypoint positions (default: corrected cell centres)")
-    parser.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
-                        help="D2 backbone convolutions on the CPU (see d2sfm.extract --help)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="D2 backbone arithmetic on a GPU (see d2sfm.extract --help; default fp32)")
-    parser.add_argument("--all-sizes", action="store_true",
-                        help="keep every sequence (default: drop the paper's 8 with images above 1600 x 1200)")
-    parser.add_argument("--seed", type=int, default=0, help="--images: synthesis seed (default 0)")
-    parser.add_argument("--synth-max-edge", type=number(int, at_least=16), default=512,
-                        help="--images: longer side of the synthesised images (default 512)")
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS,
-                        help="--images: i illumination, v viewpoint, n night-like (default: all)")
-    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_device_argument(parser)
+@dataclass(frozen=True)
+class HPatchesOptions:
+    """What ``python -m d2sfm.evaluate hpatches`` can be told (its options say the same)."""
+
+    dataset: Path | None = None  # the HPatches folder (datasets/hpatches.md); or images:
+    images: Path | None = None  # any folder of photos: sequences are synthesised from them into OUTPUT/sequences
+    methods: tuple[str, ...] = tuple(METHOD_KINDS)  # the feature methods to evaluate
+    weights: tuple[str, ...] = ()  # D2 weights, "[LABEL=]path or name" each (none: $D2SFM_WEIGHTS or d2_tf)
+    output: Path | None = None  # results and feature cache (default outputs/hpatches[_synth])
+    max_keypoints: int = 0  # keep each image's best N features by score (0: all, as in the paper)
+    max_edge: int = 1600  # D2 network input size limit
+    original_centres: bool = False  # D2: the original code's keypoint positions
+    conv: str = "exact"  # D2 backbone convolutions on the CPU
+    precision: str = "fp32"  # D2 backbone arithmetic on a GPU
+    all_sizes: bool = False  # keep every sequence (default: drop the paper's 8 with images above 1600 x 1200)
+    seed: int = 0  # images: synthesis seed
+    synth_max_edge: int = 512  # images: longer side of the synthesised images
+    splits: tuple[str, ...] = tuple(SPLITS)  # images: i illumination, v viewpoint, n night-like
+    plots: bool = True  # write the PNG figures
+    progress: bool = True  # progress bars
+    device: str = "auto"  # extraction and matching device
 
 
-def run(args: argparse.Namespace) -> int:
+def run(options: HPatchesOptions) -> dict:
+    """Mean matching accuracy of each method on the sequences, written to hpatches.json (and figures) under the
+    output folder; returns the report."""
     from d2sfm.evaluation.plots import PLOTS_HINT, plot_counts, plot_mma
     from pipelines.synthetic_sequences import synthesise_sequences
 
-    output = args.output or Path("outputs/hpatches_synth" if args.images else "outputs/hpatches")
-    dataset = args.dataset
-    if args.images:
+    output = options.output or Path("outputs/hpatches_synth" if options.images else "outputs/hpatches")
+    dataset = options.dataset
+    if options.images:
         dataset = output / "sequences"
-        synthesise_sequences(args.images, dataset, args.seed, args.synth_max_edge, args.splits,
-                             progress=not args.quiet)
-    if args.max_keypoints < 0:
-        raise D2sfmError(f"--max-keypoints {args.max_keypoints}: pass 0 (all) or a positive number")
-    methods = parse_methods(args.methods, args.weights or [])
-    options = D2Options(max_keypoints=args.max_keypoints, max_edge=args.max_edge,
-                        original_centres=args.original_centres, conv=args.conv, precision=args.precision)
-    report = run_benchmark(dataset, methods, output, resolve_device(args.device), options,
-                           None if args.all_sizes else MAX_SIZE, progress=not args.quiet)
+        synthesise_sequences(options.images, dataset, options.seed, options.synth_max_edge, options.splits,
+                             progress=options.progress)
+    if options.max_keypoints < 0:
+        raise D2sfmError(f"--max-keypoints {options.max_keypoints}: pass 0 (all) or a positive number")
+    methods = parse_methods(options.methods, list(options.weights))
+    d2_options = D2Options(max_keypoints=options.max_keypoints, max_edge=options.max_edge,
+                           original_centres=options.original_centres, conv=options.conv, precision=options.precision)
+    report = run_benchmark(dataset, methods, output, resolve_device(options.device), d2_options,
+                           None if options.all_sizes else MAX_SIZE, progress=options.progress)
     kept, excluded = len(report["sequences"]), len(report["excluded"])
     print(f"{kept} sequences ({excluded} excluded: {', '.join(report['excluded']) or 'none'})")
     print(format_table(report["methods"]))
     print(f"wrote {output / 'hpatches.json'}")
-    if args.no_plots:
-        return 0
+    if not options.plots:
+        return report
     if plot_mma(report["methods"], output / "mma.png") and plot_counts(report["methods"], output / "counts.png"):
         print(f"wrote {output / 'mma.png'} and {output / 'counts.png'}")
     else:
         print(PLOTS_HINT)
-    return 0
+    return report

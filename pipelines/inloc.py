@@ -19,7 +19,6 @@ XYZ (cutouts are perspective views of ``--cutout-focal`` pixels, 1385.64 for InL
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass
@@ -30,8 +29,7 @@ import pycolmap
 import scipy.io
 from tqdm import tqdm
 
-from d2sfm.commands.options import add_refine_argument, number
-from d2sfm.commands.refine import refine_settings
+from d2sfm.config import InLocConfig
 from d2sfm.errors import D2sfmError
 from d2sfm.features.weights import resolve_weights
 from d2sfm.io.atomic import write_text_atomic
@@ -54,7 +52,6 @@ README = "datasets/inloc.md"
 GROUND_TRUTH = "query_ground_truth.txt"
 IPHONE7_FOCAL_PER_WIDTH = 28.0 / 36.0
 RANSAC_MAX_ERROR_PER_WIDTH = 48.0 / 4032.0
-INLOC_CUTOUT_FOCAL = 1385.6406460551018  # 1600 px wide cutouts with a 60 degree horizontal field of view
 
 
 @dataclass(frozen=True)
@@ -84,24 +81,6 @@ class InLocLayout:
         for path in paths:
             if not path.exists():
                 raise D2sfmError(f"{path}: missing; the InLoc layout is described in {README}")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pairs", type=Path, default=None,
-                        help="query-cutout retrieval pairs, best first per query (default "
-                        "DATASET/pairs/pairs-query-netvlad40.txt)")
-    parser.add_argument("--top-k", type=number(int, at_least=1), default=40,
-                        help="cutouts per query taken from the pairs (default 40)")
-    parser.add_argument("--ransac-max-error", type=number(float, above=0), default=None,
-                        help="absolute pose RANSAC threshold in query pixels (default: 48 px for a 4032 px wide "
-                        "query, as hloc uses for InLoc, scaled with the query's width)")
-    parser.add_argument("--min-inliers", type=number(int, at_least=1), default=30,
-                        help="fewer inliers than this counts as not localized (default 30, COLMAP's registration "
-                        "threshold, as for Aachen: random matches on a textureless query reach a dozen inliers)")
-    parser.add_argument("--cutout-focal", type=number(float, above=0), default=INLOC_CUTOUT_FOCAL,
-                        help="cutout focal length in pixels, used only for the fallback pose of a failed query")
-    add_refine_argument(parser, "each query's keypoints (against its retrieved cutouts', which stay fixed: their "
-                        "3D points come from the scans)")
 
 
 def query_camera(width: int, height: int) -> pycolmap.Camera:
@@ -193,23 +172,27 @@ def localize_query(layout: InLocLayout, features_path: Path, matches_path: Path,
     return pose, int(sum(per_cutout.values())), inliers, best
 
 
-def run(args: argparse.Namespace) -> int:
-    layout = InLocLayout(Path(args.dataset))
-    pairs_path = args.pairs or layout.default_pairs
+def localize(dataset: str | Path, config: InLocConfig | None = None, output: str | Path | None = None) -> dict:
+    """Localize the queries against the scans, write the submission file and summary.json (scores where the
+    ground truth is present) under ``output`` (default outputs/inloc); returns the summary. Finished stages are
+    skipped."""
+    config = config or InLocConfig()
+    layout = InLocLayout(Path(dataset))
+    pairs_path = Path(config.pairs) if config.pairs else layout.default_pairs
     layout.require(layout.root, layout.cutouts, layout.queries, pairs_path)
-    if args.top_k < 1:
+    if config.top_k < 1:
         raise D2sfmError("--top-k must be at least 1")
     query_names = sorted(f"query/iphone7/{p.name}" for p in layout.queries.iterdir()
                          if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not query_names:
         raise D2sfmError(f"{layout.queries}: no query images; see {README}")
-    run = RunFolder(Path(args.output or "outputs/inloc"), args.overwrite)
+    run = RunFolder(Path(output or "outputs/inloc"), config.run.overwrite)
     paths = {key: run.path(name) for key, name in [
         ("features", "features.h5"), ("matches", "matches.h5"), ("poses", "localization.json"),
         ("summary", "summary.json"), ("refined", "refined_queries.h5")]}
-    progress = not args.quiet
+    progress = config.run.progress
 
-    retrieved = _query_pairs(read_pairs(pairs_path), set(query_names), args.top_k)
+    retrieved = _query_pairs(read_pairs(pairs_path), set(query_names), config.top_k)
     unknown = sorted({c for cs in retrieved.values() for c in cs if not (layout.root / c).is_file()})
     if unknown:
         raise D2sfmError(f"{pairs_path}: {len(unknown)} cutouts of the pairs are not in {layout.cutouts} "
@@ -223,30 +206,31 @@ def run(args: argparse.Namespace) -> int:
         print(f"  warning: {query} has no pair in {pairs_path}; it will be reported as failed")
     pairs = [(q, c) for q, cs in retrieved.items() for c in cs]
     names = sorted({n for p in pairs for n in p})
-    print(f"InLoc: {len(query_names)} queries, {len(pairs)} pairs (top {args.top_k}), {len(names)} images")
+    print(f"InLoc: {len(query_names)} queries, {len(pairs)} pairs (top {config.top_k}), {len(names)} images")
 
-    extracted, usable = extract_and_match(args, run, layout.images, names, pairs, progress)
+    extracted, usable = extract_and_match(config.features, config.matching, config.run, run, layout.images,
+                                          names, pairs)
     usable_retrieved = {q: [c for c in cs if c in extracted] for q, cs in retrieved.items() if q in extracted}
 
     def refine() -> None:
         summary = refine_queries_against_fixed(
             paths["features"], paths["matches"], usable_retrieved, layout.images,
-            resolve_weights(args.weights, progress=progress), resolve_device(args.device), paths["refined"],
-            refine_settings(args), progress=progress)
+            resolve_weights(config.features.weights, progress=progress), resolve_device(config.run.device),
+            paths["refined"], config.refine.settings(), progress=progress)
         print(f"  queries: {summary.describe()}")
 
-    wanted = args.refine_method if args.refine else False  # how the poses' query keypoints were refined
+    wanted = config.refine.method if config.refine.enabled else False  # how the poses' query keypoints were refined
     if paths["refined"].is_file() and refined_keypoints_record(paths["refined"]).get("settings", {}).get(
-            "method", "featuremetric") != args.refine_method:
+            "method", "featuremetric") != config.refine.method:
         paths["refined"].unlink()  # refined by another method
-    if args.refine:
+    if config.refine.enabled:
         run.stages.run("refine", paths["refined"].is_file(), refine)
     if paths["poses"].is_file() and run.state.get("poses_refined", False) != wanted:
         print(f"  {paths['poses'].name} was localized with other query keypoints (--refine/--refine-method); "
               "localizing again")
         paths["poses"].unlink()
     run.save(poses_refined=wanted)
-    query_keypoints = paths["refined"] if args.refine else None
+    query_keypoints = paths["refined"] if config.refine.enabled else None
 
     def localize() -> None:
         done = json.loads(paths["poses"].read_text()) if paths["poses"].is_file() else {}
@@ -256,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
             cutouts = [c for c in retrieved.get(query, []) if c in extracted]
             if query in extracted:
                 pose, matches, inliers, best = localize_query(layout, paths["features"], paths["matches"], query,
-                                                              cutouts, args.ransac_max_error, query_keypoints)
+                                                              cutouts, config.ransac_max_error, query_keypoints)
             else:
                 pose, matches, inliers, best = None, 0, 0, cutouts[0] if cutouts else None
             done[query] = {"pose": None if pose is None else [*pose.qvec, *pose.tvec], "matches": matches,
@@ -273,21 +257,21 @@ def run(args: argparse.Namespace) -> int:
     outcomes = []
     for query in query_names:
         r = results[query]
-        localized = r["pose"] is not None and r["inliers"] >= args.min_inliers
+        localized = r["pose"] is not None and r["inliers"] >= config.min_inliers
         fallback, reason = None, ""
         if localized:
             pose = Pose(np.array(r["pose"][:4]), np.array(r["pose"][4:]))
         else:
             fallback = r["best_cutout"]
-            pose = cutout_pose(read_scan(layout.scan(fallback)), args.cutout_focal) if fallback else None
+            pose = cutout_pose(read_scan(layout.scan(fallback)), config.cutout_focal) if fallback else None
             reason = ("image unreadable" if not r["readable"] else
-                      f"{r['matches']} matches, {r['inliers']} inliers (need {args.min_inliers})")
+                      f"{r['matches']} matches, {r['inliers']} inliers (need {config.min_inliers})")
         outcomes.append(QueryOutcome(query, localized, pose, r["matches"], r["inliers"], r["seconds"], fallback,
                                      reason))
     finish_localization(
         outcomes, run.path("InLoc_eval_[d2sfm].txt"), paths["summary"],
         ground_truth_if_present(layout.root / GROUND_TRUTH), THRESHOLD_PRESETS["inloc"],
-        extra={"dataset": str(layout.root), "pairs": len(usable), "top_k": args.top_k,
-               "refinement": refined_keypoints_record(paths["refined"]) if args.refine else None,
+        extra={"dataset": str(layout.root), "pairs": len(usable), "top_k": config.top_k,
+               "refinement": refined_keypoints_record(paths["refined"]) if config.refine.enabled else None,
                "unreadable": run.state.get("unreadable", []), "stage_seconds": run.stages.times})
-    return 0
+    return json.loads(paths["summary"].read_text())

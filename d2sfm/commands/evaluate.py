@@ -17,16 +17,91 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from d2sfm.commands.cli import CommandParser, run_main
+from d2sfm.commands.options import add_device_argument, number
+from d2sfm.features.extractor import CONV_IMPLEMENTATIONS, PRECISIONS
 from d2sfm.io.atomic import write_text_atomic
 from d2sfm.localization.pose_scores import THRESHOLD_PRESETS, parse_thresholds, score_poses
 from d2sfm.localization.poses import read_poses
 
 
 def _benchmarks():
-    """The protocols whose steps live in pipelines/ (one module each, with add_arguments and run)."""
+    """The protocols whose steps live in pipelines/ (one module each; their options are parsed here)."""
     from pipelines import eth, hpatches
 
     return {"hpatches": hpatches, "eth": eth}
+
+
+def add_hpatches_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipelines.hpatches import METHOD_KINDS, SPLITS
+
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", type=Path, help="HPatches folder (datasets/hpatches.md)")
+    source.add_argument("--images", type=Path,
+                        help="any folder of photos: synthesise sequences from them first (splits i, v, n), "
+                        "into OUTPUT/sequences")
+    parser.add_argument("--methods", nargs="+", default=list(METHOD_KINDS), metavar="METHOD",
+                        help=f"any of {', '.join(METHOD_KINDS)} (default: all)")
+    parser.add_argument("--weights", action="append", default=None, metavar="[LABEL=]WEIGHTS",
+                        help="D2 weights (a .pth path or an official name); repeat to compare several, e.g. "
+                        "--weights start=a.pth --weights tuned=b.pth (default: $D2SFM_WEIGHTS or d2_tf)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="results and feature cache (default outputs/hpatches, or outputs/hpatches_synth "
+                        "with --images)")
+    parser.add_argument("--max-keypoints", type=number(int, at_least=0), default=0,
+                        help="keep each image's best N features by score (default 0: all, as in the paper)")
+    parser.add_argument("--max-edge", type=number(int, at_least=16), default=1600,
+                        help="D2 network input size limit (default 1600)")
+    parser.add_argument("--original-centres", action="store_true",
+                        help="D2: the original code's keypoint positions (default: corrected cell centres)")
+    parser.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
+                        help="D2 backbone convolutions on the CPU (see d2sfm.extract --help)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="D2 backbone arithmetic on a GPU (see d2sfm.extract --help; default fp32)")
+    parser.add_argument("--all-sizes", action="store_true",
+                        help="keep every sequence (default: drop the paper's 8 with images above 1600 x 1200)")
+    parser.add_argument("--seed", type=int, default=0, help="--images: synthesis seed (default 0)")
+    parser.add_argument("--synth-max-edge", type=number(int, at_least=16), default=512,
+                        help="--images: longer side of the synthesised images (default 512)")
+    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS,
+                        help="--images: i illumination, v viewpoint, n night-like (default: all)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_argument(parser)
+
+
+def add_eth_arguments(parser: argparse.ArgumentParser) -> None:
+    from pipelines.eth import METHODS
+
+    parser.add_argument("--dataset", type=Path, required=True,
+                        help="scene folder: images/ and optionally match_list.txt (datasets/eth.md)")
+    parser.add_argument("--output", type=Path, default=None, help="working folder (default outputs/eth/<scene>)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="which pipelines to run (default: all)")
+    parser.add_argument("--dense", action="store_true", help="also run MVS and count dense points (needs CUDA "
+                        "pycolmap)")
+    parser.add_argument("--seed", type=int, default=0, help="mapper seed of the SIFT baseline (default 0)")
+    parser.add_argument("--weights", default=None, help="D2 weights: a .pth path or an official name")
+    parser.add_argument("--device", default="auto", help="D2 extraction and matching device (default auto)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+PROTOCOL_ARGUMENTS = {"hpatches": add_hpatches_arguments, "eth": add_eth_arguments}
+
+
+def run_protocol(args: argparse.Namespace) -> None:
+    from pipelines import eth, hpatches
+
+    if args.command == "eth":
+        eth.run(args.dataset, eth.EthOptions(methods=tuple(args.methods), dense=args.dense, seed=args.seed,
+                                             weights=args.weights, device=args.device, progress=not args.quiet),
+                output=args.output)
+        return
+    hpatches.run(hpatches.HPatchesOptions(
+        dataset=args.dataset, images=args.images, methods=tuple(args.methods), weights=tuple(args.weights or ()),
+        output=args.output, max_keypoints=args.max_keypoints, max_edge=args.max_edge,
+        original_centres=args.original_centres, conv=args.conv, precision=args.precision, all_sizes=args.all_sizes,
+        seed=args.seed, synth_max_edge=args.synth_max_edge, splits=tuple(args.splits), plots=not args.no_plots,
+        progress=not args.quiet, device=args.device))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "'metres,degrees;...' (default: aachen)")
     poses.add_argument("--json", type=Path, default=None, help="also write the scores and per-query errors here")
     for name, module in _benchmarks().items():
-        module.add_arguments(commands.add_parser(
+        PROTOCOL_ARGUMENTS[name](commands.add_parser(
             name, help=module.__doc__.split("\n")[0].replace("``", ""), description=module.__doc__.replace("``", ""),
             formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
@@ -59,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_text_atomic(args.json, json.dumps(scores.as_dict(), indent=2))
             print(f"wrote {args.json}")
     else:
-        _benchmarks()[args.command].run(args)
+        run_protocol(args)
     return 0
 
 

@@ -8,41 +8,35 @@ the exit status is 1 when any image failed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from d2sfm.api import extract
 from d2sfm.cluster.extract import DEFAULT_BATCH_IMAGES
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.library_logs import add_verbose_argument, set_library_logs
-from d2sfm.commands.options import add_cluster_arguments, add_device_argument, add_weights_argument, number
-from d2sfm.features.extraction import (
-    LOOP_STAGE,
-    STARTUP_STAGE,
-    default_loading,
-    extract_features,
-    feature_settings,
-    write_timings,
+from d2sfm.commands.options import (
+    add_cluster_arguments,
+    add_device_argument,
+    add_weights_argument,
+    number,
+    run_config,
 )
+from d2sfm.config import FeatureConfig
 from d2sfm.features.extractor import (
     CONV_IMPLEMENTATIONS,
     PRECISIONS,
-    D2Extractor,
-    ExtractionConfig,
 )
 from d2sfm.features.gpu_batching import (
     DEFAULT_GPU_MEMORY_GIB,
-    MemoryBoundedBatches,
 )
 from d2sfm.features.pyramid import MULTI_SCALE
-from d2sfm.features.weights import resolve_weights
 from d2sfm.io.images import image_sources
-from d2sfm.runtime.device import resolve_device
-from d2sfm.runtime.stage_clock import StageClock, timed
 
 log = logging.getLogger("d2sfm")
 
@@ -122,40 +116,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_library_logs(args.verbose)
     root, names = image_sources(args.images, args.image_list)
-    device = resolve_device(args.device)
-    weights = resolve_weights(args.weights, progress=not args.quiet)
-    scales = args.scales or (MULTI_SCALE if args.multiscale else (1.0,))
-    config = ExtractionConfig(
-        scales=tuple(scales), max_edge=args.max_edge, max_sum_edges=args.max_sum_edges,
-        preprocessing=args.preprocessing, use_relu=not args.no_relu, max_keypoints=args.max_keypoints,
-        precision=args.precision, conv=args.conv, geometric_centres=args.geometric_centres,
-    )
-    default_batch, default_workers = default_loading(device)
-    batch_size = args.batch_size if args.batch_size is not None else default_batch
-    workers = args.workers if args.workers is not None else default_workers
-    settings = feature_settings(config, weights)
-    descriptor_dtype = np.float32 if args.float32_descriptors else np.float16
-    if args.ray is not None:
-        from d2sfm.cluster.extract import extract_on_cluster
-
-        extracted, failures = extract_on_cluster(
-            root, names, args.output, weights, config, settings, args.ray, descriptor_dtype=descriptor_dtype,
-            overwrite=args.overwrite, workers=args.ray_workers, cpus_per_worker=args.ray_cpus_per_worker,
-            batch_images=args.ray_batch, progress=not args.quiet, gpu_memory_gib=args.gpu_memory)
-        return report(args.output, names, extracted, failures)
-    clock = StageClock(device) if args.timings else None
-    with timed(clock, STARTUP_STAGE):
-        extractor = D2Extractor(weights, config, device)
-    batches = MemoryBoundedBatches.for_device(device, batch_size, args.gpu_memory)
-    with timed(clock, LOOP_STAGE):
-        extracted, failures = extract_features(
-            root, names, args.output, extractor, settings, descriptor_dtype=descriptor_dtype,
-            overwrite=args.overwrite, batch_size=batch_size, workers=workers, progress=not args.quiet, clock=clock,
-            batches=batches,
-        )
-    if clock is not None:
-        write_timings(args.timings, clock, extracted, device, batches.run_peak_bytes())
-    return report(args.output, names, extracted, failures)
+    config = FeatureConfig(
+        scales=tuple(args.scales or (MULTI_SCALE if args.multiscale else (1.0,))), max_edge=args.max_edge,
+        max_sum_edges=args.max_sum_edges, preprocessing=args.preprocessing, use_relu=not args.no_relu,
+        max_keypoints=args.max_keypoints, precision=args.precision, conv=args.conv,
+        geometric_centres=args.geometric_centres, weights=args.weights,
+        float32_descriptors=args.float32_descriptors)
+    run = dataclasses.replace(run_config(args), batch_size=args.batch_size, loader_workers=args.workers,
+                              gpu_memory_gib=args.gpu_memory)
+    result = extract(root, args.output, config, names=names, run=run, timings=args.timings)
+    return report(args.output, names, result.extracted, result.failures)
 
 
 def report(output: Path, names: Sequence[str], extracted: int, failures: list[tuple[str, str]]) -> int:

@@ -1,8 +1,9 @@
 """``python -m d2sfm.localize aachen|inloc --dataset DIR``: localize a benchmark's queries with D2 features and
 write its submission file (and score it when the dataset folder holds a ground truth).
 
-The benchmark-specific steps live in ``pipelines/`` (one module per benchmark); this command parses the options
-they share and hands over. Every stage writes under ``--output`` and is skipped on a rerun once complete.
+The benchmark protocols live in ``pipelines/`` (one module per benchmark); this command parses the options into
+an AachenConfig or InLocConfig and calls ``d2sfm.localize``. Every stage writes under ``--output`` and is skipped on
+a rerun once complete.
 """
 
 from __future__ import annotations
@@ -13,15 +14,81 @@ from pathlib import Path
 
 import torch
 
+from d2sfm.api import localize
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.library_logs import set_library_logs
-from d2sfm.commands.options import add_device_argument, add_feature_arguments, add_run_arguments, add_weights_argument
+from d2sfm.commands.options import (
+    add_device_argument,
+    add_feature_arguments,
+    add_refine_argument,
+    add_run_arguments,
+    add_weights_argument,
+    feature_config,
+    number,
+    run_config,
+)
+from d2sfm.config import INLOC_CUTOUT_FOCAL, AachenConfig, InLocConfig, RefineConfig
 
 
 def _benchmarks():
     from pipelines import aachen, inloc
 
     return {"aachen": aachen, "inloc": inloc}
+
+
+def add_aachen_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", choices=["1.0", "1.1"], default="1.0", help="dataset version (default 1.0)")
+    parser.add_argument("--pairs", type=Path, default=None,
+                        help="retrieval variant: query-database pairs (e.g. hloc's pairs-query-netvlad50.txt) for "
+                        "the --queries sets instead of the protocol's query pairs")
+    parser.add_argument("--queries", default="night",
+                        help="with --pairs: query sets to localize, comma-separated from day,night (default night, "
+                        "the protocol's)")
+    parser.add_argument("--db-pairs", type=Path, default=None,
+                        help="with --pairs: database pairs to triangulate from (default: those of the protocol's "
+                        "image_pairs_to_match file)")
+    parser.add_argument("--min-inliers", type=number(int, at_least=1), default=30,
+                        help="2D-3D inliers a query needs to register (default 30, COLMAP's and the protocol's; the "
+                        "D2-Net authors relaxed it for D2 on Extended CMU Seasons, see datasets/aachen.md)")
+    parser.add_argument("--min-inlier-ratio", type=number(float, at_least=0, at_most=1), default=0.25,
+                        help="inlier ratio a query needs to register (default 0.25, COLMAP's)")
+    add_refine_argument(parser, "the database images' tracks, then each query's keypoints against the fixed "
+                        "database keypoints,")
+    parser.add_argument("--refine-query-intrinsics", action="store_true",
+                        help="let registration estimate and refine the queries' focal length and distortion as "
+                        "COLMAP's registrator does for cameras without a prior (default: fixed, as the protocol asks)")
+
+
+def add_inloc_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pairs", type=Path, default=None,
+                        help="query-cutout retrieval pairs, best first per query (default "
+                        "DATASET/pairs/pairs-query-netvlad40.txt)")
+    parser.add_argument("--top-k", type=number(int, at_least=1), default=40,
+                        help="cutouts per query taken from the pairs (default 40)")
+    parser.add_argument("--ransac-max-error", type=number(float, above=0), default=None,
+                        help="absolute pose RANSAC threshold in query pixels (default: 48 px for a 4032 px wide "
+                        "query, as hloc uses for InLoc, scaled with the query's width)")
+    parser.add_argument("--min-inliers", type=number(int, at_least=1), default=30,
+                        help="fewer inliers than this counts as not localized (default 30, COLMAP's registration "
+                        "threshold, as for Aachen: random matches on a textureless query reach a dozen inliers)")
+    parser.add_argument("--cutout-focal", type=number(float, above=0), default=INLOC_CUTOUT_FOCAL,
+                        help="cutout focal length in pixels, used only for the fallback pose of a failed query")
+    add_refine_argument(parser, "each query's keypoints (against its retrieved cutouts', which stay fixed: their "
+                        "3D points come from the scans)")
+
+
+BENCHMARK_ARGUMENTS = {"aachen": add_aachen_arguments, "inloc": add_inloc_arguments}
+
+
+def localization_config(args: argparse.Namespace) -> AachenConfig | InLocConfig:
+    common = {"features": feature_config(args), "refine": RefineConfig(args.refine, args.refine_method),
+              "run": run_config(args), "min_inliers": args.min_inliers}
+    if args.benchmark == "aachen":
+        return AachenConfig(version=args.version, pairs=args.pairs, queries=args.queries, db_pairs=args.db_pairs,
+                            min_inlier_ratio=args.min_inlier_ratio,
+                            refine_query_intrinsics=args.refine_query_intrinsics, **common)
+    return InLocConfig(pairs=args.pairs, top_k=args.top_k, ransac_max_error=args.ransac_max_error,
+                       cutout_focal=args.cutout_focal, **common)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"the dataset folder (layout: datasets/{name}.md)")
         sub.add_argument("--output", type=Path, default=None,
                          help=f"working and result folder (default outputs/{name}...)")
-        module.add_arguments(sub)
+        BENCHMARK_ARGUMENTS[name](sub)
         add_weights_argument(sub)
         add_device_argument(sub)
         add_feature_arguments(sub)
@@ -47,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_library_logs(args.verbose)
-    return _benchmarks()[args.benchmark].run(args)
+    localize(args.benchmark, args.dataset, localization_config(args), output=args.output)
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,15 +12,15 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from d2sfm.api import match
 from d2sfm.cluster.match import DEFAULT_BLOCK_PAIRS
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.library_logs import add_verbose_argument, set_library_logs
-from d2sfm.commands.options import add_cluster_arguments, add_device_argument, number
+from d2sfm.commands.options import add_cluster_arguments, add_device_argument, number, run_config
+from d2sfm.config import MatchConfig
 from d2sfm.errors import D2sfmError
 from d2sfm.io.h5 import list_entries
-from d2sfm.matching.matcher import match_pairs
 from d2sfm.matching.pairs import read_pairs
-from d2sfm.runtime.device import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,18 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.features.is_file():
         raise D2sfmError(f"{args.features}: no such features file; run python -m d2sfm.extract first")
     pairs = read_pairs(args.pairs, known_names=list_entries(args.features))
-    if args.ray is not None:
-        from d2sfm.cluster.match import match_on_cluster
-
-        matched = match_on_cluster(args.features, pairs, args.output, args.ray, args.min_similarity, args.ratio,
-                                   overwrite=args.overwrite, workers=args.ray_workers,
-                                   cpus_per_worker=args.ray_cpus_per_worker, block_pairs=args.ray_batch,
-                                   progress=not args.quiet)
-        print(f"wrote {args.output}: {matched} pairs matched, {len(pairs) - matched} already done")
-        return 0
-    matched = match_pairs(args.features, pairs, args.output, resolve_device(args.device),
-                          min_similarity=args.min_similarity, ratio=args.ratio, overwrite=args.overwrite,
-                          progress=not args.quiet)
+    config = MatchConfig(min_similarity=args.min_similarity, ratio=args.ratio)
+    matched = match(args.features, pairs, args.output, config, run=run_config(args))
     print(f"wrote {args.output}: {matched} pairs matched, {len(pairs) - matched} already done")
     return 0
 

@@ -10,7 +10,9 @@ from collections.abc import Callable
 
 from d2sfm.cluster.ray_backend import LOCAL, MAX_RAY_WORKERS
 from d2sfm.commands.library_logs import add_verbose_argument
+from d2sfm.config import FEATURE_METHODS, FeatureConfig, RunConfig
 from d2sfm.features.extractor import CONV_IMPLEMENTATIONS, PRECISIONS
+from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
 from d2sfm.refinement.database_refinement import METHODS
 
 
@@ -77,6 +79,9 @@ def add_cluster_arguments(parser: argparse.ArgumentParser, batch_unit: str | Non
 
 
 def add_feature_arguments(parser: argparse.ArgumentParser, max_edge: int = 1600) -> None:
+    parser.add_argument("--features-method", choices=FEATURE_METHODS, default="d2",
+                        help="d2: D2-Net (default); sift: pycolmap's SIFT, the classical baseline, through the same "
+                        "pipeline (the D2 options below then only set the image size and keypoint count)")
     parser.add_argument("--single-scale", action="store_true",
                         help="single-scale D2 features (default: multi-scale 0.5, 1, 2, which registers far more "
                         "reliably; see docs/benchmarks.md)")
@@ -105,3 +110,20 @@ def add_refine_argument(parser: argparse.ArgumentParser, where: str) -> None:
     parser.add_argument("--refine-method", choices=METHODS, default="patch",
                         help="patch: affine patch alignment under the local change of view (default); "
                         "featuremetric: agreement of D2's early VGG features (Lindenberger et al.)")
+
+
+def feature_config(args: argparse.Namespace) -> FeatureConfig:
+    """The FeatureConfig of ``add_feature_arguments``' options (and --weights)."""
+    return FeatureConfig(method=args.features_method,
+                         scales=SINGLE_SCALE if args.single_scale else MULTI_SCALE, max_edge=args.max_edge,
+                         max_keypoints=args.max_keypoints, conv=args.conv, precision=args.precision,
+                         geometric_centres=not args.original_centres, weights=args.weights)
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The RunConfig of --device, the --ray options, --quiet and --overwrite, where the command has them."""
+    return RunConfig(device=getattr(args, "device", "auto"), ray=getattr(args, "ray", None),
+                     ray_workers=getattr(args, "ray_workers", None),
+                     ray_cpus_per_worker=getattr(args, "ray_cpus_per_worker", 1),
+                     ray_batch=getattr(args, "ray_batch", None), progress=not getattr(args, "quiet", False),
+                     overwrite=getattr(args, "overwrite", False))

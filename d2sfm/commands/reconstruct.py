@@ -24,11 +24,20 @@ from d2sfm.commands.options import (
     add_refine_argument,
     add_run_arguments,
     add_weights_argument,
+    feature_config,
     number,
+    run_config,
+)
+from d2sfm.config import (
+    DenseConfig,
+    MappingConfig,
+    MatchConfig,
+    PairsConfig,
+    ReconstructionConfig,
+    RefineConfig,
 )
 from d2sfm.errors import D2sfmError
 from d2sfm.pipeline.reconstruct import EXHAUSTIVE_UP_TO, reconstruct_scene
-from d2sfm.runtime.run_lock import folder_lock
 from d2sfm.sfm.database import (
     CAMERA_MODELS,
     CAMERA_MODES,
@@ -116,19 +125,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def reconstruction_config(args: argparse.Namespace) -> ReconstructionConfig:
+    return ReconstructionConfig(
+        features=feature_config(args), run=run_config(args),
+        pairs=PairsConfig(method=args.pairs, top_k=args.top_k, overlap=args.overlap),
+        matching=MatchConfig(min_similarity=args.min_similarity, ratio=args.ratio),
+        refine=RefineConfig(enabled=args.refine, method=args.refine_method),
+        mapping=MappingConfig(camera_mode=args.camera_mode, camera_model=args.camera_model, mapper=args.mapper,
+                              abs_pose_min_inliers=args.abs_pose_min_inliers,
+                              abs_pose_min_inlier_ratio=args.abs_pose_min_inlier_ratio,
+                              init_min_tri_angle=args.init_min_tri_angle, attempts=args.mapper_attempts,
+                              min_model_size=args.min_model_size, text=args.text),
+        dense=DenseConfig(enabled=args.dense, max_image_size=args.dense_size, mesh=args.mesh, mesh_trim=args.mesh_trim))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.mesh and not args.dense:
         raise D2sfmError("--mesh meshes the dense points: add --dense")
     set_library_logs(args.verbose)
-    scene: Path = args.scene
-    image_dir = args.images or scene / "images"
-    if not args.demo and not image_dir.is_dir():
-        raise D2sfmError(f"{image_dir}: no such image folder; put the photos in scene/images/ or pass --images DIR")
-    if args.features is not None and not args.features.is_file():
-        raise D2sfmError(f"{args.features}: no such features file; give a features.h5 of d2sfm or hloc")
-    with folder_lock(scene):
-        return reconstruct_scene(args, scene, image_dir)
+    reconstruct_scene(args.scene, reconstruction_config(args), images=args.images, features=args.features,
+                      demo=args.demo)
+    return 0
 
 
 if __name__ == "__main__":

@@ -98,8 +98,11 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def feature_settings(config: ExtractionConfig, weights: Path) -> dict:
-    """What a features file records, and must match to be added to or reused: the config and the weights."""
+def feature_settings(config: ExtractionConfig, weights: Path | None, method: str = "d2") -> dict:
+    """What a features file records, and must match to be added to or reused: the config and the weights (D2), or
+    the method (SIFT, which has no weights)."""
+    if method == "sift":
+        return {**config.as_dict(), "method": "sift"}
     return {**config.as_dict(), "weights_sha256": file_sha256(weights)}
 
 
@@ -172,6 +175,16 @@ def _batches(loader: Iterator[PreparedImage], limit: Callable[[tuple], int]):
         pending.append(item)
     if pending:
         yield pending, []
+
+
+def make_extractor(method: str, weights: Path | None, config: ExtractionConfig, device: torch.device):
+    """The extractor of a features method, all with one interface (``extract_batch``, ``config``, ``device``):
+    "d2" (D2-Net with ``weights``) or "sift" (pycolmap's, on the CPU)."""
+    if method == "sift":
+        from d2sfm.features.sift import SiftExtractor
+
+        return SiftExtractor(config)
+    return D2Extractor(weights, config, device)
 
 
 def default_loading(device: torch.device) -> tuple[int, int]:

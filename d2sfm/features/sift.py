@@ -1,13 +1,17 @@
-"""OpenCV SIFT and RootSIFT as :class:`~d2sfm.features.Features`: the classical baseline of the matching
-benchmarks, stored in the same features.h5 layout (COLMAP convention) as D2 features."""
+"""SIFT as :class:`~d2sfm.io.features.Features`, the classical baseline, stored in the same features.h5 layout
+(COLMAP convention) as D2 features: OpenCV's SIFT and RootSIFT for the matching benchmarks, and pycolmap's SIFT as a
+second extractor of the pipelines (``SiftExtractor``)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
+from d2sfm.features.extractor import ExtractionConfig
 from d2sfm.io.features import Features
-from d2sfm.io.keypoints import opencv_xy_to_colmap_xy
+from d2sfm.io.keypoints import opencv_xy_to_colmap_xy, rescale_colmap_xy
 
 
 def root_sift(descriptors: np.ndarray) -> np.ndarray:
@@ -38,3 +42,37 @@ def sift_features(image_bgr: np.ndarray, max_keypoints: int = 0, root: bool = Fa
     height, width = image_bgr.shape[:2]
     return Features(keypoints=opencv_xy_to_colmap_xy(xy).astype(np.float32), scales=sizes, scores=responses[order],
                     descriptors=descriptors, image_size=(width, height))
+
+
+class SiftExtractor:
+    """pycolmap's SIFT (COLMAP's own, on the CPU) behind the interface of ``D2Extractor``, so that the extraction
+    loop, features.h5, matching and the pipelines run it unchanged: ``python -m d2sfm.reconstruct --features-method
+    sift``. Each image is resized by the same rules as for the network (``config.max_edge``, ``max_sum_edges``),
+    keypoints are returned at the original resolution, descriptors L2-normalised (RootSIFT, COLMAP's default),
+    at most ``config.max_keypoints`` of them, the largest first."""
+
+    def __init__(self, config: ExtractionConfig) -> None:
+        import pycolmap
+        import torch
+
+        self.config, self.device, self.clock = config, torch.device("cpu"), None
+        options = pycolmap.FeatureExtractionOptions()
+        if config.max_keypoints:
+            options.sift.max_num_features = config.max_keypoints
+        self._sift = pycolmap.Sift(options=options, device=pycolmap.Device.cpu)
+
+    def extract_batch(self, resized: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]],
+                      descriptor_dtype=np.float32, **_) -> list[Features]:
+        return [self._extract(image, size, np.dtype(descriptor_dtype)) for image, size in zip(resized, original_sizes)]
+
+    def _extract(self, image_bgr: np.ndarray, original_size: tuple[int, int], dtype: np.dtype) -> Features:
+        grey = np.ascontiguousarray(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY))
+        keypoints, descriptors = self._sift.extract(grey)
+        descriptors = np.asarray(descriptors, np.float32)
+        descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True) + 1e-12
+        height, width = grey.shape
+        factor_x, factor_y = original_size[1] / width, original_size[0] / height
+        return Features(keypoints=rescale_colmap_xy(keypoints[:, :2], factor_x, factor_y).astype(np.float32),
+                        scales=(keypoints[:, 2] * (factor_x + factor_y) / 2).astype(np.float32),
+                        scores=np.zeros(len(keypoints), np.float32), descriptors=descriptors.astype(dtype),
+                        image_size=(int(original_size[1]), int(original_size[0])))

@@ -34,6 +34,13 @@ def colmap_xy_to_network_ij(xy: np.ndarray, factor_i: float = 1.0, factor_j: flo
     return np.stack([i, j], axis=1)
 
 
+def rescale_colmap_xy(xy: np.ndarray, factor_x: float = 1.0, factor_y: float = 1.0) -> np.ndarray:
+    """COLMAP (x, y) on a resized image -> the same points at the original resolution (``factor_*`` = original
+    size / resized size): with the top-left corner at 0, COLMAP coordinates scale as they are."""
+    xy = np.asarray(xy, dtype=np.float64)
+    return xy * np.array([factor_x, factor_y])
+
+
 def colmap_xy_to_pixel_index(xy: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     """(rows, columns) of the pixels containing COLMAP points: pixel (r, c) covers x in [c, c+1), y in [r, r+1).
     Points on the far border are clipped into the image."""

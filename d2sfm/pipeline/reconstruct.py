@@ -4,15 +4,16 @@ their refinement, a picture and dense points, each stage skipped when its output
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
+import pycolmap
 import torch
 
-from d2sfm.commands.refine import refine_settings
+from d2sfm.config import DenseConfig, ReconstructionConfig
 from d2sfm.errors import D2sfmError
 from d2sfm.features.weights import resolve_weights
 from d2sfm.io.atomic import atomic_database, remove_sqlite_side_files, write_text_atomic
@@ -29,6 +30,7 @@ from d2sfm.refinement.database_refinement import (
 )
 from d2sfm.refinement.model_refinement import model_refinement_record, recover_interrupted_models, refine_model_folder
 from d2sfm.runtime.device import resolve_device
+from d2sfm.runtime.run_lock import folder_lock
 from d2sfm.sfm.database import (
     create_database,
     database_problem,
@@ -108,15 +110,15 @@ def picture_is_current(picture: Path, model_dir: Path) -> bool:
     return picture.is_file() and bool(written) and picture.stat().st_mtime >= max(written)
 
 
-def dense_stage(args: argparse.Namespace, paths: dict[str, Path], image_dir: Path, stages: Stages,
+def dense_stage(config: DenseConfig, paths: dict[str, Path], image_dir: Path, stages: Stages,
                 progress: bool) -> dict:
     """MVS of the largest model into dense/, skipped when done (a mesh asked for later is added on its own)."""
     def dense() -> dict:
-        return run_dense(paths["sparse"] / "0", image_dir, paths["dense"], args.dense_size, mesh=args.mesh,
-                         mesh_trim=args.mesh_trim, progress=progress)
+        return run_dense(paths["sparse"] / "0", image_dir, paths["dense"], config.max_image_size, mesh=config.mesh,
+                         mesh_trim=config.mesh_trim, progress=progress)
 
     result: dict = {}
-    done = (paths["dense"] / FUSED).is_file() and (not args.mesh or (paths["dense"] / MESH).is_file())
+    done = (paths["dense"] / FUSED).is_file() and (not config.mesh or (paths["dense"] / MESH).is_file())
     stages.run("dense", done, lambda: result.update(dense()))
     return result or dense()  # done earlier: run_dense checks it against this run's inputs and reads its counts
 
@@ -142,30 +144,32 @@ PAIR_METHODS = ("auto", "exhaustive", "sequential", "retrieval")
 SETTINGS_ORDER = ("pairs", "match", "database", "mapping")  # a change redoes its stage and every later one
 
 
-def stage_settings(args: argparse.Namespace, camera_mode: str, readable: list[str]) -> dict[str, dict]:
+def stage_settings(config: ReconstructionConfig, features_file: Path | None, camera_mode: str,
+                   readable: list[str]) -> dict[str, dict]:
     """What each stage's output depends on beyond the outputs before it, recorded in stats.json when it finishes:
     a rerun with other settings redoes that stage and the ones after it instead of keeping a result that no longer
     matches the command (extraction's own settings are checked in features.h5)."""
-    if args.pairs in PAIR_METHODS:
-        pairs = {"pairs": args.pairs, "images": digest("\n".join(readable))}
-        if args.pairs in ("auto", "retrieval"):
-            pairs["top_k"] = args.top_k
-        if args.pairs == "sequential":
-            pairs["overlap"] = args.overlap
+    mapping = config.mapping
+    if config.pairs.method in PAIR_METHODS:
+        pairs = {"pairs": config.pairs.method, "images": digest("\n".join(readable))}
+        if config.pairs.method in ("auto", "retrieval"):
+            pairs["top_k"] = config.pairs.top_k
+        if config.pairs.method == "sequential":
+            pairs["overlap"] = config.pairs.overlap
     else:  # a pair list: its content, wherever it lies
-        pair_file = Path(args.pairs)
+        pair_file = Path(config.pairs.method)
         pairs = {"pairs": "file", "sha256": digest(pair_file.read_bytes()) if pair_file.is_file() else str(pair_file)}
     features = {"features": "scene"}
-    if args.features is not None:  # the user's file: another file, or the same one written again, is other features
-        features = {"features": str(args.features.resolve()), "modified_ns": args.features.stat().st_mtime_ns}
+    if features_file is not None:  # the user's file: another file, or the same one written again, is other features
+        features = {"features": str(features_file.resolve()), "modified_ns": features_file.stat().st_mtime_ns}
     return {
         "pairs": pairs,
-        "match": {**features, "min_similarity": args.min_similarity, "ratio": args.ratio},
-        "database": {"camera_mode": camera_mode, "camera_model": args.camera_model},
-        "mapping": {"mapper": args.mapper, "min_model_size": args.min_model_size, "text": args.text,
-                    "abs_pose_min_inliers": args.abs_pose_min_inliers,
-                    "abs_pose_min_inlier_ratio": args.abs_pose_min_inlier_ratio,
-                    "init_min_tri_angle": args.init_min_tri_angle, "mapper_attempts": args.mapper_attempts},
+        "match": {**features, "min_similarity": config.matching.min_similarity, "ratio": config.matching.ratio},
+        "database": {"camera_mode": camera_mode, "camera_model": config.mapping.camera_model},
+        "mapping": {"mapper": mapping.mapper, "min_model_size": mapping.min_model_size, "text": mapping.text,
+                    "abs_pose_min_inliers": mapping.abs_pose_min_inliers,
+                    "abs_pose_min_inlier_ratio": mapping.abs_pose_min_inlier_ratio,
+                    "init_min_tri_angle": mapping.init_min_tri_angle, "mapper_attempts": mapping.attempts},
     }
 
 
@@ -186,13 +190,49 @@ def first_changed_stage(recorded: dict, current: dict) -> str | None:
     return None
 
 
-def reconstruct_scene(args: argparse.Namespace, scene: Path, image_dir: Path) -> int:
+@dataclass
+class ReconstructionResult:
+    """What ``reconstruct_scene`` made: the models (largest first, as in sparse/0, 1, ...) and the statistics it
+    wrote to stats.json."""
+
+    scene: Path
+    models: list[pycolmap.Reconstruction]
+    statistics: dict
+
+    @property
+    def largest(self) -> pycolmap.Reconstruction:
+        return self.models[0]
+
+
+def reconstruct_scene(scene: str | Path, config: ReconstructionConfig | None = None, *,
+                      images: str | Path | None = None, features: str | Path | None = None,
+                      demo: bool = False) -> ReconstructionResult:
+    """Photos in ``scene/images`` (or ``images``) to COLMAP models under ``scene``; finished stages are skipped,
+    so a rerun resumes. ``features``: a features.h5 of d2sfm or hloc to use instead of extracting (read, never
+    written). ``demo``: render the embedded synthetic scene into ``scene`` first and check the recovered cameras
+    against the truth (``statistics["demo_check"]``). Two runs cannot share ``scene``: the second stops at once."""
+    config = config or ReconstructionConfig()
+    scene = Path(scene)
+    image_dir = Path(images) if images is not None else scene / "images"
+    features_file = Path(features) if features is not None else None
+    if config.dense.mesh and not config.dense.enabled:
+        raise D2sfmError("--mesh meshes the dense points: add --dense")
+    if not demo and not image_dir.is_dir():
+        raise D2sfmError(f"{image_dir}: no such image folder; put the photos in scene/images/ or pass --images DIR")
+    if features_file is not None and not features_file.is_file():
+        raise D2sfmError(f"{features_file}: no such features file; give a features.h5 of d2sfm or hloc")
+    with folder_lock(scene):
+        return _reconstruct(scene, config, image_dir, features_file, demo)
+
+
+def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, features_file: Path | None,
+                 demo: bool) -> ReconstructionResult:
     """The stages, with ``scene`` held by this process."""
-    camera_mode = args.camera_mode or ("single" if args.demo else "auto")
-    dense_problem = cuda_problem() if args.dense and not (scene / "dense" / FUSED).is_file() else None
+    camera_mode = config.mapping.camera_mode or ("single" if demo else "auto")
+    dense_problem = cuda_problem() if config.dense.enabled and not (scene / "dense" / FUSED).is_file() else None
     if dense_problem:
         print(f"warning: {dense_problem}")
-    if args.demo and not (scene / "ground_truth").is_dir():
+    if demo and not (scene / "ground_truth").is_dir():
         from d2sfm.synthetic.scene import render_scene
 
         print(f"rendering the synthetic demo scene into {scene}")
@@ -206,12 +246,12 @@ def reconstruct_scene(args: argparse.Namespace, scene: Path, image_dir: Path) ->
         ("features", "features.h5"), ("pairs", "pairs.txt"), ("matches", "matches.h5"),
         ("database", "database.db"), ("sparse", "sparse"), ("dense", "dense"), ("stats", "stats.json"),
         ("picture", "model.png")]}
-    if args.features is not None:  # the user's file: read, never extracted into or deleted
-        paths["features"] = args.features
-    previous = read_previous_stats(paths["stats"]) if not args.overwrite else {}
-    if args.overwrite:
+    if features_file is not None:  # the user's file: read, never extracted into or deleted
+        paths["features"] = features_file
+    previous = read_previous_stats(paths["stats"]) if not config.run.overwrite else {}
+    if config.run.overwrite:
         for key in ("pairs", "matches", "database", "sparse", "dense", "stats", "picture") + (
-                () if args.features else ("features",)):
+                () if features_file else ("features",)):
             shutil.rmtree(paths[key]) if paths[key].is_dir() else paths[key].unlink(missing_ok=True)
         remove_sqlite_side_files(paths["database"])
         shutil.rmtree(workspace_path(paths["dense"]), ignore_errors=True)
@@ -230,29 +270,29 @@ def reconstruct_scene(args: argparse.Namespace, scene: Path, image_dir: Path) ->
             "stage_seconds": stages.times, "stage_peak_memory_mb": stages.peak_memory_mb}, indent=2))
 
     stages = Stages(previous.get("stage_seconds", {}), previous.get("stage_peak_memory_mb", {}), save_progress)
-    progress = not args.quiet
+    progress = config.run.progress
 
     def extract() -> None:
-        failures[:] = extract_missing(args, image_dir, names, paths["features"], progress)
+        failures[:] = extract_missing(config.features, config.run, image_dir, names, paths["features"])[1]
         for _, error in failures:
             print(f"  skipped: {error}")
 
     done_names = set(list_entries(paths["features"]))
-    if args.features is not None and not set(names) <= done_names:
+    if features_file is not None and not set(names) <= done_names:
         missing = sorted(set(names) - done_names)
-        raise D2sfmError(f"{args.features}: has no features for {len(missing)} of the {len(names)} images (first: "
+        raise D2sfmError(f"{features_file}: has no features for {len(missing)} of the {len(names)} images (first: "
                          f"{missing[0]}); extract them, or leave out --features")
-    if args.features is None:
-        check_extraction_settings(args, paths["features"], progress)
+    if features_file is None:
+        check_extraction_settings(config.features, paths["features"], progress)
         stages.run("extract", all(n in done_names for n in names), extract)
     else:
-        stages.run("extract", True, extract, skipped_because=f"features read from {args.features}")
+        stages.run("extract", True, extract, skipped_because=f"features read from {features_file}")
     extracted = set(list_entries(paths["features"]))
     readable = [n for n in names if n in extracted]
     if len(readable) < 2:
         raise D2sfmError(f"{image_dir}: {len(readable)} readable image(s) of {len(names)}; need at least two")
 
-    settings = stage_settings(args, camera_mode, readable)
+    settings = stage_settings(config, features_file, camera_mode, readable)
     changed = first_changed_stage(recorded_settings, settings)
     redo = set(SETTINGS_ORDER[SETTINGS_ORDER.index(changed):]) if changed else set()
 
@@ -262,7 +302,8 @@ def reconstruct_scene(args: argparse.Namespace, scene: Path, image_dir: Path) ->
         recorded_settings[stage] = settings[stage]
 
     def make_pairs() -> None:
-        write_pairs(paths["pairs"], choose_pairs(args.pairs, readable, paths["features"], args.top_k, args.overlap))
+        write_pairs(paths["pairs"], choose_pairs(config.pairs.method, readable, paths["features"], config.pairs.top_k,
+                                                 config.pairs.overlap))
         finished("pairs")
 
     stages.run("pairs", paths["pairs"].is_file() and "pairs" not in redo, make_pairs)
@@ -274,13 +315,13 @@ def reconstruct_scene(args: argparse.Namespace, scene: Path, image_dir: Path) ->
     all_matched = all(pair_key(a, b) in matched or pair_key(b, a) in matched for a, b in pairs)
 
     def match() -> None:
-        match_missing(args, paths["features"], pairs, paths["matches"], progress)
+        match_missing(config.matching, config.run, paths["features"], pairs, paths["matches"])
         finished("match")
 
     stages.run("match", all_matched, match)
     finished("match")
 
-    drop_database_refined_unasked(paths["database"], args.refine, args.refine_method)
+    drop_database_refined_unasked(paths["database"], config.refine.enabled, config.refine.method)
     problem = database_problem(paths["database"], readable) if paths["database"].is_file() else None
     if problem and (paths["sparse"] / "0").is_dir():
         raise D2sfmError(f"{paths['database']}: {problem}, but {paths['sparse']} holds models mapped from it; delete "
@@ -292,7 +333,7 @@ def reconstruct_scene(args: argparse.Namespace, scene: Path, image_dir: Path) ->
     def build_database() -> None:
         nonlocal verification
         with atomic_database(paths["database"]) as scratch:
-            ids = create_database(scratch, image_dir, readable, camera_mode, args.camera_model)
+            ids = create_database(scratch, image_dir, readable, camera_mode, config.mapping.camera_model)
             import_features_and_matches(scratch, ids, paths["features"], paths["matches"], pairs, progress)
             verification = verify_pairs(scratch).__dict__
             stamp_database(scratch)
@@ -303,24 +344,26 @@ def reconstruct_scene(args: argparse.Namespace, scene: Path, image_dir: Path) ->
     finished("database")
 
     def refine() -> None:
-        summary = refine_database(paths["database"], image_dir, resolve_weights(args.weights, progress=progress),
-                                  resolve_device(args.device), refine_settings(args), progress=progress)
+        weights = resolve_weights(config.features.weights, progress=progress)
+        summary = refine_database(paths["database"], image_dir, weights, resolve_device(config.run.device),
+                                  config.refine.settings(), progress=progress)
         print(f"  {summary.describe()}")
 
-    if args.refine:
+    if config.refine.enabled:
         stages.run("refine", is_refined(paths["database"]), refine)
 
     source = {"database": database_token(paths["database"])}
 
     def mapping() -> None:
-        models = run_mapping(paths["database"], image_dir, paths["sparse"], args.mapper, args.min_model_size,
-                             text=args.text, progress=progress, abs_pose_min_inliers=args.abs_pose_min_inliers,
-                             abs_pose_min_inlier_ratio=args.abs_pose_min_inlier_ratio,
-                             init_min_tri_angle=args.init_min_tri_angle, attempts=args.mapper_attempts,
+        options = config.mapping
+        models = run_mapping(paths["database"], image_dir, paths["sparse"], options.mapper, options.min_model_size,
+                             text=options.text, progress=progress, abs_pose_min_inliers=options.abs_pose_min_inliers,
+                             abs_pose_min_inlier_ratio=options.abs_pose_min_inlier_ratio,
+                             init_min_tri_angle=options.init_min_tri_angle, attempts=options.attempts,
                              mapped_from=source)
         if not models:
             raise D2sfmError(
-                f"mapping found no model of at least {args.min_model_size} images: "
+                f"mapping found no model of at least {config.mapping.min_model_size} images: "
                 f"{verification['verified_pairs']} of {verification['pairs']} pairs verified with a median of "
                 f"{verification['median_inliers']:.0f} inliers; try more pairs (--pairs exhaustive) "
                 "or more overlapping photos"
@@ -335,8 +378,8 @@ def reconstruct_scene(args: argparse.Namespace, scene: Path, image_dir: Path) ->
         recorded_source == source if recorded_source is not None else source["database"] is None)
     stages.run("mapping", models_current and "mapping" not in redo, mapping)
     finished("mapping")
-    if args.refine:
-        refine_models(paths["sparse"], image_dir, resolve_device(args.device), stages, progress)
+    if config.refine.enabled:
+        refine_models(paths["sparse"], image_dir, resolve_device(config.run.device), stages, progress)
     stages.run("picture", picture_is_current(paths["picture"], paths["sparse"] / "0"), lambda: write_model_picture(
         paths["sparse"] / "0", paths["picture"], paths["database"], readable))
     models = read_models(paths["sparse"])
@@ -347,7 +390,7 @@ def reconstruct_scene(args: argparse.Namespace, scene: Path, image_dir: Path) ->
         "refinement": refinement_record(paths["database"]),
         "model_refinement": [model_refinement_record(folder) for folder in model_folders(paths["sparse"])],
     }
-    if args.demo:
+    if demo:
         from d2sfm.synthetic.scene import compare_to_truth
 
         stats["demo_check"] = compare_to_truth(models[0], scene / "ground_truth")
@@ -356,8 +399,8 @@ def reconstruct_scene(args: argparse.Namespace, scene: Path, image_dir: Path) ->
     write_text_atomic(paths["stats"], json.dumps(stats, indent=2))  # the sparse result, saved before dense runs
     written.update(stats)
     try:  # the summary is printed even when dense fails: the sparse result stands
-        if args.dense:
-            stats["dense"] = dense_stage(args, paths, image_dir, stages, progress)
+        if config.dense.enabled:
+            stats["dense"] = dense_stage(config.dense, paths, image_dir, stages, progress)
             stats["dense_points"] = stats["dense"]["dense_points"]
             stats["stage_seconds"], stats["stage_peak_memory_mb"] = stages.times, stages.peak_memory_mb
             write_text_atomic(paths["stats"], json.dumps(stats, indent=2))
@@ -365,10 +408,10 @@ def reconstruct_scene(args: argparse.Namespace, scene: Path, image_dir: Path) ->
         print(f"wrote {scene}: {len(models)} model(s) in {paths['sparse']} (picture: {paths['picture']}), "
               f"statistics in {paths['stats']}")
         print_table(stats)
-        if args.demo:
+        if demo:
             check = stats["demo_check"]
             print(f"  demo check: {check['registered']} of {len(names)} cameras registered; "
                   + (f"max rotation error {check['max_rotation_error_deg']:.3f} deg, max position error "
                      f"{100 * check['max_position_error_rel']:.3f}% of the scene size" if check["aligned"]
                      else "alignment to the truth failed"))
-    return 0
+    return ReconstructionResult(scene, models, stats)

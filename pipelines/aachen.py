@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ from d2sfm.refinement.database_refinement import (
 from d2sfm.runtime.device import resolve_device
 from d2sfm.sfm.database import import_features_and_matches, read_image_ids, verify_pairs
 from d2sfm.sfm.triangulation import triangulate_fixed
+
+log = logging.getLogger("d2sfm")
 
 README = "datasets/aachen.md"
 QUERY_KINDS = ("day", "night")
@@ -189,7 +192,7 @@ def localize(dataset: str | Path, config: AachenConfig | None = None, output: st
     pairs = _select_pairs(layout, config, database_names, queries)
     query_names = [n for n in dict.fromkeys(n for p in pairs for n in p) if n in queries]
     names = sorted({n for p in pairs for n in p})
-    print(f"Aachen v{layout.version}: {len(poses)} database poses, {len(query_names)} queries, "
+    log.info(f"Aachen v{layout.version}: {len(poses)} database poses, {len(query_names)} queries, "
           f"{len(pairs)} pairs, {len(names)} images to extract")
 
     extracted, usable = extract_and_match(config.features, config.matching, config.run, run, layout.images,
@@ -214,7 +217,7 @@ def localize(dataset: str | Path, config: AachenConfig | None = None, output: st
             import_features_and_matches(scratch, with_features, paths["features"], paths["matches"], usable,
                                         progress)
             verification = verify_pairs(scratch)
-            print(f"  {verification.describe()}")
+            log.info(f"  {verification.describe()}")
             run.save(verification=verification.__dict__)
 
     stages.run("database", paths["database"].is_file(), build_database)
@@ -224,7 +227,7 @@ def localize(dataset: str | Path, config: AachenConfig | None = None, output: st
         database_pass, query_pass = refine_localization_database(
             paths["database"], layout.images, query_names, resolve_weights(config.features.weights, progress=progress),
             resolve_device(config.run.device), config.refine.settings(), progress=progress)
-        print(f"  database images: {database_pass.describe()}\n  queries: {query_pass.describe()}")
+        log.info(f"  database images: {database_pass.describe()}\n  queries: {query_pass.describe()}")
 
     if config.refine.enabled:
         stages.run("refine", is_refined(paths["database"]), refine)
@@ -233,7 +236,7 @@ def localize(dataset: str | Path, config: AachenConfig | None = None, output: st
         reference = build_reference_model(paths["database"], poses, intrinsics)
         reference.write_binary(_fresh_dir(paths["reference"]))
         model = triangulate_fixed(reference, paths["database"], layout.images, paths["triangulated"])
-        print(f"  {model.num_points3D()} points triangulated, mean track length "
+        log.info(f"  {model.num_points3D()} points triangulated, mean track length "
               f"{model.compute_mean_track_length():.2f}")
 
     stages.run("triangulate", paths["triangulated"].is_dir(), triangulate)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from d2sfm.io.atomic import write_text_atomic
 from d2sfm.io.images import list_images
 from d2sfm.sfm.dense import cuda_problem, run_dense
 from d2sfm.sfm.mapping import model_statistics
+
+log = logging.getLogger("d2sfm")
 
 METHODS = {"d2-ms": "d2sfm MS", "d2-ss": "d2sfm SS", "sift": "COLMAP SIFT"}
 MATCH_LIST = "match_list.txt"
@@ -118,12 +121,12 @@ def run(dataset: str | Path, options: EthOptions | None = None, output: str | Pa
     output = output or Path("outputs/eth") / dataset.resolve().name
     problem = cuda_problem() if options.dense else None
     if problem:
-        print(f"warning: {problem}; dense points are reported as n/a")
-    print(f"{len(names)} images, pairs: {match_list or 'exhaustive (up to 100 images) or retrieval'}")
+        log.warning(f"warning: {problem}; dense points are reported as n/a")
+    log.info(f"{len(names)} images, pairs: {match_list or 'exhaustive (up to 100 images) or retrieval'}")
     rows = {}
     for kind in sorted(options.methods, key=list(METHODS).index):  # D2 first: SIFT may reuse its pairs
         folder = output / kind
-        print(f"== {METHODS[kind]} in {folder}")
+        log.info(f"== {METHODS[kind]} in {folder}")
         if kind == "sift":
             rows[METHODS[kind]] = run_sift(images, names, sift_pairs(match_list, output, len(names)), folder, options)
         else:
@@ -131,6 +134,6 @@ def run(dataset: str | Path, options: EthOptions | None = None, output: str | Pa
     report = {"scene": str(dataset), "images": len(names), "pairs": str(match_list) if match_list else "auto",
               "largest_model": rows}
     write_text_atomic(output / "eth.json", json.dumps(report, indent=2))
-    print(format_table(rows, len(names)))
-    print(f"wrote {output / 'eth.json'} (statistics of each method's largest model)")
+    log.info(format_table(rows, len(names)))
+    log.info(f"wrote {output / 'eth.json'} (statistics of each method's largest model)")
     return report

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,8 @@ from d2sfm.io.images import ImageReadError, read_image_bgr
 from d2sfm.matching.mnn import mutual_nearest_neighbours
 from d2sfm.runtime.device import resolve_device
 from pipelines.synthetic_sequences import SPLITS
+
+log = logging.getLogger("d2sfm")
 
 RELEASE_FOLDER = "hpatches-sequences-release"
 PAPER_EXCLUDED = ("i_contruction", "i_crownnight", "i_dc", "i_pencils", "i_whitebuilding", "v_artisans",
@@ -281,13 +284,13 @@ def run(options: HPatchesOptions) -> dict:
     report = run_benchmark(dataset, methods, output, resolve_device(options.device), d2_options,
                            None if options.all_sizes else MAX_SIZE, progress=options.progress)
     kept, excluded = len(report["sequences"]), len(report["excluded"])
-    print(f"{kept} sequences ({excluded} excluded: {', '.join(report['excluded']) or 'none'})")
-    print(format_table(report["methods"]))
-    print(f"wrote {output / 'hpatches.json'}")
+    log.info(f"{kept} sequences ({excluded} excluded: {', '.join(report['excluded']) or 'none'})")
+    log.info(format_table(report["methods"]))
+    log.info(f"wrote {output / 'hpatches.json'}")
     if not options.plots:
         return report
     if plot_mma(report["methods"], output / "mma.png") and plot_counts(report["methods"], output / "counts.png"):
-        print(f"wrote {output / 'mma.png'} and {output / 'counts.png'}")
+        log.info(f"wrote {output / 'mma.png'} and {output / 'counts.png'}")
     else:
-        print(PLOTS_HINT)
+        log.info(PLOTS_HINT)
     return report

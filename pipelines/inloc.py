@@ -20,6 +20,7 @@ XYZ (cutouts are perspective views of ``--cutout-focal`` pixels, 1385.64 for InL
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ from d2sfm.refinement.database_refinement import (
     refined_keypoints_record,
 )
 from d2sfm.runtime.device import resolve_device
+
+log = logging.getLogger("d2sfm")
 
 README = "datasets/inloc.md"
 GROUND_TRUTH = "query_ground_truth.txt"
@@ -203,10 +206,10 @@ def localize(dataset: str | Path, config: InLocConfig | None = None, output: str
                          f"each cutout needs its .jpg.mat beside it, see {README}")
     without_pairs = [q for q in query_names if q not in retrieved]
     for query in without_pairs:
-        print(f"  warning: {query} has no pair in {pairs_path}; it will be reported as failed")
+        log.warning(f"  warning: {query} has no pair in {pairs_path}; it will be reported as failed")
     pairs = [(q, c) for q, cs in retrieved.items() for c in cs]
     names = sorted({n for p in pairs for n in p})
-    print(f"InLoc: {len(query_names)} queries, {len(pairs)} pairs (top {config.top_k}), {len(names)} images")
+    log.info(f"InLoc: {len(query_names)} queries, {len(pairs)} pairs (top {config.top_k}), {len(names)} images")
 
     extracted, usable = extract_and_match(config.features, config.matching, config.run, run, layout.images,
                                           names, pairs)
@@ -217,7 +220,7 @@ def localize(dataset: str | Path, config: InLocConfig | None = None, output: str
             paths["features"], paths["matches"], usable_retrieved, layout.images,
             resolve_weights(config.features.weights, progress=progress), resolve_device(config.run.device),
             paths["refined"], config.refine.settings(), progress=progress)
-        print(f"  queries: {summary.describe()}")
+        log.info(f"  queries: {summary.describe()}")
 
     wanted = config.refine.method if config.refine.enabled else False  # how the poses' query keypoints were refined
     if paths["refined"].is_file() and refined_keypoints_record(paths["refined"]).get("settings", {}).get(
@@ -226,7 +229,7 @@ def localize(dataset: str | Path, config: InLocConfig | None = None, output: str
     if config.refine.enabled:
         run.stages.run("refine", paths["refined"].is_file(), refine)
     if paths["poses"].is_file() and run.state.get("poses_refined", False) != wanted:
-        print(f"  {paths['poses'].name} was localized with other query keypoints (--refine/--refine-method); "
+        log.info(f"  {paths['poses'].name} was localized with other query keypoints (--refine/--refine-method); "
               "localizing again")
         paths["poses"].unlink()
     run.save(poses_refined=wanted)

@@ -19,6 +19,7 @@ complete, so an interrupted run resumes where it stopped.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import zlib
@@ -34,6 +35,8 @@ from d2sfm.io.atomic import write_text_atomic
 from d2sfm.io.images import ImageReadError, list_images, read_image_bgr
 from d2sfm.synthetic.homographies import random_homography, visible_fraction, warp_image
 from d2sfm.synthetic.photometric import illumination_change, random_night_like
+
+log = logging.getLogger("d2sfm")
 
 SPLITS = ("i", "v", "n")
 NIGHT_VIEWPOINT_STRENGTH = 0.3  # night-like images also move a little: queries are never taken from the same spot
@@ -123,7 +126,7 @@ def synthesise_sequences(images: Path, output: Path, seed: int = 0, max_edge: in
         try:
             reference = _reduce(read_image_bgr(images / photo), max_edge)
         except ImageReadError as error:
-            print(f"  unreadable, skipped: {error}")
+            log.info(f"  unreadable, skipped: {error}")
             names = [n for n in names if n not in {name for _, name in todo}]
             continue
         for split, name in todo:

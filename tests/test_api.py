@@ -40,6 +40,20 @@ def test_the_readme_example_runs_as_written(tmp_path, weights_path):
                  "by_stage/features.h5", "by_stage/matches.h5", "by_stage/pairs.txt"):
         assert (scene / name).exists(), name
     assert "mapping" in run.stdout and "'extract'" in run.stdout  # the statistics printed are stats.json's
+    assert "[extract]" not in run.stdout + run.stderr  # the library logs; this program configured no logging
+
+
+def test_library_code_logs_and_prints_nothing(capsys, caplog):
+    """What the commands show comes from the d2sfm logger: a program that imports d2sfm silences or redirects it."""
+    import logging
+
+    from d2sfm.pipeline.stages import Stages
+
+    with caplog.at_level(logging.INFO, logger="d2sfm"):
+        Stages().run("example", False, lambda: None)
+        Stages().run("example", True, lambda: None)
+    assert [record.getMessage() for record in caplog.records] == ["[example]", "[example] done earlier, skipped"]
+    assert capsys.readouterr().out == ""
 
 
 def test_an_imported_command_module_does_not_hide_the_api_function():

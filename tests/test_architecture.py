@@ -123,3 +123,12 @@ def test_the_file_layer_needs_no_torch():
     heavy = [f"{module_name(path)}: {target}" for path in (REPO / "d2sfm" / "io").glob("*.py")
              for target in imports(path) if target.split(".")[0] == "torch"]
     assert not heavy, heavy
+
+
+def test_library_code_never_prints():
+    """The library logs to logging.getLogger("d2sfm"); only the command layer writes to the console itself."""
+    files = list((REPO / "d2sfm").rglob("*.py")) + list((REPO / "pipelines").glob("*.py"))
+    printing = [f"{module_name(path)}:{node.lineno}" for path in files if layer(module_name(path)) != "commands"
+                for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"]
+    assert not printing, printing

@@ -8,11 +8,14 @@ network loaded between the batches it is given, and Ray restarts it and retries 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from d2sfm.errors import D2sfmError
+
+log = logging.getLogger("d2sfm")
 
 LOCAL = "local"
 # --ray-workers: each worker is a process holding the network; past this many the scheduling and the shards (one
@@ -69,7 +72,7 @@ def worker_shape(ray, workers: int | None, cpus_per_worker: int, address: str = 
         message = f"--ray-workers {shape.count} needs {shape.count * each} {kind}s and the Ray cluster has {have}"
         if address == LOCAL:
             raise D2sfmError(f"{message}: ask for at most {have // each} workers")
-        print(f"  warning: {message}; the workers beyond it wait until the cluster grows")
+        log.warning(f"  warning: {message}; the workers beyond it wait until the cluster grows")
     return shape
 
 
@@ -99,7 +102,7 @@ def collect_left_shards(output: Path, copy: Callable[[Path], int], what: str) ->
     many entries moved."""
     recovered = collect_shards(output, copy)
     if recovered:
-        print(f"  collected {recovered} {what}")
+        log.info(f"  collected {recovered} {what}")
     return recovered
 
 

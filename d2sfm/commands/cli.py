@@ -89,11 +89,12 @@ def in_finaliser(frame) -> bool:
 
 
 def show_library_messages() -> None:
-    """d2sfm's log records of level INFO and above, as plain lines on stdout (where its progress lines go)."""
+    """d2sfm's log records of level INFO and above, as they are written (the library indents its detail lines
+    itself), on stdout: what the commands print. A program that imports d2sfm decides for itself."""
     logger = logging.getLogger("d2sfm")
     if not any(getattr(handler, "d2sfm_console", False) for handler in logger.handlers):
         handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("  %(message)s"))
+        handler.setFormatter(logging.Formatter("%(message)s"))
         handler.d2sfm_console = True
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)

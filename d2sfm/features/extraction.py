@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,8 @@ from d2sfm.io.images import ImageReadError, read_image_bgr
 from d2sfm.runtime.background import BackgroundWriter
 from d2sfm.runtime.orphans import end_with_this_process
 from d2sfm.runtime.stage_clock import StageClock, timed
+
+log = logging.getLogger("d2sfm")
 
 # The stages --timings reports (the backbone's, NETWORK_STAGE, is timed by the extractor).
 STARTUP_STAGE = "start-up (weights, model, device)"
@@ -263,4 +266,4 @@ def write_timings(path: Path, clock: StageClock, extracted: int, device: torch.d
     }
     write_text_atomic(path, json.dumps(timings, indent=2))
     shown = ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items() if k != NETWORK_AND_DETECTION_STAGE)
-    print(f"timings ({path}): {shown}")
+    log.info(f"timings ({path}): {shown}")

@@ -124,7 +124,7 @@ def list_file_sources(paths: Sequence[str]) -> tuple[Path, list[str]]:
         return Path("."), list(dict.fromkeys(names))
     absolute = [os.path.abspath(name) for name in names]
     root = os.path.commonpath([os.path.dirname(path) for path in absolute])
-    log.info("image names are the listed paths relative to %s", root)
+    log.info("  image names are the listed paths relative to %s", root)
     return Path(root), list(dict.fromkeys(Path(path).relative_to(root).as_posix() for path in absolute))
 
 

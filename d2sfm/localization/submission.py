@@ -8,6 +8,7 @@ usual fallback of the benchmark's baselines) and is listed as failed, with the r
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 from d2sfm.io.atomic import write_text_atomic
 from d2sfm.localization.pose_scores import PoseScores, score_poses
 from d2sfm.localization.poses import Pose, read_poses, write_poses
+
+log = logging.getLogger("d2sfm")
 
 
 @dataclass
@@ -43,16 +46,16 @@ def finish_localization(outcomes: list[QueryOutcome], submission_path: Path, sum
     write_poses(submission_path, lines)
     failed = [o for o in outcomes if not o.localized]
     unanswered = [o.name for o in outcomes if o.pose is None]
-    print(f"wrote {submission_path}: {len(outcomes) - len(failed)} of {len(outcomes)} queries localized")
+    log.info(f"wrote {submission_path}: {len(outcomes) - len(failed)} of {len(outcomes)} queries localized")
     for outcome in failed:
         fallback = f"; submitted the pose of {outcome.fallback_image}" if outcome.fallback_image else ""
-        print(f"  failed: {outcome.name}: {outcome.reason}{fallback}")
+        log.info(f"  failed: {outcome.name}: {outcome.reason}{fallback}")
     for name in unanswered:
-        print(f"  no pose at all for {name}: it matched no database image")
+        log.info(f"  no pose at all for {name}: it matched no database image")
     scores = None
     if ground_truth is not None:
         scores = score_poses(read_poses(ground_truth), read_poses(submission_path), thresholds)
-        print(f"scores against {ground_truth}:\n{scores.table()}")
+        log.info(f"scores against {ground_truth}:\n{scores.table()}")
     summary = {
         **(extra or {}),
         "queries": len(outcomes), "localized": len(outcomes) - len(failed),
@@ -62,7 +65,7 @@ def finish_localization(outcomes: list[QueryOutcome], submission_path: Path, sum
         "scores": scores.as_dict() if scores else None,
     }
     write_text_atomic(summary_path, json.dumps(summary, indent=2))
-    print(f"wrote {summary_path}")
+    log.info(f"wrote {summary_path}")
     return scores
 
 

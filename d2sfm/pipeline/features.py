@@ -4,6 +4,7 @@ asks for (this process or a Ray cluster), and the extract-then-match stages of l
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from d2sfm.io.h5 import check_same_settings, list_entries, matched_pairs, pair_k
 from d2sfm.matching.pairs import Pair, write_pairs
 from d2sfm.pipeline.backends import backend_for
 from d2sfm.pipeline.stages import RunFolder
+
+log = logging.getLogger("d2sfm")
 
 
 def extraction_settings(features: FeatureConfig, progress: bool = True) -> tuple[Path | None, dict]:
@@ -42,7 +45,7 @@ def extract_missing(features: FeatureConfig, run: RunConfig, image_dir: Path, na
     failed: unreadable, or too large for the device)."""
     if announce and not overwrite:
         done = len(set(list_entries(features_path)) & set(names))
-        print(f"  {len(names) - done} image(s) to extract, {done} done earlier")
+        log.info(f"  {len(names) - done} image(s) to extract, {done} done earlier")
     weights, settings = extraction_settings(features, run.progress)
     return backend_for(run).extract(image_dir, names, features_path, weights, features.extraction(), settings,
                                     descriptor_dtype=np.float32 if features.float32_descriptors else np.float16,
@@ -61,7 +64,7 @@ def match_missing(matching: MatchConfig, run: RunConfig, features_path: Path, pa
     """Match the pairs not yet in ``matches_path``; returns the pairs matched now."""
     if announce:
         done = len(pairs) - len(unmatched_pairs(pairs, matches_path))
-        print(f"  {len(pairs) - done} pair(s) to match, {done} matched earlier")
+        log.info(f"  {len(pairs) - done} pair(s) to match, {done} matched earlier")
     return backend_for(run).match(features_path, pairs, matches_path, matching.min_similarity, matching.ratio,
                                   overwrite=overwrite)
 
@@ -77,7 +80,7 @@ def extract_and_match(features: FeatureConfig, matching: MatchConfig, run: RunCo
         _, failed = extract_missing(features, run, image_root, names, features_path)
         folder.save(unreadable=[list(f) for f in failed])
         for _, error in failed:
-            print(f"  skipped: {error}")
+            log.info(f"  skipped: {error}")
 
     check_extraction_settings(features, features_path, run.progress)
     extracted = set(list_entries(features_path)) if features_path.is_file() else set()
@@ -85,7 +88,7 @@ def extract_and_match(features: FeatureConfig, matching: MatchConfig, run: RunCo
     extracted = set(list_entries(features_path))
     usable = [p for p in pairs if p[0] in extracted and p[1] in extracted]
     if len(usable) < len(pairs):
-        print(f"  {len(pairs) - len(usable)} pairs skipped: an image of the pair has no features")
+        log.info(f"  {len(pairs) - len(usable)} pairs skipped: an image of the pair has no features")
     folder.stages.run("pairs", pairs_path.is_file(), lambda: write_pairs(pairs_path, usable))
     folder.stages.run("match", not unmatched_pairs(usable, matches),
                       lambda: match_missing(matching, run, features_path, usable, matches))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ from d2sfm.sfm.mapping import (
 )
 from d2sfm.viz.model_picture import write_model_picture
 
+log = logging.getLogger("d2sfm")
+
 EXHAUSTIVE_UP_TO = 100  # images; above this, --pairs auto uses retrieval
 
 
@@ -88,7 +91,7 @@ def print_table(stats: dict) -> None:
              for stage, seconds in stats["stage_seconds"].items()]
     width = max(len(str(label)) for label, _ in rows)
     for label, value in rows:
-        print(f"  {label:<{width}}  {value}")
+        log.info(f"  {label:<{width}}  {value}")
 
 
 def refine_models(sparse: Path, image_dir: Path, device: torch.device, stages: Stages, progress: bool) -> None:
@@ -99,7 +102,7 @@ def refine_models(sparse: Path, image_dir: Path, device: torch.device, stages: S
     def refine() -> None:
         for folder in pending:
             summary = refine_model_folder(folder, image_dir, device, progress=progress)
-            print(f"  model {folder.name}: {summary.describe()}")
+            log.info(f"  model {folder.name}: {summary.describe()}")
 
     stages.run("refine-model", not pending, refine)
 
@@ -185,7 +188,7 @@ def first_changed_stage(recorded: dict, current: dict) -> str | None:
         if before is not None and before != json.loads(json.dumps(current[stage])):
             changes = ", ".join(f"{key} {before.get(key)!r} -> {current[stage].get(key)!r}"
                                 for key in current[stage] if before.get(key) != current[stage].get(key))
-            print(f"  settings changed since the last run ({stage}: {changes}); redoing {stage} and what follows")
+            log.info(f"  settings changed since the last run ({stage}: {changes}); redoing {stage} and what follows")
             return stage
     return None
 
@@ -231,11 +234,11 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
     camera_mode = config.mapping.camera_mode or ("single" if demo else "auto")
     dense_problem = cuda_problem() if config.dense.enabled and not (scene / "dense" / FUSED).is_file() else None
     if dense_problem:
-        print(f"warning: {dense_problem}")
+        log.warning(f"warning: {dense_problem}")
     if demo and not (scene / "ground_truth").is_dir():
         from d2sfm.synthetic.scene import render_scene
 
-        print(f"rendering the synthetic demo scene into {scene}")
+        log.info(f"rendering the synthetic demo scene into {scene}")
         render_scene(scene)
     if not image_dir.is_dir():
         raise D2sfmError(f"{image_dir}: no such image folder; put the photos in scene/images/ or pass --images DIR")
@@ -275,7 +278,7 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
     def extract() -> None:
         failures[:] = extract_missing(config.features, config.run, image_dir, names, paths["features"])[1]
         for _, error in failures:
-            print(f"  skipped: {error}")
+            log.info(f"  skipped: {error}")
 
     done_names = set(list_entries(paths["features"]))
     if features_file is not None and not set(names) <= done_names:
@@ -328,7 +331,7 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
                          f"{paths['database'].name} to build it again from the features and matches (the models are "
                          "then mapped again), or pass --overwrite to redo the whole scene")
     if problem:
-        print(f"  {paths['database'].name}: {problem}; building it again")
+        log.info(f"  {paths['database'].name}: {problem}; building it again")
 
     def build_database() -> None:
         nonlocal verification
@@ -347,7 +350,7 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
         weights = resolve_weights(config.features.weights, progress=progress)
         summary = refine_database(paths["database"], image_dir, weights, resolve_device(config.run.device),
                                   config.refine.settings(), progress=progress)
-        print(f"  {summary.describe()}")
+        log.info(f"  {summary.describe()}")
 
     if config.refine.enabled:
         stages.run("refine", is_refined(paths["database"]), refine)
@@ -405,12 +408,12 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
             stats["stage_seconds"], stats["stage_peak_memory_mb"] = stages.times, stages.peak_memory_mb
             write_text_atomic(paths["stats"], json.dumps(stats, indent=2))
     finally:
-        print(f"wrote {scene}: {len(models)} model(s) in {paths['sparse']} (picture: {paths['picture']}), "
+        log.info(f"wrote {scene}: {len(models)} model(s) in {paths['sparse']} (picture: {paths['picture']}), "
               f"statistics in {paths['stats']}")
         print_table(stats)
         if demo:
             check = stats["demo_check"]
-            print(f"  demo check: {check['registered']} of {len(names)} cameras registered; "
+            log.info(f"  demo check: {check['registered']} of {len(names)} cameras registered; "
                   + (f"max rotation error {check['max_rotation_error_deg']:.3f} deg, max position error "
                      f"{100 * check['max_position_error_rel']:.3f}% of the scene size" if check["aligned"]
                      else "alignment to the truth failed"))

@@ -4,6 +4,7 @@ and the output folder that remembers them between runs."""
 from __future__ import annotations
 
 import json
+import logging
 import resource
 import shutil
 import threading
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from d2sfm.io.atomic import write_text_atomic
+
+log = logging.getLogger("d2sfm")
 
 
 def resident_memory_mb() -> float:
@@ -79,9 +82,9 @@ class Stages:
 
     def run(self, name: str, done: bool, work: Callable[[], None], skipped_because: str = "done earlier") -> None:
         if done:
-            print(f"[{name}] {skipped_because}, skipped")
+            log.info(f"[{name}] {skipped_because}, skipped")
             return
-        print(f"[{name}]")
+        log.info(f"[{name}]")
         start = time.perf_counter()
         with PeakMemory() as memory:
             work()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -29,6 +30,8 @@ from d2sfm.refinement.keypoint_adjustment import AdjustmentSettings, adjust_keyp
 from d2sfm.refinement.patch_alignment import AlignmentSettings, align_keypoints, edge_affinities
 from d2sfm.refinement.tracks import Tracks, build_tracks, read_verified_matches
 from d2sfm.sfm.database import read_only, stamp_database
+
+log = logging.getLogger("d2sfm")
 
 METHODS = ("patch", "featuremetric")
 
@@ -315,10 +318,10 @@ def drop_database_refined_unasked(database_path: Path, refine: bool, method: str
         return
     settings = record.get("settings") or record.get("database", {}).get("settings", {})
     if not refine:
-        print(f"  {database_path.name} holds refined keypoints; rebuilding it from the detections (--no-refine)")
+        log.info(f"  {database_path.name} holds refined keypoints; rebuilding it from the detections (--no-refine)")
         database_path.unlink()
     elif settings.get("method", "featuremetric") != method:
-        print(f"  {database_path.name} holds keypoints refined by another method; rebuilding it from the detections")
+        log.info(f"  {database_path.name} holds keypoints refined by another method; rebuilding it from the detections")
         database_path.unlink()
 
 

@@ -61,5 +61,5 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
                 path.unlink(missing_ok=True)
                 removed.append(path)
     if removed:
-        log.info("removed %d temporary file(s) of an interrupted run in %s", len(removed), folder)
+        log.info("  removed %d temporary file(s) of an interrupted run in %s", len(removed), folder)
     return removed

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import threading
@@ -28,6 +29,8 @@ from d2sfm.io.atomic import atomic_path, write_text_atomic
 from d2sfm.io.model_files import read_model
 from d2sfm.io.mvs_maps import images_with_maps, remove_incomplete_maps
 from d2sfm.io.ply import count_vertices
+
+log = logging.getLogger("d2sfm")
 
 UNDISTORTED_MARKER = "undistorted.json"  # the inputs the workspace was made from
 PATCH_MATCH_MARKER = "patch_match.json"  # PatchMatch ran to its end
@@ -145,19 +148,20 @@ def patch_match(workspace: Path, progress: bool = True) -> None:
     names = workspace_images(workspace)
     removed = remove_incomplete_maps(workspace)
     if removed:
-        print(f"  removed {len(removed)} map(s) an interrupted PatchMatch left half-written; they are computed again")
+        log.info(f"  removed {len(removed)} map(s) an interrupted PatchMatch left half-written; they are computed "
+                 "again")
     done = images_with_maps(workspace, names)
     finished_marker = workspace / PATCH_MATCH_MARKER
     if len(done) == len(names) or (finished_marker.is_file() and not removed):
         # (COLMAP computes no maps for an image without source images, so "every map" may never happen)
-        print(f"  PatchMatch: done earlier ({len(done)} of {len(names)} images have maps), skipped")
+        log.info(f"  PatchMatch: done earlier ({len(done)} of {len(names)} images have maps), skipped")
         return
     problem = cuda_problem()
     if problem:
         raise D2sfmError(problem.replace("the sparse model is kept",
                                          f"the undistorted workspace {workspace} is kept for the rerun"))
     if done:
-        print(f"  PatchMatch: {len(done)} of {len(names)} images done earlier, computing the rest")
+        log.info(f"  PatchMatch: {len(done)} of {len(names)} images done earlier, computing the rest")
     options = pycolmap.PatchMatchOptions()  # geom_consistency: a photometric pass, then a geometric one
     passes = ("photometric", "geometric")
     bar = tqdm(total=len(names) * len(passes), desc="PatchMatch (maps)", unit="map", disable=not progress)
@@ -211,7 +215,7 @@ def run_dense(sparse_model: str | os.PathLike, image_dir: str | os.PathLike, den
     if not finished:
         workspace = workspace_path(dense_dir)
         if prepare_workspace(sparse_model, image_dir, workspace, max_image_size):
-            print(f"  resuming the dense workspace {workspace}")
+            log.info(f"  resuming the dense workspace {workspace}")
         patch_match(workspace, progress)
         fuse(workspace)
         if dense_dir.exists():

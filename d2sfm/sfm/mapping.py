@@ -98,7 +98,7 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
             problem = why_map_again(models, total, verified) if attempt + 1 < attempts else None
             if problem is None:
                 break
-            print(f"  {problem}; mapping again with seed {seed + attempt + 1}")
+            log.info(f"  {problem}; mapping again with seed {seed + attempt + 1}")
     elif mapper == "global":
         options = pycolmap.GlobalPipelineOptions()
         if hasattr(options, "random_seed"):
@@ -108,7 +108,7 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
         for model in models.values():
             dropped = drop_weak_images(model, min_points)
             if dropped:
-                print(f"  global mapper: left out {len(dropped)} image(s) seen by fewer than {min_points} of its 3D "
+                log.info(f"  global mapper: left out {len(dropped)} image(s) seen by fewer than {min_points} of its 3D "
                       f"points ({', '.join(dropped)}); too few to trust a pose no 2D-3D check confirmed")
     else:
         raise D2sfmError(f"mapper {mapper!r} is unknown; use one of {', '.join(MAPPERS)}")
@@ -177,7 +177,7 @@ def drop_contained_models(ordered: list[pycolmap.Reconstruction]) -> list[pycolm
     for model in ordered:
         names = {model.image(image_id).name for image_id in model.reg_image_ids()}
         if any(names <= larger for larger in seen):
-            log.info("left out a model of %d images, all registered in a larger model", len(names))
+            log.info("  left out a model of %d images, all registered in a larger model", len(names))
             continue
         kept.append(model)
         seen.append(names)

@@ -132,3 +132,10 @@ def test_library_code_never_prints():
                 for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print"]
     assert not printing, printing
+
+
+def test_the_tests_mirror_the_package():
+    """tests/<name>/ tests d2sfm/<name>/ (kornia's layout); hostile/ is the hostile-input suite across commands."""
+    folders = {path.name for path in (REPO / "tests").iterdir() if (path / "__init__.py").is_file()}
+    packages = {path.name for path in (REPO / "d2sfm").iterdir() if (path / "__init__.py").is_file()}
+    assert folders - {"hostile"} <= packages, sorted(folders - {"hostile"} - packages)

@@ -20,7 +20,7 @@ tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Py
 REPO = Path(__file__).resolve().parents[1]
 # The repository's own packages, and the tests' helper modules (tests/*.py that are not tests: pytest puts tests/
 # on the import path)
-LOCAL = {"d2sfm", "pipelines", "benchmarks"} | {path.stem for path in (REPO / "tests").glob("*.py")
+LOCAL = {"d2sfm", "pipelines", "benchmarks", "tests"} | {path.stem for path in (REPO / "tests").glob("*.py")
                                                  if not path.name.startswith("test_")}
 # Imported only from an external checkout of the original D2-Net code, by the scripts that compare against it.
 EXTERNAL_CHECKOUTS = {"lib"}

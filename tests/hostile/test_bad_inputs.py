@@ -26,7 +26,8 @@ import numpy as np
 import pycolmap
 import pytest
 import torch
-from in_process import command_in_process
+
+from tests.in_process import command_in_process
 
 FAST = ("--conv", "winograd", "--quiet")
 

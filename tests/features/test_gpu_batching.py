@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from d2sfm.features.extraction import _batches
 from d2sfm.errors import D2sfmError
 from d2sfm.evaluation.parity import agreement
-from d2sfm.features.extraction import PreparedImage, extract_features
+from d2sfm.features.extraction import PreparedImage, _batches, extract_features
 from d2sfm.features.gpu_batching import CLUSTER_ADVICE, GIB, MemoryBoundedBatches, does_not_fit
 
 SHAPE = (120, 160, 3)

@@ -12,9 +12,9 @@ import cv2
 import h5py
 import numpy as np
 import pytest
-from in_process import command_in_process
 
 from d2sfm.io.h5 import SCRATCH_GROUP, list_entries, read_features, read_settings
+from tests.in_process import command_in_process
 
 pytestmark = pytest.mark.integration
 FAST = ["--max-edge", "256", "--quiet"]

@@ -1,7 +1,7 @@
 """The loss against the original D2-Net training code itself (``lib/loss.py``, ``lib/model.py``), on the same
 MegaDepth-format pairs and weights: same loss, same gradient. Needs a local checkout of mihaidusmanu/d2-net,
 given by ``D2SFM_D2NET_REFERENCE`` (it is not part of this repository or of ../shared); the equations themselves
-are checked in CI by tests/test_training.py."""
+are checked in CI by tests/training/test_training.py."""
 
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pycolmap
 import pytest
-from in_process import command_in_process
 
 from d2sfm.evaluation.sift_baseline import sift_reconstruction
 from d2sfm.io.images import list_images
@@ -25,6 +24,7 @@ from d2sfm.matching.pairs import read_pairs
 from d2sfm.sfm.database import read_image_ids
 from d2sfm.synthetic.scene import render_scene
 from pipelines.mini_datasets import as_aachen, metric_scale, posed_images_from_model, write_mini_aachen
+from tests.in_process import command_in_process
 
 pytestmark = pytest.mark.integration
 

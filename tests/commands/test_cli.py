@@ -16,7 +16,6 @@ import time
 import cv2
 import pycolmap
 import pytest
-from in_process import command_in_process
 
 from d2sfm.commands.cli import CommandParser
 from d2sfm.commands.library_logs import COLMAP_ALL, COLMAP_FATAL_ONLY, OPENCV_INFO, OPENCV_SILENT, set_library_logs
@@ -24,6 +23,7 @@ from d2sfm.commands.options import number
 from d2sfm.errors import D2sfmError
 from d2sfm.io.atomic import atomic_database, copy_database
 from d2sfm.sfm.database import read_image_ids
+from tests.in_process import command_in_process
 
 
 def command(*args, **kwargs):

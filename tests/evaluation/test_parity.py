@@ -16,7 +16,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import REFERENCE_IMAGES
 
 import d2sfm.features.pyramid
 from d2sfm.evaluation.parity import agreement, explain, float64_backbone, rounding_error
@@ -25,6 +24,7 @@ from d2sfm.features.extractor import D2Extractor, ExtractionConfig, GpuTuning
 from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
 from d2sfm.io.images import read_image_bgr
 from d2sfm.io.keypoints import colmap_xy_to_network_ij
+from tests.conftest import REFERENCE_IMAGES
 
 pytestmark = pytest.mark.integration
 

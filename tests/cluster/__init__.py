@@ -1,0 +1,1 @@
+"""Tests of d2sfm.cluster: the Ray backend."""

@@ -1,0 +1,1 @@
+"""Tests of d2sfm.localization and the Aachen and InLoc protocols."""

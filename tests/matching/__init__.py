@@ -1,0 +1,1 @@
+"""Tests of d2sfm.matching: mutual nearest neighbours and pair lists."""

@@ -1,0 +1,1 @@
+"""Tests of d2sfm.refinement: patch sampling, patch alignment and keypoint refinement."""

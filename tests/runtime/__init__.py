@@ -1,0 +1,1 @@
+"""Tests of d2sfm.runtime: the background writer."""

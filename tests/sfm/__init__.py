@@ -1,0 +1,1 @@
+"""Tests of d2sfm.sfm: the COLMAP database and dense MVS."""

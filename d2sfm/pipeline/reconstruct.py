@@ -17,12 +17,12 @@ import torch
 from d2sfm.config import DenseConfig, ReconstructionConfig
 from d2sfm.errors import D2sfmError
 from d2sfm.features.weights import resolve_weights
-from d2sfm.io.atomic import atomic_database, remove_sqlite_side_files, write_text_atomic
+from d2sfm.io.atomic import atomic_database, remove_sqlite_side_files
 from d2sfm.io.h5 import list_entries, matched_pairs, pair_key, read_global_descriptors
 from d2sfm.io.images import list_images
 from d2sfm.matching.pairs import exhaustive_pairs, read_pairs, retrieval_pairs, sequential_pairs, write_pairs
 from d2sfm.pipeline.features import check_extraction_settings, extract_missing, match_missing
-from d2sfm.pipeline.stages import Stages
+from d2sfm.pipeline.stages import RunFolder, Stages
 from d2sfm.refinement.database_refinement import (
     drop_database_refined_unasked,
     is_refined,
@@ -126,24 +126,10 @@ def dense_stage(config: DenseConfig, paths: dict[str, Path], image_dir: Path, st
     return result or dense()  # done earlier: run_dense checks it against this run's inputs and reads its counts
 
 
-def read_previous_stats(path: Path) -> dict:
-    """The record an earlier run left (what its finished stages produced and were run with); a damaged one is a
-    one-line error, not a guess: it says which stages are finished."""
-    if not path.is_file():
-        return {}
-    try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise D2sfmError(f"{path}: damaged ({str(error).splitlines()[0]}); delete it to check every stage again "
-                         "(finished outputs are kept where they are complete), or pass --overwrite") from None
-    if not isinstance(previous, dict):
-        raise D2sfmError(f"{path}: not a d2sfm record (a JSON object is expected); delete it, or pass --overwrite")
-    return previous
-
-
 PAIR_METHODS = ("auto", "exhaustive", "sequential", "retrieval")
 
 
+RESUME_KEYS = ("failed_images", "verification", "stage_settings", "stage_seconds", "stage_peak_memory_mb")
 SETTINGS_ORDER = ("pairs", "match", "database", "mapping")  # a change redoes its stage and every later one
 
 
@@ -251,28 +237,20 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
         ("picture", "model.png")]}
     if features_file is not None:  # the user's file: read, never extracted into or deleted
         paths["features"] = features_file
-    previous = read_previous_stats(paths["stats"]) if not config.run.overwrite else {}
     if config.run.overwrite:
         for key in ("pairs", "matches", "database", "sparse", "dense", "stats", "picture") + (
                 () if features_file else ("features",)):
             shutil.rmtree(paths[key]) if paths[key].is_dir() else paths[key].unlink(missing_ok=True)
         remove_sqlite_side_files(paths["database"])
         shutil.rmtree(workspace_path(paths["dense"]), ignore_errors=True)
-    failures: list[tuple[str, str]] = list(map(tuple, previous.get("failed_images", [])))
-    verification = previous.get("verification")
-    recorded_settings: dict = dict(previous.get("stage_settings") or {})
-
-    written: dict = {}  # the statistics of this run written so far (the sparse result's, before dense runs)
-
-    def save_progress() -> None:
-        """After each stage, what a rerun needs to skip the stages done so far, with the statistics written so far:
-        an interrupted mapping must not cost the verification again."""
-        write_text_atomic(paths["stats"], json.dumps({
-            **written, "failed_images": [list(f) for f in failures], "verification": verification,
-            "stage_settings": recorded_settings,
-            "stage_seconds": stages.times, "stage_peak_memory_mb": stages.peak_memory_mb}, indent=2))
-
-    stages = Stages(previous.get("stage_seconds", {}), previous.get("stage_peak_memory_mb", {}), save_progress)
+    # stats.json is the scene's record: after each stage what a rerun needs to skip the stages done so far (an
+    # interrupted mapping must not cost the verification again), at the end the statistics as well
+    run = RunFolder(scene, record=paths["stats"].name, carried=RESUME_KEYS)
+    failures: list[tuple[str, str]] = [tuple(f) for f in run.state.get("failed_images", [])]
+    recorded_settings: dict = dict(run.state.get("stage_settings") or {})
+    run.state.update(failed_images=failures, stage_settings=recorded_settings,
+                     verification=run.state.get("verification"))
+    stages = run.stages
     progress = config.run.progress
 
     def extract() -> None:
@@ -334,15 +312,14 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
         log.info(f"  {paths['database'].name}: {problem}; building it again")
 
     def build_database() -> None:
-        nonlocal verification
         with atomic_database(paths["database"]) as scratch:
             ids = create_database(scratch, image_dir, readable, camera_mode, config.mapping.camera_model)
             import_features_and_matches(scratch, ids, paths["features"], paths["matches"], pairs, progress)
-            verification = verify_pairs(scratch).__dict__
+            run.state["verification"] = verify_pairs(scratch).__dict__
             stamp_database(scratch)
         finished("database")
 
-    database_done = paths["database"].is_file() and not problem and verification is not None
+    database_done = paths["database"].is_file() and not problem and run.state["verification"] is not None
     stages.run("database", database_done and "database" not in redo, build_database)
     finished("database")
 
@@ -365,6 +342,7 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
                              init_min_tri_angle=options.init_min_tri_angle, attempts=options.attempts,
                              mapped_from=source)
         if not models:
+            verification = run.state["verification"]
             raise D2sfmError(
                 f"mapping found no model of at least {config.mapping.min_model_size} images: "
                 f"{verification['verified_pairs']} of {verification['pairs']} pairs verified with a median of "
@@ -388,7 +366,7 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
     models = read_models(paths["sparse"])
     stats = {
         "images_given": len(names), "images_readable": len(readable),
-        "failed_images": [list(f) for f in failures], "pairs": len(pairs), "verification": verification,
+        "failed_images": [list(f) for f in failures], "pairs": len(pairs), "verification": run.state["verification"],
         "models": [model_statistics(model) for model in models],
         "refinement": refinement_record(paths["database"]),
         "model_refinement": [model_refinement_record(folder) for folder in model_folders(paths["sparse"])],
@@ -398,23 +376,21 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
 
         stats["demo_check"] = compare_to_truth(models[0], scene / "ground_truth")
     stats["stage_settings"] = recorded_settings
-    stats["stage_seconds"], stats["stage_peak_memory_mb"] = stages.times, stages.peak_memory_mb
-    write_text_atomic(paths["stats"], json.dumps(stats, indent=2))  # the sparse result, saved before dense runs
-    written.update(stats)
+    run.state = stats  # the record is now the result: the sparse one, saved before dense runs
+    run.save()
     try:  # the summary is printed even when dense fails: the sparse result stands
         if config.dense.enabled:
             stats["dense"] = dense_stage(config.dense, paths, image_dir, stages, progress)
             stats["dense_points"] = stats["dense"]["dense_points"]
-            stats["stage_seconds"], stats["stage_peak_memory_mb"] = stages.times, stages.peak_memory_mb
-            write_text_atomic(paths["stats"], json.dumps(stats, indent=2))
+            run.save()
     finally:
         log.info(f"wrote {scene}: {len(models)} model(s) in {paths['sparse']} (picture: {paths['picture']}), "
-              f"statistics in {paths['stats']}")
+                 f"statistics in {paths['stats']}")
         print_table(stats)
         if demo:
             check = stats["demo_check"]
             log.info(f"  demo check: {check['registered']} of {len(names)} cameras registered; "
-                  + (f"max rotation error {check['max_rotation_error_deg']:.3f} deg, max position error "
-                     f"{100 * check['max_position_error_rel']:.3f}% of the scene size" if check["aligned"]
-                     else "alignment to the truth failed"))
+                     + (f"max rotation error {check['max_rotation_error_deg']:.3f} deg, max position error "
+                        f"{100 * check['max_position_error_rel']:.3f}% of the scene size" if check["aligned"]
+                        else "alignment to the truth failed"))
     return ReconstructionResult(scene, models, stats)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from d2sfm.errors import D2sfmError
 from d2sfm.io.atomic import write_text_atomic
 
 log = logging.getLogger("d2sfm")
@@ -94,18 +95,38 @@ class Stages:
             self.on_finished()
 
 
-class RunFolder:
-    """A pipeline's output folder with its ``state.json`` (stage times and facts later stages need), so that a
-    rerun resumes where the last one stopped."""
+def read_record(path: Path) -> dict:
+    """The record an earlier run left (what its finished stages produced and were run with); a damaged one is a
+    one-line error, not a guess: it says which stages are finished."""
+    if not path.is_file():
+        return {}
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise D2sfmError(f"{path}: damaged ({str(error).splitlines()[0]}); delete it to check every stage again "
+                         "(finished outputs are kept where they are complete), or pass --overwrite") from None
+    if not isinstance(previous, dict):
+        raise D2sfmError(f"{path}: not a d2sfm record (a JSON object is expected); delete it, or pass --overwrite")
+    return previous
 
-    def __init__(self, output: Path, overwrite: bool = False) -> None:
+
+class RunFolder:
+    """The one stage runner of every pipeline (reconstruct, localize, evaluate): an output folder with its record
+    (``stats.json`` of a scene, ``state.json`` of the other pipelines) that holds each finished stage's time and
+    peak memory and the facts later stages need, written atomically after every stage, so that a rerun skips what
+    is done and resumes where the last run stopped. ``overwrite`` deletes the folder first; ``carried``: the keys
+    of the earlier record a rerun starts from (the rest is this run's to write; None keeps all)."""
+
+    def __init__(self, output: Path, overwrite: bool = False, record: str = "state.json",
+                 carried: tuple[str, ...] | None = None) -> None:
         if overwrite and output.exists():
             shutil.rmtree(output)
         output.mkdir(parents=True, exist_ok=True)
         self.output = output
-        self.state_path = output / "state.json"
-        self.state = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
-        self.stages = Stages(self.state.get("stage_seconds"), self.state.get("stage_peak_memory_mb"))
+        self.state_path = output / record
+        previous = read_record(self.state_path)
+        self.state = previous if carried is None else {key: previous[key] for key in carried if key in previous}
+        self.stages = Stages(previous.get("stage_seconds"), previous.get("stage_peak_memory_mb"), self.save)
 
     def path(self, name: str) -> Path:
         return self.output / name

@@ -48,7 +48,7 @@ from d2sfm.refinement.database_refinement import (
     refinement_record,
 )
 from d2sfm.runtime.device import resolve_device
-from d2sfm.sfm.database import import_features_and_matches, read_image_ids, verify_pairs
+from d2sfm.sfm.database import import_and_verify, read_image_ids
 from d2sfm.sfm.triangulation import triangulate_fixed
 
 log = logging.getLogger("d2sfm")
@@ -193,7 +193,7 @@ def localize(dataset: str | Path, config: AachenConfig | None = None, output: st
     query_names = [n for n in dict.fromkeys(n for p in pairs for n in p) if n in queries]
     names = sorted({n for p in pairs for n in p})
     log.info(f"Aachen v{layout.version}: {len(poses)} database poses, {len(query_names)} queries, "
-          f"{len(pairs)} pairs, {len(names)} images to extract")
+             f"{len(pairs)} pairs, {len(names)} images to extract")
 
     extracted, usable = extract_and_match(config.features, config.matching, config.run, run, layout.images,
                                           names, pairs)
@@ -214,9 +214,8 @@ def localize(dataset: str | Path, config: AachenConfig | None = None, output: st
             _add_missing_queries(scratch, queries, set(query_names))
             ids = read_image_ids(scratch)
             with_features = {n: ids[n] for n in names if n in extracted}
-            import_features_and_matches(scratch, with_features, paths["features"], paths["matches"], usable,
-                                        progress)
-            verification = verify_pairs(scratch)
+            verification = import_and_verify(scratch, with_features, paths["features"], paths["matches"], usable,
+                                             progress)
             log.info(f"  {verification.describe()}")
             run.save(verification=verification.__dict__)
 
@@ -237,7 +236,7 @@ def localize(dataset: str | Path, config: AachenConfig | None = None, output: st
         reference.write_binary(_fresh_dir(paths["reference"]))
         model = triangulate_fixed(reference, paths["database"], layout.images, paths["triangulated"])
         log.info(f"  {model.num_points3D()} points triangulated, mean track length "
-              f"{model.compute_mean_track_length():.2f}")
+                 f"{model.compute_mean_track_length():.2f}")
 
     stages.run("triangulate", paths["triangulated"].is_dir(), triangulate)
 

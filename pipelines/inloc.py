@@ -230,7 +230,7 @@ def localize(dataset: str | Path, config: InLocConfig | None = None, output: str
         run.stages.run("refine", paths["refined"].is_file(), refine)
     if paths["poses"].is_file() and run.state.get("poses_refined", False) != wanted:
         log.info(f"  {paths['poses'].name} was localized with other query keypoints (--refine/--refine-method); "
-              "localizing again")
+                 "localizing again")
         paths["poses"].unlink()
     run.save(poses_refined=wanted)
     query_keypoints = paths["refined"] if config.refine.enabled else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -33,6 +34,44 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".part") -> Iterator[Path
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def scratch_folder(target: str | os.PathLike, suffix: str = ".part", fresh: bool = True) -> Path:
+    """``target`` + ``suffix`` beside it: where a folder is written before ``replace_folder`` puts it in place,
+    emptied first unless ``fresh`` is False (a stage that resumes inside it, as dense MVS does)."""
+    target = Path(target)
+    scratch = target.with_name(target.name + suffix)
+    if fresh:
+        shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True, exist_ok=True)
+    return scratch
+
+
+def replace_folder(complete: str | os.PathLike, target: str | os.PathLike, backup_suffix: str = ".old") -> None:
+    """Put the ``complete`` folder in ``target``'s place: the old target is renamed aside (``backup_suffix``)
+    first and deleted last, so that at every moment a complete folder exists under one of the names;
+    ``recover_folder`` repairs a stop between the renames. The one folder swap of every stage that writes a
+    folder (models, triangulations, dense workspaces, refined models, the synthetic truth)."""
+    complete, target = Path(complete), Path(target)
+    backup = target.with_name(target.name + backup_suffix)
+    shutil.rmtree(backup, ignore_errors=True)
+    if target.exists():
+        target.rename(backup)
+    os.replace(complete, target)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def recover_folder(target: str | os.PathLike, scratch_suffix: str = ".part", backup_suffix: str = ".old") -> None:
+    """Undo what a stop inside ``replace_folder`` left: ``target`` is the new folder if the swap finished, else
+    the old one again; an unfinished scratch folder is deleted."""
+    target = Path(target)
+    shutil.rmtree(target.with_name(target.name + scratch_suffix), ignore_errors=True)
+    backup = target.with_name(target.name + backup_suffix)
+    if backup.is_dir():
+        if target.is_dir():
+            shutil.rmtree(backup)
+        else:
+            backup.rename(target)
 
 
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")  # a SQLite file's write-ahead log, its index, its rollback journal

@@ -18,10 +18,10 @@ from d2sfm.config import DenseConfig, ReconstructionConfig
 from d2sfm.errors import D2sfmError
 from d2sfm.features.weights import resolve_weights
 from d2sfm.io.atomic import atomic_database, remove_sqlite_side_files
-from d2sfm.io.h5 import list_entries, matched_pairs, pair_key, read_global_descriptors
+from d2sfm.io.h5 import list_entries, read_global_descriptors
 from d2sfm.io.images import list_images
 from d2sfm.matching.pairs import exhaustive_pairs, read_pairs, retrieval_pairs, sequential_pairs, write_pairs
-from d2sfm.pipeline.features import check_extraction_settings, extract_missing, match_missing
+from d2sfm.pipeline.features import check_extraction_settings, extract_missing, match_missing, unmatched_pairs
 from d2sfm.pipeline.stages import RunFolder, Stages
 from d2sfm.refinement.database_refinement import (
     drop_database_refined_unasked,
@@ -36,9 +36,7 @@ from d2sfm.sfm.database import (
     create_database,
     database_problem,
     database_token,
-    import_features_and_matches,
-    stamp_database,
-    verify_pairs,
+    import_and_verify,
 )
 from d2sfm.sfm.dense import FUSED, MESH, cuda_problem, run_dense, workspace_path
 from d2sfm.sfm.mapping import (
@@ -292,14 +290,12 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
     pairs = read_pairs(paths["pairs"], known_names=readable)
     if "match" in redo and changed == "match":  # other features or matching options: every pair's matches differ
         paths["matches"].unlink(missing_ok=True)
-    matched = matched_pairs(paths["matches"])
-    all_matched = all(pair_key(a, b) in matched or pair_key(b, a) in matched for a, b in pairs)
 
     def match() -> None:
         match_missing(config.matching, config.run, paths["features"], pairs, paths["matches"])
         finished("match")
 
-    stages.run("match", all_matched, match)
+    stages.run("match", not unmatched_pairs(pairs, paths["matches"]), match)
     finished("match")
 
     drop_database_refined_unasked(paths["database"], config.refine.enabled, config.refine.method)
@@ -314,9 +310,8 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
     def build_database() -> None:
         with atomic_database(paths["database"]) as scratch:
             ids = create_database(scratch, image_dir, readable, camera_mode, config.mapping.camera_model)
-            import_features_and_matches(scratch, ids, paths["features"], paths["matches"], pairs, progress)
-            run.state["verification"] = verify_pairs(scratch).__dict__
-            stamp_database(scratch)
+            verification = import_and_verify(scratch, ids, paths["features"], paths["matches"], pairs, progress)
+            run.state["verification"] = verification.__dict__
         finished("database")
 
     database_done = paths["database"].is_file() and not problem and run.state["verification"] is not None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from d2sfm.errors import D2sfmError
+from d2sfm.io.atomic import recover_folder, replace_folder, scratch_folder
 from d2sfm.io.images import gray_image_reader
 from d2sfm.io.model_files import read_model
 from d2sfm.refinement.patch_alignment import AlignmentSettings, align_keypoints, fit_linear_maps
@@ -290,24 +290,20 @@ def model_refinement_record(folder: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+REFINED_SUFFIX, UNREFINED_SUFFIX = ".refined.part", ".unrefined"  # beside a model while its refined one swaps in
+
+
 def recover_interrupted(folder: str | os.PathLike) -> None:
     """Undo what an interrupted :func:`refine_model_folder` left: the model folder is the refined one if the swap
     finished, else the original again."""
-    folder = Path(folder)
-    original, part = folder.with_name(folder.name + ".unrefined"), folder.with_name(folder.name + ".refined.part")
-    shutil.rmtree(part, ignore_errors=True)
-    if original.is_dir():
-        if folder.is_dir():
-            shutil.rmtree(original)
-        else:
-            original.rename(folder)
+    recover_folder(folder, scratch_suffix=REFINED_SUFFIX, backup_suffix=UNREFINED_SUFFIX)
 
 
 def recover_interrupted_models(sparse_dir: str | os.PathLike) -> None:
     """:func:`recover_interrupted` for every model of a sparse folder (before anything looks for its models)."""
     sparse_dir = Path(sparse_dir)
     if sparse_dir.is_dir():
-        for leftover in [*sparse_dir.glob("*.unrefined"), *sparse_dir.glob("*.refined.part")]:
+        for leftover in [*sparse_dir.glob(f"*{UNREFINED_SUFFIX}"), *sparse_dir.glob(f"*{REFINED_SUFFIX}")]:
             recover_interrupted(sparse_dir / leftover.name.split(".")[0])
 
 
@@ -323,14 +319,11 @@ def refine_model_folder(folder: str | os.PathLike, image_dir: str | os.PathLike,
     model = read_model(folder)
     names = {image_id: image.name for image_id, image in model.images.items()}
     refined, summary = refine_model(model, gray_image_reader(names, Path(image_dir)), device, settings, progress)
-    part, original = folder.with_name(folder.name + ".refined.part"), folder.with_name(folder.name + ".unrefined")
-    part.mkdir()
+    part = scratch_folder(folder, REFINED_SUFFIX)
     if (folder / "cameras.txt").is_file():
         refined.write_text(part)
     else:
         refined.write_binary(part)
     (part / RECORD_NAME).write_text(json.dumps({**asdict(summary), "settings": settings.as_dict()}, indent=2))
-    folder.rename(original)
-    part.rename(folder)
-    shutil.rmtree(original)
+    replace_folder(part, folder, backup_suffix=UNREFINED_SUFFIX)
     return summary

@@ -208,3 +208,14 @@ def verified_pair_inliers(database_path: str | os.PathLike) -> dict[tuple[str, s
         first, second = pycolmap.pair_id_to_image_pair(pair_id)
         counts[(names[int(first)], names[int(second)])] = int(inliers)
     return counts
+
+
+def import_and_verify(database_path: str | os.PathLike, image_ids: dict[str, int], features_path: str | os.PathLike,
+                      matches_path: str | os.PathLike, pairs: Sequence[Pair], progress: bool = True
+                      ) -> VerificationSummary:
+    """The database stage of every pipeline, on a database being written (``atomic_database``) that holds the
+    images: keypoints and matches imported, the pairs verified, the build token stamped."""
+    import_features_and_matches(database_path, image_ids, features_path, matches_path, pairs, progress)
+    verification = verify_pairs(database_path)
+    stamp_database(database_path)
+    return verification

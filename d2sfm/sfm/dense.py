@@ -25,7 +25,7 @@ import pycolmap
 from tqdm import tqdm
 
 from d2sfm.errors import D2sfmError
-from d2sfm.io.atomic import atomic_path, write_text_atomic
+from d2sfm.io.atomic import atomic_path, replace_folder, write_text_atomic
 from d2sfm.io.model_files import read_model
 from d2sfm.io.mvs_maps import images_with_maps, remove_incomplete_maps
 from d2sfm.io.ply import count_vertices
@@ -218,9 +218,7 @@ def run_dense(sparse_model: str | os.PathLike, image_dir: str | os.PathLike, den
             log.info(f"  resuming the dense workspace {workspace}")
         patch_match(workspace, progress)
         fuse(workspace)
-        if dense_dir.exists():
-            shutil.rmtree(dense_dir)
-        os.replace(workspace, dense_dir)
+        replace_folder(workspace, dense_dir)
     result = {"dense_points": count_vertices(dense_dir / FUSED), "fused": str(dense_dir / FUSED)}
     if mesh:
         if not (dense_dir / MESH).is_file():

@@ -17,6 +17,7 @@ import pycolmap
 from tqdm import tqdm
 
 from d2sfm.errors import D2sfmError
+from d2sfm.io.atomic import replace_folder, scratch_folder
 from d2sfm.io.model_files import read_model
 
 log = logging.getLogger("d2sfm")
@@ -68,9 +69,7 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
     only once everything is written, so a half-written model never exists; when no model is found, an earlier
     ``output_dir`` is left as it was."""
     output_dir = Path(output_dir)
-    scratch = output_dir.with_name(output_dir.name + ".part")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    scratch = scratch_folder(output_dir)
     if mapper == "incremental":
         options = pycolmap.IncrementalPipelineOptions()
         options.min_model_size = min_model_size
@@ -109,7 +108,7 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
             dropped = drop_weak_images(model, min_points)
             if dropped:
                 log.info(f"  global mapper: left out {len(dropped)} image(s) seen by fewer than {min_points} of its 3D "
-                      f"points ({', '.join(dropped)}); too few to trust a pose no 2D-3D check confirmed")
+                         f"points ({', '.join(dropped)}); too few to trust a pose no 2D-3D check confirmed")
     else:
         raise D2sfmError(f"mapper {mapper!r} is unknown; use one of {', '.join(MAPPERS)}")
     for raw in scratch.glob("raw*"):
@@ -128,9 +127,7 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
         folder.mkdir()
         model.write_text(folder) if text else model.write_binary(folder)
     (scratch / MAPPED_FROM).write_text(json.dumps(mapped_from or {}, indent=2))
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(scratch, output_dir)
+    replace_folder(scratch, output_dir)
     return ordered
 
 

@@ -4,10 +4,11 @@ cameras off), as the localization benchmark builds its database model."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pycolmap
+
+from d2sfm.io.atomic import replace_folder, scratch_folder
 
 
 def fixed_camera_options() -> pycolmap.IncrementalPipelineOptions:
@@ -25,12 +26,8 @@ def triangulate_fixed(reference: pycolmap.Reconstruction, database_path: str | o
     """Triangulate the database's verified matches into ``reference`` (poses and intrinsics kept); the binary
     model appears in ``output_dir`` only once complete."""
     output_dir = Path(output_dir)
-    scratch = output_dir.with_name(output_dir.name + ".part")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
+    scratch = scratch_folder(output_dir)
     model = pycolmap.triangulate_points(reference, database_path, image_dir, scratch, clear_points=True,
                                         options=fixed_camera_options(), refine_intrinsics=False)
-    if output_dir.exists():
-        shutil.rmtree(output_dir)
-    os.replace(scratch, output_dir)
+    replace_folder(scratch, output_dir)
     return model

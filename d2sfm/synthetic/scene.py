@@ -9,8 +9,6 @@ aligns a reconstruction to them with a similarity transform and reports rotation
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ import numpy as np
 import pycolmap
 from tqdm import tqdm
 
-from d2sfm.io.atomic import atomic_path
+from d2sfm.io.atomic import atomic_path, replace_folder, scratch_folder
 
 
 @dataclass
@@ -271,12 +269,10 @@ def render_scene(scene_dir: str | Path, count: int = 12, width: int = 800, heigh
         ok, encoded = cv2.imencode(".png", render(planes, rotation, centre, width, height, focal))
         with atomic_path(scene_dir / "images" / image.name) as temporary:
             temporary.write_bytes(encoded.tobytes())
-    truth_dir, scratch = scene_dir / "ground_truth", scene_dir / "ground_truth.part"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
+    truth_dir = scene_dir / "ground_truth"
+    scratch = scratch_folder(truth_dir)
     truth.write_text(scratch)  # written last and renamed into place: its presence says the scene is complete
-    shutil.rmtree(truth_dir, ignore_errors=True)
-    os.replace(scratch, truth_dir)
+    replace_folder(scratch, truth_dir)
     return [image.name for image in sorted(truth.images.values(), key=lambda image: image.image_id)]
 
 

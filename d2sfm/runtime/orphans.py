@@ -15,10 +15,13 @@ import os
 import signal
 import sys
 
+from d2sfm.runtime.run_lock import close_inherited_locks
+
 PR_SET_PDEATHSIG = 1
 
 
 def _end_with(parent_pid: int, *_) -> None:
+    close_inherited_locks()
     if not sys.platform.startswith("linux"):
         return
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -29,6 +32,6 @@ def _end_with(parent_pid: int, *_) -> None:
 
 def end_with_this_process():
     """A ``worker_init_fn`` for DataLoader (also usable as any forked helper's first call) that kills the helper
-    when the process calling this now dies. Create the loader's iterator in the main thread: the kernel watches the
-    thread that forked the helper."""
+    when the process calling this now dies, and leaves the parent's folder locks to the parent alone. Create the
+    loader's iterator in the main thread: the kernel watches the thread that forked the helper."""
     return functools.partial(_end_with, os.getpid())

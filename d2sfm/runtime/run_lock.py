@@ -25,6 +25,7 @@ LOCK_NAME = ".d2sfm.lock"
 TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part(\.ply)?(-wal|-shm|-journal)?$")
 
 log = logging.getLogger("d2sfm")
+_HELD: set[int] = set()  # descriptors of the locks this process holds (see close_inherited_locks)
 
 
 @contextlib.contextmanager
@@ -48,7 +49,21 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[list[Path]]:
         handle.truncate()
         handle.write(f"pid {os.getpid()}")
         handle.flush()
-        yield remove_stale_temporaries(folder)
+        _HELD.add(handle.fileno())
+        try:
+            yield remove_stale_temporaries(folder)
+        finally:
+            _HELD.discard(handle.fileno())
+
+
+def close_inherited_locks() -> None:
+    """In a forked helper (an image loader): close its copies of the folder locks' descriptors. An flock belongs
+    to the open file, which a fork shares; a helper still holding a copy would keep the folder locked after its
+    parent was killed, until the kernel has ended the helper too, and a rerun started at once would be refused."""
+    for descriptor in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
+    _HELD.clear()
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -59,7 +59,7 @@ class SiftExtractor:
         options = pycolmap.FeatureExtractionOptions()
         if config.max_keypoints:
             options.sift.max_num_features = config.max_keypoints
-        self._sift = pycolmap.Sift(options=options, device=pycolmap.Device.cpu)
+        self._sift = pycolmap.FeatureExtractor.create(options, device=pycolmap.Device.cpu)
 
     def extract_batch(self, resized: Sequence[np.ndarray], original_sizes: Sequence[tuple[int, int]],
                       descriptor_dtype=np.float32, **_) -> list[Features]:
@@ -67,8 +67,9 @@ class SiftExtractor:
 
     def _extract(self, image_bgr: np.ndarray, original_size: tuple[int, int], dtype: np.dtype) -> Features:
         grey = np.ascontiguousarray(cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY))
-        keypoints, descriptors = self._sift.extract(grey)
-        descriptors = np.asarray(descriptors, np.float32)
+        found, stored = self._sift.extract_from_uint8_array(grey)  # COLMAP's convention, uint8 descriptors
+        keypoints = np.array([(point.x, point.y, point.compute_scale()) for point in found], np.float64).reshape(-1, 3)
+        descriptors = np.asarray(stored.data, np.float32).reshape(-1, 128)
         descriptors /= np.linalg.norm(descriptors, axis=1, keepdims=True) + 1e-12
         height, width = grey.shape
         factor_x, factor_y = original_size[1] / width, original_size[0] / height

@@ -207,7 +207,7 @@ def extract_method(method: Method, root: Path, names: Sequence[str], output: Pat
 
 def evaluate_method(cache: Path, sequences: Sequence[HSequence], device: torch.device,
                     thresholds: Sequence[float] = THRESHOLDS, progress: bool = True, label: str = "") -> dict:
-    """MNN-match image 1 with images 2-6 of every sequence and summarise (:func:`d2sfm.mma.summarise`)."""
+    """MNN-match image 1 with images 2-6 of every sequence and summarise (:func:`d2sfm.evaluation.mma.summarise`)."""
     pairs, counts = [], {}
     for sequence in tqdm(sequences, desc=f"matching {label}".strip(), unit="seq", disable=not progress):
         features = [read_features(cache, name) for name in sequence.images]

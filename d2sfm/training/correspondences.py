@@ -1,7 +1,7 @@
 """Ground-truth correspondences between two training images, for the feature-map cells of image 1.
 
 Positions are (i, j) rows and columns with pixel centres at integers (the convention of the original training
-code and of OpenCV); feature-map cells map to image positions with :func:`d2sfm.keypoints.feature_map_to_image_ij`.
+code and of OpenCV); feature-map cells map to image positions with :func:`d2sfm.io.keypoints.feature_map_to_image_ij`.
 Each function returns the indices of the image-1 positions that have a correspondence and the (2, K) positions in
 image 2.
 """

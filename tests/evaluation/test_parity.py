@@ -139,7 +139,7 @@ def test_a_small_detector_bug_is_caught_although_the_shares_hold(extractors, nea
     name = REFERENCE_IMAGES[1]
     extractor = extractors("cpu", SINGLE_SCALE)
     tolerance = near_tie_tolerance(extractor, name)
-    monkeypatch.setattr(d2sfm.pyramid, "detect_level",
+    monkeypatch.setattr(d2sfm.features.pyramid, "detect_level",
                         lambda features, banned=None, edge_threshold=None: detect_level(features, banned, 5.05))
     with pytest.raises(AssertionError, match="without a near-tie"):
         check_against_reference(extractor, reference_dir, name, "ss", tolerance)

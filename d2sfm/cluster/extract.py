@@ -27,8 +27,8 @@ DEFAULT_BATCH_IMAGES = 8  # enough to amortise scheduling, few enough to balance
 
 class ExtractionWorker:
     """A Ray actor's state: the network on the worker's device and its shard. Each task runs the single-process
-    extraction loop (``d2sfm.features.extraction.extract_features``) on its images, decoding in the actor: batches under the GPU
-    memory budget, writes in a thread, an image too large for the GPU listed as failed."""
+    extraction loop (``d2sfm.features.extraction.extract_features``) on its images, decoding in the actor:
+    batches under the GPU memory budget, writes in a thread, an image too large for the GPU listed as failed."""
 
     def __init__(self, weights: str, config: dict, shard: str, settings: dict, descriptor_dtype: str,
                  gpu_memory_gib: float, threads: int) -> None:

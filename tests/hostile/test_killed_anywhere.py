@@ -4,12 +4,13 @@ ends with the model of an uninterrupted run, and no temporary file of any interr
 from __future__ import annotations
 
 import os
+import queue
 import random
 import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,23 +26,45 @@ KILLS_PER_STAGE = {"extract": 3, "database": 2, "refine": 2, "mapping": 2, "refi
 
 def kill_in_stage(scene: Path, stage: str, delay: float, weights: Path) -> str | None:
     """Run reconstruct and SIGKILL it ``delay`` seconds after it starts ``stage`` (or the first later stage it
-    starts, when that one was finished by an earlier run); returns the stage it was in when killed (the last one
-    it started), None when the run finished first."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "d2sfm.reconstruct", str(scene), "--demo", *FAST, "--weights", str(weights)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    starts, when that one was finished by an earlier run), or as the next stage starts if that comes first: a
+    resumed stage has less left to do than ``delay`` was drawn for, and a kill that waited past it could find the
+    run finished, leaving no work for the kills still to come. Returns the stage it was in when killed (the last
+    one it started), None when the run finished first. A run that ends any other way (an error after an earlier
+    kill, a folder still locked by the killed run) fails the test with what it wrote on stderr."""
+    errors = scene.parent / "stderr.txt"
+    with open(errors, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "d2sfm.reconstruct", str(scene), "--demo", *FAST, "--weights", str(weights)],
+            stdout=subprocess.PIPE, stderr=stderr, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    started: queue.Queue[str | None] = queue.Queue()  # stage headers as they are printed; None at the end
+
+    def read_headers() -> None:
+        for line in process.stdout:
+            header = line.strip()[1:-1] if line.startswith("[") and line.strip().endswith("]") else None
+            if header in STAGES:
+                started.put(header)
+        started.put(None)
+
+    reader = threading.Thread(target=read_headers, daemon=True)
+    reader.start()
     killed_in = None
-    for line in process.stdout:  # after the kill: the rest of what it printed, up to its death
-        started = line.strip()[1:-1] if line.startswith("[") and line.strip().endswith("]") else None
-        if started not in STAGES:
-            continue
-        if killed_in is None and STAGES.index(started) >= STAGES.index(stage):
-            time.sleep(delay)
+    while (header := started.get()) is not None:
+        if STAGES.index(header) >= STAGES.index(stage):
+            killed_in = header
+            try:
+                following = started.get(timeout=delay)
+            except queue.Empty:
+                following = None
+            else:
+                killed_in = following or killed_in
+            if following is None and process.poll() is not None:  # finished within the delay
+                killed_in = None
             process.send_signal(signal.SIGKILL)
-        if killed_in is not None or STAGES.index(started) >= STAGES.index(stage):
-            killed_in = started
+            break
     process.wait()
+    reader.join()
     process.stdout.close()
+    assert process.returncode in (0, -signal.SIGKILL), (stage, process.returncode, errors.read_text()[-2000:])
     return killed_in if process.returncode == -signal.SIGKILL else None
 
 

@@ -37,6 +37,7 @@ from d2sfm.io.atomic import read_text_file, write_text_atomic
 from d2sfm.io.h5 import FeatureWriter, read_features
 from d2sfm.io.images import ImageReadError, read_image_bgr
 from d2sfm.matching.mnn import mutual_nearest_neighbours
+from d2sfm.pipeline.stages import RunFolder
 from d2sfm.runtime.device import resolve_device
 from pipelines.synthetic_sequences import SPLITS
 
@@ -227,14 +228,22 @@ def evaluate_method(cache: Path, sequences: Sequence[HSequence], device: torch.d
 def run_benchmark(path: Path, methods: Sequence[Method], output: Path, device: torch.device,
                   options: D2Options = D2Options(), max_size: tuple[int, int] | None = MAX_SIZE,
                   progress: bool = True) -> dict:
-    """Every method on every kept sequence; writes and returns ``OUTPUT/hpatches.json``'s content."""
+    """Every method on every kept sequence; writes and returns ``OUTPUT/hpatches.json``'s content. Runs on the
+    pipelines' one stage runner: a method's features and its evaluation are stages recorded in ``OUTPUT/state.json``
+    with their times and peak memory; finished features are skipped on a rerun, the evaluation (matching, seconds)
+    runs again, under the method's label of this run."""
     root, sequences, excluded = find_sequences(path, max_size)
     names = [name for sequence in sequences for name in sequence.images]
+    folder = RunFolder(output)
     results = {}
     for method in methods:
-        cache = extract_method(method, root, names, output, device, options, progress)
-        results[method.label] = evaluate_method(cache, sequences, device, progress=progress, label=method.label)
-        results[method.label]["features_file"] = str(cache)
+        cache = feature_cache(output, method, method.settings(options))
+        finished = folder.state.setdefault("features", [])
+        folder.stages.run(f"features {method.label}", cache.stem in finished and cache.is_file(), lambda: (
+            extract_method(method, root, names, output, device, options, progress), finished.append(cache.stem)))
+        folder.stages.run(f"evaluate {method.label}", False, lambda: results.update({method.label: {
+            **evaluate_method(cache, sequences, device, progress=progress, label=method.label),
+            "features_file": str(cache)}}))
     report = {"dataset": str(root), "sequences": [s.name for s in sequences], "excluded": excluded,
               **asdict(options), "methods": results}
     write_text_atomic(output / "hpatches.json", json.dumps(report, indent=1))

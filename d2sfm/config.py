@@ -88,6 +88,8 @@ class MappingConfig:
 
     camera_mode: str | None = None  # "auto", "single", "per-image", "per-folder"; None: auto (single for the demo)
     camera_model: str = "SIMPLE_RADIAL"  # COLMAP camera model of every camera
+    camera_params: str = ""  # known intrinsics in the model's COLMAP order ("fx,fy,cx,cy" for PINHOLE); "": guessed
+    refine_intrinsics: str = "colmap"  # "none", "focal", "all"; "colmap": focal and distortion, principal point held
     mapper: str = "incremental"  # "incremental" (COLMAP's) or "global" (rotation and translation averaging)
     abs_pose_min_inliers: int = D2_ABS_POSE_MIN_INLIERS  # 2D-3D inliers to register an image (COLMAP: 30)
     abs_pose_min_inlier_ratio: float = D2_ABS_POSE_MIN_INLIER_RATIO  # inlier ratio to register (COLMAP: 0.25)

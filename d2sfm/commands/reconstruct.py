@@ -38,6 +38,7 @@ from d2sfm.config import (
 )
 from d2sfm.errors import D2sfmError
 from d2sfm.pipeline.reconstruct import EXHAUSTIVE_UP_TO, reconstruct_scene
+from d2sfm.sfm.cameras import INTRINSICS_REFINEMENT
 from d2sfm.sfm.database import (
     CAMERA_MODELS,
     CAMERA_MODES,
@@ -88,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--camera-model", choices=CAMERA_MODELS, default="SIMPLE_RADIAL",
                         help="COLMAP camera model of every camera (default SIMPLE_RADIAL, COLMAP's: focal, principal "
                         "point, one radial term)")
+    parser.add_argument("--camera-params", default="",
+                        help="known intrinsics of every photo, in the camera model's COLMAP order: fx,fy,cx,cy for "
+                        "PINHOLE, f,cx,cy,k for SIMPLE_RADIAL (default: the EXIF focal or COLMAP's guess, principal "
+                        "point at the centre)")
+    parser.add_argument("--refine-intrinsics", choices=list(INTRINSICS_REFINEMENT), default="colmap",
+                        help="camera parameters bundle adjustment may change: none (a known calibration), focal, "
+                        "all, or colmap (default, COLMAP's: focal and distortion, principal point held)")
     add_refine_argument(parser, "the keypoints of each track (before mapping), then each 3D point's observations "
                         "(after mapping, which also completes tracks and bundle-adjusts),")
     parser.add_argument("--mapper", choices=MAPPERS, default="incremental",
@@ -131,7 +139,9 @@ def reconstruction_config(args: argparse.Namespace) -> ReconstructionConfig:
         pairs=PairsConfig(method=args.pairs, top_k=args.top_k, overlap=args.overlap),
         matching=MatchConfig(min_similarity=args.min_similarity, ratio=args.ratio),
         refine=RefineConfig(enabled=args.refine, method=args.refine_method),
-        mapping=MappingConfig(camera_mode=args.camera_mode, camera_model=args.camera_model, mapper=args.mapper,
+        mapping=MappingConfig(camera_mode=args.camera_mode, camera_model=args.camera_model,
+                              camera_params=args.camera_params, refine_intrinsics=args.refine_intrinsics,
+                              mapper=args.mapper,
                               abs_pose_min_inliers=args.abs_pose_min_inliers,
                               abs_pose_min_inlier_ratio=args.abs_pose_min_inlier_ratio,
                               init_min_tri_angle=args.init_min_tri_angle, attempts=args.mapper_attempts,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pycolmap
 import torch
 
-from d2sfm.config import DenseConfig, ReconstructionConfig
+from d2sfm.config import DenseConfig, MappingConfig, ReconstructionConfig
 from d2sfm.errors import D2sfmError
 from d2sfm.features.weights import resolve_weights
 from d2sfm.io.atomic import atomic_database, remove_sqlite_side_files
@@ -29,9 +29,15 @@ from d2sfm.refinement.database_refinement import (
     refine_database,
     refinement_record,
 )
-from d2sfm.refinement.model_refinement import model_refinement_record, recover_interrupted_models, refine_model_folder
+from d2sfm.refinement.model_refinement import (
+    ModelRefineSettings,
+    model_refinement_record,
+    recover_interrupted_models,
+    refine_model_folder,
+)
 from d2sfm.runtime.device import resolve_device
 from d2sfm.runtime.run_lock import folder_lock
+from d2sfm.sfm.cameras import intrinsics_refinement, parse_camera_params
 from d2sfm.sfm.database import (
     create_database,
     database_problem,
@@ -92,14 +98,15 @@ def print_table(stats: dict) -> None:
         log.info(f"  {label:<{width}}  {value}")
 
 
-def refine_models(sparse: Path, image_dir: Path, device: torch.device, stages: Stages, progress: bool) -> None:
+def refine_models(sparse: Path, image_dir: Path, device: torch.device, stages: Stages, progress: bool,
+                  settings: ModelRefineSettings) -> None:
     """After mapping: every model refined (patch alignment of each point's observations, completed tracks,
     bundle adjustment); a model refined earlier keeps its record and is skipped."""
     pending = [folder for folder in model_folders(sparse) if model_refinement_record(folder) is None]
 
     def refine() -> None:
         for folder in pending:
-            summary = refine_model_folder(folder, image_dir, device, progress=progress)
+            summary = refine_model_folder(folder, image_dir, device, settings, progress=progress)
             log.info(f"  model {folder.name}: {summary.describe()}")
 
     stages.run("refine-model", not pending, refine)
@@ -146,18 +153,33 @@ def stage_settings(config: ReconstructionConfig, features_file: Path | None, cam
     else:  # a pair list: its content, wherever it lies
         pair_file = Path(config.pairs.method)
         pairs = {"pairs": "file", "sha256": digest(pair_file.read_bytes()) if pair_file.is_file() else str(pair_file)}
+    # recorded only when not the default, so that a scene of an earlier release is not mapped again for them
+    params = parse_camera_params(mapping.camera_model, mapping.camera_params)
+    known_intrinsics = {"camera_params": params} if params else {}
+    refined_intrinsics = {"refine_intrinsics": mapping.refine_intrinsics} if mapping.refine_intrinsics != "colmap" \
+        else {}
     features = {"features": "scene"}
     if features_file is not None:  # the user's file: another file, or the same one written again, is other features
         features = {"features": str(features_file.resolve()), "modified_ns": features_file.stat().st_mtime_ns}
     return {
         "pairs": pairs,
         "match": {**features, "min_similarity": config.matching.min_similarity, "ratio": config.matching.ratio},
-        "database": {"camera_mode": camera_mode, "camera_model": config.mapping.camera_model},
+        "database": {"camera_mode": camera_mode, "camera_model": config.mapping.camera_model, **known_intrinsics},
         "mapping": {"mapper": mapping.mapper, "min_model_size": mapping.min_model_size, "text": mapping.text,
                     "abs_pose_min_inliers": mapping.abs_pose_min_inliers,
                     "abs_pose_min_inlier_ratio": mapping.abs_pose_min_inlier_ratio,
-                    "init_min_tri_angle": mapping.init_min_tri_angle, "mapper_attempts": mapping.attempts},
+                    "init_min_tri_angle": mapping.init_min_tri_angle, "mapper_attempts": mapping.attempts,
+                    **refined_intrinsics},
     }
+
+
+def camera_record(mapping: MappingConfig, models: list[pycolmap.Reconstruction]) -> dict:
+    """What the cameras were given and what the largest model ended with (its cameras' COLMAP parameters)."""
+    given = parse_camera_params(mapping.camera_model, mapping.camera_params)
+    final = [{"camera_id": camera_id, "model": camera.model.name, "params": [round(v, 6) for v in camera.params]}
+             for camera_id, camera in sorted(models[0].cameras.items())] if models else []
+    return {"camera_model": mapping.camera_model, "given_params": given or None,
+            "refine_intrinsics": mapping.refine_intrinsics, "largest_model": final}
 
 
 def digest(data: str | bytes) -> str:
@@ -204,6 +226,8 @@ def reconstruct_scene(scene: str | Path, config: ReconstructionConfig | None = N
     features_file = Path(features) if features is not None else None
     if config.dense.mesh and not config.dense.enabled:
         raise D2sfmError("--mesh meshes the dense points: add --dense")
+    parse_camera_params(config.mapping.camera_model, config.mapping.camera_params)  # a wrong list fails now
+    intrinsics_refinement(config.mapping.refine_intrinsics)
     if not demo and not image_dir.is_dir():
         raise D2sfmError(f"{image_dir}: no such image folder; put the photos in scene/images/ or pass --images DIR")
     if features_file is not None and not features_file.is_file():
@@ -309,7 +333,8 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
 
     def build_database() -> None:
         with atomic_database(paths["database"]) as scratch:
-            ids = create_database(scratch, image_dir, readable, camera_mode, config.mapping.camera_model)
+            ids = create_database(scratch, image_dir, readable, camera_mode, config.mapping.camera_model,
+                                  config.mapping.camera_params)
             verification = import_and_verify(scratch, ids, paths["features"], paths["matches"], pairs, progress)
             run.state["verification"] = verification.__dict__
         finished("database")
@@ -335,7 +360,7 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
                              text=options.text, progress=progress, abs_pose_min_inliers=options.abs_pose_min_inliers,
                              abs_pose_min_inlier_ratio=options.abs_pose_min_inlier_ratio,
                              init_min_tri_angle=options.init_min_tri_angle, attempts=options.attempts,
-                             mapped_from=source)
+                             mapped_from=source, intrinsics=intrinsics_refinement(options.refine_intrinsics))
         if not models:
             verification = run.state["verification"]
             raise D2sfmError(
@@ -355,7 +380,8 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
     stages.run("mapping", models_current and "mapping" not in redo, mapping)
     finished("mapping")
     if config.refine.enabled:
-        refine_models(paths["sparse"], image_dir, resolve_device(config.run.device), stages, progress)
+        refine_models(paths["sparse"], image_dir, resolve_device(config.run.device), stages, progress,
+                      ModelRefineSettings(intrinsics=config.mapping.refine_intrinsics))
     stages.run("picture", picture_is_current(paths["picture"], paths["sparse"] / "0"), lambda: write_model_picture(
         paths["sparse"] / "0", paths["picture"], paths["database"], readable))
     models = read_models(paths["sparse"])
@@ -365,6 +391,7 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
         "models": [model_statistics(model) for model in models],
         "refinement": refinement_record(paths["database"]),
         "model_refinement": [model_refinement_record(folder) for folder in model_folders(paths["sparse"])],
+        "cameras": camera_record(config.mapping, models),
     }
     if demo:
         from d2sfm.synthetic.scene import compare_to_truth

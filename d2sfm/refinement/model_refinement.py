@@ -33,6 +33,7 @@ from d2sfm.io.images import gray_image_reader
 from d2sfm.io.model_files import read_model
 from d2sfm.refinement.patch_alignment import AlignmentSettings, align_keypoints, fit_linear_maps
 from d2sfm.refinement.tracks import Tracks
+from d2sfm.sfm.cameras import intrinsics_refinement
 from d2sfm.sfm.mapping import bundle_adjust
 
 
@@ -47,6 +48,7 @@ class ModelRefineSettings:
     max_points: int = 20_000  # 3D points whose nodes are collected and aligned at once: bounds memory
     max_reprojection_error: float = 4.0  # COLMAP's filter after the bundle adjustment (the mapper's default)
     min_triangulation_angle: float = 1.5
+    intrinsics: str = "colmap"  # what the final bundle adjustment may change (d2sfm.sfm.cameras)
 
     def as_dict(self) -> dict:
         return {**{key: value for key, value in asdict(self).items() if key != "alignment"},
@@ -221,7 +223,7 @@ def refine_model(model: pycolmap.Reconstruction, read_gray: Callable[[int], np.n
     aligned = np.concatenate([piece[2] for piece in pieces])
     reference = nodes.reference
     refined = _rebuild(model, point_ids, nodes, np.concatenate([piece[1] for piece in pieces]), aligned | reference)
-    bundle_adjust(refined)
+    bundle_adjust(refined, intrinsics_refinement(settings.intrinsics))
     pycolmap.ObservationManager(refined).filter_all_points3D(settings.max_reprojection_error,
                                                              settings.min_triangulation_angle)
     keypoint_ids = nodes.keypoint_ids

@@ -24,6 +24,7 @@ from d2sfm.errors import D2sfmError
 from d2sfm.io.atomic import remove_sqlite_side_files
 from d2sfm.io.h5 import read_keypoints, read_matches
 from d2sfm.matching.pairs import Pair
+from d2sfm.sfm.cameras import CAMERA_MODELS, parse_camera_params
 
 CAMERA_MODES = {
     "auto": pycolmap.CameraMode.AUTO,  # one camera per distinct (EXIF camera, image size), as COLMAP's default
@@ -31,7 +32,6 @@ CAMERA_MODES = {
     "per-image": pycolmap.CameraMode.PER_IMAGE,
     "per-folder": pycolmap.CameraMode.PER_FOLDER,
 }
-CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")
 
 
 @dataclass
@@ -49,19 +49,21 @@ def create_database(
     database_path: str | os.PathLike, image_dir: str | os.PathLike, names: Sequence[str],
     camera_mode: str = "auto", camera_model: str = "SIMPLE_RADIAL", camera_params: str = "",
 ) -> dict[str, int]:
-    """Create a new database with cameras and images; returns {image name: image id}."""
+    """Create a new database with cameras and images; returns {image name: image id}. ``camera_params``: known
+    intrinsics, "fx,fy,cx,cy" or any model's COLMAP list (every image gets them; see :mod:`d2sfm.sfm.cameras`)."""
     if camera_mode not in CAMERA_MODES:
         raise D2sfmError(f"camera mode {camera_mode!r} is unknown; use one of {', '.join(CAMERA_MODES)}")
     if camera_model not in CAMERA_MODELS:
         raise D2sfmError(f"camera model {camera_model!r} is unknown; use one of {', '.join(CAMERA_MODELS)}")
+    params = parse_camera_params(camera_model, camera_params)
     database_path = Path(database_path)
     database_path.unlink(missing_ok=True)
     remove_sqlite_side_files(database_path)  # a killed run's log would be read against the new file
     pycolmap.Database.open(database_path).close()
     options = pycolmap.ImageReaderOptions()
     options.camera_model = camera_model
-    if camera_params:
-        options.camera_params = camera_params
+    if params:
+        options.camera_params = ",".join(repr(value) for value in params)
     pycolmap.import_images(database_path, image_dir, CAMERA_MODES[camera_mode], list(names), options)
     return read_image_ids(database_path)
 

@@ -19,7 +19,14 @@ from tqdm import tqdm
 from d2sfm.errors import D2sfmError
 from d2sfm.io.atomic import replace_folder, scratch_folder
 from d2sfm.io.model_files import read_model
+from d2sfm.sfm.cameras import (
+    INTRINSICS_REFINEMENT,
+    IntrinsicsRefinement,
+    apply_to_bundle_adjustment,
+    apply_to_incremental,
+)
 
+COLMAP_REFINEMENT = INTRINSICS_REFINEMENT["colmap"]
 log = logging.getLogger("d2sfm")
 
 MAPPERS = ("incremental", "global")
@@ -63,11 +70,12 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
                 text: bool = False, progress: bool = True, abs_pose_min_inliers: int = D2_ABS_POSE_MIN_INLIERS,
                 abs_pose_min_inlier_ratio: float = D2_ABS_POSE_MIN_INLIER_RATIO,
                 init_min_tri_angle: float = D2_INIT_MIN_TRI_ANGLE,
-                attempts: int = 2, mapped_from: dict | None = None) -> list[pycolmap.Reconstruction]:
+                attempts: int = 2, mapped_from: dict | None = None,
+                intrinsics: IntrinsicsRefinement = COLMAP_REFINEMENT) -> list[pycolmap.Reconstruction]:
     """Map, then write the models as ``output_dir/0``, ``1``, ... largest first (binary, or text with
     ``text``), and ``mapped_from`` (what the models were made from) as MAPPED_FROM beside them. The folder appears
     only once everything is written, so a half-written model never exists; when no model is found, an earlier
-    ``output_dir`` is left as it was."""
+    ``output_dir`` is left as it was. ``intrinsics``: which camera parameters the adjustments may change."""
     output_dir = Path(output_dir)
     scratch = scratch_folder(output_dir)
     if mapper == "incremental":
@@ -77,6 +85,7 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
         options.mapper.abs_pose_min_num_inliers = abs_pose_min_inliers
         options.mapper.abs_pose_min_inlier_ratio = abs_pose_min_inlier_ratio
         options.mapper.init_min_tri_angle = init_min_tri_angle
+        apply_to_incremental(options, intrinsics)
         hold_distortion(options)
         with pycolmap.Database.open(database_path) as database:
             total = database.num_images()
@@ -102,6 +111,7 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
         options = pycolmap.GlobalPipelineOptions()
         if hasattr(options, "random_seed"):
             options.random_seed = seed
+        apply_to_bundle_adjustment(options.mapper.bundle_adjustment, intrinsics)
         models = pycolmap.global_mapping(database_path, image_dir, scratch / "raw", options)
         min_points = max(abs_pose_min_inliers, GLOBAL_MIN_IMAGE_POINTS)
         for model in models.values():
@@ -121,7 +131,7 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
         return []
     if mapper == "incremental":
         for model in ordered:  # the distortion held while mapping, estimated now that every image is in
-            bundle_adjust(model)
+            bundle_adjust(model, intrinsics)
     for index, model in enumerate(ordered):
         folder = scratch / str(index)
         folder.mkdir()
@@ -141,7 +151,7 @@ def hold_distortion(options: pycolmap.IncrementalPipelineOptions) -> None:
     options.mapper.abs_pose_refine_extra_params = False
 
 
-def bundle_adjust(model: pycolmap.Reconstruction) -> None:
+def bundle_adjust(model: pycolmap.Reconstruction, intrinsics: IntrinsicsRefinement = COLMAP_REFINEMENT) -> None:
     """COLMAP's global bundle adjustment (every registered image, the gauge fixed by two cameras), called through
     the adjuster itself: ``pycolmap.bundle_adjustment`` computes the same but turns COLMAP's INFO log on for the
     rest of the process (pycolmap 4.2), and printing is --verbose's choice."""
@@ -152,6 +162,7 @@ def bundle_adjust(model: pycolmap.Reconstruction) -> None:
     config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
     options = pycolmap.BundleAdjustmentOptions()
     options.print_summary = False
+    apply_to_bundle_adjustment(options, intrinsics)
     pycolmap.create_default_bundle_adjuster(options, config, model).solve()
     model.update_point_3d_errors()
 

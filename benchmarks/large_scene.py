@@ -32,8 +32,9 @@ import pycolmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.paths import REPO, WEIGHTS  # noqa: E402
+from d2sfm.evaluation.ground_truth import demo_check  # noqa: E402
 from d2sfm.io.h5 import MatchWriter, list_entries, read_features, read_matches  # noqa: E402
-from d2sfm.synthetic.scene import compare_to_truth, render_scene  # noqa: E402
+from d2sfm.synthetic.scene import render_scene  # noqa: E402
 
 STAGES = ("extract", "pairs", "match", "database", "refine", "mapping", "refine-model")
 
@@ -90,7 +91,7 @@ def measure(scene: Path, options: list[str], truth: Path) -> dict:
         record.write_text(json.dumps(result))
     stats = json.loads((scene / "stats.json").read_text())
     model = pycolmap.Reconstruction(scene / "sparse" / "0")
-    return {**result, "stats": stats, "check": compare_to_truth(model, truth)}
+    return {**result, "stats": stats, "check": demo_check(model, truth)}
 
 
 def counted(lines: list[str], pattern: str) -> tuple[int, int]:

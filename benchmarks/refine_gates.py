@@ -118,9 +118,9 @@ def fits_against_truth(database: Path, folder: Path, settings, device: torch.dev
 
 
 def cameras_against_truth(runs, truth: Path) -> dict:
-    from d2sfm.synthetic.scene import compare_to_truth
+    from d2sfm.evaluation.ground_truth import demo_check
 
-    checks = [compare_to_truth(models[0], truth) for models, _ in runs if models]
+    checks = [demo_check(models[0], truth) for models, _ in runs if models]
     checks = [check for check in checks if check.get("aligned")]
     keys = ("median_rotation_error_deg", "max_rotation_error_deg", "median_position_error_rel",
             "max_position_error_rel")

@@ -7,6 +7,10 @@ ground truth, both in the ``name qw qx qy qz tx ty tz`` format of the benchmark'
 sequences synthesised from any photos; several methods side by side, with a table, a JSON and PNG curves.
 
 ``eth``: the ETH local-feature benchmark's SfM statistics for one scene, d2sfm beside COLMAP SIFT.
+
+``gt``: a model's cameras against ground-truth cameras (Strecha .camera files or a COLMAP model): rotation and
+position errors after a robust alignment, and the relative-pose AUC; ``--compare`` reconstructs the scene with
+d2sfm and COLMAP SIFT side by side and scores each.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.options import add_device_argument, number
+from d2sfm.errors import D2sfmError
 from d2sfm.features.extractor import CONV_IMPLEMENTATIONS, PRECISIONS
 from d2sfm.io.atomic import write_text_atomic
 from d2sfm.localization.pose_scores import THRESHOLD_PRESETS, parse_thresholds, score_poses
@@ -26,9 +31,9 @@ from d2sfm.localization.poses import read_poses
 
 def _benchmarks():
     """The protocols whose steps live in pipelines/ (one module each; their options are parsed here)."""
-    from pipelines import eth, hpatches
+    from pipelines import eth, ground_truth, hpatches
 
-    return {"hpatches": hpatches, "eth": eth}
+    return {"hpatches": hpatches, "eth": eth, "gt": ground_truth}
 
 
 def add_hpatches_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,12 +90,74 @@ def add_eth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-PROTOCOL_ARGUMENTS = {"hpatches": add_hpatches_arguments, "eth": add_eth_arguments}
+def add_gt_arguments(parser: argparse.ArgumentParser) -> None:
+    from d2sfm.evaluation.ground_truth import DEFAULT_INLIER_SHARE
+    from pipelines.ground_truth import METHODS
+
+    parser.add_argument("--gt", type=Path, required=True,
+                        help="true cameras: a folder of Strecha NAME.camera files or a COLMAP model")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="the model to score: a COLMAP model folder, or a scene folder (its sparse/0)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the scores and per-camera errors here")
+    parser.add_argument("--inlier-share", type=number(float, above=0), default=DEFAULT_INLIER_SHARE,
+                        help="alignment: a camera is an inlier when its centre lands within this share of the "
+                        f"scene's extent of the true one (default {DEFAULT_INLIER_SHARE})")
+    parser.add_argument("--compare", action="store_true",
+                        help="instead of --model: reconstruct --images with each of --methods and score them side "
+                        "by side (table gt_compare.md, gt_compare.json, error curves gt_compare.png in --output)")
+    parser.add_argument("--images", type=Path, default=None, help="--compare: the scene's photos")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="--compare: working folder (default outputs/gt/<name of the images' parent>)")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS),
+                        help="--compare: which pipelines (default: all)")
+    parser.add_argument("--guess-intrinsics", action="store_true",
+                        help="--compare: let every method guess the intrinsics as COLMAP does (default: give them "
+                        "the true K when every true camera shares one, as the Strecha protocol does)")
+    parser.add_argument("--weights", default=None, help="D2 weights: a .pth path or an official name")
+    parser.add_argument("--conv", choices=CONV_IMPLEMENTATIONS, default="exact",
+                        help="D2 backbone convolutions on the CPU (see d2sfm.extract --help)")
+    parser.add_argument("--seed", type=int, default=0, help="--compare: the SIFT mapper's seed (default 0)")
+    parser.add_argument("--no-plots", action="store_true", help="--compare: skip the PNG figure")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_device_argument(parser)
+
+
+def score_against_truth(args: argparse.Namespace) -> None:
+    """``gt`` with --model: one model scored; with --compare: the comparison pipeline."""
+    from d2sfm.evaluation.ground_truth import format_score, read_truth, score_model
+    from d2sfm.io.model_files import read_model
+
+    if args.compare:
+        from pipelines.ground_truth import GroundTruthOptions, run
+
+        if args.images is None:
+            raise D2sfmError("gt --compare reconstructs the scene: pass its photos with --images")
+        output = args.output or Path("outputs/gt") / args.images.resolve().parent.name
+        run(GroundTruthOptions(
+            images=args.images, gt=args.gt, output=output,
+            methods=tuple(args.methods), known_intrinsics=not args.guess_intrinsics, weights=args.weights,
+            conv=args.conv, device=args.device, seed=args.seed, inlier_share=args.inlier_share,
+            plots=not args.no_plots, progress=not args.quiet))
+        return
+    if args.model is None:
+        raise D2sfmError("gt: pass the model to score with --model (or reconstruct and score with --compare)")
+    model_dir = args.model / "sparse" / "0" if (args.model / "sparse" / "0").is_dir() else args.model
+    score = score_model(read_model(model_dir), read_truth(args.gt), args.inlier_share)
+    print(format_score(score))
+    if args.json:
+        write_text_atomic(args.json, json.dumps(score.as_dict(), indent=2))
+        print(f"wrote {args.json}")
+
+
+PROTOCOL_ARGUMENTS = {"hpatches": add_hpatches_arguments, "eth": add_eth_arguments, "gt": add_gt_arguments}
 
 
 def run_protocol(args: argparse.Namespace) -> None:
     from pipelines import eth, hpatches
 
+    if args.command == "gt":
+        score_against_truth(args)
+        return
     if args.command == "eth":
         eth.run(args.dataset, eth.EthOptions(methods=tuple(args.methods), dense=args.dense, seed=args.seed,
                                              weights=args.weights, device=args.device, progress=not args.quiet),

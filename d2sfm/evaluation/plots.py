@@ -73,3 +73,27 @@ def plot_counts(results: dict[str, dict], path: Path, groups: Sequence[str] = ("
     _save(figure, path)
     plt.close(figure)
     return True
+
+
+def plot_error_curves(errors: dict[str, list[float]], path: Path, title: str = "", limit_deg: float = 10.0) -> bool:
+    """Share of image pairs whose relative-pose error (degrees) is below each threshold, one curve per method
+    (the curve whose area the pose AUC is)."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    import numpy as np
+
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    thresholds = np.linspace(0, limit_deg, 401)
+    for index, (method, values) in enumerate(errors.items()):
+        values = np.sort(np.asarray(values, dtype=np.float64))
+        share = np.searchsorted(values, thresholds, side="right") / max(len(values), 1)
+        axis.plot(thresholds, share, linewidth=2, color=f"C{index}", linestyle=("-", "--", "-.", ":")[index % 4],
+                  label=method)
+    axis.set(xlabel="relative pose error [deg] (max of rotation and translation direction)",
+             ylabel="share of image pairs", ylim=(0, 1.02), xlim=(0, limit_deg), title=title)
+    axis.grid(alpha=0.4)
+    axis.legend(loc="lower right", fontsize=8)
+    _save(figure, path)
+    plt.close(figure)
+    return True

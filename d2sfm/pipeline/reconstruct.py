@@ -394,9 +394,9 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
         "cameras": camera_record(config.mapping, models),
     }
     if demo:
-        from d2sfm.synthetic.scene import compare_to_truth
+        from d2sfm.evaluation.ground_truth import demo_check
 
-        stats["demo_check"] = compare_to_truth(models[0], scene / "ground_truth")
+        stats["demo_check"] = demo_check(models[0], scene / "ground_truth")
     stats["stage_settings"] = recorded_settings
     run.state = stats  # the record is now the result: the sparse one, saved before dense runs
     run.save()

@@ -1,8 +1,8 @@
 """The embedded sample scene: a textured 3D courtyard rendered by ray casting from cameras with known poses.
 
 It needs no download and is ours to redistribute (the textures are procedural, from a seed). ``render_scene``
-writes ``images/*.png`` and the true cameras as a COLMAP text model in ``ground_truth/``; ``compare_to_truth``
-aligns a reconstruction to them with a similarity transform and reports rotation and position errors.
+writes ``images/*.png`` and the true cameras as a COLMAP text model in ``ground_truth/``, which
+:mod:`d2sfm.evaluation.ground_truth` scores a reconstruction against.
 
     python -m d2sfm.synthetic outputs/demo          # render only; d2sfm.reconstruct --demo renders and maps
 """
@@ -336,40 +336,6 @@ def match_transfer_errors(truth_dir: str | Path, keypoints: dict[str, np.ndarray
             target_points = keypoints[target][pairs[visible][:, index_t], :2]
             errors.append(np.linalg.norm(projected[visible] - target_points, axis=1))
     return np.concatenate(errors) if errors else np.zeros(0)
-
-
-def compare_to_truth(model: pycolmap.Reconstruction, truth_dir: str | Path) -> dict:
-    """Align ``model`` to the true cameras by a similarity on camera centres (LO-RANSAC), then report per-image
-    rotation errors (degrees) and position errors (as a fraction of the true scene's camera spread)."""
-    truth = pycolmap.Reconstruction(truth_dir)
-    true_by_name = {image.name: image for image in truth.images.values()}
-    pairs = [(image, true_by_name[image.name]) for image in model.images.values()
-             if image.has_pose and image.name in true_by_name]
-    if len(pairs) < 3:
-        return {"registered": len(pairs), "aligned": False}
-    estimated = np.array([image.projection_center() for image, _ in pairs])
-    true = np.array([image.projection_center() for _, image in pairs])
-    options = pycolmap.RANSACOptions()
-    options.max_error = 0.05 * float(np.linalg.norm(true - true.mean(0), axis=1).max())
-    result = pycolmap.estimate_sim3d_robust(estimated, true, options)
-    if result is None:
-        return {"registered": len(pairs), "aligned": False}
-    sim = result["tgt_from_src"]
-    spread = float(np.linalg.norm(true - true.mean(0), axis=1).max())
-    rotation_errors, position_errors = [], []
-    for (image, true_image), centre in zip(pairs, estimated):
-        aligned_centre = sim * centre
-        position_errors.append(float(np.linalg.norm(aligned_centre - true_image.projection_center())) / spread)
-        # camera-from-world after alignment: R_est * R_sim^T
-        aligned_rotation = image.cam_from_world().rotation.matrix() @ sim.rotation.matrix().T
-        relative = aligned_rotation @ true_image.cam_from_world().rotation.matrix().T
-        cosine = np.clip((np.trace(relative) - 1) / 2, -1.0, 1.0)
-        rotation_errors.append(float(np.degrees(np.arccos(cosine))))
-    return {"registered": len(pairs), "aligned": True,
-            "max_rotation_error_deg": max(rotation_errors),
-            "median_rotation_error_deg": float(np.median(rotation_errors)),
-            "max_position_error_rel": max(position_errors),
-            "median_position_error_rel": float(np.median(position_errors))}
 
 
 # The command's bounds: a 4096 x 4096 view renders (2x supersampled, in float64) in about 9 GB; 60000 x 60000 would

@@ -75,12 +75,20 @@ def camera_settings(options: GroundTruthOptions, truth: dict) -> dict:
 
 
 def run_d2(kind: str, images: Path, folder: Path, cameras: dict, options: GroundTruthOptions) -> float:
+    """One d2sfm run; an unrefined one reads the features of its refined sibling when that run has finished
+    (the same extraction: only refinement differs), and its time then counts that extraction's."""
     config = preset(kind, run=RunConfig(device=options.device, progress=options.progress),
                     mapping=MappingConfig(**cameras))
     config = dataclasses.replace(config, features=dataclasses.replace(config.features, weights=options.weights,
                                                                       conv=options.conv))
-    statistics = reconstruct(folder, config, images=images).statistics
-    return round(sum(statistics["stage_seconds"].values()), 1)
+    sibling = folder.parent / kind.removesuffix("-unrefined")
+    shared = kind.endswith("-unrefined") and (sibling / "sparse" / "0").is_dir()
+    features = sibling / "features.h5" if shared else None
+    statistics = reconstruct(folder, config, images=images, features=features).statistics
+    seconds = sum(statistics["stage_seconds"].values())
+    if shared:
+        seconds += json.loads((sibling / "stats.json").read_text())["stage_seconds"]["extract"]
+    return round(seconds, 1)
 
 
 def run_sift(images: Path, names: list[str], folder: Path, cameras: dict, options: GroundTruthOptions) -> float:
@@ -110,10 +118,12 @@ def run(options: GroundTruthOptions) -> dict:
     folder = RunFolder(options.output)
     runs = folder.state.setdefault("runs", {})
     rows, curves = {}, {}
-    for kind in options.methods:
+    for kind in sorted(options.methods, key=list(METHODS).index):  # a refined run before its unrefined twin
         label, work = METHODS[kind], options.output / kind
         settings = {"cameras": cameras, "names": names, "weights": options.weights, "conv": options.conv,
                     "seed": options.seed}
+        if kind.removesuffix("-unrefined") in runs and kind.endswith("-unrefined"):  # reads its sibling's features
+            settings["features_of"] = runs[kind.removesuffix("-unrefined")]["settings"]
         done = runs.get(kind, {}).get("settings") == settings and (work / "sparse" / "0").is_dir()
 
         def reconstruct_with(kind=kind, work=work, settings=settings) -> None:

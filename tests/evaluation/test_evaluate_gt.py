@@ -29,7 +29,7 @@ def test_compare_scores_every_method_with_the_known_intrinsics(tmp_path, weights
     assert "known K 384,384,240,180 given to every method" in first.stdout
     report = json.loads((output / "gt_compare.json").read_text())
     assert report["cameras"]["camera_params"] == "384,384,240,180"
-    assert list(report["methods"]) == ["d2sfm SS", "COLMAP SIFT"]
+    assert list(report["methods"]) == ["d2sfm SS", "COLMAP SIFT"]  # in METHODS order
     for label, row in report["methods"].items():
         assert row["registered"] == "8/8", label
         assert row["median_rotation_error_deg"] < 1.0 and row["max_position_error_share"] < 0.05, label

@@ -91,6 +91,7 @@ class MappingConfig:
     camera_params: str = ""  # known intrinsics in the model's COLMAP order ("fx,fy,cx,cy" for PINHOLE); "": guessed
     refine_intrinsics: str = "colmap"  # "none", "focal", "all"; "colmap": focal and distortion, principal point held
     mapper: str = "incremental"  # "incremental" (COLMAP's) or "global" (rotation and translation averaging)
+    known_poses: str = ""  # true cameras (Strecha .camera files or a COLMAP model): triangulate at them, no mapping
     abs_pose_min_inliers: int = D2_ABS_POSE_MIN_INLIERS  # 2D-3D inliers to register an image (COLMAP: 30)
     abs_pose_min_inlier_ratio: float = D2_ABS_POSE_MIN_INLIER_RATIO  # inlier ratio to register (COLMAP: 0.25)
     init_min_tri_angle: float = D2_INIT_MIN_TRI_ANGLE  # degrees of triangulation the initial pair needs

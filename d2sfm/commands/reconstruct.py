@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="known intrinsics of every photo, in the camera model's COLMAP order: fx,fy,cx,cy for "
                         "PINHOLE, f,cx,cy,k for SIMPLE_RADIAL (default: the EXIF focal or COLMAP's guess, principal "
                         "point at the centre)")
+    parser.add_argument("--known-poses", default="", metavar="TRUE_CAMERAS",
+                        help="triangulate at these poses instead of mapping (a folder of Strecha .camera files or a "
+                        "COLMAP model; photos matched by name): the model in their frame, the intrinsics as the "
+                        "database holds them")
     parser.add_argument("--refine-intrinsics", choices=list(INTRINSICS_REFINEMENT), default="colmap",
                         help="camera parameters bundle adjustment may change: none (a known calibration), focal, "
                         "all, or colmap (default, COLMAP's: focal and distortion, principal point held)")
@@ -141,6 +145,7 @@ def reconstruction_config(args: argparse.Namespace) -> ReconstructionConfig:
         refine=RefineConfig(enabled=args.refine, method=args.refine_method),
         mapping=MappingConfig(camera_mode=args.camera_mode, camera_model=args.camera_model,
                               camera_params=args.camera_params, refine_intrinsics=args.refine_intrinsics,
+                              known_poses=args.known_poses,
                               mapper=args.mapper,
                               abs_pose_min_inliers=args.abs_pose_min_inliers,
                               abs_pose_min_inlier_ratio=args.abs_pose_min_inlier_ratio,

@@ -22,6 +22,7 @@ from d2sfm.io.h5 import list_entries, read_global_descriptors
 from d2sfm.io.images import list_images
 from d2sfm.matching.pairs import exhaustive_pairs, read_pairs, retrieval_pairs, sequential_pairs, write_pairs
 from d2sfm.pipeline.features import check_extraction_settings, extract_missing, match_missing, unmatched_pairs
+from d2sfm.pipeline.known_poses import triangulate_at_known_poses
 from d2sfm.pipeline.stages import RunFolder, Stages
 from d2sfm.refinement.database_refinement import (
     drop_database_refined_unasked,
@@ -158,6 +159,7 @@ def stage_settings(config: ReconstructionConfig, features_file: Path | None, cam
     known_intrinsics = {"camera_params": params} if params else {}
     refined_intrinsics = {"refine_intrinsics": mapping.refine_intrinsics} if mapping.refine_intrinsics != "colmap" \
         else {}
+    known_poses = {"known_poses": known_poses_record(Path(mapping.known_poses))} if mapping.known_poses else {}
     features = {"features": "scene"}
     if features_file is not None:  # the user's file: another file, or the same one written again, is other features
         features = {"features": str(features_file.resolve()), "modified_ns": features_file.stat().st_mtime_ns}
@@ -169,8 +171,15 @@ def stage_settings(config: ReconstructionConfig, features_file: Path | None, cam
                     "abs_pose_min_inliers": mapping.abs_pose_min_inliers,
                     "abs_pose_min_inlier_ratio": mapping.abs_pose_min_inlier_ratio,
                     "init_min_tri_angle": mapping.init_min_tri_angle, "mapper_attempts": mapping.attempts,
-                    **refined_intrinsics},
+                    **refined_intrinsics, **known_poses},
     }
+
+
+def known_poses_record(truth: Path) -> dict:
+    """Where the known poses come from and what they are (a changed file maps again)."""
+    files = sorted(path for path in truth.iterdir() if path.is_file()) if truth.is_dir() else []
+    return {"path": str(truth.resolve()), "sha256": digest(b"".join(path.name.encode() + path.read_bytes()
+                                                                    for path in files))}
 
 
 def camera_record(mapping: MappingConfig, models: list[pycolmap.Reconstruction]) -> dict:
@@ -228,6 +237,9 @@ def reconstruct_scene(scene: str | Path, config: ReconstructionConfig | None = N
         raise D2sfmError("--mesh meshes the dense points: add --dense")
     parse_camera_params(config.mapping.camera_model, config.mapping.camera_params)  # a wrong list fails now
     intrinsics_refinement(config.mapping.refine_intrinsics)
+    if config.mapping.known_poses and not Path(config.mapping.known_poses).is_dir():
+        raise D2sfmError(f"{config.mapping.known_poses}: no such folder of known poses; give a folder of Strecha "
+                         ".camera files or a COLMAP model")
     if not demo and not image_dir.is_dir():
         raise D2sfmError(f"{image_dir}: no such image folder; put the photos in scene/images/ or pass --images DIR")
     if features_file is not None and not features_file.is_file():
@@ -356,11 +368,16 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
 
     def mapping() -> None:
         options = config.mapping
-        models = run_mapping(paths["database"], image_dir, paths["sparse"], options.mapper, options.min_model_size,
-                             text=options.text, progress=progress, abs_pose_min_inliers=options.abs_pose_min_inliers,
-                             abs_pose_min_inlier_ratio=options.abs_pose_min_inlier_ratio,
-                             init_min_tri_angle=options.init_min_tri_angle, attempts=options.attempts,
-                             mapped_from=source, intrinsics=intrinsics_refinement(options.refine_intrinsics))
+        if options.known_poses:
+            models = triangulate_at_known_poses(paths["database"], image_dir, paths["sparse"], options.known_poses,
+                                                mapped_from=source)
+        else:
+            models = run_mapping(paths["database"], image_dir, paths["sparse"], options.mapper, options.min_model_size,
+                                 text=options.text, progress=progress,
+                                 abs_pose_min_inliers=options.abs_pose_min_inliers,
+                                 abs_pose_min_inlier_ratio=options.abs_pose_min_inlier_ratio,
+                                 init_min_tri_angle=options.init_min_tri_angle, attempts=options.attempts,
+                                 mapped_from=source, intrinsics=intrinsics_refinement(options.refine_intrinsics))
         if not models:
             verification = run.state["verification"]
             raise D2sfmError(
@@ -381,7 +398,8 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
     finished("mapping")
     if config.refine.enabled:
         refine_models(paths["sparse"], image_dir, resolve_device(config.run.device), stages, progress,
-                      ModelRefineSettings(intrinsics=config.mapping.refine_intrinsics))
+                      ModelRefineSettings(intrinsics=config.mapping.refine_intrinsics,
+                                          hold_poses=bool(config.mapping.known_poses)))
     stages.run("picture", picture_is_current(paths["picture"], paths["sparse"] / "0"), lambda: write_model_picture(
         paths["sparse"] / "0", paths["picture"], paths["database"], readable))
     models = read_models(paths["sparse"])

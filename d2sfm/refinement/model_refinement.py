@@ -49,6 +49,7 @@ class ModelRefineSettings:
     max_reprojection_error: float = 4.0  # COLMAP's filter after the bundle adjustment (the mapper's default)
     min_triangulation_angle: float = 1.5
     intrinsics: str = "colmap"  # what the final bundle adjustment may change (d2sfm.sfm.cameras)
+    hold_poses: bool = False  # known poses: the final bundle adjustment moves the points only
 
     def as_dict(self) -> dict:
         return {**{key: value for key, value in asdict(self).items() if key != "alignment"},
@@ -223,7 +224,7 @@ def refine_model(model: pycolmap.Reconstruction, read_gray: Callable[[int], np.n
     aligned = np.concatenate([piece[2] for piece in pieces])
     reference = nodes.reference
     refined = _rebuild(model, point_ids, nodes, np.concatenate([piece[1] for piece in pieces]), aligned | reference)
-    bundle_adjust(refined, intrinsics_refinement(settings.intrinsics))
+    bundle_adjust(refined, intrinsics_refinement(settings.intrinsics), hold_poses=settings.hold_poses)
     pycolmap.ObservationManager(refined).filter_all_points3D(settings.max_reprojection_error,
                                                              settings.min_triangulation_angle)
     keypoint_ids = nodes.keypoint_ids

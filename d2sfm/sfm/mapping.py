@@ -151,7 +151,8 @@ def hold_distortion(options: pycolmap.IncrementalPipelineOptions) -> None:
     options.mapper.abs_pose_refine_extra_params = False
 
 
-def bundle_adjust(model: pycolmap.Reconstruction, intrinsics: IntrinsicsRefinement = COLMAP_REFINEMENT) -> None:
+def bundle_adjust(model: pycolmap.Reconstruction, intrinsics: IntrinsicsRefinement = COLMAP_REFINEMENT,
+                  hold_poses: bool = False) -> None:
     """COLMAP's global bundle adjustment (every registered image, the gauge fixed by two cameras), called through
     the adjuster itself: ``pycolmap.bundle_adjustment`` computes the same but turns COLMAP's INFO log on for the
     rest of the process (pycolmap 4.2), and printing is --verbose's choice."""
@@ -159,7 +160,10 @@ def bundle_adjust(model: pycolmap.Reconstruction, intrinsics: IntrinsicsRefineme
     config = pycolmap.BundleAdjustmentConfig()
     for image_id in model.reg_image_ids():
         config.add_image(image_id)
-    config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
+        if hold_poses:  # known poses (triangulated at them): only the points move, and nothing to fix the gauge
+            config.set_constant_rig_from_world_pose(model.image(image_id).frame_id)
+    if not hold_poses:
+        config.fix_gauge(pycolmap.BundleAdjustmentGauge.TWO_CAMS_FROM_WORLD)
     options = pycolmap.BundleAdjustmentOptions()
     options.print_summary = False
     apply_to_bundle_adjustment(options, intrinsics)

@@ -23,11 +23,13 @@ if sys.platform.startswith("linux"):
 
 __version__ = "0.1.0"
 
-_API = {name: "d2sfm.api" for name in ("extract", "pairs", "match", "reconstruct", "localize", "ExtractionResult")}
+_API = {name: "d2sfm.api" for name in ("extract", "pairs", "match", "reconstruct", "localize", "localize_images",
+                                        "ExtractionResult")}
 _API.update({"ReconstructionResult": "d2sfm.pipeline.reconstruct"})
 _API.update({name: "d2sfm.config" for name in (
     "FeatureConfig", "PairsConfig", "MatchConfig", "RefineConfig", "MappingConfig", "DenseConfig", "RunConfig",
-    "ReconstructionConfig", "AachenConfig", "InLocConfig", "PRESETS", "ORIGINAL_D2", "preset")})
+    "ReconstructionConfig", "AachenConfig", "InLocConfig", "ImagesLocalizationConfig", "PRESETS", "ORIGINAL_D2",
+    "preset")})
 __all__ = sorted(_API)
 
 

@@ -16,6 +16,7 @@ from d2sfm.config import (
     LOCALIZATION_CONFIGS,
     AachenConfig,
     FeatureConfig,
+    ImagesLocalizationConfig,
     InLocConfig,
     MatchConfig,
     PairsConfig,
@@ -104,6 +105,17 @@ def reconstruct(scene: PathLike, config: ReconstructionConfig | None = None, *, 
     features.h5 of d2sfm or hloc instead of extracting; ``demo``: render the embedded synthetic scene first and check
     the cameras against the truth."""
     return reconstruct_scene(scene, config, images=images, features=features, demo=demo)
+
+
+def localize_images(reference: PathLike, queries: PathLike, config: ImagesLocalizationConfig | None = None, *,
+                    output: PathLike | None = None, gt: PathLike | None = None) -> dict:
+    """Register the photos in ``queries`` against the d2sfm reconstruction in the scene folder ``reference``
+    (extract with the reference's settings, pair, match, 2D-3D through the model's observations, absolute pose), as
+    ``python -m d2sfm.localize images`` does: poses.txt (benchmark format) and summary.json under ``output``,
+    scored against the true cameras ``gt`` when given; returns the summary. Finished stages are skipped."""
+    from d2sfm.pipeline.localize_images import localize_images as run
+
+    return run(reference, queries, config, output, gt)
 
 
 def localize(benchmark: str, dataset: PathLike, config: AachenConfig | InLocConfig | None = None, *,

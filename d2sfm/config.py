@@ -174,6 +174,24 @@ class InLocConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+@dataclass(frozen=True)
+class ImagesLocalizationConfig:
+    """New photos registered against any d2sfm reconstruction: ``d2sfm.localize_images(reference, queries, ...)``.
+    ``features`` must be the reference's own extraction settings (they are checked against its features.h5)."""
+
+    pairs: str = "auto"  # "exhaustive" (every reference image), "retrieval" (top_k by global descriptor), "auto":
+    # exhaustive up to 100 reference images
+    top_k: int = 20  # retrieval: reference images matched per query
+    camera_model: str = "SIMPLE_RADIAL"  # the queries' COLMAP camera model
+    camera_params: str = ""  # the queries' known intrinsics (COLMAP order); "": EXIF or COLMAP's guess, focal estimated
+    ransac_max_error: float = 12.0  # absolute pose RANSAC threshold in query pixels (COLMAP's)
+    min_inliers: int = 15  # fewer 2D-3D inliers than this counts as not localized
+    thresholds: str = "0.01,0.1;0.05,0.5;0.1,1"  # --gt: (position in the model's units, degrees) recall thresholds
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    matching: MatchConfig = field(default_factory=MatchConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
 LOCALIZATION_CONFIGS = {"aachen": AachenConfig, "inloc": InLocConfig}
 
 ORIGINAL_D2 = FeatureConfig(scales=SINGLE_SCALE, geometric_centres=False)  # the original extractor, for parity

@@ -36,8 +36,9 @@ from d2sfm.features.weights import resolve_weights
 from d2sfm.io.atomic import write_text_atomic
 from d2sfm.io.h5 import read_keypoints, read_matches
 from d2sfm.io.keypoints import colmap_xy_to_pixel_index
+from d2sfm.localization.absolute_pose import estimate_pose
 from d2sfm.localization.pose_scores import THRESHOLD_PRESETS
-from d2sfm.localization.poses import Pose, pose_from_rigid3d
+from d2sfm.localization.poses import Pose
 from d2sfm.localization.submission import QueryOutcome, finish_localization, ground_truth_if_present
 from d2sfm.matching.pairs import Pair, read_pairs
 from d2sfm.pipeline.features import extract_and_match
@@ -107,22 +108,6 @@ def scan_points(xyz: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, np.
     points = xyz[rows, columns]
     valid = np.isfinite(points).all(axis=1) & (np.abs(points).sum(axis=1) > 0)
     return points, valid
-
-
-def estimate_pose(points2D: np.ndarray, points3D: np.ndarray, camera: pycolmap.Camera,
-                  max_error: float) -> tuple[Pose | None, int]:
-    """LO-RANSAC P3P then refinement at fixed intrinsics; (pose, inliers) or (None, 0)."""
-    if len(points2D) < 4:
-        return None, 0
-    estimation = pycolmap.AbsolutePoseEstimationOptions()
-    estimation.ransac.max_error = max_error
-    refinement = pycolmap.AbsolutePoseRefinementOptions()
-    refinement.refine_focal_length = False
-    refinement.refine_extra_params = False
-    result = pycolmap.estimate_and_refine_absolute_pose(points2D, points3D, camera, estimation, refinement)
-    if result is None:
-        return None, 0
-    return pose_from_rigid3d(result["cam_from_world"]), int(result["num_inliers"])
 
 
 def cutout_pose(xyz: np.ndarray, focal: float, step: int = 8) -> Pose | None:

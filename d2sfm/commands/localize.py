@@ -1,5 +1,6 @@
 """``python -m d2sfm.localize aachen|inloc --dataset DIR``: localize a benchmark's queries with D2 features and
-write its submission file (and score it when the dataset folder holds a ground truth).
+write its submission file (and score it when the dataset folder holds a ground truth). ``python -m d2sfm.localize
+images --reference SCENE --queries DIR``: register new photos against any d2sfm reconstruction.
 
 The benchmark protocols live in ``pipelines/`` (one module per benchmark); this command parses the options into
 an AachenConfig or InLocConfig and calls ``d2sfm.localize``. Every stage writes under ``--output`` and is skipped on
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from d2sfm.api import localize
+from d2sfm.api import localize, localize_images
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.library_logs import set_library_logs
 from d2sfm.commands.options import (
@@ -27,7 +28,7 @@ from d2sfm.commands.options import (
     number,
     run_config,
 )
-from d2sfm.config import INLOC_CUTOUT_FOCAL, AachenConfig, InLocConfig, RefineConfig
+from d2sfm.config import INLOC_CUTOUT_FOCAL, AachenConfig, ImagesLocalizationConfig, InLocConfig, RefineConfig
 
 
 def _benchmarks():
@@ -108,12 +109,58 @@ def build_parser() -> argparse.ArgumentParser:
         add_device_argument(sub)
         add_feature_arguments(sub)
         add_run_arguments(sub, "delete --output first and redo every stage")
+    add_images_command(commands)
     return parser
+
+
+def add_images_command(commands) -> None:
+    from d2sfm.pipeline import localize_images
+
+    sub = commands.add_parser("images", help="register new photos against any d2sfm reconstruction",
+                              description=localize_images.__doc__.replace("``", ""),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("--reference", type=Path, required=True,
+                     help="a scene folder reconstructed by d2sfm (features.h5, sparse/0); read, never written")
+    sub.add_argument("--queries", type=Path, required=True, help="folder of the photos to localize")
+    sub.add_argument("--output", type=Path, default=None,
+                     help="working and result folder: poses.txt, summary.json (default QUERIES/../localization)")
+    sub.add_argument("--gt", type=Path, default=None,
+                     help="true cameras of the queries (Strecha .camera files or a COLMAP model, in the reference "
+                     "model's frame): score the poses at --thresholds")
+    sub.add_argument("--pairs", choices=("auto", "exhaustive", "retrieval"), default="auto",
+                     help="reference images matched per query: all (exhaustive), the --top-k most similar by global "
+                     "descriptor (retrieval), or auto (exhaustive up to 100 reference images)")
+    sub.add_argument("--top-k", type=number(int, at_least=1), default=20, help="retrieval: images per query")
+    sub.add_argument("--camera-model", default="SIMPLE_RADIAL", help="the queries' COLMAP camera model")
+    sub.add_argument("--camera-params", default="",
+                     help="the queries' known intrinsics in the model's COLMAP order (default: EXIF or COLMAP's "
+                     "guess, focal length estimated with the pose)")
+    sub.add_argument("--ransac-max-error", type=number(float, above=0), default=12.0,
+                     help="absolute pose RANSAC threshold in query pixels (default 12, COLMAP's)")
+    sub.add_argument("--min-inliers", type=number(int, at_least=4), default=15,
+                     help="2D-3D inliers a query needs to count as localized (default 15)")
+    sub.add_argument("--thresholds", default="0.01,0.1;0.05,0.5;0.1,1",
+                     help="--gt: 'position,degrees;...' in the model's units (default 1 cm/0.1 deg, 5 cm/0.5 deg, "
+                     "10 cm/1 deg for a model in metres)")
+    add_weights_argument(sub)
+    add_device_argument(sub)
+    add_feature_arguments(sub)
+    add_run_arguments(sub, "delete --output first and redo every stage")
+
+
+def images_config(args: argparse.Namespace) -> ImagesLocalizationConfig:
+    return ImagesLocalizationConfig(
+        pairs=args.pairs, top_k=args.top_k, camera_model=args.camera_model, camera_params=args.camera_params,
+        ransac_max_error=args.ransac_max_error, min_inliers=args.min_inliers, thresholds=args.thresholds,
+        features=feature_config(args), run=run_config(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_library_logs(args.verbose)
+    if args.benchmark == "images":
+        localize_images(args.reference, args.queries, images_config(args), output=args.output, gt=args.gt)
+        return 0
     localize(args.benchmark, args.dataset, localization_config(args), output=args.output)
     return 0
 

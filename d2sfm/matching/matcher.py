@@ -12,23 +12,36 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from d2sfm.io.h5 import MatchWriter, read_features
+from d2sfm.io.h5 import MatchWriter, list_entries, read_features
 from d2sfm.matching.mnn import match_pair
 from d2sfm.matching.pairs import Pair
 
+FeatureFiles = str | Path | Sequence[str | Path]
+
 
 class DescriptorCache:
-    """Keeps the descriptors of recently used images on the device (pairs share images)."""
+    """Keeps the descriptors of recently used images on the device (pairs share images). Several features files
+    can be read as one (a localization's queries beside its reference scene's): an image is read from the first
+    file that holds it."""
 
-    def __init__(self, features_path: Path, device: torch.device, capacity: int = 64) -> None:
-        self.features_path, self.device, self.capacity = features_path, device, capacity
+    def __init__(self, features_path: FeatureFiles, device: torch.device, capacity: int = 64) -> None:
+        self.paths = [Path(features_path)] if isinstance(features_path, (str, Path)) else list(map(Path, features_path))
+        self.device, self.capacity = device, capacity
         self.entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._names: list[set[str]] | None = None
+
+    def path_of(self, name: str) -> Path:
+        if len(self.paths) == 1:
+            return self.paths[0]
+        if self._names is None:
+            self._names = [set(list_entries(path)) for path in self.paths]
+        return next((path for path, names in zip(self.paths, self._names) if name in names), self.paths[0])
 
     def get(self, name: str) -> torch.Tensor:
         if name in self.entries:
             self.entries.move_to_end(name)
             return self.entries[name]
-        descriptors = torch.from_numpy(read_features(self.features_path, name).descriptors).to(self.device)
+        descriptors = torch.from_numpy(read_features(self.path_of(name), name).descriptors).to(self.device)
         self.entries[name] = descriptors
         if len(self.entries) > self.capacity:
             self.entries.popitem(last=False)
@@ -36,15 +49,16 @@ class DescriptorCache:
 
 
 def match_pairs(
-    features_path: str | Path, pairs: Sequence[Pair], matches_path: str | Path, device: torch.device | str = "cpu",
+    features_path: FeatureFiles, pairs: Sequence[Pair], matches_path: str | Path, device: torch.device | str = "cpu",
     min_similarity: float | None = None, ratio: float | None = None, overwrite: bool = False,
     progress: bool = True, flush_seconds: float = 5.0,
 ) -> int:
-    """Match every pair not yet in ``matches_path``; returns how many pairs were matched now."""
+    """Match every pair not yet in ``matches_path``; returns how many pairs were matched now. ``features_path``:
+    one features file, or several read as one (see DescriptorCache)."""
     device = torch.device(device)
     writer = MatchWriter(matches_path, overwrite=overwrite)
     todo = [pair for pair in pairs if not writer.has(*pair)]
-    cache = DescriptorCache(Path(features_path), device)
+    cache = DescriptorCache(features_path, device)
     pending: list = []
     last_flush = time.monotonic()
     for name0, name1 in tqdm(todo, desc="matching", unit="pair", disable=not progress):

@@ -32,6 +32,10 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     with contextlib.suppress(ValueError):  # (not in the main thread: nothing to install)
         # `kill`, `timeout`, `docker stop`: the same clean stop as Ctrl-C, instead of pycolmap's stack dump
         signal.signal(signal.SIGTERM, stop.handle)
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # (no pthread_sigmask on this system)
+        # a parent that started us with these blocked (some schedulers and process pools do; the mask survives
+        # exec) would have them held forever: the stop never arrives
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
         status = main(argv)
         if stop.pending:  # the signal's exception was swallowed (it landed in a finaliser): still a stop
@@ -58,8 +62,8 @@ class StopOnSignal:
     """SIGTERM as Ctrl-C: KeyboardInterrupt in the main thread. Python ignores an exception raised while it runs a
     finaliser or a weakref callback ("Exception ignored in ..."), and a signal that arrives there would be lost and
     the run go on to exit 0 (2 times in 6 during matching); so until ``run_main`` has caught it, the interrupt is
-    raised again about every ``retry`` seconds. The interval is drawn at random each time: a fixed one can lock
-    in step with a loop that spends half its time in a finaliser and land there every time (seen once in CI)."""
+    raised again about every ``retry`` seconds, at random intervals so that it cannot fall in step with a loop
+    that spends half its time in a finaliser."""
 
     def __init__(self, retry: float = 0.25) -> None:
         self.retry = retry

@@ -29,6 +29,7 @@ def test_sigterm_landing_in_a_finaliser_still_stops_the_command(tmp_path):
     """Python ignores an exception raised in __del__; the signal must not be lost there."""
     script = tmp_path / "busy.py"
     script.write_text(textwrap.dedent("""
+        import signal
         import time
         from d2sfm.commands.cli import run_main
 
@@ -37,7 +38,8 @@ def test_sigterm_landing_in_a_finaliser_still_stops_the_command(tmp_path):
                 time.sleep(0.02)  # where half the signals land
 
         def main(argv):
-            print("ready", flush=True)
+            blocked = sorted(signal.Signals(s).name for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+            print("ready", *blocked, flush=True)
             end = time.monotonic() + 30
             while time.monotonic() < end:
                 Slow()
@@ -49,11 +51,18 @@ def test_sigterm_landing_in_a_finaliser_still_stops_the_command(tmp_path):
     for _ in range(6):
         process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    text=True)
-        assert process.stdout.readline().strip() == "ready"
+        ready = process.stdout.readline().split()
+        assert ready[:1] == ["ready"]
         time.sleep(0.3)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        stdout, stderr = process.communicate(timeout=25)
+        try:
+            stdout, stderr = process.communicate(timeout=25)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            parent = sorted(signal.Signals(s).name for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+            raise AssertionError(f"not stopped; blocked in the command: {ready[1:]}, in pytest: {parent}") from None
         assert process.returncode == 130 and INTERRUPTED in stderr, stderr
         assert time.monotonic() - started < 5
 

@@ -40,6 +40,14 @@ class Pose:
         return cls(qvec, -quaternion_to_rotation(qvec) @ np.asarray(centre, dtype=np.float64))
 
 
+def pose_from_rotation_centre(rotation: np.ndarray, centre: np.ndarray) -> Pose:
+    """From a camera-from-world rotation matrix and the camera centre (how ground truths often give cameras)."""
+    import pycolmap
+
+    rotation, centre = np.asarray(rotation, dtype=np.float64), np.asarray(centre, dtype=np.float64)
+    return pose_from_rigid3d(pycolmap.Rigid3d(pycolmap.Rotation3d(rotation), -rotation @ centre))
+
+
 def quaternion_to_rotation(qvec: np.ndarray) -> np.ndarray:
     w, x, y, z = np.asarray(qvec, dtype=np.float64) / np.linalg.norm(qvec)
     return np.array([

@@ -18,7 +18,7 @@ import pycolmap
 from d2sfm.errors import D2sfmError
 from d2sfm.evaluation.ground_truth import read_truth
 from d2sfm.io.atomic import replace_folder, scratch_folder
-from d2sfm.localization.poses import pose_from_rigid3d
+from d2sfm.localization.poses import pose_from_rotation_centre
 from d2sfm.localization.reference_model import Intrinsics, build_reference_model
 from d2sfm.sfm.mapping import MAPPED_FROM
 from d2sfm.sfm.triangulation import triangulate_fixed
@@ -41,8 +41,7 @@ def triangulate_at_known_poses(database_path: str | os.PathLike, image_dir: str 
                          "poses needs two or more (the truth's image names must be the photos' names)")
     if len(posed) < len(images):
         log.info(f"  {len(images) - len(posed)} photo(s) have no known pose and are left out of the model")
-    poses = {name: pose_from_rigid3d(pycolmap.Rigid3d(pycolmap.Rotation3d(truth[name].rotation),
-                                                      -truth[name].rotation @ truth[name].centre)) for name in posed}
+    poses = {name: pose_from_rotation_centre(truth[name].rotation, truth[name].centre) for name in posed}
     intrinsics = {}
     for name in posed:
         camera = cameras[images[name].camera_id]

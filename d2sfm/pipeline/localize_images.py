@@ -26,7 +26,7 @@ from d2sfm.io.h5 import list_entries, read_global_descriptors, read_keypoints, r
 from d2sfm.io.images import list_images
 from d2sfm.localization.absolute_pose import estimate_pose
 from d2sfm.localization.pose_scores import parse_thresholds
-from d2sfm.localization.poses import pose_from_rigid3d, write_poses
+from d2sfm.localization.poses import pose_from_rotation_centre, write_poses
 from d2sfm.localization.submission import QueryOutcome, finish_localization
 from d2sfm.matching.pairs import Pair, read_pairs, write_pairs
 from d2sfm.pipeline.features import check_extraction_settings, extract_missing, match_missing, unmatched_pairs
@@ -117,9 +117,7 @@ def truth_pose_file(truth_dir: Path, names: list[str], output: Path) -> Path:
         raise D2sfmError(f"{truth_dir}: no true camera for {len(missing)} of the queries (first: {missing[0]}); "
                          "the truth must name the photos as the query folder does")
     path = output / "ground_truth_poses.txt"
-    write_poses(path, [(name, pose_from_rigid3d(pycolmap.Rigid3d(pycolmap.Rotation3d(truth[name].rotation),
-                                                                 -truth[name].rotation @ truth[name].centre)))
-                       for name in names])
+    write_poses(path, [(name, pose_from_rotation_centre(truth[name].rotation, truth[name].centre)) for name in names])
     return path
 
 

@@ -29,9 +29,12 @@ def test_sigterm_landing_in_a_finaliser_still_stops_the_command(tmp_path):
     """Python ignores an exception raised in __del__; the signal must not be lost there."""
     script = tmp_path / "busy.py"
     script.write_text(textwrap.dedent("""
+        import faulthandler
         import signal
         import time
         from d2sfm.commands.cli import run_main
+
+        faulthandler.enable(all_threads=True)
 
         class Slow:
             def __del__(self):
@@ -59,10 +62,11 @@ def test_sigterm_landing_in_a_finaliser_still_stops_the_command(tmp_path):
         try:
             stdout, stderr = process.communicate(timeout=25)
         except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+            process.send_signal(signal.SIGABRT)  # faulthandler (enabled below) prints where the command is stuck
+            _, stuck = process.communicate()
             parent = sorted(signal.Signals(s).name for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
-            raise AssertionError(f"not stopped; blocked in the command: {ready[1:]}, in pytest: {parent}") from None
+            raise AssertionError(f"not stopped; blocked in the command: {ready[1:]}, in pytest: {parent}; "
+                                 f"its stacks: {stuck[-3000:]}") from None
         assert process.returncode == 130 and INTERRUPTED in stderr, stderr
         assert time.monotonic() - started < 5
 

@@ -29,6 +29,7 @@ from d2sfm.commands.options import (
     run_config,
 )
 from d2sfm.config import INLOC_CUTOUT_FOCAL, AachenConfig, ImagesLocalizationConfig, InLocConfig, RefineConfig
+from d2sfm.sfm.cameras import CAMERA_MODELS
 
 
 def _benchmarks():
@@ -131,7 +132,8 @@ def add_images_command(commands) -> None:
                      help="reference images matched per query: all (exhaustive), the --top-k most similar by global "
                      "descriptor (retrieval), or auto (exhaustive up to 100 reference images)")
     sub.add_argument("--top-k", type=number(int, at_least=1), default=20, help="retrieval: images per query")
-    sub.add_argument("--camera-model", default="SIMPLE_RADIAL", help="the queries' COLMAP camera model")
+    sub.add_argument("--camera-model", choices=CAMERA_MODELS, default="SIMPLE_RADIAL",
+                     help="the queries' COLMAP camera model")
     sub.add_argument("--camera-params", default="",
                      help="the queries' known intrinsics in the model's COLMAP order (default: EXIF or COLMAP's "
                      "guess, focal length estimated with the pose)")

@@ -23,7 +23,7 @@ import torch
 from scipy.spatial import cKDTree
 from tqdm import tqdm
 
-from d2sfm.refinement.patch_sampling import GrayImages, StackGroup, atlas_storage, stack_groups
+from d2sfm.refinement.patch_sampling import AtlasBuffer, GrayImages, StackGroup, stack_groups
 from d2sfm.refinement.tracks import Tracks
 
 
@@ -31,7 +31,17 @@ from d2sfm.refinement.tracks import Tracks
 class AlignmentSettings:
     radius: int = 10  # patch of (2 radius + 1)^2 samples, one pixel apart in the finer of the two views
     blur_sigmas: tuple[float, ...] = (2.0, 1.0)  # coarse to fine: a wider basin, then the precise optimum
-    iterations: int = 12  # per level
+    # A pyramid, as KLT trackers do: a level blurred k times more than the finest samples the same window every
+    # k pixels (11x11 samples instead of 21x21 at the coarse level) from a stack built on the image downsampled
+    # (patch_sampling.downsampling). The coarse level only brings the keypoint into the finest level's basin;
+    # the fit that is kept and gated is the finest level's, sampled at full size as before. False: every level at
+    # full size with all samples (the baseline of benchmarks/refine_cost.py).
+    pyramid: bool = True
+    iterations: int = 12  # per level, at most
+    # A keypoint stops iterating at a level once a step would move it, or any sample of its patch, by less than
+    # this many pixels (LM converges quadratically near the optimum: the next steps would move it less still).
+    # None: every keypoint takes every iteration.
+    converged_px: float | None = 1e-3
     max_shift: float = 8.0  # px in the keypoint's image; beyond it the keypoint stays where it was
     # A fit is trusted where it correlates and its position is certain: the standard deviation of the fitted
     # centre along its weakest direction (from the residual and the Gauss-Newton Hessian) at most
@@ -188,7 +198,7 @@ def align_keypoints(tracks: Tracks, xy: np.ndarray, edge_maps: np.ndarray, fixed
     chunks = _chunks(tracks.track_ids, settings.max_nodes)
     _, stack_bytes, image_bytes = settings.batches(device)
     images = GrayImages(read_gray, device, max(image_bytes, stack_bytes // 3))
-    storage = atlas_storage(stack_bytes, device) if moving.any() else None
+    storage = AtlasBuffer(stack_bytes, device) if moving.any() else None
     with tqdm(total=int(moving.sum()), desc="aligning keypoints", unit="kp", disable=not progress) as bar:
         for chunk in chunks:
             nodes = chunk[moving[chunk]]
@@ -211,7 +221,8 @@ def _chunks(track_ids: np.ndarray, max_nodes: int) -> list[np.ndarray]:
     return [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def _groups(image_ids: np.ndarray, blurs: np.ndarray, images: GrayImages, stack_bytes: int, reverse: bool):
+def _groups(image_ids: np.ndarray, blurs: np.ndarray, images: GrayImages, stack_bytes: int, reverse: bool,
+            pyramid: bool):
     """(rows, the index of each row's stack in the group, the group's keys) over groups of the rows' (image,
     blur) stacks that fit ``stack_bytes``. ``reverse`` walks the images backwards: the pass after a forward one
     starts with the images the cache still holds."""
@@ -220,7 +231,7 @@ def _groups(image_ids: np.ndarray, blurs: np.ndarray, images: GrayImages, stack_
     inverse = inverse.reshape(-1)
     order = np.arange(len(unique))[::-1] if reverse else np.arange(len(unique))
     keys = [(int(image_id), code / 1e6) for image_id, code in unique]
-    for group in stack_groups([keys[i] for i in order], images, stack_bytes):
+    for group in stack_groups([keys[i] for i in order], images, stack_bytes, pyramid=pyramid):
         members = order[group]
         position = np.full(len(unique), -1)
         position[members] = np.arange(len(members))
@@ -229,33 +240,49 @@ def _groups(image_ids: np.ndarray, blurs: np.ndarray, images: GrayImages, stack_
         yield rows, position[inverse[rows]], [keys[i] for i in members]
 
 
-def _batches(image_ids: np.ndarray, blurs: np.ndarray, images: GrayImages, storage: torch.Tensor,
-             settings: AlignmentSettings, device, reverse: bool):
+def _batches(image_ids: np.ndarray, blurs: np.ndarray, images: GrayImages, storage: AtlasBuffer,
+             settings: AlignmentSettings, device, reverse: bool, pyramid: bool):
     """(row indices, sampler of those rows' stacks) per batch of at most the device's rows, group by group, each
     group's atlas built in ``storage``. The caller drops each sampler before asking for the next, so one atlas is
     alive at a time."""
     max_rows, stack_bytes, _ = settings.batches(device)
-    for rows, which, keys in _groups(image_ids, blurs, images, stack_bytes, reverse):
-        stacks = StackGroup(keys, images, device, storage)
+    for rows, which, keys in _groups(image_ids, blurs, images, stack_bytes, reverse, pyramid):
+        stacks = StackGroup(keys, images, device, storage, pyramid)
         for begin in range(0, len(rows), max_rows):
             yield (torch.from_numpy(rows[begin:begin + max_rows]).to(device),
                    stacks.sampler(which[begin:begin + max_rows]))
         del stacks
 
 
-def _align_chunk(nodes, anchors, maps, xy, image_ids, images: GrayImages, storage: torch.Tensor, settings, device,
+def _level_grids(settings: AlignmentSettings, device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per blur level, the sample offsets (S, 2) in pixels (times the node's spacing factor) and their weights:
+    with ``pyramid``, a level blurred k times more than the finest samples every k pixels over the same window."""
+    finest = min(settings.blur_sigmas)
+    grids = []
+    for sigma in settings.blur_sigmas:
+        step = max(1, int(round(sigma / finest))) if settings.pyramid else 1
+        offsets, weights = _grid(max(2, int(round(settings.radius / step))), device)
+        grids.append((offsets * step, weights))
+    return grids
+
+
+def _align_chunk(nodes, anchors, maps, xy, image_ids, images: GrayImages, storage: AtlasBuffer, settings, device,
                  result: Alignment) -> None:
     anchor_factor, own_factor = _spacing_factors(maps[nodes])
-    offsets, weights = _grid(settings.radius, device)
+    grids = _level_grids(settings, device)
     sigmas = settings.blur_sigmas
-    templates = torch.empty((len(sigmas), len(nodes), len(offsets)), device=device)
+    # the finest level's stacks stay at full size, whatever the view's scale: the fit that is kept samples as
+    # without the pyramid
+    coarse = [settings.pyramid and sigma > min(sigmas) for sigma in sigmas]
+    templates = [torch.empty((len(nodes), len(offsets)), device=device) for offsets, _ in grids]
     anchor_xy = torch.from_numpy(xy[anchors[nodes]]).float().to(device)
     anchor_spacing = torch.from_numpy(anchor_factor).float().to(device)
     for level, sigma in enumerate(sigmas):
+        offsets, weights = grids[level]
         for index, sample in _batches(image_ids[anchors[nodes]], sigma * anchor_factor, images, storage, settings,
-                                      device, reverse=level % 2 == 1):
+                                      device, reverse=level % 2 == 1, pyramid=coarse[level]):
             points = anchor_xy[index][:, None] + anchor_spacing[index, None, None] * offsets[None]
-            templates[level, index] = _normalised(sample(points)[0], weights)
+            templates[level][index] = _normalised(sample(points)[0], weights)
             del sample
     start = torch.from_numpy(xy[nodes]).double().to(device)
     centre, linear = start.clone(), torch.from_numpy(maps[nodes]).double().to(device)
@@ -265,11 +292,12 @@ def _align_chunk(nodes, anchors, maps, xy, image_ids, images: GrayImages, storag
     for level, sigma in enumerate(sigmas):
         # the alignment walks the images the other way from the previous pass: where the keypoints' images are
         # also anchors' images (most of them), the cache still holds them
+        offsets, weights = grids[level]
         for index, sample in _batches(image_ids[nodes], sigma * own_factor, images, storage, settings, device,
-                                      reverse=(level + len(sigmas)) % 2 == 1):
+                                      reverse=(level + len(sigmas)) % 2 == 1, pyramid=coarse[level]):
             centre[index], linear[index], correlation[index], uncertainty[index] = _gauss_newton(
-                sample, templates[level, index], centre[index], linear[index], offsets, spacing[index], weights,
-                settings.iterations)
+                sample, templates[level][index], centre[index], linear[index], offsets, spacing[index], weights,
+                settings.iterations, settings.converged_px)
             del sample
     shift = (centre - start).norm(dim=1)
     scale = torch.linalg.det(linear).abs().sqrt()
@@ -284,21 +312,24 @@ def _align_chunk(nodes, anchors, maps, xy, image_ids, images: GrayImages, storag
     result.uncertainty[nodes] = uncertainty.cpu().numpy()
 
 
-def _gauss_newton(sample, template, centre, linear, offsets, spacing, weights, iterations):
+def _gauss_newton(sample, template, centre, linear, offsets, spacing, weights, iterations, converged_px=None):
     """Affine Lucas-Kanade with gain and bias: minimise sum_u w(u) (a I(c + L u) + b - T(u))^2 over c, L, a, b
     for every row at once (Levenberg-Marquardt; a step is kept where it lowers the cost). Samples and Jacobians
-    are float32, the parameters and the 8x8 solves float64. Returns the centre, linear map and the weighted
-    normalised correlation of the fit."""
+    are float32, the parameters and the 8x8 solves float64. A row whose step would move no sample by
+    ``converged_px`` or more stops iterating (None: every row takes every iteration). Returns the centre, linear
+    map, the weighted normalised correlation of the fit and its position uncertainty."""
     count, samples = len(centre), len(offsets)
     u = offsets[None] * spacing.float()[:, None, None]  # (N, S, 2) in the anchor's pixels
+    reach = u.abs().amax(dim=(1, 2)).double()  # a change of the linear map moves a sample by up to this times it
     root = weights.sqrt()[None]  # residuals and Jacobian rows scaled by sqrt(w): plain normal equations
     damping = torch.full((count,), 1e-3, device=centre.device, dtype=torch.float64)
 
-    def evaluate(c, lin):
-        points = c.float()[:, None] + torch.einsum("nij,nsj->nsi", lin.float(), u)
-        return sample(points)  # (3, N, S): image, x and y derivatives
+    def evaluate(c, lin, rows):
+        points = c.float()[:, None] + torch.einsum("nij,nsj->nsi", lin.float(), u[rows])
+        return sample(points, rows)  # (3, n, S): image, x and y derivatives
 
-    image, dx, dy = evaluate(centre, linear)
+    everything = torch.arange(count, device=centre.device)
+    image, dx, dy = evaluate(centre, linear, everything)
     w = weights[None]
     mean_i = (image * w).sum(1, keepdim=True)  # initial gain and bias: least squares on the first sample
     var_i = ((image - mean_i) ** 2 * w).sum(1, keepdim=True)
@@ -306,43 +337,46 @@ def _gauss_newton(sample, template, centre, linear, offsets, spacing, weights, i
     bias = -gain * mean_i.double()
     residual = (gain.float() * image + bias.float() - template) * root
     cost = (residual.double() ** 2).sum(1)
-    jacobian = torch.empty((count, samples, 8), device=centre.device)
-    jacobian[..., 7] = root
 
-    def normal_equations():
-        gx, gy = gain.float() * dx * root, gain.float() * dy * root
+    def normal_equations(rows):
+        g = gain[rows].float()
+        gx, gy, ur = g * dx[rows] * root, g * dy[rows] * root, u[rows]
+        jacobian = torch.empty((len(rows), samples, 8), device=centre.device)
         jacobian[..., 0], jacobian[..., 1] = gx, gy
-        jacobian[..., 2], jacobian[..., 3] = gx * u[..., 0], gx * u[..., 1]
-        jacobian[..., 4], jacobian[..., 5] = gy * u[..., 0], gy * u[..., 1]
-        jacobian[..., 6] = image * root
+        jacobian[..., 2], jacobian[..., 3] = gx * ur[..., 0], gx * ur[..., 1]
+        jacobian[..., 4], jacobian[..., 5] = gy * ur[..., 0], gy * ur[..., 1]
+        jacobian[..., 6] = image[rows] * root
+        jacobian[..., 7] = root
         transposed = jacobian.transpose(1, 2)
-        return (transposed @ jacobian).double(), (transposed @ residual[..., None])[..., 0].double()
+        return (transposed @ jacobian).double(), (transposed @ residual[rows, :, None])[..., 0].double()
 
+    active = everything
     for _ in range(iterations):
-        hessian, gradient = normal_equations()
+        if not len(active):
+            break
+        rows = active
+        hessian, gradient = normal_equations(rows)
         diagonal = torch.diagonal(hessian, dim1=1, dim2=2)
-        system = hessian + torch.diag_embed(damping[:, None] * diagonal + 1e-12)
+        system = hessian + torch.diag_embed(damping[rows, None] * diagonal + 1e-12)
         step = -torch.linalg.solve(system, gradient[..., None])[..., 0]
-        new_centre = centre + step[:, :2]
-        new_linear = linear + step[:, 2:6].reshape(-1, 2, 2)
-        new_gain, new_bias = gain + step[:, 6:7], bias + step[:, 7:8]
-        new_image, new_dx, new_dy = evaluate(new_centre, new_linear)
-        new_residual = (new_gain.float() * new_image + new_bias.float() - template) * root
+        new_centre = centre[rows] + step[:, :2]
+        new_linear = linear[rows] + step[:, 2:6].reshape(-1, 2, 2)
+        new_gain, new_bias = gain[rows] + step[:, 6:7], bias[rows] + step[:, 7:8]
+        new_image, new_dx, new_dy = evaluate(new_centre, new_linear, rows)
+        new_residual = (new_gain.float() * new_image + new_bias.float() - template[rows]) * root
         new_cost = (new_residual.double() ** 2).sum(1)
-        better = torch.isfinite(new_cost) & (new_cost < cost)
-        pick = better[:, None]
-        centre = torch.where(pick, new_centre, centre)
-        linear = torch.where(pick[..., None], new_linear, linear)
-        gain = torch.where(pick, new_gain, gain)
-        bias = torch.where(pick, new_bias, bias)
-        image = torch.where(pick, new_image, image)
-        dx = torch.where(pick, new_dx, dx)
-        dy = torch.where(pick, new_dy, dy)
-        residual = torch.where(pick, new_residual, residual)
-        cost = torch.where(better, new_cost, cost)
-        damping = torch.where(better, damping * 0.3, damping * 10).clamp(1e-6, 1e6)
+        better = torch.isfinite(new_cost) & (new_cost < cost[rows])
+        kept = rows[better]
+        centre[kept], linear[kept] = new_centre[better], new_linear[better]
+        gain[kept], bias[kept] = new_gain[better], new_bias[better]
+        image[kept], dx[kept], dy[kept] = new_image[better], new_dx[better], new_dy[better]
+        residual[kept], cost[kept] = new_residual[better], new_cost[better]
+        damping[rows] = torch.where(better, damping[rows] * 0.3, damping[rows] * 10).clamp(1e-6, 1e6)
+        if converged_px is not None:
+            moves = step[:, :2].abs().amax(1) + step[:, 2:6].abs().amax(1) * reach[rows]
+            active = rows[~(moves < converged_px)]  # a NaN step keeps iterating, as before
     correlation = (_normalised(image, w) * template * w).sum(1).double()
-    return centre, linear, correlation, _position_uncertainty(normal_equations()[0], cost, samples)
+    return centre, linear, correlation, _position_uncertainty(normal_equations(everything)[0], cost, samples)
 
 
 def _position_uncertainty(hessian: torch.Tensor, cost: torch.Tensor, samples: int) -> torch.Tensor:

@@ -53,16 +53,22 @@ def align_pair(image, warped, first, second, maps, settings=None):
     return result.positions[own][order], result.aligned[own][order], result
 
 
+FULL_SIZE_EVERY_ITERATION = AlignmentSettings(pyramid=False, converged_px=None)  # the baseline of refine_cost.py
+
+
+@pytest.mark.parametrize("settings", [AlignmentSettings(), FULL_SIZE_EVERY_ITERATION], ids=["pyramid", "full-size"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_alignment_recovers_the_true_positions_under_a_change_of_view(seed):
+def test_alignment_recovers_the_true_positions_under_a_change_of_view(seed, settings):
     """Starting 2 px off, with the affinity only known from noisy neighbouring matches, every keypoint of the
-    warped view lands within a tenth of a pixel of the truth; the fixed view's keypoints do not move."""
+    warped view lands within a tenth of a pixel of the truth; the fixed view's keypoints do not move. The same
+    with the coarse level on the downsampled image and converged keypoints stopping early (the default) as with
+    every level at full size and every iteration."""
     image, warped, first, truth, linear, rng = known_pair(seed=seed)
     angles = rng.uniform(0, 2 * np.pi, len(first))
     start = truth + 2.0 * np.stack([np.cos(angles), np.sin(angles)], axis=1)
     maps = local_affinities(first + rng.normal(0, 0.5, first.shape), start, 12)
     assert 0.02 < np.abs(maps - linear).max() < 0.2  # a rough start, not the truth
-    positions, aligned, result = align_pair(image, warped, first, start, maps)
+    positions, aligned, result = align_pair(image, warped, first, start, maps, settings)
     errors = np.linalg.norm(positions - truth, axis=1)
     assert aligned.all() and np.median(errors) < 0.05 and errors.max() < 0.1
     assert not result.aligned[~result.moving].any()

@@ -1,6 +1,7 @@
 """Keypoint refinement's cost against photo size, and where its time goes: the baseline (every blur level at full
-size with 21x21 samples, every keypoint through every iteration: ``AlignmentSettings(pyramid=False,
-converged_px=None)``, the refinement before issue 36) and d2sfm's default, side by side on the same tracks.
+size with 21x21 samples, every keypoint through every iteration and level: ``AlignmentSettings(pyramid=False,
+converged_px=None, min_coarse_correlation=None)``, the refinement before issue 36) and d2sfm's default, side by
+side on the same tracks.
 
     python benchmarks/refine_cost.py                     # Herz-Jesus-P8 (3072x2048), CPU
     python benchmarks/refine_cost.py --scene ../shared/data/strecha/fountain-P11 --sizes 1024 full
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import dataclasses
 import json
 import pstats
 import sys
@@ -48,10 +50,12 @@ def reconstruct_unrefined(scene: Path, work: Path, weights: Path) -> dict:
     from d2sfm.evaluation.ground_truth import read_truth, shared_pinhole
 
     config = d2sfm.preset("d2-ss-unrefined")
-    config.features.weights = str(weights)
-    config.mapping.camera_mode, config.mapping.camera_model = "single", "PINHOLE"
-    config.mapping.camera_params = shared_pinhole(read_truth(scene / "gt_dense_cameras")) or ""
-    config.mapping.refine_intrinsics = "none" if config.mapping.camera_params else "colmap"
+    known = shared_pinhole(read_truth(scene / "gt_dense_cameras"))
+    mapping = dataclasses.replace(config.mapping, camera_mode="single", camera_model="PINHOLE" if known else
+                                  "SIMPLE_RADIAL", camera_params=known or "",
+                                  refine_intrinsics="none" if known else "colmap")
+    config = dataclasses.replace(config, features=dataclasses.replace(config.features, weights=str(weights)),
+                                 mapping=mapping)
     result = d2sfm.reconstruct(work, config, images=scene / "images")
     return result.statistics
 
@@ -131,7 +135,7 @@ def measure(work: Path, images: Path, edges: list[int | None], device: torch.dev
     names, keypoints = read_database_keypoints(work / "database.db")
     matches = read_verified_matches(work / "database.db")
     model = read_model(work / "sparse" / "0")
-    methods = {"baseline": {"pyramid": False, "converged_px": None}, "d2sfm": {}}
+    methods = {"baseline": {"pyramid": False, "converged_px": None, "min_coarse_correlation": None}, "d2sfm": {}}
     rows = []
     for edge in edges:
         with tempfile.TemporaryDirectory() as scratch:

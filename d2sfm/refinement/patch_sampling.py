@@ -231,9 +231,25 @@ class StackGroup:
             atlas_x = centres[..., 0]
             atlas_y = centres[..., 1] + own_tops
             grid = torch.stack([atlas_x, atlas_y], dim=-1).add_(0.5).mul_(2 / size).sub_(1)
-            return F.grid_sample(self.atlas, grid[None], mode="bilinear", padding_mode="border",
-                                 align_corners=False)[0]
+            return _grid_sample_parallel(self.atlas, grid)
         return sample
+
+
+def _grid_sample_parallel(atlas: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples (C, N, S) of ``atlas`` (1, C, H, W) at ``grid`` (N, S, 2), border padding. On the CPU
+    grid_sample runs one thread per batch item, so the rows are cut into one batch item per thread over the same
+    atlas (expanded, not copied): 2x faster on 2 cores, the same values (each sample is computed alone)."""
+    parts = min(torch.get_num_threads(), len(grid)) if atlas.device.type == "cpu" else 1
+    if parts <= 1:
+        return F.grid_sample(atlas, grid[None], mode="bilinear", padding_mode="border", align_corners=False)[0]
+    count, samples = grid.shape[:2]
+    per_part = -(-count // parts)
+    padding = per_part * parts - count
+    if padding:
+        grid = torch.cat([grid, grid[:1].expand(padding, -1, -1)])
+    out = F.grid_sample(atlas.expand(parts, -1, -1, -1), grid.view(parts, per_part, samples, 2), mode="bilinear",
+                        padding_mode="border", align_corners=False)  # (parts, C, per_part, S)
+    return out.transpose(0, 1).reshape(atlas.shape[1], parts * per_part, samples)[:, :count]
 
 
 # The atlas's height: float32 coordinates below 8192 px keep steps of 1/2048 px or finer, so a sample is placed

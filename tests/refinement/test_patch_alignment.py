@@ -53,7 +53,8 @@ def align_pair(image, warped, first, second, maps, settings=None):
     return result.positions[own][order], result.aligned[own][order], result
 
 
-FULL_SIZE_EVERY_ITERATION = AlignmentSettings(pyramid=False, converged_px=None)  # the baseline of refine_cost.py
+# the baseline of benchmarks/refine_cost.py
+FULL_SIZE_EVERY_ITERATION = AlignmentSettings(pyramid=False, converged_px=None, min_coarse_correlation=None)
 
 
 @pytest.mark.parametrize("settings", [AlignmentSettings(), FULL_SIZE_EVERY_ITERATION], ids=["pyramid", "full-size"])

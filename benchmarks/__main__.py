@@ -69,6 +69,9 @@ BENCHMARKS = (
     Benchmark("refine-sfm", "refine_sfm.py", (), "cpu", False,
               "Sacre Coeur SfM, SS and MS, unrefined, database refinement only (patch, featuremetric) and the "
               "default (patch, database and model), beside SIFT"),
+    Benchmark("refine-cost", "refine_cost.py", (), "cpu", False,
+              "refinement time per keypoint against photo size (640 px to 3072x2048, Herz-Jesus-P8), where it goes, "
+              "baseline (every level at full size, every iteration) beside the default"),
     Benchmark("refine-gates", "refine_gates.py", (), "cpu", False,
               "which patch-alignment fits are trusted: correlation alone against the uncertainty gate, synthetic "
               "views against the truth and Sacre Coeur SS/MS"),
@@ -102,6 +105,8 @@ BENCHMARKS = (
               "Aachen v1.1 run-time estimate on the GPU"),
     Benchmark("refine-sfm-gpu", "refine_sfm.py", ("--device", "cuda", "--no-sift"), "cuda", False,
               "Sacre Coeur SfM with and without refinement on the GPU: refinement time against extraction time"),
+    Benchmark("refine-cost-gpu", "refine_cost.py", ("--device", "cuda"), "cuda", False,
+              "refinement time per keypoint against photo size on the GPU, beside the CPU's extraction time"),
     Benchmark("refine-batching-gpu", "refine_batching.py", ("--device", "cuda"), "cuda", False,
               "patch alignment batched across images against one image per batch on the GPU"),
     Benchmark("cluster-scaling-gpu", "cluster_scaling.py", ("--device", "cuda", "--workers", "1"), "cuda", False,

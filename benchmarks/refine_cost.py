@@ -160,7 +160,7 @@ def measure(work: Path, images: Path, edges: list[int | None], device: torch.dev
                              "seconds": seconds, **parts,
                              "reprojection_error_after": model_summary.reprojection_error_after})
                 print(f"{width} px {method}: database {rows[-2]['seconds']} s, model {rows[-1]['seconds']} s",
-                      flush=True)
+                      file=sys.stderr, flush=True)
     return rows
 
 
@@ -200,8 +200,8 @@ def main() -> None:
     extraction = statistics["stage_seconds"]["extract"]
     edges = [None if size == "full" else int(size) for size in options.sizes]
     rows = measure(work, options.scene / "images", edges, torch.device(options.device))
-    print(f"\n{options.scene.name}, {options.device}, {torch.get_num_threads()} threads; single-scale extraction "
-          f"of the full-size photos {extraction:.1f} s ({work / 'stats.json'})\n")
+    print(f"{options.scene.name}, {options.device}, {torch.get_num_threads()} threads; single-scale extraction "
+          f"of the full-size photos {extraction:.1f} s (the same run's)\n")
     print(table(rows, extraction))
     if options.json:
         options.json.write_text(json.dumps({"scene": options.scene.name, "extraction_seconds": extraction,

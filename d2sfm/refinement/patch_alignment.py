@@ -56,9 +56,10 @@ class AlignmentSettings:
     max_uncertainty: float | None = 0.15
     max_nodes: int = 50_000  # keypoints aligned per chunk: bounds the templates' memory (50k: 180 MB)
     # Batches and the cache of decoded images: None picks by device. A CPU is fastest on cache-sized work (512
-    # keypoints per Gauss-Newton batch, 32 MiB of image stacks per group, 128 MiB of decoded images: decoding is
-    # a small part of its time); a GPU on few, large launches (8,192 keypoints: 115 MB of Jacobians, 512 MiB of
-    # stacks, 512 MiB of images, so that decoding does not dominate).
+    # keypoints per Gauss-Newton batch, 32 MiB of image stacks per group); a GPU on few, large launches (8,192
+    # keypoints: 115 MB of Jacobians, 512 MiB of stacks). Both keep 512 MiB of decoded images (twenty 3072x2048
+    # photos): with 128 MiB on the CPU, the passes over 11 such photos decoded each one 5-6 times, 10% of the
+    # refinement's time (benchmarks/refine_cost.py).
     max_rows: int | None = None
     max_stack_bytes: int | None = None
     max_image_bytes: int | None = None
@@ -72,7 +73,7 @@ class AlignmentSettings:
         on ``device``."""
         gpu = torch.device(device).type != "cpu"
         return (self.max_rows or (8_192 if gpu else 512), self.max_stack_bytes or (512 if gpu else 32) * 2**20,
-                self.max_image_bytes or (512 if gpu else 128) * 2**20)
+                self.max_image_bytes or 512 * 2**20)
 
 
 @dataclass
@@ -347,17 +348,22 @@ def _gauss_newton(sample, template, centre, linear, offsets, spacing, weights, i
     residual = (gain.float() * image + bias.float() - template) * root
     cost = (residual.double() ** 2).sum(1)
 
+    u_x, u_y = u[..., 0].contiguous(), u[..., 1].contiguous()
+
     def normal_equations(rows):
+        # the Jacobian parameter by parameter, (n, 8, S): each row written whole is 2x faster than (n, S, 8)
         g = gain[rows].float()
-        gx, gy, ur = g * dx[rows] * root, g * dy[rows] * root, u[rows]
-        jacobian = torch.empty((len(rows), samples, 8), device=centre.device)
-        jacobian[..., 0], jacobian[..., 1] = gx, gy
-        jacobian[..., 2], jacobian[..., 3] = gx * ur[..., 0], gx * ur[..., 1]
-        jacobian[..., 4], jacobian[..., 5] = gy * ur[..., 0], gy * ur[..., 1]
-        jacobian[..., 6] = image[rows] * root
-        jacobian[..., 7] = root
-        transposed = jacobian.transpose(1, 2)
-        return (transposed @ jacobian).double(), (transposed @ residual[rows, :, None])[..., 0].double()
+        gx, gy = g * dx[rows] * root, g * dy[rows] * root
+        jacobian = torch.empty((len(rows), 8, samples), device=centre.device)
+        jacobian[:, 0], jacobian[:, 1] = gx, gy
+        torch.mul(gx, u_x[rows], out=jacobian[:, 2])
+        torch.mul(gx, u_y[rows], out=jacobian[:, 3])
+        torch.mul(gy, u_x[rows], out=jacobian[:, 4])
+        torch.mul(gy, u_y[rows], out=jacobian[:, 5])
+        torch.mul(image[rows], root, out=jacobian[:, 6])
+        jacobian[:, 7] = root
+        return ((jacobian @ jacobian.transpose(1, 2)).double(),
+                (jacobian @ residual[rows, :, None])[..., 0].double())
 
     active = everything
     for _ in range(iterations):

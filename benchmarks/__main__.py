@@ -72,6 +72,9 @@ BENCHMARKS = (
     Benchmark("refine-cost", "refine_cost.py", (), "cpu", False,
               "refinement time per keypoint against photo size (640 px to 3072x2048, Herz-Jesus-P8), where it goes, "
               "baseline (every level at full size, every iteration) beside the default"),
+    Benchmark("localize-strecha", "localize_strecha.py", (), "cpu", False,
+              "localize images at full size on the three Strecha scenes (every other photo against a model of the "
+              "rest at the true poses), query keypoints refined and not"),
     Benchmark("refine-gates", "refine_gates.py", (), "cpu", False,
               "which patch-alignment fits are trusted: correlation alone against the uncertainty gate, synthetic "
               "views against the truth and Sacre Coeur SS/MS"),

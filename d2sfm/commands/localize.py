@@ -144,6 +144,11 @@ def add_images_command(commands) -> None:
     sub.add_argument("--thresholds", default="0.01,0.1;0.05,0.5;0.1,1",
                      help="--gt: 'position,degrees;...' in the model's units (default 1 cm/0.1 deg, 5 cm/0.5 deg, "
                      "10 cm/1 deg for a model in metres)")
+    sub.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
+                     help="align each query keypoint matched to a 3D point's observation to that observation's "
+                     "patch in its reference photo, as the reference's keypoints were refined (default: on)")
+    sub.add_argument("--reference-images", type=Path, default=None,
+                     help="the reference scene's photos, for --refine (default: REFERENCE/images)")
     add_weights_argument(sub)
     add_device_argument(sub)
     add_feature_arguments(sub)
@@ -154,7 +159,8 @@ def images_config(args: argparse.Namespace) -> ImagesLocalizationConfig:
     return ImagesLocalizationConfig(
         pairs=args.pairs, top_k=args.top_k, camera_model=args.camera_model, camera_params=args.camera_params,
         ransac_max_error=args.ransac_max_error, min_inliers=args.min_inliers, thresholds=args.thresholds,
-        features=feature_config(args), run=run_config(args))
+        refine=args.refine, reference_images=str(args.reference_images or ""), features=feature_config(args),
+        run=run_config(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,10 +3,13 @@
 The queries are extracted with the reference scene's own settings into the output folder, paired with the
 reference images (all of them, or the best by global descriptor), matched against the reference's features.h5
 (read, never written), and each query's matches to reference keypoints that the reference model observes become
-2D-3D correspondences: the model's observations are the refined keypoints its points were triangulated from. A
-pose then comes from pycolmap's LO-RANSAC P3P and refinement, at the given intrinsics or with the focal length
-estimated. Poses are written in the benchmarks' format (``name qw qx qy qz tx ty tz``) and scored when the true
-cameras are given. Every stage is recorded in the output folder and skipped once done.
+2D-3D correspondences: the model's observations are the refined keypoints its points were triangulated from.
+With ``refine`` each such query keypoint is first aligned by patch to that observation in its reference photo
+(the observation held fixed, one position per pair, as InLoc's queries are refined), so the query's 2D point is
+as precise as the reference's. A pose then comes from pycolmap's LO-RANSAC P3P and refinement, at the given
+intrinsics or with the focal length estimated. Poses are written in the benchmarks' format (``name qw qx qy qz
+tx ty tz``) and scored when the true cameras are given. Every stage is recorded in the output folder and skipped
+once done.
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ from d2sfm.localization.submission import QueryOutcome, finish_localization
 from d2sfm.matching.pairs import Pair, read_pairs, write_pairs
 from d2sfm.pipeline.features import check_extraction_settings, extract_missing, match_missing, unmatched_pairs
 from d2sfm.pipeline.stages import RunFolder
+from d2sfm.refinement.database_refinement import (
+    read_refined_query_keypoints,
+    refine_queries_against_fixed,
+    refined_keypoints_record,
+)
+from d2sfm.runtime.device import resolve_device
 from d2sfm.sfm.cameras import parse_camera_params
 from d2sfm.sfm.mapping import read_models
 
@@ -79,11 +88,26 @@ def query_camera(config: ImagesLocalizationConfig, path: Path) -> tuple[pycolmap
     return guessed, True
 
 
+def observed_positions(model: pycolmap.Reconstruction, observed: dict[str, np.ndarray]
+                       ) -> dict[str, np.ndarray]:
+    """Per registered image name, its keypoints' positions in the model (N, 2; refined where the model was),
+    NaN where no 3D point is observed: what a query keypoint is aligned to."""
+    positions = {}
+    for image in model.images.values():
+        if image.has_pose:
+            xy = np.array([point.xy for point in image.points2D], dtype=np.float64).reshape(-1, 2)
+            xy[observed[image.name] < 0] = np.nan
+            positions[image.name] = xy
+    return positions
+
+
 def localize_query(query: str, query_dir: Path, features: Path, matches: Path, references: list[str],
                    observed: dict[str, np.ndarray], model: pycolmap.Reconstruction,
-                   config: ImagesLocalizationConfig) -> QueryOutcome:
+                   config: ImagesLocalizationConfig, refined: Path | None = None) -> QueryOutcome:
+    """One query's pose from its matches to the reference images' observed keypoints; ``refined``: the query
+    keypoints aligned per pair (refine_queries_against_fixed's file) instead of its detections."""
     start = time.perf_counter()
-    keypoints, _ = read_keypoints(features, query)
+    detections, _ = read_keypoints(features, query)
     points2D, points3D, per_reference = [], [], {}
     for reference in references:
         pair_matches, _ = read_matches(matches, query, reference)
@@ -92,7 +116,9 @@ def localize_query(query: str, query_dir: Path, features: Path, matches: Path, r
         per_reference[reference] = len(pair_matches)
         point_ids = observed[reference][pair_matches[:, 1]]
         seen = point_ids >= 0
-        points2D.append(keypoints[pair_matches[seen, 0]])
+        keypoints = (detections if refined is None
+                     else read_refined_query_keypoints(refined, query, reference, detections))
+        points2D.append(keypoints[pair_matches[seen, 0], :2])
         points3D.extend(model.points3D[int(point_id)].xyz for point_id in point_ids[seen])
     best = max(per_reference, key=per_reference.get) if per_reference else None
     total = int(sum(per_reference.values()))
@@ -170,20 +196,51 @@ def localize_images(reference: str | os.PathLike, queries: str | os.PathLike,
     by_query: dict[str, list[str]] = {}
     for query, image in pairs:
         by_query.setdefault(query, []).append(image)
+    refined = folder.path("refined_keypoints.h5") if config.refine else None
+    if refined is not None:
+        refine_stage(config, folder, refined, reference, model, observed, queries, features, matches, by_query)
     truth = truth_pose_file(Path(gt), names, output) if gt is not None else None
     summary: dict = {}
 
     def localize() -> None:
-        outcomes = [localize_query(name, queries, features, matches, by_query.get(name, []), observed, model, config)
-                    for name in extracted]
+        outcomes = [localize_query(name, queries, features, matches, by_query.get(name, []), observed, model, config,
+                                   refined) for name in extracted]
         scores = finish_localization(outcomes, output / "poses.txt", output / "summary.json", truth,
                                      parse_thresholds(config.thresholds), extra={"reference": str(reference)})
         summary.update(localized=sum(o.localized for o in outcomes), queries=len(names),
-                       scores=scores.as_dict() if scores else None)
+                       scores=scores.as_dict() if scores else None, refined=config.refine)
         folder.save(result=summary)
 
     finished = folder.state.get("result")
     folder.stages.run("localize", bool(finished) and (output / "poses.txt").is_file()
+                      and finished.get("refined", False) == config.refine
                       and (truth is None or finished.get("scores") is not None), localize)
     return dict(folder.state.get("result", summary))
 
+
+
+def refine_stage(config: ImagesLocalizationConfig, folder: RunFolder, refined: Path, reference: Path,
+                 model: pycolmap.Reconstruction, observed: dict[str, np.ndarray], queries: Path, features: Path,
+                 matches: Path, by_query: dict[str, list[str]]) -> None:
+    """The query keypoints matched to observed reference keypoints, aligned to those observations (skipped when
+    ``refined`` holds them already)."""
+    reference_images = Path(config.reference_images) if config.reference_images else reference / "images"
+    missing = sorted({image for images in by_query.values() for image in images
+                      if not (reference_images / image).is_file()})
+    if missing:
+        raise D2sfmError(f"{reference_images}: the reference photo {missing[0]} is not there ({len(missing)} "
+                         "missing); give the reference scene's photos with --reference-images, or --no-refine")
+    positions = observed_positions(model, observed)
+    query_set = set(by_query)
+
+    def image_path(name: str) -> Path:
+        return queries / name if name in query_set else reference_images / name
+
+    def refine() -> None:
+        summary = refine_queries_against_fixed(
+            features, matches, by_query, "/", None, resolve_device(config.run.device), refined,
+            progress=config.run.progress, fixed_keypoints=lambda image, indices: positions[image][indices],
+            image_path=image_path)
+        log.info(f"  queries: {summary.describe()}")
+
+    folder.stages.run("refine", refined.is_file() and "settings" in refined_keypoints_record(refined), refine)

@@ -11,7 +11,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -231,9 +231,17 @@ def refine_localization_database(database_path: str | os.PathLike, image_dir: st
 def refine_queries_against_fixed(features_path: str | os.PathLike, matches_path: str | os.PathLike,
                                  retrieved: dict[str, Sequence[str]], image_dir: str | os.PathLike,
                                  weights: str | os.PathLike, device: torch.device, output: str | os.PathLike,
-                                 settings: RefineSettings | None = None, progress: bool = True) -> RefinementSummary:
-    """Localization without a COLMAP database (InLoc): the query keypoints of every query-image match refined
-    against the retrieved image's keypoint, which stays fixed (its 3D point comes from a scan).
+                                 settings: RefineSettings | None = None, progress: bool = True,
+                                 fixed_keypoints: Callable[[str, np.ndarray], np.ndarray] | None = None,
+                                 image_path: Callable[[str], Path] | None = None) -> RefinementSummary:
+    """Localization without a COLMAP database (InLoc, ``localize images``): the query keypoints of every
+    query-image match refined against the retrieved image's keypoint, which stays fixed (its 3D point comes from
+    a scan or a model).
+
+    By default the fixed keypoints are the image's in ``features_path`` and every photo is ``image_dir / name``.
+    ``fixed_keypoints(image, indices)`` gives instead the positions (K, 2) to align to of the image's matched
+    keypoints (``localize images``: the reference model's refined observations), NaN where the match is not
+    wanted (no 3D point), and ``image_path(name)`` the path of a photo (queries and references in two folders).
 
     Each pair is refined on its own: a query keypoint matched in several retrieved images gets one position per
     match, because a 2D-3D correspondence only needs the query keypoint to agree with its own scan point, and
@@ -253,17 +261,23 @@ def refine_queries_against_fixed(features_path: str | os.PathLike, matches_path:
             query_xy = read_keypoints(features_path, query)[0]
             for image in images:
                 pairs, _ = read_matches(matches_path, query, image)
+                fixed_xy = (read_keypoints(features_path, image)[0][pairs[:, 1]] if fixed_keypoints is None
+                            else fixed_keypoints(image, pairs[:, 1]))
+                wanted = np.isfinite(fixed_xy[:, :2]).all(axis=1)
+                pairs, fixed_xy = pairs[wanted], fixed_xy[wanted]
                 if not len(pairs):
                     continue
                 copy, fixed = len(names), len(names) + 1  # the query's matched keypoints, the image's
                 names[copy], names[fixed] = query, image
                 keypoints[copy] = query_xy[pairs[:, 0]]
-                keypoints[fixed] = read_keypoints(features_path, image)[0][pairs[:, 1]]
+                keypoints[fixed] = fixed_xy
                 order = np.arange(len(pairs))
                 matches[(copy, fixed)] = np.stack([order, order], axis=1)
                 rows[copy] = (image, pairs[:, 0])
             if not matches:
                 continue
+            if image_path is not None:  # absolute paths: image_dir / path is the path
+                names = {index: str(Path(image_path(name)).resolve()) for index, name in names.items()}
             refined, summary = refine_keypoints(keypoints, names, matches, image_dir, weights, device, settings,
                                                 fixed_images=set(names) - set(rows), progress=False)
             for copy, (image, indices) in rows.items():

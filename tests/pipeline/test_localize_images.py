@@ -11,6 +11,7 @@ import pytest
 
 import d2sfm
 from d2sfm.io.images import list_images
+from d2sfm.refinement.database_refinement import refined_keypoints_record
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +41,8 @@ def fast_config(weights):
 @pytest.mark.parametrize("scene, through", [("fountain-P11", "command"), ("Herz-Jesus-P8", "api"),
                                             ("entry-P10", "api")])
 def test_other_photos_localize_against_a_model_at_the_true_poses(scene, through, shared, weights_path, tmp_path):
-    """The command line on one scene, the Python API (in this process: no interpreter start) on the others."""
+    """The command line on one scene (the queries' keypoints refined, the default), the Python API (in this
+    process: no interpreter start) on the others (refined on Herz-Jesus-P8, not on entry-P10)."""
     root = shared / "data" / "strecha" / scene
     truth = root / "gt_dense_cameras"
     reference, queries, output = tmp_path / "reference", tmp_path / "queries", tmp_path / "localization"
@@ -60,9 +62,12 @@ def test_other_photos_localize_against_a_model_at_the_true_poses(scene, through,
                                       refine_intrinsics="none", known_poses=str(truth))
         d2sfm.reconstruct(reference, d2sfm.ReconstructionConfig(
             features=features, run=run, mapping=cameras, refine=d2sfm.RefineConfig(enabled=False)))
+        refine = scene == "Herz-Jesus-P8"  # the query refinement on this one and through the command
         returned = d2sfm.localize_images(reference, queries, d2sfm.ImagesLocalizationConfig(
-            camera_model="PINHOLE", camera_params=STRECHA_K, features=features, run=run), output=output, gt=truth)
+            camera_model="PINHOLE", camera_params=STRECHA_K, features=features, run=run, refine=refine),
+            output=output, gt=truth)
         assert returned["localized"] == len(list_images(queries))
+        assert (output / "refined_keypoints.h5").is_file() == refine
     summary = json.loads((output / "summary.json").read_text())
     scores = summary["scores"]
     print(scene, scores["recall_percent"], scores["median_position_error_m"], scores["median_rotation_error_deg"])
@@ -72,3 +77,8 @@ def test_other_photos_localize_against_a_model_at_the_true_poses(scene, through,
     assert len(scores["recall_percent"]) == 3 and scores["recall_percent"] == sorted(scores["recall_percent"])
     # the model is in metres, the scenes some 10 m across: a pose in the wrong place would be metres off
     assert scores["median_position_error_m"] < 0.5 and scores["median_rotation_error_deg"] < 2.0
+    if (output / "refined_keypoints.h5").is_file():  # matched query keypoints aligned to the observations
+        record = refined_keypoints_record(output / "refined_keypoints.h5")
+        assert record["keypoints_moved"] > 0 and record["settings"]["method"] == "patch"
+        assert 0 < record["median_shift_px"] < record["settings"]["max_shift"]
+        assert summary["refined"] is True

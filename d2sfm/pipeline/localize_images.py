@@ -206,7 +206,8 @@ def localize_images(reference: str | os.PathLike, queries: str | os.PathLike,
         outcomes = [localize_query(name, queries, features, matches, by_query.get(name, []), observed, model, config,
                                    refined) for name in extracted]
         scores = finish_localization(outcomes, output / "poses.txt", output / "summary.json", truth,
-                                     parse_thresholds(config.thresholds), extra={"reference": str(reference)})
+                                     parse_thresholds(config.thresholds),
+                                     extra={"reference": str(reference), "refined": config.refine})
         summary.update(localized=sum(o.localized for o in outcomes), queries=len(names),
                        scores=scores.as_dict() if scores else None, refined=config.refine)
         folder.save(result=summary)

@@ -1,7 +1,7 @@
 """Keypoint refinement's cost against photo size, and where its time goes: the baseline (every blur level at full
 size with 21x21 samples, every keypoint through every iteration and level: ``AlignmentSettings(pyramid=False,
-converged_px=None, min_coarse_correlation=None)``, the refinement before issue 36) and d2sfm's default, side by
-side on the same tracks.
+converged_px=None, min_coarse_correlation=None)``, and both blur levels in the model stage too: the refinement
+before issue 36) and d2sfm's default, side by side on the same tracks.
 
     python benchmarks/refine_cost.py                     # Herz-Jesus-P8 (3072x2048), CPU
     python benchmarks/refine_cost.py --scene ../shared/data/strecha/fountain-P11 --sizes 1024 full
@@ -135,7 +135,8 @@ def measure(work: Path, images: Path, edges: list[int | None], device: torch.dev
     names, keypoints = read_database_keypoints(work / "database.db")
     matches = read_verified_matches(work / "database.db")
     model = read_model(work / "sparse" / "0")
-    methods = {"baseline": {"pyramid": False, "converged_px": None, "min_coarse_correlation": None}, "d2sfm": {}}
+    baseline = {"pyramid": False, "converged_px": None, "min_coarse_correlation": None, "blur_sigmas": (2.0, 1.0)}
+    methods = {"baseline": baseline, "d2sfm": {}}
     rows = []
     for edge in edges:
         with tempfile.TemporaryDirectory() as scratch:

@@ -187,9 +187,7 @@ class ImagesLocalizationConfig:
     ransac_max_error: float = 12.0  # absolute pose RANSAC threshold in query pixels (COLMAP's)
     min_inliers: int = 15  # fewer 2D-3D inliers than this counts as not localized
     thresholds: str = "0.01,0.1;0.05,0.5;0.1,1"  # --gt: (position in the model's units, degrees) recall thresholds
-    # each query keypoint matched to an observation of a 3D point aligned by patch to that (refined) observation
-    # in its reference photo, as the reference model's keypoints were; it needs the reference photos
-    refine: bool = True
+    refine: bool = True  # query keypoints matched to a 3D point's observation aligned to it in its reference photo
     reference_images: str = ""  # the reference scene's photos; "": REFERENCE/images
     features: FeatureConfig = field(default_factory=FeatureConfig)
     matching: MatchConfig = field(default_factory=MatchConfig)

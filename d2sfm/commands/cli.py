@@ -82,7 +82,10 @@ class StopOnSignal:
             time.sleep(self.retry * jitter.uniform(0.5, 1.5))
             if not self.pending:
                 return
-            _thread.interrupt_main()
+            # as if SIGTERM came again, into ``handle``: interrupt_main's default, SIGINT, does nothing where the
+            # parent ignores SIGINT (a shell's background job), and the stop was lost when the first try had
+            # landed in a finaliser
+            _thread.interrupt_main(signal.SIGTERM)
 
 
 def in_finaliser(frame) -> bool:

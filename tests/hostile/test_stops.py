@@ -15,6 +15,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 
 from d2sfm.io.features import Features
 from d2sfm.io.h5 import FeatureWriter
@@ -25,16 +26,21 @@ from .conftest import assert_one_line_error, leftovers, reconstruct, snapshot
 INTERRUPTED = "interrupted: finished work is saved; rerun the same command to resume"
 
 
-def test_sigterm_landing_in_a_finaliser_still_stops_the_command(tmp_path):
-    """Python ignores an exception raised in __del__; the signal must not be lost there."""
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_landing_in_a_finaliser_still_stops_the_command(tmp_path, sigint):
+    """Python ignores an exception raised in __del__; the signal must not be lost there. Also where the parent
+    ignores SIGINT (a shell's background job: the command inherits SIG_IGN), which made the retry a no-op and lost
+    the stop in every full test run started in the background."""
     script = tmp_path / "busy.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(textwrap.dedent(f"""
         import faulthandler
         import signal
         import time
         from d2sfm.commands.cli import run_main
 
         faulthandler.enable(all_threads=True)
+        if {sigint == "ignored"}:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
         class Slow:
             def __del__(self):

@@ -34,11 +34,7 @@ from d2sfm.localization.submission import QueryOutcome, finish_localization
 from d2sfm.matching.pairs import Pair, read_pairs, write_pairs
 from d2sfm.pipeline.features import check_extraction_settings, extract_missing, match_missing, unmatched_pairs
 from d2sfm.pipeline.stages import RunFolder
-from d2sfm.refinement.database_refinement import (
-    read_refined_query_keypoints,
-    refine_queries_against_fixed,
-    refined_keypoints_record,
-)
+from d2sfm.refinement.database_refinement import read_refined_query_keypoints, refine_queries_against_fixed
 from d2sfm.runtime.device import resolve_device
 from d2sfm.sfm.cameras import parse_camera_params
 from d2sfm.sfm.mapping import read_models
@@ -186,7 +182,9 @@ def localize_images(reference: str | os.PathLike, queries: str | os.PathLike,
     done = set(list_entries(features)) if features.is_file() else set()
     folder.stages.run("extract", all(name in done for name in names), extract)
     extracted = [name for name in names if name in set(list_entries(features))]
-    folder.stages.run("pairs", pairs_path.is_file(), lambda: write_pairs(pairs_path, query_pairs(
+    paired = {query for query, _ in read_pairs(pairs_path)} if pairs_path.is_file() else set()
+    # a query added since the pairs were written gets its pairs (the matched ones are not matched again)
+    folder.stages.run("pairs", paired >= set(extracted), lambda: write_pairs(pairs_path, query_pairs(
         extracted, references, features, reference_features, config.pairs, config.top_k)))
     pairs = read_pairs(pairs_path)
     if config.run.ray is not None:
@@ -210,10 +208,11 @@ def localize_images(reference: str | os.PathLike, queries: str | os.PathLike,
                                      extra={"reference": str(reference), "refined": config.refine})
         summary.update(localized=sum(o.localized for o in outcomes), queries=len(names),
                        scores=scores.as_dict() if scores else None, refined=config.refine)
-        folder.save(result=summary)
+        folder.save(result=summary, localized_queries=extracted)
 
     finished = folder.state.get("result")
     folder.stages.run("localize", bool(finished) and (output / "poses.txt").is_file()
+                      and folder.state.get("localized_queries") == extracted  # a query added since: all again
                       and finished.get("refined", False) == config.refine
                       and (truth is None or finished.get("scores") is not None), localize)
     return dict(folder.state.get("result", summary))
@@ -243,5 +242,8 @@ def refine_stage(config: ImagesLocalizationConfig, folder: RunFolder, refined: P
             progress=config.run.progress, fixed_keypoints=lambda image, indices: positions[image][indices],
             image_path=image_path)
         log.info(f"  queries: {summary.describe()}")
+        folder.save(refined_queries=sorted(by_query))
 
-    folder.stages.run("refine", refined.is_file() and "settings" in refined_keypoints_record(refined), refine)
+    # the file holds the queries it was made for: queries added since are refined with the others
+    folder.stages.run("refine", refined.is_file() and folder.state.get("refined_queries") == sorted(by_query),
+                      refine)

@@ -63,6 +63,13 @@ def test_other_photos_localize_against_a_model_at_the_true_poses(scene, through,
         d2sfm.reconstruct(reference, d2sfm.ReconstructionConfig(
             features=features, run=run, mapping=cameras, refine=d2sfm.RefineConfig(enabled=False)))
         refine = scene == "Herz-Jesus-P8"  # the query refinement on this one and through the command
+        config = d2sfm.ImagesLocalizationConfig(camera_model="PINHOLE", camera_params=STRECHA_K, features=features,
+                                                run=run, refine=refine)
+        if refine:  # a first run without the last query: the rerun with it refines and localizes it too
+            last = sorted(list_images(queries))[-1]
+            (queries / last).rename(tmp_path / last)
+            assert d2sfm.localize_images(reference, queries, config, output=output, gt=None)["queries"] == 3
+            (tmp_path / last).rename(queries / last)
         returned = d2sfm.localize_images(reference, queries, d2sfm.ImagesLocalizationConfig(
             camera_model="PINHOLE", camera_params=STRECHA_K, features=features, run=run, refine=refine),
             output=output, gt=truth)
@@ -81,4 +88,5 @@ def test_other_photos_localize_against_a_model_at_the_true_poses(scene, through,
         record = refined_keypoints_record(output / "refined_keypoints.h5")
         assert record["keypoints_moved"] > 0 and record["settings"]["method"] == "patch"
         assert 0 < record["median_shift_px"] < record["settings"]["max_shift"]
+        assert record["images"] == len(names)  # every query, also one added after a first run
         assert summary["refined"] is True

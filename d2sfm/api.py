@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from d2sfm.config import (
     LOCALIZATION_CONFIGS,
@@ -26,10 +27,12 @@ from d2sfm.config import (
 from d2sfm.errors import D2sfmError
 from d2sfm.io.h5 import list_entries
 from d2sfm.io.images import image_sources
-from d2sfm.matching.pairs import Pair, read_pairs, write_pairs
+from d2sfm.matching.pairs import EXHAUSTIVE_UP_TO, Pair, choose_pairs, read_pairs, write_pairs
 from d2sfm.pipeline.features import extract_missing, match_missing
-from d2sfm.pipeline.reconstruct import EXHAUSTIVE_UP_TO, ReconstructionResult, choose_pairs, reconstruct_scene
 from d2sfm.runtime.device import resolve_device
+
+if TYPE_CHECKING:  # the reconstruct flow needs pycolmap; extraction and matching here do not
+    from d2sfm.pipeline.reconstruct import ReconstructionResult
 
 PathLike = str | os.PathLike
 
@@ -104,6 +107,8 @@ def reconstruct(scene: PathLike, config: ReconstructionConfig | None = None, *, 
     (``result.largest`` is ``sparse/0``) and the statistics written to stats.json. ``features``: an existing
     features.h5 of d2sfm or hloc instead of extracting; ``demo``: render the embedded synthetic scene first and check
     the cameras against the truth."""
+    from d2sfm.pipeline.reconstruct import reconstruct_scene
+
     return reconstruct_scene(scene, config, images=images, features=features, demo=demo)
 
 

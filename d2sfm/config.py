@@ -15,9 +15,13 @@ from d2sfm.errors import D2sfmError
 from d2sfm.features.extractor import ExtractionConfig
 from d2sfm.features.gpu_batching import DEFAULT_GPU_MEMORY_GIB
 from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
-from d2sfm.refinement.database_refinement import RefineSettings
-from d2sfm.sfm.dense import DEFAULT_MESH_TRIM
-from d2sfm.sfm.mapping import D2_ABS_POSE_MIN_INLIER_RATIO, D2_ABS_POSE_MIN_INLIERS, D2_INIT_MIN_TRI_ANGLE
+from d2sfm.refinement.settings import RefineSettings
+from d2sfm.sfm.defaults import (
+    D2_ABS_POSE_MIN_INLIER_RATIO,
+    D2_ABS_POSE_MIN_INLIERS,
+    D2_INIT_MIN_TRI_ANGLE,
+    DEFAULT_MESH_TRIM,
+)
 
 FEATURE_METHODS = ("d2", "sift")
 

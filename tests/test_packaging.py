@@ -109,3 +109,45 @@ def test_feature_files_and_export_need_no_torch(tmp_path):
               "assert 'torch' not in sys.modules, 'torch imported'\n")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_extraction_and_matching_run_without_pycolmap(tmp_path, weights_path):
+    """A GPU box or a cluster worker may have torch and no pycolmap (the lent GPU machines have none, and
+    benchmarks/gpu_acceptance.py extracts and matches there): the extract and match commands, their Python API and
+    the patch alignment must not import it. pycolmap and Ray are made unimportable in a fresh interpreter."""
+    import os
+    import subprocess
+
+    import cv2
+    import numpy as np
+
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('pycolmap', 'ray'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
+        "sys.meta_path.insert(0, Block())\n")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    texture = cv2.resize(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), (128, 96), interpolation=cv2.INTER_CUBIC)
+    for index in range(2):
+        cv2.imwrite(str(photos / f"{index}.png"), np.roll(texture, 3 * index, axis=1))
+    (tmp_path / "pairs.txt").write_text("0.png 1.png\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
+    commands = [
+        [sys.executable, "-c", "import pycolmap"],  # the blocker works
+        [sys.executable, "-m", "d2sfm.extract", str(photos), "-o", "features.h5", "--weights", str(weights_path),
+         "--quiet"],
+        [sys.executable, "-m", "d2sfm.match", "features.h5", "pairs.txt", "-o", "matches.h5", "--quiet"],
+        [sys.executable, "-c", "import d2sfm, d2sfm.refinement.patch_alignment, d2sfm.cluster.extract; "
+         "d2sfm.pairs(['a', 'b']); d2sfm.FeatureConfig()"],
+    ]
+    results = [subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env) for command in commands]
+    assert results[0].returncode != 0 and "pycolmap" in results[0].stderr
+    for result in results[1:]:
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "matches.h5").is_file()

@@ -17,7 +17,6 @@ def set_library_logs(verbose: bool) -> None:
     import os
 
     import cv2
-    import pycolmap
 
     os.environ["OPENCV_LOG_LEVEL"] = "INFO" if verbose else "SILENT"
     os.environ["GLOG_minloglevel"] = str(COLMAP_ALL if verbose else COLMAP_FATAL_ONLY)
@@ -25,6 +24,10 @@ def set_library_logs(verbose: bool) -> None:
     # OpenCV 5 has the setter in cv2.utils.logging only, OpenCV 4 at the top level only
     opencv_logging = getattr(cv2.utils, "logging", cv2)
     opencv_logging.setLogLevel(OPENCV_INFO if verbose else OPENCV_SILENT)
+    try:
+        import pycolmap
+    except ImportError:  # extraction and matching run without it (a GPU box, a cluster worker): no COLMAP lines
+        return
     pycolmap.logging.minloglevel = COLMAP_ALL if verbose else COLMAP_FATAL_ONLY
 
 

@@ -13,7 +13,7 @@ from d2sfm.commands.library_logs import add_verbose_argument
 from d2sfm.config import FEATURE_METHODS, FeatureConfig, RunConfig
 from d2sfm.features.extractor import CONV_IMPLEMENTATIONS, PRECISIONS
 from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
-from d2sfm.refinement.database_refinement import METHODS
+from d2sfm.refinement.settings import METHODS
 
 
 def number(kind: type = int, *, at_least: float | None = None, above: float | None = None,

@@ -20,6 +20,7 @@ import torch
 
 from d2sfm.errors import D2sfmError
 from d2sfm.io.atomic import read_text_file, write_text_atomic
+from d2sfm.io.h5 import read_global_descriptors
 
 Pair = tuple[str, str]
 
@@ -128,3 +129,19 @@ def read_pairs(path: str | os.PathLike, known_names: Iterable[str] | None = None
 
 def write_pairs(path: str | os.PathLike, pairs: Sequence[Pair]) -> None:
     write_text_atomic(path, "".join(f"{encode_name(a)} {encode_name(b)}\n" for a, b in pairs))
+
+
+EXHAUSTIVE_UP_TO = 100  # images; above this, --pairs auto uses retrieval
+
+
+def choose_pairs(method: str, names: list[str], features_path: Path | None, top_k: int, overlap: int) -> list[Pair]:
+    """The pairs of one of the methods (auto, exhaustive, sequential, retrieval) or of a pair-list file's path."""
+    if method == "auto":
+        method = "exhaustive" if len(names) <= EXHAUSTIVE_UP_TO else "retrieval"
+    if method == "exhaustive":
+        return exhaustive_pairs(names)
+    if method == "sequential":
+        return sequential_pairs(names, overlap)
+    if method == "retrieval":
+        return retrieval_pairs(names, read_global_descriptors(features_path, names), top_k)
+    return read_pairs(method, known_names=names)

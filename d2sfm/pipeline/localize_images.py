@@ -31,7 +31,7 @@ from d2sfm.localization.absolute_pose import estimate_pose
 from d2sfm.localization.pose_scores import parse_thresholds
 from d2sfm.localization.poses import pose_from_rotation_centre, write_poses
 from d2sfm.localization.submission import QueryOutcome, finish_localization
-from d2sfm.matching.pairs import Pair, read_pairs, write_pairs
+from d2sfm.matching.pairs import EXHAUSTIVE_UP_TO, Pair, read_pairs, write_pairs
 from d2sfm.pipeline.features import check_extraction_settings, extract_missing, match_missing, unmatched_pairs
 from d2sfm.pipeline.stages import RunFolder
 from d2sfm.refinement.database_refinement import read_refined_query_keypoints, refine_queries_against_fixed
@@ -40,9 +40,6 @@ from d2sfm.sfm.cameras import parse_camera_params
 from d2sfm.sfm.mapping import read_models
 
 log = logging.getLogger("d2sfm")
-
-EXHAUSTIVE_UP_TO = 100  # reference images matched exhaustively under pairs="auto"
-
 
 def observed_points(model: pycolmap.Reconstruction) -> dict[str, np.ndarray]:
     """Per registered reference image, the 3D point id of each keypoint (-1 where none): keypoint k of features.h5

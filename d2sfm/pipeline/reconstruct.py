@@ -18,9 +18,9 @@ from d2sfm.config import DenseConfig, MappingConfig, ReconstructionConfig
 from d2sfm.errors import D2sfmError
 from d2sfm.features.weights import resolve_weights
 from d2sfm.io.atomic import atomic_database, remove_sqlite_side_files
-from d2sfm.io.h5 import list_entries, read_global_descriptors
+from d2sfm.io.h5 import list_entries
 from d2sfm.io.images import list_images
-from d2sfm.matching.pairs import exhaustive_pairs, read_pairs, retrieval_pairs, sequential_pairs, write_pairs
+from d2sfm.matching.pairs import EXHAUSTIVE_UP_TO, choose_pairs, read_pairs, write_pairs  # noqa: F401 (re-exported)
 from d2sfm.pipeline.features import check_extraction_settings, extract_missing, match_missing, unmatched_pairs
 from d2sfm.pipeline.known_poses import triangulate_at_known_poses
 from d2sfm.pipeline.stages import RunFolder, Stages
@@ -56,21 +56,6 @@ from d2sfm.sfm.mapping import (
 from d2sfm.viz.model_picture import write_model_picture
 
 log = logging.getLogger("d2sfm")
-
-EXHAUSTIVE_UP_TO = 100  # images; above this, --pairs auto uses retrieval
-
-
-def choose_pairs(method: str, names: list[str], features_path: Path, top_k: int, overlap: int):
-    if method == "auto":
-        method = "exhaustive" if len(names) <= EXHAUSTIVE_UP_TO else "retrieval"
-    if method == "exhaustive":
-        return exhaustive_pairs(names)
-    if method == "sequential":
-        return sequential_pairs(names, overlap)
-    if method == "retrieval":
-        return retrieval_pairs(names, read_global_descriptors(features_path, names), top_k)
-    return read_pairs(method, known_names=names)
-
 
 def print_table(stats: dict) -> None:
     rows = [("images (readable / given)", f"{stats['images_readable']} / {stats['images_given']}"),

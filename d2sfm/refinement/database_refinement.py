@@ -12,7 +12,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import h5py
@@ -26,28 +26,13 @@ from d2sfm.io.atomic import atomic_database, atomic_path, copy_database
 from d2sfm.io.h5 import pair_key, read_keypoints, read_matches
 from d2sfm.io.images import gray_image_reader, read_refinement_image
 from d2sfm.refinement.feature_patches import DenseFeatureNet, PatchSettings
-from d2sfm.refinement.keypoint_adjustment import AdjustmentSettings, adjust_keypoints
-from d2sfm.refinement.patch_alignment import AlignmentSettings, align_keypoints, edge_affinities
+from d2sfm.refinement.keypoint_adjustment import adjust_keypoints
+from d2sfm.refinement.patch_alignment import align_keypoints, edge_affinities
+from d2sfm.refinement.settings import METHODS, RefineSettings  # noqa: F401 (the settings' historical home)
 from d2sfm.refinement.tracks import Tracks, build_tracks, read_verified_matches
 from d2sfm.sfm.database import read_only, stamp_database
 
 log = logging.getLogger("d2sfm")
-
-METHODS = ("patch", "featuremetric")
-
-
-@dataclass
-class RefineSettings:
-    method: str = "patch"
-    alignment: AlignmentSettings = field(default_factory=AlignmentSettings)  # method "patch"
-    patches: PatchSettings = field(default_factory=PatchSettings)  # method "featuremetric"
-    adjustment: AdjustmentSettings = field(default_factory=AdjustmentSettings)
-
-    def as_dict(self) -> dict:
-        if self.method == "patch":
-            return {"method": self.method, **self.alignment.as_dict()}
-        return {"method": self.method, **self.patches.as_dict(), **asdict(self.adjustment)}
-
 
 @dataclass
 class RefinementSummary:

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pycolmap
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -47,6 +46,8 @@ class Tracks:
 
 def read_verified_matches(database_path: str | os.PathLike) -> dict[tuple[int, int], np.ndarray]:
     """{(image id, image id): (M, 2) keypoint indices} of the pairs with geometrically verified inliers."""
+    import pycolmap  # here, not above: the tracks (and the patch alignment on them) serve machines without pycolmap
+
     with pycolmap.Database.open(database_path) as database:
         pair_ids, geometries = database.read_two_view_geometries()
     verified = {}

@@ -29,6 +29,7 @@ from d2sfm.io.atomic import atomic_path, replace_folder, write_text_atomic
 from d2sfm.io.model_files import read_model
 from d2sfm.io.mvs_maps import images_with_maps, remove_incomplete_maps
 from d2sfm.io.ply import count_vertices
+from d2sfm.sfm.defaults import DEFAULT_MESH_TRIM  # noqa: F401 (re-exported: where it was first defined)
 
 log = logging.getLogger("d2sfm")
 
@@ -36,7 +37,6 @@ UNDISTORTED_MARKER = "undistorted.json"  # the inputs the workspace was made fro
 PATCH_MATCH_MARKER = "patch_match.json"  # PatchMatch ran to its end
 FUSED = "fused.ply"
 MESH = "meshed-poisson.ply"
-DEFAULT_MESH_TRIM = 10.0  # COLMAP's: drop the surface where Poisson's sampling density is below this
 CUDA_INSTALL = 'pip uninstall -y pycolmap && pip install "pycolmap-cuda12>=4.2.1,<5"'
 
 

@@ -25,19 +25,16 @@ from d2sfm.sfm.cameras import (
     apply_to_bundle_adjustment,
     apply_to_incremental,
 )
+from d2sfm.sfm.defaults import (  # noqa: F401 (re-exported: where they were first defined)
+    D2_ABS_POSE_MIN_INLIER_RATIO,
+    D2_ABS_POSE_MIN_INLIERS,
+    D2_INIT_MIN_TRI_ANGLE,
+)
 
 COLMAP_REFINEMENT = INTRINSICS_REFINEMENT["colmap"]
 log = logging.getLogger("d2sfm")
 
 MAPPERS = ("incremental", "global")
-# Mapper options for D2 features. COLMAP's defaults suit SIFT; D2 gives fewer, less precisely placed matches per
-# pair (Sacre Coeur: a median of ~120 inliers per verified pair multi-scale, ~55 single-scale, ~145 for SIFT), and
-# with COLMAP's values the mapper leaves images out or stops at a few images depending on its random seed
-# (docs/benchmarks.md, "SfM on real photos"): the initial pair must have >= 100 inliers *and* a 16 degree
-# triangulation angle, which few D2 pairs have, and each new image needs 30 inliers at a 25% ratio.
-D2_ABS_POSE_MIN_INLIERS = 15  # COLMAP: 30
-D2_ABS_POSE_MIN_INLIER_RATIO = 0.1  # COLMAP: 0.25
-D2_INIT_MIN_TRI_ANGLE = 8.0  # degrees; COLMAP: 16
 # The global mapper checks no image's pose against its 2D-3D matches as the incremental mapper does, so an image
 # it places must be held by at least COLMAP's own number of inliers (see drop_weak_images).
 GLOBAL_MIN_IMAGE_POINTS = 30

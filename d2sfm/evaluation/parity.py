@@ -305,3 +305,95 @@ def _ban_tie(levels, sources, level_index, batch_index, i, j, tolerance, edge_th
         if found is not None:
             return f"level {coarse_index} cell ({ci}, {cj}) {found[0]}", found[1]
     return None
+
+
+# ------------------------------------------------------------------------------------ against the reference files
+
+
+@dataclass(frozen=True)
+class ParityCriteria:
+    """What "equal to the original" means (README): the thresholds tests/evaluation/test_parity.py asserts and
+    benchmarks/gpu_acceptance.py reports on a GPU."""
+
+    match_distance: float = 0.01  # px: a keypoint of ours and one of the reference's are the same keypoint
+    min_share: float = 0.995  # of each side's keypoints with a counterpart within match_distance
+    max_count_difference: float = 0.005
+    min_cosine: float = 0.999  # descriptors of matched keypoints
+    max_score_error: float = 1e-3  # relative
+    # A near-tie is a decision whose relative margin is at most near_tie_factor times the rounding of both sides:
+    # ours (rounding_error, against a float64 evaluation on the same device) and the reference's. The reference
+    # ran oneDNN's AVX2 kernels, whose rounding_error under ONEDNN_MAX_CPU_ISA=AVX2 on the two reference images is
+    # 3.1e-6 and 3.8e-6 (AVX-512: 6e-7 and 7.5e-7; Winograd 1.4e-5 and 2.6e-5).
+    reference_rounding: float = 3.9e-6
+    near_tie_factor: float = 4.0
+
+    def tolerance(self, our_rounding: float) -> float:
+        return self.near_tie_factor * (our_rounding + self.reference_rounding)
+
+
+@dataclass
+class ParityReport:
+    """One extraction of a reference image against the original's outputs, with every figure the criteria judge."""
+
+    counts: tuple[int, int]  # (ours, the reference's)
+    ours_share: float  # of our keypoints with a reference keypoint within match_distance
+    theirs_share: float
+    count_difference: float
+    scales_equal: bool  # of the matched keypoints
+    max_score_error: float
+    min_cosine: float
+    tolerance: float
+    explanations: list[Explanation]
+
+    @property
+    def unexplained(self) -> list[Explanation]:
+        return [e for e in self.explanations if not e.explained]
+
+    def failures(self, criteria: ParityCriteria, min_share: float | None = None) -> list[str]:
+        """The criteria this extraction misses, in words (empty: equal to the original)."""
+        min_share = criteria.min_share if min_share is None else min_share
+        checks = [
+            (self.count_difference <= criteria.max_count_difference,
+             f"keypoint counts differ by {self.count_difference:.2%}"),
+            (self.ours_share >= min_share, f"{self.ours_share:.2%} of ours within {criteria.match_distance} px"),
+            (self.theirs_share >= min_share,
+             f"{self.theirs_share:.2%} of the reference's within {criteria.match_distance} px"),
+            (self.scales_equal, "matched keypoints at other scales"),
+            (self.max_score_error <= criteria.max_score_error, f"score error {self.max_score_error:.2e}"),
+            (self.min_cosine >= criteria.min_cosine, f"descriptor cosine {self.min_cosine:.5f}"),
+            (not self.unexplained, "keypoints that differ from the original without a near-tie:\n"
+             + "\n".join(str(e) for e in self.unexplained)),
+        ]
+        return [message for ok, message in checks if not ok]
+
+    def as_dict(self) -> dict:
+        return {"counts": list(self.counts), "ours_share": self.ours_share, "theirs_share": self.theirs_share,
+                "count_difference": self.count_difference, "scales_equal": self.scales_equal,
+                "max_score_error": self.max_score_error, "min_cosine": self.min_cosine, "tolerance": self.tolerance,
+                "differing": len(self.explanations), "unexplained": len(self.unexplained)}
+
+
+def compare_with_reference(extractor: D2Extractor, image_bgr: np.ndarray, reference: dict, tolerance: float,
+                           criteria: ParityCriteria = ParityCriteria()) -> ParityReport:
+    """Extract ``image_bgr`` and judge it against ``reference`` (the original's .npz: keypoints_ijs, scores,
+    descriptors), explaining each keypoint that only one side has from our own feature maps."""
+    from d2sfm.io.keypoints import colmap_xy_to_network_ij
+
+    levels = []
+    features = extractor.extract(image_bgr, on_level=levels.append)
+    ours = np.c_[colmap_xy_to_network_ij(features.keypoints), features.scales]  # the reference's convention
+    theirs = np.asarray(reference["keypoints_ijs"], np.float64)
+    result = agreement(ours[:, :2], theirs[:, :2])
+    matched = result.ours_distance <= criteria.match_distance
+    nearest = result.nearest[matched]
+    reference_scores = np.asarray(reference["scores"])[nearest]
+    score_error = np.abs(features.scores[matched] - reference_scores) / np.abs(reference_scores)
+    cosine = np.sum(features.descriptors[matched] * np.asarray(reference["descriptors"], np.float32)[nearest], axis=1)
+    explanations = explain(levels, image_bgr.shape[:2], ours[~matched],
+                           theirs[result.theirs_distance > criteria.match_distance], tolerance)
+    return ParityReport(
+        counts=result.counts, ours_share=result.ours_within(criteria.match_distance),
+        theirs_share=result.theirs_within(criteria.match_distance), count_difference=result.count_difference,
+        scales_equal=bool(np.array_equal(features.scales[matched], theirs[nearest, 2])),
+        max_score_error=float(score_error.max()) if len(score_error) else 0.0,
+        min_cosine=float(cosine.min()) if len(cosine) else 1.0, tolerance=tolerance, explanations=explanations)

@@ -18,27 +18,23 @@ import pytest
 import torch
 
 import d2sfm.features.pyramid
-from d2sfm.evaluation.parity import agreement, explain, float64_backbone, rounding_error
+from d2sfm.evaluation.parity import (
+    ParityCriteria,
+    agreement,
+    compare_with_reference,
+    float64_backbone,
+    rounding_error,
+)
 from d2sfm.features.detect import detect_level
 from d2sfm.features.extractor import D2Extractor, ExtractionConfig, GpuTuning
 from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
 from d2sfm.io.images import read_image_bgr
-from d2sfm.io.keypoints import colmap_xy_to_network_ij
 from tests.conftest import REFERENCE_IMAGES
 
 pytestmark = pytest.mark.integration
 
-MATCH_DISTANCE = 0.01  # px: a keypoint of ours and one of the reference's are the same keypoint
-MIN_SHARE = 0.995  # of each side's keypoints with a counterpart within MATCH_DISTANCE
-MAX_COUNT_DIFFERENCE = 0.005
-MIN_COSINE = 0.999
-MAX_SCORE_ERROR = 1e-3  # relative
-# A near-tie is a decision whose relative margin is at most NEAR_TIE_FACTOR times the rounding of both sides: ours
-# (d2sfm.parity.rounding_error, measured in the test against a float64 evaluation on the same device) and the
-# reference's. The reference ran oneDNN's AVX2 kernels, whose rounding_error under ONEDNN_MAX_CPU_ISA=AVX2 on the
-# two reference images is 3.1e-6 and 3.8e-6 (AVX-512: 6e-7 and 7.5e-7; Winograd 1.4e-5 and 2.6e-5).
-REFERENCE_ROUNDING = 3.9e-6
-NEAR_TIE_FACTOR = 4.0
+CRITERIA = ParityCriteria()
+MATCH_DISTANCE = CRITERIA.match_distance
 
 DEVICES = [
     "cpu",
@@ -47,45 +43,25 @@ DEVICES = [
 ]
 
 
-def check_against_reference(extractor, reference_dir, name, suffix, tolerance, min_share=MIN_SHARE):
+def check_against_reference(extractor, reference_dir, name, suffix, tolerance, min_share=CRITERIA.min_share):
     """Extract the reference image, assert the agreement criteria and explain every keypoint that disagrees.
     Returns the explanations (printed with -s, for the record)."""
     reference = np.load(reference_dir / f"{name}.{suffix}.npz")
-    image = read_image_bgr(reference_dir / f"{name}.png")
-    levels = []
-    features = extractor.extract(image, on_level=levels.append)
-    ours = np.c_[colmap_xy_to_network_ij(features.keypoints), features.scales]  # the reference's convention
-    theirs = reference["keypoints_ijs"].astype(np.float64)
-    result = agreement(ours[:, :2], theirs[:, :2])
+    report = compare_with_reference(extractor, read_image_bgr(reference_dir / f"{name}.png"), reference, tolerance)
     print(f"\n{name} {suffix} {extractor.config.conv} on {extractor.device} "
           f"({os.environ.get('ONEDNN_MAX_CPU_ISA', 'default ISA')}, near-tie tolerance {tolerance:.2g}): "
-          f"{result.counts[0]} vs {result.counts[1]} keypoints, within {MATCH_DISTANCE} px: "
-          f"ours {result.ours_within(MATCH_DISTANCE):.2%}, reference {result.theirs_within(MATCH_DISTANCE):.2%}")
-    assert result.count_difference <= MAX_COUNT_DIFFERENCE
-    assert result.ours_within(MATCH_DISTANCE) >= min_share
-    assert result.theirs_within(MATCH_DISTANCE) >= min_share
-
-    matched = result.ours_distance <= MATCH_DISTANCE
-    nearest = result.nearest[matched]
-    assert np.array_equal(features.scales[matched], theirs[nearest, 2])
-    reference_scores = reference["scores"][nearest]
-    score_error = np.abs(features.scores[matched] - reference_scores) / np.abs(reference_scores)
-    assert score_error.max() <= MAX_SCORE_ERROR
-    cosine = np.sum(features.descriptors[matched] * reference["descriptors"][nearest].astype(np.float32), axis=1)
-    assert cosine.min() >= MIN_COSINE
-
-    explanations = explain(levels, image.shape[:2], ours[~matched],
-                           theirs[result.theirs_distance > MATCH_DISTANCE], tolerance)
-    for explanation in explanations:
+          f"{report.counts[0]} vs {report.counts[1]} keypoints, within {MATCH_DISTANCE} px: "
+          f"ours {report.ours_share:.2%}, reference {report.theirs_share:.2%}")
+    for explanation in report.explanations:
         print("  ", explanation)
-    unexplained = [str(e) for e in explanations if not e.explained]
-    assert not unexplained, "keypoints that differ from the original without a near-tie:\n" + "\n".join(unexplained)
-    return explanations
+    failures = report.failures(CRITERIA, min_share)
+    assert not failures, "\n".join(failures)
+    return report.explanations
 
 
 @pytest.fixture(scope="module")
 def near_tie_tolerance(weights_path, reference_dir):
-    """NEAR_TIE_FACTOR x (this extractor's measured rounding + the reference's), per extractor and image."""
+    """CRITERIA.tolerance: near_tie_factor x (this extractor's measured rounding + the reference's), per extractor and image."""
     cache, float64_maps = {}, {}
 
     def get(extractor, name):
@@ -98,7 +74,7 @@ def near_tie_tolerance(weights_path, reference_dir):
                 float64_maps[float64_key] = float64_backbone(extractor, weights_path, image)
             ours = rounding_error(extractor, weights_path, image, float64_maps[float64_key])
             print(f"\nrounding of {key}: {ours:.2g} of the local magnitude")
-            cache[key] = NEAR_TIE_FACTOR * (ours + REFERENCE_ROUNDING)
+            cache[key] = CRITERIA.tolerance(ours)
         return cache[key]
     return get
 

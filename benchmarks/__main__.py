@@ -84,6 +84,10 @@ BENCHMARKS = (
               "patch alignment and dense features' optimum under a known homography of a real photo"),
     Benchmark("refine-picture", "refine_picture.py", (), "cpu", False,
               "before/after picture of refinement on the synthetic scene (docs/img/refine_before_after.png)"),
+    Benchmark("gpu-acceptance", "gpu_acceptance.py", ("--output", str(REPO / "outputs" / "gpu-acceptance")), "cuda",
+              False, "every GPU figure in one run: parity, whole-command throughput SS/MS fp32/bf16, bf16 quality, "
+              "GPU matching, Ray, refinement and dense (docs/gpu.md; one call where pycolmap-cuda and Ray are "
+              "installed)"),
     Benchmark("extract-gpu", "extract_speed.py",
               ("--images", str(SACRE_COEUR), "--max-edge", "1600", "--device", "cuda",
                "--precision", "fp32", "bf16", "fp16", "--original-tf32"), "cuda", True,

@@ -71,6 +71,9 @@ class Plan:
     photos: int | None = None  # Sacre Coeur photos of the precision, reconstruction and refinement sections (all)
     mma_photos: int | None = None  # the first N of them make the MMA sequences (all)
     photo_edge: int | None = None  # their longest side (None: their own size, as reconstruct extracts them)
+    synthetic: bool = False  # views of d2sfm's synthetic scene instead (320x240: tiny and sure to reconstruct)
+    precision_pyramids: tuple[str, ...] = ("SS", "MS")  # of the precision and reconstruction sections
+    conv: str = "exact"  # the precision section's convolutions ("winograd": the CPU's faster ones, for the smoke)
     mma_edge: int = 512
     mnn_features: tuple[int, ...] = (8000, 20000)
     mnn_repeats: int = 5
@@ -82,8 +85,9 @@ class Plan:
 
 
 FULL = Plan()
-SMOKE = Plan(count=3, max_edge=160, photos=6, photo_edge=288, mma_photos=1, mma_edge=128, mnn_features=(300,),
-             mnn_repeats=1, ray_count=2, seeds=(0,), parity_pyramids=("SS",), parity_images=1, dense_max_size=160)
+SMOKE = Plan(count=3, max_edge=160, photos=6, synthetic=True, conv="winograd", mma_photos=1, mma_edge=128,
+             precision_pyramids=("SS",), mnn_features=(300,), mnn_repeats=1, ray_count=2, seeds=(0,),
+             parity_pyramids=("SS",), parity_images=1, dense_max_size=160)
 
 
 @dataclass
@@ -152,6 +156,22 @@ def scaled_photos(source: Path, folder: Path, count: int | None, edge: int | Non
         resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         cv2.imwrite(str(folder / name), resized, [cv2.IMWRITE_JPEG_QUALITY, 95])
     return names
+
+
+def section_photos(ctx: Context) -> list[str]:
+    """``work/photos`` of the precision, reconstruction, refinement and dense sections (made once); their names."""
+    from d2sfm.io.images import list_images
+
+    photos = ctx.work / "photos"
+    if not photos.exists():
+        if ctx.plan.synthetic:
+            from d2sfm.synthetic.scene import render_views
+
+            render_views(ctx.work / "synthetic", count=ctx.plan.photos or 6, width=320, height=240, focal=256.0)
+            photos.symlink_to(ctx.work / "synthetic" / "images", target_is_directory=True)
+        else:
+            scaled_photos(ctx.inputs.photos, photos, ctx.plan.photos, ctx.plan.photo_edge)
+    return list_images(photos)
 
 
 def importable(module: str) -> str | None:
@@ -305,8 +325,7 @@ def section_precision(ctx: Context) -> dict:
     from pipelines.hpatches import D2Options, Method, find_sequences, run_benchmark
     from pipelines.synthetic_sequences import synthesise_sequences
 
-    photos = ctx.work / "photos"
-    names = scaled_photos(ctx.inputs.photos, photos, ctx.plan.photos, ctx.plan.photo_edge)
+    photos, names = ctx.work / "photos", section_photos(ctx)
     sequences, mma_photos = ctx.work / "sequences", ctx.work / "mma_photos"
     mma_photos.mkdir()
     for name in names[: ctx.plan.mma_photos] if ctx.plan.mma_photos else names:
@@ -319,14 +338,16 @@ def section_precision(ctx: Context) -> dict:
     write_pairs(handoff / "pairs.txt", pairs)
     device = torch.device(ctx.device)
     rows = []
-    for pyramid in ("SS", "MS"):
+    for pyramid in ctx.plan.precision_pyramids:
         fp32_features = None
         for precision in ctx.precisions:
             label = f"{pyramid} {precision}"
             report = run_benchmark(sequences, [Method(f"d2-{pyramid.lower()}", label, ctx.inputs.weights)],
-                                   ctx.work / f"mma_{pyramid}_{precision}", device, D2Options(precision=precision),
+                                   ctx.work / f"mma_{pyramid}_{precision}", device,
+                                   D2Options(precision=precision, conv=ctx.plan.conv),
                                    progress=False)
-            config = ExtractionConfig(scales=MULTI_SCALE if pyramid == "MS" else SINGLE_SCALE, precision=precision)
+            config = ExtractionConfig(scales=MULTI_SCALE if pyramid == "MS" else SINGLE_SCALE, precision=precision,
+                                      conv=ctx.plan.conv)
             extractor = D2Extractor(ctx.inputs.weights, config, device)
             batch_size, workers = default_loading(device)  # as reconstruct extracts
             features = ctx.work / f"features_{pyramid}_{precision}.h5"
@@ -351,7 +372,8 @@ def section_precision(ctx: Context) -> dict:
                          "match_seconds": match_seconds})
     with tarfile.open(ctx.output / "handoff.tar", "w") as archive:
         archive.add(handoff, arcname="handoff")
-    return {"photos": len(names), "photo_edge": ctx.plan.photo_edge, "sequences": len(kept),
+    return {"photos": len(names), "photo_edge": ctx.plan.photo_edge, "synthetic": ctx.plan.synthetic,
+            "sequences": len(kept),
             "mma_photos": len(list(mma_photos.iterdir())), "rows": rows}
 
 
@@ -468,8 +490,7 @@ def section_reconstruction(ctx: Context) -> dict:
     if handoff is None:
         return {"status": "skipped", "why": "no handoff.tar: the precision section (first call) did not run"}
     photos = ctx.work / "photos"
-    if not photos.is_dir():
-        scaled_photos(ctx.inputs.photos, photos, ctx.plan.photos, ctx.plan.photo_edge)
+    section_photos(ctx)
     pairs = read_pairs(handoff / "pairs.txt")
     names = sorted({name for pair in pairs for name in pair})
     rows = []
@@ -685,9 +706,10 @@ def markdown(report: dict) -> str:
     if rows:
         figures = sections["precision"]["figures"]
         thresholds = rows[0]["thresholds"]
+        kind = "synthetic-scene" if figures.get("synthetic") else "Sacre Coeur"
         shown = [t for t in (1, 3, 5, 10) if t in thresholds]
         lines += ["", f"bf16 against fp32: MMA on {figures['sequences']} sequences synthesised from "
-                  f"{figures['mma_photos']} Sacre Coeur photos; keypoint movement, extraction and matching of "
+                  f"{figures['mma_photos']} {kind} photos; keypoint movement, extraction and matching of "
                   f"{figures['photos']} photos "
                   f"({'own size' if figures['photo_edge'] is None else str(figures['photo_edge']) + ' px'}):", "",
                   "| pyramid | precision | " + " | ".join(f"MMA@{t}px" for t in shown) + " | features/image | "

@@ -12,13 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import pycolmap
 from tqdm import tqdm
 
 from d2sfm.io.atomic import atomic_path, replace_folder, scratch_folder
+
+if TYPE_CHECKING:  # imported where used: rendering the views alone needs no pycolmap
+    import pycolmap
 
 
 @dataclass
@@ -221,6 +224,8 @@ def true_model(planes: Sequence[Plane], poses: Sequence[tuple[np.ndarray, np.nda
                focal: float, point_step: int = 0) -> pycolmap.Reconstruction:
     """The true cameras (``view_XX.png``, one pinhole camera) and, with ``point_step``, true surface points: one
     every ``point_step`` pixels of every view, observed in each view where it is the nearest surface."""
+    import pycolmap  # here: rendering the views alone (render_views) needs no pycolmap
+
     truth = pycolmap.Reconstruction()
     truth.add_camera_with_trivial_rig(pycolmap.Camera(model="PINHOLE", width=width, height=height,
                                                       params=[focal, focal, width / 2, height / 2], camera_id=1))
@@ -255,20 +260,35 @@ def true_model(planes: Sequence[Plane], poses: Sequence[tuple[np.ndarray, np.nda
     return truth
 
 
+def render_views(scene_dir: str | Path, count: int = 12, width: int = 800, height: int = 600, focal: float = 640.0,
+                 seed: int = 0, layout: str = "arc", progress: bool = False) -> list[str]:
+    """Only ``images/view_XX.png`` of ``render_scene`` (no true model): photos of a scene that reconstructs, for a
+    process without pycolmap (the GPU acceptance run's first call). Returns the names."""
+    return _write_views(Path(scene_dir), courtyard(seed), LAYOUTS[layout](count, seed), width, height, focal,
+                        progress)
+
+
+def _write_views(scene_dir: Path, planes: Sequence[Plane], poses: Sequence[tuple[np.ndarray, np.ndarray]],
+                 width: int, height: int, focal: float, progress: bool) -> list[str]:
+    """Each pose's view as ``images/view_XX.png`` (the true model's names: image id = 1-based pose index)."""
+    (scene_dir / "images").mkdir(parents=True, exist_ok=True)
+    names = [view_name(index, len(poses)) for index in range(1, len(poses) + 1)]
+    for name, (rotation, centre) in tqdm(list(zip(names, poses)), desc="rendering", unit="img",
+                                         disable=not progress):
+        ok, encoded = cv2.imencode(".png", render(planes, rotation, centre, width, height, focal))
+        with atomic_path(scene_dir / "images" / name) as temporary:
+            temporary.write_bytes(encoded.tobytes())
+    return names
+
+
 def render_scene(scene_dir: str | Path, count: int = 12, width: int = 800, height: int = 600,
                  focal: float = 640.0, seed: int = 0, layout: str = "arc", progress: bool = False) -> list[str]:
     """Write ``images/view_XX.png`` and the true model in ``ground_truth/`` (COLMAP text); returns the names."""
     scene_dir = Path(scene_dir)
-    (scene_dir / "images").mkdir(parents=True, exist_ok=True)
     planes = courtyard(seed)
     poses = LAYOUTS[layout](count, seed)
     truth = true_model(planes, poses, width, height, focal)
-    images = sorted(truth.images.values(), key=lambda image: image.image_id)
-    for image, (rotation, centre) in tqdm(list(zip(images, poses)), desc="rendering", unit="img",
-                                          disable=not progress):
-        ok, encoded = cv2.imencode(".png", render(planes, rotation, centre, width, height, focal))
-        with atomic_path(scene_dir / "images" / image.name) as temporary:
-            temporary.write_bytes(encoded.tobytes())
+    _write_views(scene_dir, planes, poses, width, height, focal, progress)
     truth_dir = scene_dir / "ground_truth"
     scratch = scratch_folder(truth_dir)
     truth.write_text(scratch)  # written last and renamed into place: its presence says the scene is complete
@@ -325,6 +345,8 @@ def match_transfer_errors(truth_dir: str | Path, keypoints: dict[str, np.ndarray
     """How far matched keypoints are from where the truth puts them: for each match (a, b), keypoint a is cast
     onto the true surface and projected into b's image, and the distance to keypoint b (pixels) is returned; and
     the same from b to a. Matches whose surface point is hidden in the other view are left out."""
+    import pycolmap
+
     truth = pycolmap.Reconstruction(truth_dir)
     planes = courtyard(seed)
     by_name = {image.name: image for image in truth.images.values()}

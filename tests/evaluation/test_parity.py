@@ -61,7 +61,7 @@ def check_against_reference(extractor, reference_dir, name, suffix, tolerance, m
 
 @pytest.fixture(scope="module")
 def near_tie_tolerance(weights_path, reference_dir):
-    """CRITERIA.tolerance: near_tie_factor x (this extractor's measured rounding + the reference's), per extractor and image."""
+    """CRITERIA.tolerance: near_tie_factor x (this extractor's rounding + the reference's), per extractor and image."""
     cache, float64_maps = {}, {}
 
     def get(extractor, name):

@@ -200,6 +200,15 @@ def telling_line(stderr: str) -> str:
     return lines[-1] if lines else "no output"
 
 
+def pycolmap_missing(why_needed: str = "") -> dict | None:
+    """A section's "skipped" entry where pycolmap does not import (the first call's machine), else None."""
+    problem = import_problem("pycolmap")
+    if problem is None:
+        return None
+    return {"status": "skipped", "why": f"pycolmap is not importable here{why_needed} ({problem}; the second call "
+            "of docs/gpu.md carries the CUDA build)"}
+
+
 def import_problem(module: str) -> str | None:
     """Why ``module`` does not import here (its error's first line), or None when it does."""
     try:
@@ -471,20 +480,18 @@ def _handoff(ctx: Context) -> Path | None:
     for candidate in (ctx.output / "handoff.tar", *(p / "handoff.tar" for p in ctx.report.get("_previous", []))):
         if Path(candidate).is_file():
             with tarfile.open(candidate) as archive:
-                archive.extractall(ctx.work, filter="data")
+                # the "data" filter (no paths outside, no devices) where this Python has it (3.10.12+, 3.11.4+)
+                archive.extractall(ctx.work, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
             return folder
     return None
 
 
 def section_reconstruction(ctx: Context) -> dict:
-    problem = import_problem("pycolmap")
-    if problem:
-        return {"status": "skipped", "why": f"pycolmap is not importable here ({problem}; the second call of "
-                "docs/gpu.md carries the CUDA build)"}
-    from benchmarks.sfm_vs_sift import summarise
+    missing = pycolmap_missing()
+    if missing:
+        return missing
+    from benchmarks.sfm_vs_sift import map_matches
     from d2sfm.matching.pairs import read_pairs
-    from d2sfm.sfm.database import create_database, import_features_and_matches, verify_pairs
-    from d2sfm.sfm.mapping import run_mapping
 
     handoff = _handoff(ctx)
     if handoff is None:
@@ -498,19 +505,8 @@ def section_reconstruction(ctx: Context) -> dict:
         work = ctx.work / f"sfm_{variant.name}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir()
-        started = time.perf_counter()
-        ids = create_database(work / "database.db", photos, names)
-        import_features_and_matches(work / "database.db", ids, variant / "features.h5", variant / "matches.h5",
-                                    pairs, progress=False)
-        verification = verify_pairs(work / "database.db")
-        verify_seconds = time.perf_counter() - started
-        runs = []
-        for seed in ctx.plan.seeds:
-            started = time.perf_counter()
-            models = run_mapping(work / "database.db", photos, work / f"sparse_{seed}", seed=seed, progress=False,
-                                 attempts=1)
-            runs.append((models, time.perf_counter() - started))
-        summary = summarise(runs, {"verify": verify_seconds}, verification.describe())
+        summary = map_matches(photos, names, variant / "features.h5", variant / "matches.h5", pairs, work,
+                              ctx.plan.seeds, {})
         pyramid, precision = variant.name.split("_")
         rows.append({"pyramid": pyramid, "precision": precision, "registered_per_seed": summary["registered_per_seed"],
                      "largest": summary["largest"], "seconds": summary["seconds"], "images": len(names)})
@@ -530,10 +526,9 @@ def _fp32_model(ctx: Context) -> tuple[Path, Path] | None:
 def section_refinement(ctx: Context) -> dict:
     import torch
 
-    problem = import_problem("pycolmap")
-    if problem:
-        return {"status": "skipped", "why": f"pycolmap is not importable here ({problem}; the refinement reads a "
-                "COLMAP database and model; the second call of docs/gpu.md carries the CUDA build)"}
+    missing = pycolmap_missing(" (the refinement reads a COLMAP database and model)")
+    if missing:
+        return missing
     from d2sfm.io.images import gray_image_reader
     from d2sfm.io.model_files import read_model
     from d2sfm.refinement.database_refinement import read_database_keypoints, refine_keypoints
@@ -568,10 +563,9 @@ def section_refinement(ctx: Context) -> dict:
 
 
 def section_dense(ctx: Context) -> dict:
-    problem = import_problem("pycolmap")
-    if problem:
-        return {"status": "skipped", "why": f"pycolmap is not importable here ({problem}; the second call of "
-                "docs/gpu.md carries the CUDA build)"}
+    missing = pycolmap_missing()
+    if missing:
+        return missing
     from d2sfm.sfm.dense import cuda_problem
 
     problem = cuda_problem()
@@ -594,7 +588,7 @@ def section_dense(ctx: Context) -> dict:
 
 
 def child_dense(spec: dict) -> None:
-    from d2sfm.io.ply import count_vertices
+    """The dense stage's steps one by one (d2sfm.sfm.dense, as run_dense chains them), each timed."""
     from d2sfm.sfm.dense import fuse, patch_match, prepare_workspace, workspace_path
 
     dense = Path(spec["dense"])
@@ -607,12 +601,9 @@ def child_dense(spec: dict) -> None:
     patch_match(workspace, progress=False)
     timings["patch_match_seconds"] = time.perf_counter() - started
     started = time.perf_counter()
-    fuse(workspace)
+    points = fuse(workspace)
     timings["fusion_seconds"] = time.perf_counter() - started
-    from d2sfm.sfm.dense import FUSED
-
-    fused = next(workspace.rglob(FUSED), None)
-    print(json.dumps({**timings, "dense_points": count_vertices(fused) if fused else 0}))
+    print(json.dumps({**timings, "dense_points": points}))
 
 
 SECTION_FUNCTIONS = {name: globals()[f"section_{name}"] for name in SECTIONS}
@@ -664,6 +655,88 @@ def _fmt(value, spec: str = ".2f") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def _table_parity(report: dict, rows: list[dict]) -> list[str]:
+    lines: list[str] = []
+    lines += ["", "Parity of fp32 extraction with the original's outputs (criteria of tests/evaluation/"
+              "test_parity.py):", "", "| image | pyramid | keypoints ours / original | ours within 0.01 px | "
+              "original within 0.01 px | max score error | min cosine | differing (unexplained) | holds |",
+              "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    for row in rows:
+        lines.append(f"| {row['image']} | {row['pyramid']} | {row['counts'][0]} / {row['counts'][1]} | "
+                     f"{row['ours_share']:.2%} | {row['theirs_share']:.2%} | {row['max_score_error']:.1e} | "
+                     f"{row['min_cosine']:.5f} | {row['differing']} ({row['unexplained']}) | "
+                     f"{'yes' if row['holds'] else 'NO'} |")
+    return lines
+
+
+def _table_throughput(report: dict, rows: list[dict]) -> list[str]:
+    sections = report["sections"]
+    lines: list[str] = []
+    lines += ["", f"Whole `python -m d2sfm.extract` command on {rows[0]['photos']} photos at "
+              f"{sections['throughput']['figures']['max_edge']} px (start-up included); goals SS >= "
+              f"{GOALS['SS']:.0f}, MS >= {GOALS['MS']:.0f} images/s within {GOAL_MEMORY_GIB:.0f} GiB:", "",
+              "| pyramid | precision | seconds | images/s | images/s in the loop | peak GPU memory GiB | "
+              "peak RSS GiB | goal met |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for row in rows:
+        lines.append(f"| {row['pyramid']} | {row['precision']} | {row['seconds']:.1f} | "
+                     f"{row['images_per_second']:.1f} | {_fmt(row['images_per_second_in_loop'], '.1f')} | "
+                     f"{row['peak_gpu_memory_gib']:.2f} | {row['peak_rss_gib']:.2f} | "
+                     f"{'yes' if row['goal_met'] else 'no'} |")
+    return lines
+
+
+def _table_precision(report: dict, rows: list[dict]) -> list[str]:
+    sections = report["sections"]
+    lines: list[str] = []
+    figures = sections["precision"]["figures"]
+    thresholds = rows[0]["thresholds"]
+    kind = "synthetic-scene" if figures.get("synthetic") else "Sacre Coeur"
+    shown = [t for t in (1, 3, 5, 10) if t in thresholds]
+    lines += ["", f"bf16 against fp32: MMA on {figures['sequences']} sequences synthesised from "
+              f"{figures['mma_photos']} {kind} photos; keypoint movement, extraction and matching of "
+              f"{figures['photos']} photos "
+              f"({'own size' if figures['photo_edge'] is None else str(figures['photo_edge']) + ' px'}):", "",
+              "| pyramid | precision | " + " | ".join(f"MMA@{t}px" for t in shown) + " | features/image | "
+              "keypoints within 0.05 / 1 px of fp32's | extraction s | matching s |",
+              "| --- | --- | " + "---: | " * len(shown) + "---: | --- | ---: | ---: |"]
+    for row in rows:
+        mma = " | ".join(f"{row['mma'][thresholds.index(t)]:.3f}" for t in shown)
+        lines.append(f"| {row['pyramid']} | {row['precision']} | {mma} | {row['features_per_image']:.0f} | "
+                     f"{row['moved'][0]:.1%} / {row['moved'][1]:.1%} | {row['extract_seconds']:.1f} | "
+                     f"{row['match_seconds']:.1f} |")
+    return lines
+
+
+def _table_reconstruction(report: dict, rows: list[dict]) -> list[str]:
+    sections = report["sections"]
+    lines: list[str] = []
+    lines += ["", f"Sacre Coeur reconstructed from each precision's features (d2sfm's mapper options, seeds "
+              f"{sections['reconstruction']['figures']['seeds']}; the largest model of the first seed):", "",
+              "| pyramid | precision | registered per seed | 3D points | track length | reproj. error px |",
+              "| --- | --- | --- | ---: | ---: | ---: |"]
+    for row in rows:
+        largest = row["largest"] or {}
+        lines.append(f"| {row['pyramid']} | {row['precision']} | {row['registered_per_seed']} of {row['images']} "
+                     f"| {largest.get('points3D', 0)} | {_fmt(largest.get('mean_track_length'))} | "
+                     f"{_fmt(largest.get('mean_reprojection_error'), '.3f')} |")
+    return lines
+
+
+def _table_matching(report: dict, rows: list[dict]) -> list[str]:
+    lines: list[str] = []
+    lines += ["", "Mutual nearest neighbours on the device, d2sfm against the dense baseline:", "",
+              "| features per image | implementation | ms/pair | peak memory MB | matches | same matches |",
+              "| ---: | --- | ---: | ---: | ---: | --- |"]
+    for row in rows:
+        lines.append(f"| {row['features']} | {row['implementation']} | {1e3 * row['seconds_per_pair']:.2f} | "
+                     f"{row['peak_mb']:.0f} | {row['matches']} | {'yes' if row['same_matches'] else 'NO'} |")
+    return lines
+
+
+TABLES = {"parity": _table_parity, "throughput": _table_throughput, "precision": _table_precision,
+          "reconstruction": _table_reconstruction, "matching": _table_matching}
+
+
 def markdown(report: dict) -> str:
     sections = report.get("sections", {})
     environment = sections.get("environment", {}).get("figures", {})
@@ -679,66 +752,10 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name} | {entry['status']} | {entry['seconds']} | {entry.get('why') or ''} |")
         else:
             lines.append(f"| {name} | not run | | |")
-    rows = _rows(report, "parity")
-    if rows:
-        lines += ["", "Parity of fp32 extraction with the original's outputs (criteria of tests/evaluation/"
-                  "test_parity.py):", "", "| image | pyramid | keypoints ours / original | ours within 0.01 px | "
-                  "original within 0.01 px | max score error | min cosine | differing (unexplained) | holds |",
-                  "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | --- |"]
-        for row in rows:
-            lines.append(f"| {row['image']} | {row['pyramid']} | {row['counts'][0]} / {row['counts'][1]} | "
-                         f"{row['ours_share']:.2%} | {row['theirs_share']:.2%} | {row['max_score_error']:.1e} | "
-                         f"{row['min_cosine']:.5f} | {row['differing']} ({row['unexplained']}) | "
-                         f"{'yes' if row['holds'] else 'NO'} |")
-    rows = _rows(report, "throughput")
-    if rows:
-        lines += ["", f"Whole `python -m d2sfm.extract` command on {rows[0]['photos']} photos at "
-                  f"{sections['throughput']['figures']['max_edge']} px (start-up included); goals SS >= "
-                  f"{GOALS['SS']:.0f}, MS >= {GOALS['MS']:.0f} images/s within {GOAL_MEMORY_GIB:.0f} GiB:", "",
-                  "| pyramid | precision | seconds | images/s | images/s in the loop | peak GPU memory GiB | "
-                  "peak RSS GiB | goal met |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
-        for row in rows:
-            lines.append(f"| {row['pyramid']} | {row['precision']} | {row['seconds']:.1f} | "
-                         f"{row['images_per_second']:.1f} | {_fmt(row['images_per_second_in_loop'], '.1f')} | "
-                         f"{row['peak_gpu_memory_gib']:.2f} | {row['peak_rss_gib']:.2f} | "
-                         f"{'yes' if row['goal_met'] else 'no'} |")
-    rows = _rows(report, "precision")
-    if rows:
-        figures = sections["precision"]["figures"]
-        thresholds = rows[0]["thresholds"]
-        kind = "synthetic-scene" if figures.get("synthetic") else "Sacre Coeur"
-        shown = [t for t in (1, 3, 5, 10) if t in thresholds]
-        lines += ["", f"bf16 against fp32: MMA on {figures['sequences']} sequences synthesised from "
-                  f"{figures['mma_photos']} {kind} photos; keypoint movement, extraction and matching of "
-                  f"{figures['photos']} photos "
-                  f"({'own size' if figures['photo_edge'] is None else str(figures['photo_edge']) + ' px'}):", "",
-                  "| pyramid | precision | " + " | ".join(f"MMA@{t}px" for t in shown) + " | features/image | "
-                  "keypoints within 0.05 / 1 px of fp32's | extraction s | matching s |",
-                  "| --- | --- | " + "---: | " * len(shown) + "---: | --- | ---: | ---: |"]
-        for row in rows:
-            mma = " | ".join(f"{row['mma'][thresholds.index(t)]:.3f}" for t in shown)
-            lines.append(f"| {row['pyramid']} | {row['precision']} | {mma} | {row['features_per_image']:.0f} | "
-                         f"{row['moved'][0]:.1%} / {row['moved'][1]:.1%} | {row['extract_seconds']:.1f} | "
-                         f"{row['match_seconds']:.1f} |")
-    rows = _rows(report, "reconstruction")
-    if rows:
-        lines += ["", f"Sacre Coeur reconstructed from each precision's features (d2sfm's mapper options, seeds "
-                  f"{sections['reconstruction']['figures']['seeds']}; the largest model of the first seed):", "",
-                  "| pyramid | precision | registered per seed | 3D points | track length | reproj. error px |",
-                  "| --- | --- | --- | ---: | ---: | ---: |"]
-        for row in rows:
-            largest = row["largest"] or {}
-            lines.append(f"| {row['pyramid']} | {row['precision']} | {row['registered_per_seed']} of {row['images']} "
-                         f"| {largest.get('points3D', 0)} | {_fmt(largest.get('mean_track_length'))} | "
-                         f"{_fmt(largest.get('mean_reprojection_error'), '.3f')} |")
-    rows = _rows(report, "matching")
-    if rows:
-        lines += ["", "Mutual nearest neighbours on the device, d2sfm against the dense baseline:", "",
-                  "| features per image | implementation | ms/pair | peak memory MB | matches | same matches |",
-                  "| ---: | --- | ---: | ---: | ---: | --- |"]
-        for row in rows:
-            lines.append(f"| {row['features']} | {row['implementation']} | {1e3 * row['seconds_per_pair']:.2f} | "
-                         f"{row['peak_mb']:.0f} | {row['matches']} | {'yes' if row['same_matches'] else 'NO'} |")
+    for name, table in TABLES.items():
+        rows = _rows(report, name)
+        if rows:
+            lines += table(report, rows)
     for name, describe in (("ray", _describe_ray), ("refinement", _describe_refinement), ("dense", _describe_dense)):
         entry = sections.get(name, {})
         if entry.get("status") == "ok":

@@ -75,17 +75,26 @@ from d2sfm.sfm.mapping import COLMAP_MAPPER_OPTIONS as COLMAP_MAPPER  # noqa: E4
 def d2_reconstruction(images: Path, names, features: Path, work: Path, seeds, registration: dict) -> dict:
     from d2sfm.matching.matcher import match_pairs
     from d2sfm.matching.pairs import exhaustive_pairs, write_pairs
-    from d2sfm.sfm.database import create_database, import_features_and_matches, verify_pairs
-    from d2sfm.sfm.mapping import run_mapping
 
     pairs = exhaustive_pairs(names)
     write_pairs(work / "pairs.txt", pairs)
     start = time.perf_counter()
     match_pairs(features, pairs, work / "matches.h5", progress=False)
     match_seconds = time.perf_counter() - start
+    return map_matches(images, names, features, work / "matches.h5", pairs, work, seeds, registration,
+                       {"match": match_seconds})
+
+
+def map_matches(images: Path, names, features: Path, matches: Path, pairs, work: Path, seeds, registration: dict,
+                seconds: dict | None = None) -> dict:
+    """A database of ``features``' keypoints and ``matches``, verified, then mapped once per seed (into
+    ``work/sparse_SEED``); the summary of every seed's models."""
+    from d2sfm.sfm.database import create_database, import_features_and_matches, verify_pairs
+    from d2sfm.sfm.mapping import run_mapping
+
     start = time.perf_counter()
     ids = create_database(work / "database.db", images, names)
-    import_features_and_matches(work / "database.db", ids, features, work / "matches.h5", pairs, progress=False)
+    import_features_and_matches(work / "database.db", ids, features, matches, pairs, progress=False)
     verification = verify_pairs(work / "database.db")
     verify_seconds = time.perf_counter() - start
     runs = []
@@ -94,7 +103,7 @@ def d2_reconstruction(images: Path, names, features: Path, work: Path, seeds, re
         models = run_mapping(work / "database.db", images, work / f"sparse_{seed}", seed=seed, progress=False,
                              attempts=1, **registration)
         runs.append((models, time.perf_counter() - start))
-    return summarise(runs, {"match": match_seconds, "verify": verify_seconds}, verification.describe())
+    return summarise(runs, {**(seconds or {}), "verify": verify_seconds}, verification.describe())
 
 
 def sift_reconstruction(images: Path, names, work: Path, seeds) -> dict:

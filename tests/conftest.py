@@ -17,7 +17,14 @@ SHARED = Path(os.environ.get("D2SFM_SHARED", REPO_ROOT.parent / "shared"))
 REFERENCE_DIR = SHARED / "reference" / "d2net_original_hed_vgg16"
 REFERENCE_IMAGES = ["03903474_1471484089", "10265353_3838484249"]
 
-torch.set_num_threads(max(1, os.cpu_count() or 1))
+# Each pytest-xdist worker (the README's test command runs two) takes its share of the cores, and so does every
+# command a test starts (OMP_NUM_THREADS, inherited): two workers of two OpenMP threads each on 2 cores would spend
+# their time waiting on each other.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, (os.cpu_count() or 1) // WORKERS)
+if WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))
+torch.set_num_threads(THREADS)
 
 
 # The slowest files first. The README's test command runs two pytest-xdist workers, each taking whole files

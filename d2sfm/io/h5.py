@@ -16,6 +16,7 @@ removes), and a resumed run skips every finished image.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
 import uuid
@@ -28,6 +29,8 @@ import numpy as np
 from d2sfm.errors import D2sfmError
 from d2sfm.io.features import Features
 from d2sfm.io.keypoints import opencv_xy_to_colmap_xy
+
+log = logging.getLogger("d2sfm")
 
 SCRATCH_GROUP = "_d2sfm_incomplete"
 # hloc reads no file attribute, so this cannot stop its readers; it tells a person who opens the file what it is
@@ -113,8 +116,91 @@ def _entry_names(handle: h5py.File) -> list[str]:
         if isinstance(item, h5py.Group) and "keypoints" in item and not name.startswith(SCRATCH_GROUP):
             names.append(name)
 
-    handle.visititems(visit)
+    try:
+        handle.visititems(visit)
+    except DAMAGE:  # an interrupted write's dangling link: the readable entries, one at a time
+        return [name for name, group in readable_entries(handle) if "keypoints" in group]
     return names
+
+
+# HDF5 writes its metadata when a file is closed, in place and in several pieces, so a process killed in that
+# moment (SIGKILL, power loss) can leave a link to an object that was never written ("addr overflow"). What d2sfm
+# wrote before that close is intact: readers skip what they cannot read, and writers copy the readable entries into
+# a new file first (salvage_hdf5), since appending to a damaged file could overwrite what its dangling links name.
+DAMAGE = (RuntimeError, KeyError, OSError, ValueError)
+
+
+def readable_entries(handle: h5py.File) -> Iterator[tuple[str, h5py.Group]]:
+    """(name, group) of every entry (a group holding datasets: an image's features, a pair's matches) that can be
+    opened, walking one link at a time so that a damaged one is passed over, not fatal."""
+    def kinds(group: h5py.Group) -> list:
+        """h5py.Dataset or h5py.Group for each member, None for one that cannot be opened."""
+        found = []
+        for child in group:
+            try:
+                found.append(group.get(child, getclass=True))
+            except DAMAGE:
+                found.append(None)
+        return found
+
+    def walk(group: h5py.Group, prefix: str) -> Iterator[tuple[str, h5py.Group]]:
+        try:
+            keys = list(group.keys())
+        except DAMAGE:
+            return
+        for key in keys:
+            name = prefix + key
+            if name == SCRATCH_GROUP:
+                continue
+            try:
+                item = group[key]
+                members = kinds(item) if isinstance(item, h5py.Group) else []
+            except DAMAGE:
+                continue
+            if h5py.Dataset not in members:
+                yield from walk(item, name + "/")  # a folder of entries (or nothing)
+            elif all(kind is h5py.Dataset for kind in members):  # an entry, every part of it readable
+                yield name, item
+
+    return walk(handle, "")
+
+
+def salvage_hdf5(path: Path) -> tuple[int, int]:
+    """Replace a damaged features or matches file by a copy of its readable entries (whole, or left out) and its
+    attributes; returns (entries kept, entries lost)."""
+    scratch = path.with_name(f".{path.name}.salvage.part")
+    kept = lost = 0
+    with h5py.File(path, "r") as source, h5py.File(scratch, "w") as target:
+        target.attrs.update(source.attrs)
+        for name, group in readable_entries(source):
+            try:
+                copy = target.require_group(posixpath.dirname(name)) if posixpath.dirname(name) else target
+                source.copy(group, copy, name=posixpath.basename(name))
+                kept += 1
+            except DAMAGE:
+                if name in target:
+                    del target[name]
+                lost += 1
+    scratch.replace(path)
+    return kept, lost
+
+
+def _open_for_append(path: Path) -> h5py.File:
+    """The file open for appending; one damaged by an interrupted write is salvaged first (read-only: opening a
+    damaged file for writing could make it worse), with a warning: the entry being written when it stopped is lost
+    and made again."""
+    if path.is_file():
+        with open_hdf5(path, "r") as handle:
+            try:
+                handle.visititems(lambda name, item: None)
+                damage = None
+            except DAMAGE as error:
+                damage = error
+        if damage is not None:
+            kept, lost = salvage_hdf5(path)
+            log.warning(f"{path}: damaged by an interrupted write ({str(damage).splitlines()[0]}); kept its {kept} "
+                        f"readable entries{f', {lost} unreadable ones are made again' if lost else ''}")
+    return open_hdf5(path, "a")
 
 
 def list_entries(path: str | os.PathLike) -> list[str]:
@@ -148,7 +234,7 @@ class FeatureWriter:
         if overwrite and self.path.exists():
             self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open_hdf5(self.path, "a") as handle:
+        with _open_for_append(self.path) as handle:
             if len(handle) and is_hloc_file(handle):
                 raise D2sfmError(f"{self.path}: is a features file in hloc's conventions; d2sfm reads it but does not "
                                  "add to it: extract into another file, or give it whole to match/reconstruct")
@@ -258,11 +344,14 @@ def pair_key(name0: str, name1: str) -> str:
 
 def pair_keys(handle: h5py.File) -> set[str]:
     """The complete pairs of an open matches file, as ``pair_key`` names."""
-    return {
-        f"{first}/{second}"
-        for first, group in handle.items() if first != SCRATCH_GROUP and isinstance(group, h5py.Group)
-        for second in group
-    }
+    try:
+        return {
+            f"{first}/{second}"
+            for first, group in handle.items() if first != SCRATCH_GROUP and isinstance(group, h5py.Group)
+            for second in group
+        }
+    except DAMAGE:  # an interrupted write's dangling link: the readable pairs, one at a time
+        return {name for name, _ in readable_entries(handle)}
 
 
 def matched_pairs(path: str | os.PathLike) -> set[str]:
@@ -282,7 +371,7 @@ class MatchWriter:
         if overwrite and self.path.exists():
             self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open_hdf5(self.path, "a") as handle:
+        with _open_for_append(self.path) as handle:
             if SCRATCH_GROUP in handle:
                 del handle[SCRATCH_GROUP]
             self.done = pair_keys(handle)

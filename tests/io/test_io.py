@@ -7,10 +7,11 @@ import sys
 import textwrap
 import time
 
+import h5py
 import numpy as np
 
 from d2sfm.io.features import Features
-from d2sfm.io.h5 import FeatureWriter, list_entries, read_features
+from d2sfm.io.h5 import FeatureWriter, MatchWriter, list_entries, matched_pairs, read_features, read_matches
 
 WRITER = textwrap.dedent("""
     import sys, numpy as np
@@ -54,6 +55,7 @@ def test_sigkill_during_writes_never_corrupts_the_file(tmp_path):
         # every reported write survived; at most the writes between the report and the kill were added
         assert sorted(names) == [f"nested/img{index:05d}.jpg" for index in range(len(names))]
         assert reported <= len(names) and len(names) > before
+    assert sorted(FeatureWriter(path, {"test": 1}).done) == sorted(list_entries(path))  # opens, salvaged if need be
 
 
 def test_rewriting_an_entry_replaces_it(tmp_path):
@@ -63,3 +65,53 @@ def test_rewriting_an_entry_replaces_it(tmp_path):
         writer.write("a/b.png", Features(np.zeros((n, 2), np.float32), np.ones(n, np.float32),
                                          np.ones(n, np.float32), np.zeros((n, 512), np.float32), (4, 4)))
     assert list_entries(path) == ["a/b.png"] and len(read_features(path, "a/b.png").keypoints) == 3
+
+
+def _damage(path, name):
+    """Zero the object header of ``name``: what a kill in the middle of HDF5's metadata flush can leave (a link to
+    an object never written), made on purpose."""
+    with h5py.File(path, "r") as handle:
+        address = h5py.h5o.get_info(handle[name].id).addr
+    with open(path, "r+b") as file:
+        file.seek(address)
+        file.write(bytes(64))
+
+
+def test_a_damaged_features_file_keeps_its_readable_entries_and_is_salvaged_by_the_next_writer(tmp_path, caplog):
+    path = tmp_path / "features.h5"
+    writer = FeatureWriter(path, {"x": 1})
+    for index in range(4):
+        n = 10 + index
+        writer.write(f"a/{index}.png", Features(np.full((n, 2), index, np.float32), np.ones(n, np.float32),
+                                                np.ones(n, np.float32), np.zeros((n, 512), np.float32), (4, 4)))
+    _damage(path, "a/3.png")
+    assert list_entries(path) == ["a/0.png", "a/1.png", "a/2.png"]  # readers pass over the damaged entry
+    with caplog.at_level("WARNING", logger="d2sfm"):
+        again = FeatureWriter(path, {"x": 1})
+    assert "damaged by an interrupted write" in caplog.text and "kept its 3 readable entries" in caplog.text
+    assert sorted(again.done) == ["a/0.png", "a/1.png", "a/2.png"]
+    with h5py.File(path, "r") as handle:  # the salvaged file is whole again, with its settings
+        handle.visititems(lambda name, item: None)
+    again.write("a/3.png", Features(np.full((13, 2), 3, np.float32), np.ones(13, np.float32), np.ones(13, np.float32),
+                                    np.zeros((13, 512), np.float32), (4, 4)))
+    assert [len(read_features(path, f"a/{i}.png").keypoints) for i in range(4)] == [10, 11, 12, 13]
+    assert (read_features(path, "a/2.png").keypoints == 2).all()
+    try:
+        FeatureWriter(path, {"x": 2})  # the settings survived the salvage: other ones are still refused
+    except Exception as error:  # noqa: BLE001
+        assert "settings" in str(error) or "x" in str(error)
+    else:
+        raise AssertionError("other settings were accepted after the salvage")
+
+
+def test_a_damaged_matches_file_keeps_its_readable_pairs_and_is_salvaged_by_the_next_writer(tmp_path):
+    path = tmp_path / "matches.h5"
+    pairs = [(f"{i}.png", f"{i + 1}.png", np.arange(5, dtype=np.int32) + i, np.ones(5)) for i in range(4)]
+    MatchWriter(path).write_many(pairs)
+    _damage(path, "3.png/4.png")
+    matched_pairs(path)  # lists the links without opening each pair (cheap on a large job): it must not fail
+    again = MatchWriter(path)  # opens every object first: the damaged pair is found, the rest copied
+    assert again.done == matched_pairs(path) == {"0.png/1.png", "1.png/2.png", "2.png/3.png"}
+    again.write_many(pairs[3:])
+    assert [read_matches(path, name0, name1)[0][:, 1].tolist() for name0, name1, _, _ in pairs] == \
+        [list(range(i, i + 5)) for i in range(4)]  # (keypoint in image 0, keypoint in image 1) per match

@@ -29,6 +29,7 @@ import numpy as np
 import pycolmap
 
 from d2sfm.errors import D2sfmError
+from d2sfm.evaluation.angles import direction_angle_deg, nearest_rotation, rotation_angle_deg
 from d2sfm.io.model_files import read_model
 
 AUC_THRESHOLDS_DEG = (1.0, 3.0, 5.0, 10.0)
@@ -59,7 +60,8 @@ def read_strecha_camera(path: Path) -> TruthCamera:
     except (ValueError, IndexError, OSError) as error:
         raise D2sfmError(f"{path}: not a Strecha camera file ({error}): K, distortion, R, C and 'width height' "
                          "rows are expected") from None
-    return TruthCamera(path.name[:-len(STRECHA_SUFFIX)], K, camera_to_world.T, centre, width, height)
+    # the rows carry 6 significant digits: the nearest rotation, so that no error is scored from the rounding
+    return TruthCamera(path.name[:-len(STRECHA_SUFFIX)], K, nearest_rotation(camera_to_world.T), centre, width, height)
 
 
 def read_truth(path: str | os.PathLike) -> dict[str, TruthCamera]:
@@ -106,17 +108,6 @@ class EstimatedCamera:
 def model_cameras(model: pycolmap.Reconstruction) -> dict[str, EstimatedCamera]:
     return {image.name: EstimatedCamera(image.cam_from_world().rotation.matrix(), image.projection_center())
             for image in model.images.values() if image.has_pose}
-
-
-def rotation_angle_deg(rotation: np.ndarray) -> float:
-    return math.degrees(math.acos(float(np.clip((np.trace(rotation) - 1) / 2, -1.0, 1.0))))
-
-
-def direction_angle_deg(a: np.ndarray, b: np.ndarray) -> float:
-    norms = np.linalg.norm(a) * np.linalg.norm(b)
-    if norms == 0:
-        return 180.0
-    return math.degrees(math.acos(float(np.clip(np.dot(a, b) / norms, -1.0, 1.0))))
 
 
 def scene_extent(truth: dict[str, TruthCamera]) -> float:

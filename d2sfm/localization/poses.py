@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from d2sfm.errors import D2sfmError
+from d2sfm.evaluation.angles import rotation_angle_deg
 from d2sfm.io.atomic import read_text_file, write_text_atomic
 
 
@@ -89,9 +90,7 @@ def pose_errors(truth: Pose, estimate: Pose) -> tuple[float, float]:
     """(position error in the world's units, rotation error in degrees) as the benchmark computes them:
     the distance between camera centres and the angle of R_truth^T R_estimate."""
     position = float(np.linalg.norm(truth.centre - estimate.centre))
-    cosine = (np.trace(truth.rotation.T @ estimate.rotation) - 1) / 2
-    rotation = float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
-    return position, rotation
+    return position, rotation_angle_deg(truth.rotation.T @ estimate.rotation)
 
 
 def pose_from_rigid3d(world_to_camera) -> Pose:

@@ -8,7 +8,8 @@ projections of its nearest 3D points give the affinity between two views, so eve
 to the view that sees the point at the finest scale. An observation that does not align (poor fit, or further
 than ``max_shift`` from where it was) leaves its track, and where a point projects into a covisible registered
 image that does not observe it, a good fit there becomes a new observation (a new 2D point of that image; the
-database's keypoints are untouched). A bundle adjustment and COLMAP's point filter then finish the model.
+database's keypoints are untouched). Bundle adjustment and COLMAP's point filter, in rounds as COLMAP's mapper
+runs them, then finish the model.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from d2sfm.io.model_files import read_model
 from d2sfm.refinement.patch_alignment import AlignmentSettings, align_keypoints, fit_linear_maps
 from d2sfm.refinement.tracks import Tracks
 from d2sfm.sfm.cameras import intrinsics_refinement
-from d2sfm.sfm.mapping import bundle_adjust
+from d2sfm.sfm.mapping import adjust_and_filter
 
 
 @dataclass
@@ -50,6 +51,10 @@ class ModelRefineSettings:
     max_points: int = 20_000  # 3D points whose nodes are collected and aligned at once: bounds memory
     max_reprojection_error: float = 4.0  # COLMAP's filter after the bundle adjustment (the mapper's default)
     min_triangulation_angle: float = 1.5
+    # the first adjustment with a Cauchy loss of this scale (px; None: least squares throughout): the aligned
+    # observations sit within ~0.3 px, and one that aligned to the wrong place must not pull the poses before
+    # the filter sees it (sfm.mapping.adjust_and_filter)
+    first_cauchy_px: float | None = 1.0
     intrinsics: str = "colmap"  # what the final bundle adjustment may change (d2sfm.sfm.cameras)
     hold_poses: bool = False  # known poses: the final bundle adjustment moves the points only
 
@@ -226,9 +231,9 @@ def refine_model(model: pycolmap.Reconstruction, read_gray: Callable[[int], np.n
     aligned = np.concatenate([piece[2] for piece in pieces])
     reference = nodes.reference
     refined = _rebuild(model, point_ids, nodes, np.concatenate([piece[1] for piece in pieces]), aligned | reference)
-    bundle_adjust(refined, intrinsics_refinement(settings.intrinsics), hold_poses=settings.hold_poses)
-    pycolmap.ObservationManager(refined).filter_all_points3D(settings.max_reprojection_error,
-                                                             settings.min_triangulation_angle)
+    adjust_and_filter(refined, settings.max_reprojection_error, settings.min_triangulation_angle,
+                      intrinsics_refinement(settings.intrinsics), hold_poses=settings.hold_poses,
+                      first_cauchy_px=settings.first_cauchy_px)
     keypoint_ids = nodes.keypoint_ids
     summary = ModelRefinementSummary(
         registered_images=refined.num_reg_images(), points_before=before[0], points_after=refined.num_points3D(),

@@ -128,7 +128,8 @@ def run_mapping(database_path: str | os.PathLike, image_dir: str | os.PathLike, 
         return []
     if mapper == "incremental":
         for model in ordered:  # the distortion held while mapping, estimated now that every image is in
-            bundle_adjust(model, intrinsics)
+            adjust_and_filter(model, options.mapper.filter_max_reproj_error, options.mapper.filter_min_tri_angle,
+                              intrinsics)
     for index, model in enumerate(ordered):
         folder = scratch / str(index)
         folder.mkdir()
@@ -149,10 +150,11 @@ def hold_distortion(options: pycolmap.IncrementalPipelineOptions) -> None:
 
 
 def bundle_adjust(model: pycolmap.Reconstruction, intrinsics: IntrinsicsRefinement = COLMAP_REFINEMENT,
-                  hold_poses: bool = False) -> None:
+                  hold_poses: bool = False, cauchy_px: float | None = None) -> None:
     """COLMAP's global bundle adjustment (every registered image, the gauge fixed by two cameras), called through
     the adjuster itself: ``pycolmap.bundle_adjustment`` computes the same but turns COLMAP's INFO log on for the
-    rest of the process (pycolmap 4.2), and printing is --verbose's choice."""
+    rest of the process (pycolmap 4.2), and printing is --verbose's choice. ``cauchy_px``: a Cauchy loss of that
+    scale instead of the squared error, so that observations far off cannot pull the poses."""
     pycolmap.ObservationManager(model).filter_observations_with_negative_depth()
     config = pycolmap.BundleAdjustmentConfig()
     for image_id in model.reg_image_ids():
@@ -164,8 +166,39 @@ def bundle_adjust(model: pycolmap.Reconstruction, intrinsics: IntrinsicsRefineme
     options = pycolmap.BundleAdjustmentOptions()
     options.print_summary = False
     apply_to_bundle_adjustment(options, intrinsics)
+    if cauchy_px is not None:
+        options.ceres.loss_function_type = pycolmap.LossFunctionType.CAUCHY
+        options.ceres.loss_function_scale = cauchy_px
     pycolmap.create_default_bundle_adjuster(options, config, model).solve()
     model.update_point_3d_errors()
+
+
+# COLMAP's iterative global refinement: at most this many adjust-and-filter rounds, stopping once a filter removes
+# under this share of the observations (its ba_global_max_refinements and ba_global_max_refinement_change)
+ADJUST_ROUNDS = 5
+ADJUST_SETTLED_SHARE = 0.0005
+
+
+def adjust_and_filter(model: pycolmap.Reconstruction, max_reprojection_error: float, min_triangulation_angle: float,
+                      intrinsics: IntrinsicsRefinement = COLMAP_REFINEMENT, hold_poses: bool = False,
+                      rounds: int = ADJUST_ROUNDS, first_cauchy_px: float | None = None) -> int:
+    """Bundle adjustment, then COLMAP's point filter, again while the filter still removes observations; returns
+    the observations removed. One round is not enough: the squared error lets the observations the filter is about
+    to remove pull every pose first, and nothing moves the poses back (entry-P10 after the model refinement:
+    2,000 of 6,400 points filtered after the adjustment; adjusting again without them took the median position
+    error from 10.6 to 8.5 mm). ``first_cauchy_px``: the first round with a Cauchy loss of that scale, so the
+    filter judges observations against poses the outliers did not pull; the later rounds, on what the filter
+    kept, are plain least squares (entry-P10: 6.2 mm over four mapping seeds, against 6.8 to 8.8 without)."""
+    removed = 0
+    for round_index in range(max(1, rounds)):
+        bundle_adjust(model, intrinsics, hold_poses=hold_poses, cauchy_px=first_cauchy_px if round_index == 0 else None)
+        observations = model.compute_num_observations()
+        filtered = pycolmap.ObservationManager(model).filter_all_points3D(max_reprojection_error,
+                                                                         min_triangulation_angle)
+        removed += filtered
+        if filtered <= ADJUST_SETTLED_SHARE * max(observations, 1) and (round_index or first_cauchy_px is None):
+            break
+    return removed
 
 
 def mapped_from(sparse_dir: str | os.PathLike) -> dict | None:

@@ -11,6 +11,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from d2sfm.errors import D2sfmError
+from d2sfm.evaluation.angles import direction_angle_deg, rotation_angle_deg
 from d2sfm.evaluation.ground_truth import (
     EstimatedCamera,
     TruthCamera,
@@ -63,7 +64,7 @@ def test_cameras_of_the_truth_score_zero_error_and_full_auc():
     score = score_cameras(as_estimated(truth), truth)
     assert score.registered == score.total == 8 and score.aligned and score.alignment_inliers == 8
     for camera in score.cameras:
-        assert camera.rotation_error_deg == pytest.approx(0, abs=1e-4)
+        assert camera.rotation_error_deg == pytest.approx(0, abs=1e-6)
         assert camera.position_error == pytest.approx(0, abs=1e-9)
     assert score.pairs == 28 and all(value == pytest.approx(1.0) for value in score.auc.values())
 
@@ -82,7 +83,7 @@ def test_known_perturbations_are_measured_and_one_wrong_camera_does_not_move_the
         if name != "0005.jpg":
             assert camera.position_error == pytest.approx(0, abs=1e-6), name
         if name != "0002.jpg":
-            assert camera.rotation_error_deg == pytest.approx(0, abs=1e-4), name
+            assert camera.rotation_error_deg == pytest.approx(0, abs=1e-6), name
     assert score.summary["max_position_error"] == pytest.approx(0.2 * extent, rel=1e-6)
     assert score.summary["median_position_error"] == pytest.approx(0, abs=1e-6)
 
@@ -116,9 +117,7 @@ def test_pose_auc():
 
 def test_strecha_files_are_read_as_camera_to_world(tmp_path):
     truth = arc_truth(3)
-    for camera in truth.values():
-        rows = [*camera.K.tolist(), [0, 0, 0], *camera.rotation.T.tolist(), camera.centre.tolist(), [640, 480]]
-        (tmp_path / f"{camera.name}.camera").write_text("\n".join(" ".join(f"{v:.12g}" for v in row) for row in rows))
+    write_strecha(tmp_path, truth, 12)
     read = read_truth(tmp_path)
     assert sorted(read) == sorted(truth)
     for name, camera in read.items():
@@ -131,6 +130,36 @@ def test_strecha_files_are_read_as_camera_to_world(tmp_path):
         read_truth(tmp_path)
     with pytest.raises(D2sfmError, match="no such ground-truth folder"):
         read_truth(tmp_path / "missing")
+
+
+def write_strecha(folder, truth, digits):
+    for camera in truth.values():
+        rows = [*camera.K.tolist(), [0, 0, 0], *camera.rotation.T.tolist(), camera.centre.tolist(), [640, 480]]
+        text = "\n".join(" ".join(f"{v:.{digits}g}" for v in row) for row in rows)
+        (folder / f"{camera.name}.camera").write_text(text)
+
+
+def test_small_errors_are_measured_against_a_truth_written_with_six_digits(tmp_path):
+    """Strecha's files hold 6 significant digits: the truth read back must not add an error floor (acos of the
+    rounded cosine put it at ~0.08 degree, and AUC@1 of the exact cameras at 0.95)."""
+    exact = arc_truth()
+    write_strecha(tmp_path, exact, 6)
+    truth = read_truth(tmp_path)
+    for camera in truth.values():
+        np.testing.assert_allclose(camera.rotation @ camera.rotation.T, np.eye(3), atol=1e-12)
+    score = score_cameras(as_estimated(exact), truth)
+    assert max(camera.rotation_error_deg for camera in score.cameras) < 1e-3
+    assert score.auc["1"] > 0.999
+    turned = score_cameras(as_estimated(exact, {"0003.jpg": (0.01, np.zeros(3))}), truth)
+    assert {c.name: c for c in turned.cameras}["0003.jpg"].rotation_error_deg == pytest.approx(0.01, abs=1e-3)
+
+
+def test_angles_keep_their_precision_when_small():
+    for degrees in (1e-5, 1e-3, 0.1, 90.0, 179.0):
+        rotation = Rotation.from_rotvec([0.0, 0.0, math.radians(degrees)]).as_matrix()
+        assert rotation_angle_deg(rotation) == pytest.approx(degrees, rel=1e-6)
+        assert direction_angle_deg(np.array([1.0, 0, 0]), rotation[:, 0] * 3) == pytest.approx(degrees, rel=1e-6)
+    assert direction_angle_deg(np.zeros(3), np.ones(3)) == 180.0
 
 
 @pytest.fixture(scope="module")

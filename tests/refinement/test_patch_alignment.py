@@ -95,6 +95,20 @@ def test_a_keypoint_on_the_wrong_patch_keeps_its_position():
     assert aligned[0] and np.linalg.norm(positions[0] - truth[0]) > 20
 
 
+def test_hopeless_fits_give_up_and_good_ones_are_untouched():
+    """A fit still correlating under min_coarse_correlation after give_up_after iterations stops there (the wrong
+    match 30 px off); the fits that align land where they land when nothing gives up."""
+    image, warped, first, truth, linear, rng = known_pair()
+    start = truth + rng.normal(0, 1.0, truth.shape)
+    start[0] += [30.0, 0.0]
+    maps = np.repeat(linear[None], len(first), axis=0)
+    giving_up, aligned, _ = align_pair(image, warped, first, start, maps)
+    never, aligned_never, _ = align_pair(image, warped, first, start, maps, AlignmentSettings(give_up_after=None))
+    assert not aligned[0] and not aligned_never[0]
+    assert np.array_equal(aligned, aligned_never) and aligned[1:].all()
+    np.testing.assert_allclose(giving_up[aligned], never[aligned], atol=1e-6)
+
+
 def test_chunks_and_batches_give_the_same_result_and_large_tracks_are_left_alone():
     """Chunks of tracks, Gauss-Newton batches and groups of image stacks only bound memory: the CPU's small
     batches, a GPU's large ones, and one keypoint and one image at a time all land at the same positions."""

@@ -29,8 +29,8 @@ import numpy as np
 import pycolmap
 
 from d2sfm.errors import D2sfmError
-from d2sfm.evaluation.angles import direction_angle_deg, nearest_rotation, rotation_angle_deg
 from d2sfm.io.model_files import read_model
+from d2sfm.sfm.angles import direction_angle_deg, nearest_rotation, rotation_angle_deg
 
 AUC_THRESHOLDS_DEG = (1.0, 3.0, 5.0, 10.0)
 DEFAULT_INLIER_SHARE = 0.05  # alignment inlier threshold, as a share of the scene's extent

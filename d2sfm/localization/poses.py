@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from d2sfm.errors import D2sfmError
-from d2sfm.evaluation.angles import rotation_angle_deg
 from d2sfm.io.atomic import read_text_file, write_text_atomic
+from d2sfm.sfm.angles import rotation_angle_deg
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from d2sfm.errors import D2sfmError
-from d2sfm.evaluation.angles import direction_angle_deg, rotation_angle_deg
 from d2sfm.evaluation.ground_truth import (
     EstimatedCamera,
     TruthCamera,
@@ -22,6 +21,7 @@ from d2sfm.evaluation.ground_truth import (
     score_model,
     shared_pinhole,
 )
+from d2sfm.sfm.angles import direction_angle_deg, rotation_angle_deg
 from d2sfm.synthetic.scene import render_scene
 
 K = np.array([[500.0, 0, 320], [0, 510, 240], [0, 0, 1]])

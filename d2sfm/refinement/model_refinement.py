@@ -43,8 +43,14 @@ class ModelRefineSettings:
     # a star is one 3D point, however many views see it: no track size limit. The finest blur level only: the
     # observations start refined and the completions at a bundle-adjusted projection, within its basin (on
     # fountain-P11 the coarse level cost 17% of this stage and changed the poses' errors by under 0.1 mm).
+    # max_shift 8 px, as before mapping: an observation the database stage could not align keeps its detection
+    # error (where that stage aligns, on the 3072x2048 Strecha photos, it moves keypoints a median 3 px and 10%
+    # of them more than 6 px). At 4 px such observations left their tracks: on entry-P10 8 px keeps 16% more
+    # observations and the median position error falls from 6.4 to 5.4 mm, and it lowers fountain-P11's too
+    # (benchmarks/model_stage_variants.py; docs/benchmarks.md). 100,000 keypoints per chunk: one
+    # pass over the images instead of two for a scene of 11 photos (templates: 360 MB).
     alignment: AlignmentSettings = field(default_factory=lambda: AlignmentSettings(
-        max_shift=4.0, max_track_size=2**31, blur_sigmas=(1.0,)))
+        max_shift=8.0, max_track_size=2**31, blur_sigmas=(1.0,), max_nodes=100_000))
     neighbours: int = 12  # nearest 3D points whose projections give a point's local affinity between views
     covisible_images: int = 20  # per observing image, the most covisible images searched to complete tracks
     margin_px: float = 16.0  # a completion candidate projects at least this far inside its image

@@ -50,7 +50,7 @@ class ModelRefineSettings:
     # (benchmarks/model_stage_variants.py; docs/benchmarks.md). 100,000 keypoints per chunk: one
     # pass over the images instead of two for a scene of 11 photos (templates: 360 MB).
     alignment: AlignmentSettings = field(default_factory=lambda: AlignmentSettings(
-        max_shift=8.0, max_track_size=2**31, blur_sigmas=(1.0,), max_nodes=100_000))
+        max_shift=8.0, max_track_size=2**31, blur_sigmas=(1.0,), max_nodes=100_000, give_up_after=3))
     neighbours: int = 12  # nearest 3D points whose projections give a point's local affinity between views
     covisible_images: int = 20  # per observing image, the most covisible images searched to complete tracks
     margin_px: float = 16.0  # a completion candidate projects at least this far inside its image

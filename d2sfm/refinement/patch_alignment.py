@@ -47,9 +47,13 @@ class AlignmentSettings:
     # completion candidates where the point is hidden. None: every keypoint goes through every level.
     min_coarse_correlation: float | None = 0.5
     # The same within a level: a fit still correlating less than min_coarse_correlation after this many
-    # iterations stops there (it is judged, and fails, like the others). Most are completion candidates where the
-    # point is hidden: on entry-P10 two thirds of the model stage's 39,000 candidates fail the gates. None: off.
-    give_up_after: int | None = 3
+    # iterations stops there (it is judged, and fails, like the others). None (the default): off. The model
+    # refinement sets 3: most of its hopeless fits are completion candidates where the point is hidden (on
+    # entry-P10 two thirds of its 39,000 candidates fail the gates). Before mapping every fit is a verified match
+    # that may start a few pixels off and recover after the third iteration: giving up there aligned 5% fewer
+    # keypoints, and over two or three mapping seeds per scene the poses were 0.1-0.3 mm worse on entry-P10 and
+    # Herz-Jesus-P8, for 2 s less on fountain-P11 (docs/benchmarks.md).
+    give_up_after: int | None = None
     max_shift: float = 8.0  # px in the keypoint's image; beyond it the keypoint stays where it was
     # A fit is trusted where it correlates and its position is certain: the standard deviation of the fitted
     # centre along its weakest direction (from the residual and the Gauss-Newton Hessian) at most

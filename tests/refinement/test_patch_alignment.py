@@ -102,7 +102,7 @@ def test_hopeless_fits_give_up_and_good_ones_are_untouched():
     start = truth + rng.normal(0, 1.0, truth.shape)
     start[0] += [30.0, 0.0]
     maps = np.repeat(linear[None], len(first), axis=0)
-    giving_up, aligned, _ = align_pair(image, warped, first, start, maps)
+    giving_up, aligned, _ = align_pair(image, warped, first, start, maps, AlignmentSettings(give_up_after=3))
     never, aligned_never, _ = align_pair(image, warped, first, start, maps, AlignmentSettings(give_up_after=None))
     assert not aligned[0] and not aligned_never[0]
     assert np.array_equal(aligned, aligned_never) and aligned[1:].all()

@@ -202,7 +202,7 @@ def main() -> None:
     edges = [None if size == "full" else int(size) for size in options.sizes]
     rows = measure(work, options.scene / "images", edges, torch.device(options.device))
     print(f"{options.scene.name}, {options.device}, {torch.get_num_threads()} threads; single-scale extraction "
-          f"of the full-size photos {extraction:.1f} s (the same run's)\n")
+          f"of the full-size photos {extraction:.1f} s (the run that made the kept scene folder, --work)\n")
     print(table(rows, extraction))
     if options.json:
         options.json.write_text(json.dumps({"scene": options.scene.name, "extraction_seconds": extraction,

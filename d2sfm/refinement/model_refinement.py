@@ -47,8 +47,9 @@ class ModelRefineSettings:
     # error (where that stage aligns, on the 3072x2048 Strecha photos, it moves keypoints a median 3 px and 10%
     # of them more than 6 px). At 4 px such observations left their tracks: on entry-P10 8 px keeps 16% more
     # observations and the median position error falls from 6.4 to 5.4 mm, and it lowers fountain-P11's too
-    # (benchmarks/model_stage_variants.py; docs/benchmarks.md). 100,000 keypoints per chunk: one
-    # pass over the images instead of two for a scene of 11 photos (templates: 360 MB).
+    # (benchmarks/model_stage_variants.py; docs/benchmarks.md). 100,000 keypoints per chunk: one pass over the
+    # images instead of two for a scene of 11 photos (fountain-P11: 1.3 s less), and with one blur level the
+    # templates take the 180 MB of the default 50,000 at two levels.
     alignment: AlignmentSettings = field(default_factory=lambda: AlignmentSettings(
         max_shift=8.0, max_track_size=2**31, blur_sigmas=(1.0,), max_nodes=100_000, give_up_after=3))
     neighbours: int = 12  # nearest 3D points whose projections give a point's local affinity between views

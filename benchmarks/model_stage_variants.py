@@ -44,17 +44,18 @@ def parse_variant(text: str):
     return name, dataclasses.replace(settings, alignment=dataclasses.replace(settings.alignment, **alignment), **top)
 
 
-def mapped_model(run: Path, work: Path, scene: str) -> Path:
-    """The scene's refined database mapped once (as the run maps it: known K held), kept in ``work``."""
+def mapped_model(run: Path, work: Path, scene: str, seed: int = 0) -> Path:
+    """The scene's refined database mapped once (as the run maps it: known K held) with the mapper's ``seed``,
+    kept in ``work``."""
     from d2sfm.sfm.cameras import INTRINSICS_REFINEMENT
     from d2sfm.sfm.mapping import run_mapping
 
-    folder = work / scene
+    folder = work / (scene if seed == 0 else f"{scene}-seed{seed}")
     if not (folder / "sparse" / "0").is_dir():
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(run / scene / "d2-ss" / "database.db", folder / "database.db")
         run_mapping(folder / "database.db", SHARED / "data" / "strecha" / scene / "images", folder / "sparse",
-                    intrinsics=INTRINSICS_REFINEMENT["none"], progress=False)
+                    seed=seed, intrinsics=INTRINSICS_REFINEMENT["none"], progress=False)
     return folder / "sparse" / "0"
 
 
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=REPO / "outputs" / "gt", help="evaluate gt --compare's output")
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "model_stage_variants")
     parser.add_argument("--scenes", nargs="+", default=list(SCENES))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="the mapper's seeds: each maps the scene anew, and every variant refines each model")
     args = parser.parse_args()
 
     import pycolmap
@@ -72,13 +75,13 @@ def main() -> None:
     from d2sfm.refinement.model_refinement import refine_model_folder
 
     variants = [parse_variant(text) for text in args.variants]
-    print("| scene | variant | seconds | points | observations | pos. err. median mm | max mm | AUC@1 |")
-    print("|---|---|---|---|---|---|---|---|")
-    for scene in args.scenes:
-        source = mapped_model(args.run, args.work, scene)
+    print("| scene | seed | variant | seconds | points | observations | pos. err. median mm | max mm | AUC@1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for scene, seed in [(scene, seed) for scene in args.scenes for seed in args.seeds]:
+        source = mapped_model(args.run, args.work, scene, seed)
         truth = read_truth(SHARED / "data" / "strecha" / scene / "gt_dense_cameras")
         for name, settings in variants:
-            folder = args.work / scene / f"variant-{name}"
+            folder = source.parents[1] / f"variant-{name}"
             shutil.rmtree(folder, ignore_errors=True)
             shutil.copytree(source, folder)
             started = time.perf_counter()
@@ -86,7 +89,8 @@ def main() -> None:
                                           torch.device("cpu"), settings)
             seconds = time.perf_counter() - started
             score = score_model(pycolmap.Reconstruction(folder), truth)
-            print(f"| {scene} | {name} | {seconds:.1f} | {summary.points_after:,} | {summary.observations_after:,} | "
+            print(f"| {scene} | {seed} | {name} | {seconds:.1f} | {summary.points_after:,} | "
+                  f"{summary.observations_after:,} | "
                   f"{1000 * score.summary['median_position_error']:.2f} | "
                   f"{1000 * score.summary['max_position_error']:.2f} | {score.auc['1']:.4f} |", flush=True)
 

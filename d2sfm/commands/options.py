@@ -112,6 +112,14 @@ def add_refine_argument(parser: argparse.ArgumentParser, where: str) -> None:
                         "featuremetric: agreement of D2's early VGG features (Lindenberger et al.)")
 
 
+def add_complete_tracks_argument(parser: argparse.ArgumentParser) -> None:
+    """``--complete-tracks``: the model stage's track completion (off by default)."""
+    parser.add_argument("--complete-tracks", action="store_true",
+                        help="after mapping, also add each 3D point where its patch is found in covisible images "
+                        "that do not observe it (off by default: on the Strecha scenes it cost half the model "
+                        "refinement and lowered the accuracy against ground truth on 2 of 3; docs/benchmarks.md)")
+
+
 def feature_config(args: argparse.Namespace) -> FeatureConfig:
     """The FeatureConfig of ``add_feature_arguments``' options (and --weights)."""
     return FeatureConfig(method=args.features_method,

@@ -19,6 +19,7 @@ import torch
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.library_logs import set_library_logs
 from d2sfm.commands.options import (
+    add_complete_tracks_argument,
     add_device_argument,
     add_feature_arguments,
     add_refine_argument,
@@ -101,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="camera parameters bundle adjustment may change: none (a known calibration), focal, "
                         "all, or colmap (default, COLMAP's: focal and distortion, principal point held)")
     add_refine_argument(parser, "the keypoints of each track (before mapping), then each 3D point's observations "
-                        "(after mapping, which also completes tracks and bundle-adjusts),")
+                        "(after mapping, then bundle adjustment),")
+    add_complete_tracks_argument(parser)
     parser.add_argument("--mapper", choices=MAPPERS, default="incremental",
                         help="incremental (default: COLMAP's, image by image, each pose checked by 2D-3D RANSAC) or "
                         "global (pycolmap's global mapper: rotation and translation averaging, faster on large "
@@ -142,7 +144,7 @@ def reconstruction_config(args: argparse.Namespace) -> ReconstructionConfig:
         features=feature_config(args), run=run_config(args),
         pairs=PairsConfig(method=args.pairs, top_k=args.top_k, overlap=args.overlap),
         matching=MatchConfig(min_similarity=args.min_similarity, ratio=args.ratio),
-        refine=RefineConfig(enabled=args.refine, method=args.refine_method),
+        refine=RefineConfig(enabled=args.refine, method=args.refine_method, complete_tracks=args.complete_tracks),
         mapping=MappingConfig(camera_mode=args.camera_mode, camera_model=args.camera_model,
                               camera_params=args.camera_params, refine_intrinsics=args.refine_intrinsics,
                               known_poses=args.known_poses,

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from d2sfm.commands.cli import CommandParser, run_main
-from d2sfm.commands.options import add_device_argument, add_weights_argument
+from d2sfm.commands.options import add_complete_tracks_argument, add_device_argument, add_weights_argument
 from d2sfm.errors import D2sfmError
 from d2sfm.features.weights import resolve_weights
 from d2sfm.refinement.database_refinement import METHODS, RefineSettings, check_refinable_database, refine_database
@@ -39,13 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m d2sfm.refine",
         description="Keypoint refinement, in place (atomically). Given a COLMAP database whose matches are "
         "geometrically verified (before mapping), moves the keypoints of each track to where their image patches "
-        "agree across views; given a mapped model folder (--model), aligns each 3D point's observations, "
-        "completes its track in covisible images and bundle-adjusts.")
+        "agree across views; given a mapped model folder (--model), aligns each 3D point's observations "
+        "(--complete-tracks: and completes its track in covisible images) and bundle-adjusts.")
     parser.add_argument("database", type=Path, nargs="?", help="COLMAP database with verified matches")
     parser.add_argument("--model", type=Path, default=None, help="a COLMAP model folder to refine instead")
     parser.add_argument("--images", type=Path, required=True, help="the image folder the database was built from")
     parser.add_argument("--method", choices=METHODS, default="patch",
                         help="database refinement: patch alignment (default) or featuremetric (needs the weights)")
+    add_complete_tracks_argument(parser)
     add_weights_argument(parser)
     add_device_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from d2sfm.refinement.model_refinement import refine_model_folder
+    from d2sfm.refinement.model_refinement import ModelRefineSettings, refine_model_folder
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -64,7 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.model is not None:
         if not (args.model / "images.bin").is_file() and not (args.model / "images.txt").is_file():
             raise D2sfmError(f"{args.model}: not a COLMAP model folder (no images.bin or images.txt); check the path")
-        summary = refine_model_folder(args.model, args.images, resolve_device(args.device), progress=not args.quiet)
+        summary = refine_model_folder(args.model, args.images, resolve_device(args.device),
+                                      ModelRefineSettings(complete_tracks=args.complete_tracks),
+                                      progress=not args.quiet)
         print(f"refined {args.model}: {summary.describe()}")
         return 0
     if not args.database.is_file():

@@ -86,8 +86,8 @@ def print_table(stats: dict) -> None:
 
 def refine_models(sparse: Path, image_dir: Path, device: torch.device, stages: Stages, progress: bool,
                   settings: ModelRefineSettings) -> None:
-    """After mapping: every model refined (patch alignment of each point's observations, completed tracks,
-    bundle adjustment); a model refined earlier keeps its record and is skipped."""
+    """After mapping: every model refined (patch alignment of each point's observations, optionally completed
+    tracks, bundle adjustment); a model refined earlier keeps its record and is skipped."""
     pending = [folder for folder in model_folders(sparse) if model_refinement_record(folder) is None]
 
     def refine() -> None:
@@ -145,6 +145,8 @@ def stage_settings(config: ReconstructionConfig, features_file: Path | None, cam
     refined_intrinsics = {"refine_intrinsics": mapping.refine_intrinsics} if mapping.refine_intrinsics != "colmap" \
         else {}
     known_poses = {"known_poses": known_poses_record(Path(mapping.known_poses))} if mapping.known_poses else {}
+    # the model stage refines what mapping wrote: another choice maps again
+    completion = {"complete_tracks": True} if config.refine.enabled and config.refine.complete_tracks else {}
     features = {"features": "scene"}
     if features_file is not None:  # the user's file: another file, or the same one written again, is other features
         features = {"features": str(features_file.resolve()), "modified_ns": features_file.stat().st_mtime_ns}
@@ -156,7 +158,7 @@ def stage_settings(config: ReconstructionConfig, features_file: Path | None, cam
                     "abs_pose_min_inliers": mapping.abs_pose_min_inliers,
                     "abs_pose_min_inlier_ratio": mapping.abs_pose_min_inlier_ratio,
                     "init_min_tri_angle": mapping.init_min_tri_angle, "mapper_attempts": mapping.attempts,
-                    **refined_intrinsics, **known_poses},
+                    **refined_intrinsics, **known_poses, **completion},
     }
 
 
@@ -384,6 +386,7 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
     if config.refine.enabled:
         refine_models(paths["sparse"], image_dir, resolve_device(config.run.device), stages, progress,
                       ModelRefineSettings(intrinsics=config.mapping.refine_intrinsics,
+                                          complete_tracks=config.refine.complete_tracks,
                                           hold_poses=bool(config.mapping.known_poses)))
     stages.run("picture", picture_is_current(paths["picture"], paths["sparse"] / "0"), lambda: write_model_picture(
         paths["sparse"] / "0", paths["picture"], paths["database"], readable))

@@ -1,15 +1,15 @@
-"""Refinement of a mapped model: the observations of each 3D point aligned to one reference observation, tracks
-completed in the registered images where the point's patch is found, then bundle adjustment.
+"""Refinement of a mapped model: the observations of each 3D point aligned to one reference observation
+(optionally, tracks completed in the registered images where the point's patch is found), then bundle adjustment.
 
 Before mapping, refine.py aligns the keypoints of tracks formed by the verified matches; those tracks still hold
 wrong matches (merged chains), and a keypoint that could not be aligned keeps its detection error. After mapping
 the tracks are the mapper's, cleaned of most wrong matches, and the model gives each point's local geometry: the
 projections of its nearest 3D points give the affinity between two views, so every observation can be aligned
 to the view that sees the point at the finest scale. An observation that does not align (poor fit, or further
-than ``max_shift`` from where it was) leaves its track, and where a point projects into a covisible registered
-image that does not observe it, a good fit there becomes a new observation (a new 2D point of that image; the
-database's keypoints are untouched). Bundle adjustment and COLMAP's point filter, in rounds as COLMAP's mapper
-runs them, then finish the model.
+than ``max_shift`` from where it was) leaves its track. With ``complete_tracks``, where a point projects into a
+covisible registered image that does not observe it, a good fit there becomes a new observation (a new 2D point
+of that image; the database's keypoints are untouched). Bundle adjustment and COLMAP's point filter, in rounds
+as COLMAP's mapper runs them, then finish the model.
 """
 
 from __future__ import annotations
@@ -53,7 +53,15 @@ class ModelRefineSettings:
     alignment: AlignmentSettings = field(default_factory=lambda: AlignmentSettings(
         max_shift=8.0, max_track_size=2**31, blur_sigmas=(1.0,), max_nodes=100_000, give_up_after=3))
     neighbours: int = 12  # nearest 3D points whose projections give a point's local affinity between views
-    covisible_images: int = 20  # per observing image, the most covisible images searched to complete tracks
+    # Track completion: off by default. On the three Strecha scenes with the known K, each refining the same
+    # mapped models (three mapper seeds), completing tracks cost 55-70% of this stage and lowered AUC@1 on every
+    # scene and seed (fountain-P11 0.9554 -> 0.9499, Herz-Jesus-P8 0.9530 -> 0.9520-0.9527, entry-P10 0.950 ->
+    # 0.941), raised the position errors of fountain-P11 (1.80 / 3.23 -> 1.96 / 4.09 mm) and Herz-Jesus-P8 (2.71 /
+    # 4.96 -> 3.09 / 5.34 mm), and lowered only entry-P10's median (5.6-6.2 -> 5.2-5.5 mm): a completion starts at
+    # the model's own projection under an affinity fitted to the neighbours' projections, which on a non-planar
+    # surface is not the patch's (benchmarks/model_stage_variants.py; docs/benchmarks.md).
+    complete_tracks: bool = False
+    covisible_images: int = 20  # with complete_tracks: per observing image, the most covisible images searched
     margin_px: float = 16.0  # a completion candidate projects at least this far inside its image
     max_points: int = 20_000  # 3D points whose nodes are collected and aligned at once: bounds memory
     max_reprojection_error: float = 4.0  # COLMAP's filter after the bundle adjustment (the mapper's default)
@@ -79,7 +87,7 @@ class ModelRefinementSummary:
     observations_after: int
     observations_aligned: int
     observations_dropped: int  # did not align: left their track
-    observations_added: int  # completed tracks
+    observations_added: int  # completed tracks (complete_tracks)
     track_length_before: float
     track_length_after: float
     reprojection_error_before: float
@@ -155,7 +163,8 @@ def _collect_nodes(model: pycolmap.Reconstruction, chunk: np.ndarray, point_ids:
     point's neighbourhood (``neighbours``: rows of indices into ``xyz``), which give the reference view (the one
     that sees the neighbourhood largest: the finest scale) and the affinities."""
     observations = _observations(model, point_ids, chunk)
-    candidates = _completion_candidates(observations, covisible)
+    candidates = _completion_candidates(observations, covisible) if settings.complete_tracks \
+        else np.zeros((0, 2), np.int64)
     point_index = np.concatenate([observations[:, 0], candidates[:, 0]])
     image_ids = np.concatenate([observations[:, 1], candidates[:, 1]])
     keypoint_ids = np.concatenate([observations[:, 2], np.full(len(candidates), -1)])
@@ -218,7 +227,7 @@ def refine_model(model: pycolmap.Reconstruction, read_gray: Callable[[int], np.n
     if len(point_ids) < 2:
         raise D2sfmError("the model has fewer than two 3D points: nothing to refine")
     neighbours = cKDTree(xyz).query(xyz, k=min(settings.neighbours, len(xyz)))[1].reshape(len(xyz), -1)
-    covisible = _covisible(model, settings.covisible_images)
+    covisible = _covisible(model, settings.covisible_images) if settings.complete_tracks else {}
     pieces = []
     chunks = np.array_split(np.arange(len(point_ids)), -(-len(point_ids) // settings.max_points))
     for chunk in tqdm(chunks, desc="refining the model (chunks of points)", unit="chunk",

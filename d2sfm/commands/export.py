@@ -16,9 +16,10 @@ With ``--model``, the keypoints of every image of that COLMAP model are the mode
 of an image is keypoint i of the file, as hloc's localize_sfm and triangulation assume (they look a 3D point up by
 keypoint index). d2sfm's refined models break that equality for features.h5 in two ways: keypoint refinement
 (database, then model) moves the first N 2D points (N: the image's keypoints in features.h5) by up to ~12 px, and
-track completion appends 2D points after them (25-35% of the observations on real scenes). The export writes the
-model's positions (hloc's convention: COLMAP's x, y - 0.5, float64 as the model holds them), keeps each original
-keypoint's descriptor and score, and gives every appended 2D point a zero descriptor and score 0 (see
+track completion (--complete-tracks) appends 2D points after them (25-35% of the observations on real scenes).
+The export writes the model's positions (hloc's convention: COLMAP's x, y - 0.5, float64 as the model holds
+them), keeps each original keypoint's descriptor and score, and gives every appended 2D point a zero descriptor
+and score 0 (see
 ``aligned_features``: an all-zero descriptor cannot win a thresholded or ratio-tested nearest-neighbour match, while a
 copied one would tie with its original). Images of the features file that the model does not hold (or holds without
 2D points) keep their features unchanged.

@@ -26,7 +26,19 @@ from d2sfm.errors import D2sfmError
 from d2sfm.io.h5 import read_features
 from d2sfm.io.model_files import read_model
 
-from .conftest import assert_one_line_error, command
+from .conftest import assert_one_line_error, command, reconstruct
+
+
+@pytest.fixture(scope="module")
+def completed_scene(finished_scene, tmp_path_factory, weights_path) -> Path:
+    """The finished scene mapped and refined again with --complete-tracks (off by default): its model has 2D points
+    appended after each image's keypoints, which is what the export must handle."""
+    copy = tmp_path_factory.mktemp("completed") / "scene"
+    shutil.copytree(finished_scene, copy)
+    (copy / ".d2sfm.lock").unlink(missing_ok=True)
+    run = reconstruct(copy, "--complete-tracks", weights=weights_path)
+    assert run.returncode == 0, run.stderr
+    return copy
 
 
 def hloc_keypoints(path: Path, name: str) -> np.ndarray:
@@ -73,18 +85,18 @@ def export(scene: Path, output: Path, *extra, features: Path | None = None):
                    "--quiet", *extra)
 
 
-def test_model_export_aligns_keypoints_with_points2D(scene, tmp_path):
+def test_model_export_aligns_keypoints_with_points2D(completed_scene, tmp_path):
     """After ``--model``: each image of the model has exactly its 2D points as keypoints (refined positions, then
     the points track completion appended), every observation of every 3D point indexes a keypoint at its
     position, the original keypoints keep their descriptors and scores, the appended ones have zeros; an image the
     model does not hold keeps its features unchanged."""
     features = tmp_path / "features.h5"
-    shutil.copy(scene / "features.h5", features)
+    shutil.copy(completed_scene / "features.h5", features)
     with h5py.File(features, "a") as handle:  # an image of the features file that the model does not hold
         handle.require_group("extra")
         handle.copy(handle["view_01.png"], "extra/view_01.png")
-    model = read_model(scene / "sparse" / "0")
-    run = export(scene, tmp_path / "hloc", "--model", scene / "sparse" / "0", features=features)
+    model = read_model(completed_scene / "sparse" / "0")
+    run = export(completed_scene, tmp_path / "hloc", "--model", completed_scene / "sparse" / "0", features=features)
     assert run.returncode == 0, run.stderr
     exported = tmp_path / "hloc" / "features.h5"
 
@@ -122,16 +134,16 @@ def test_model_export_aligns_keypoints_with_points2D(scene, tmp_path):
     assert "without a descriptor" in run.stdout
 
 
-def test_appended_points_are_never_matched(scene, tmp_path):
+def test_appended_points_are_never_matched(completed_scene, tmp_path):
     """hloc's nearest-neighbour rules (mutual, ratio 0.8, distance 0.7: its NN-mutual, NN-ratio and NN-superpoint
     configurations) between the exported images match none of the zero-descriptor points, and match the original
     keypoints exactly as they match them without --model."""
-    assert export(scene, tmp_path / "aligned", "--model", scene / "sparse" / "0").returncode == 0
-    assert export(scene, tmp_path / "plain").returncode == 0
-    model = read_model(scene / "sparse" / "0")
+    assert export(completed_scene, tmp_path / "aligned", "--model", completed_scene / "sparse" / "0").returncode == 0
+    assert export(completed_scene, tmp_path / "plain").returncode == 0
+    model = read_model(completed_scene / "sparse" / "0")
     names = sorted(model.images[image_id].name for image_id in model.reg_image_ids())
     for name0, name1 in itertools.pairwise(names):
-        counts = [len(read_features(scene / "features.h5", name).keypoints) for name in (name0, name1)]
+        counts = [len(read_features(completed_scene / "features.h5", name).keypoints) for name in (name0, name1)]
         aligned = [hloc_matcher_inputs(tmp_path / "aligned" / "features.h5", name)["descriptors"]
                    for name in (name0, name1)]
         plain = [hloc_matcher_inputs(tmp_path / "plain" / "features.h5", name)["descriptors"]

@@ -81,10 +81,9 @@ class RefineConfig:
 
     enabled: bool = True  # False maps the raw detections, as the original D2-Net pipeline did
     method: str = "patch"  # "patch": affine patch alignment; "featuremetric": early VGG features (Lindenberger)
-    # after mapping, also add each 3D point's patch where it is found in covisible images that do not observe it:
-    # off by default, it cost half the model stage and lowered the accuracy against ground truth on 2 of the 3
+    # off by default: it cost half the model stage and lowered the accuracy against ground truth on 2 of the 3
     # Strecha scenes (ModelRefineSettings.complete_tracks)
-    complete_tracks: bool = False
+    complete_tracks: bool = False  # after mapping, also add each point where its patch is found in other images
 
     def settings(self) -> RefineSettings:
         return RefineSettings(method=self.method)

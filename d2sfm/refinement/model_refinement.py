@@ -163,8 +163,7 @@ def _collect_nodes(model: pycolmap.Reconstruction, chunk: np.ndarray, point_ids:
     point's neighbourhood (``neighbours``: rows of indices into ``xyz``), which give the reference view (the one
     that sees the neighbourhood largest: the finest scale) and the affinities."""
     observations = _observations(model, point_ids, chunk)
-    candidates = _completion_candidates(observations, covisible) if settings.complete_tracks \
-        else np.zeros((0, 2), np.int64)
+    candidates = _completion_candidates(observations, covisible)  # none without complete_tracks: no covisible
     point_index = np.concatenate([observations[:, 0], candidates[:, 0]])
     image_ids = np.concatenate([observations[:, 1], candidates[:, 1]])
     keypoint_ids = np.concatenate([observations[:, 2], np.full(len(candidates), -1)])

@@ -149,7 +149,8 @@ def main() -> None:
           f"{args.device}; batch size {args.batch_size or 'default'}, "
           f"workers {'default' if args.workers is None else args.workers}\n")
     print("| pyramid | command | precision | photos | whole command (s) | images/s | speed-up | images/s in the loop | "
-          + " | ".join(f"{stage} (s)" for stage in STAGES) + " | peak GPU memory (GiB) | peak RSS (GiB) |")
+          + " | ".join(f"{stage} (s)" for stage in STAGES)
+          + " | peak GPU memory, tensors / reserved (GiB) | peak RSS (GiB) |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | " + "---: | " * len(STAGES) + "---: | ---: |")
     for row in rows:
         baseline = next((r for r in rows if r["pyramid"] == row["pyramid"] and r["timings"] is None), None)
@@ -159,7 +160,8 @@ def main() -> None:
         if timings:
             loop = f"{timings['images_per_second_in_loop']:.2f}"
             stages = " | ".join(f"{timings['seconds'].get(stage, 0.0):.1f}" for stage in STAGES)
-            gpu = f"{timings['peak_gpu_memory_mb'] / 1024:.2f}" if timings["peak_gpu_memory_mb"] else "n/a"
+            gpu = (f"{timings['peak_gpu_memory_mb'] / 1024:.2f} / {timings['peak_gpu_reserved_mb'] / 1024:.2f}"
+                   if timings["peak_gpu_memory_mb"] else "n/a")
             rss = f"{timings['peak_rss_mb'] / 1024:.2f}"
         else:
             loop, stages, gpu, rss = "n/a", " | ".join("n/a" for _ in STAGES), "n/a", "n/a"

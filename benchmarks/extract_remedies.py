@@ -52,11 +52,12 @@ def variants(cpus: int) -> list[Variant]:
         Variant("pinned input", {"pinned_input": True}),
         Variant("channels-last maps", {"maps_layout": "channels_last"}),
         Variant("maps in the working precision", {"working_precision_maps": True}, low_precision_only=True),
+        Variant("cuDNN benchmark mode (times its algorithms per input size)", {"cudnn_benchmark": True}),
         Variant("compiled backbone (torch.compile)", {"compile": "default"}),
         Variant("compiled, CUDA graphs (reduce-overhead)", {"compile": "reduce-overhead"}),
         Variant("all of the above but CUDA graphs",
                 {"pinned_input": True, "maps_layout": "channels_last", "working_precision_maps": True,
-                 "compile": "default"}, workers=more_workers),
+                 "cudnn_benchmark": True, "compile": "default"}, workers=more_workers),
     ]
 
 

@@ -1,6 +1,6 @@
 """Every GPU figure d2sfm claims, measured by one command on a lent GPU machine (issue 37; docs/gpu.md says how).
 
-    python benchmarks/gpu_acceptance.py --output OUT --stage .gpu-stage/main              # call 1 (8 min on an H100)
+    python benchmarks/gpu_acceptance.py --output OUT --stage .gpu-stage/main              # call 1 (docs/gpu.md)
     python benchmarks/gpu_acceptance.py --output OUT --stage .gpu-stage/colmap --previous .gpu-stage/colmap/from-main
     python benchmarks/gpu_acceptance.py --output outputs/gpu-smoke --smoke                # on the CPU, in CI
     python benchmarks/gpu_acceptance.py --render OUT/report.json       # docs/benchmarks.md's GPU tables from a report
@@ -121,6 +121,11 @@ class Context:
     work: Path
     output: Path
     report: dict
+    deadline: float | None = None  # time.perf_counter() by which child commands must have ended (--limit)
+
+    def time_left(self) -> float | None:
+        """Seconds a child command may run (None: no limit); a TimeoutExpired of one cut there names --limit."""
+        return None if self.deadline is None else max(1.0, self.deadline - time.perf_counter())
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -228,14 +233,24 @@ def synchronise(device: str) -> None:
 # ------------------------------------------------------------------------------------------------ sections
 
 
+def _free_mb(free: int | None) -> float | None:
+    return None if free is None else round(free / 2**20)
+
+
 def section_environment(ctx: Context) -> dict:
     import torch
+
+    from d2sfm.features.extraction import shared_memory_free_bytes
+    from d2sfm.runtime.device import full_float32_cudnn
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
     figures = {"device": ctx.device, "torch": torch.__version__, "python": platform.python_version(),
                "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                "commit": commit.stdout.strip() or "unknown", "numpy": importable("numpy"),
-               "pycolmap": importable("pycolmap"), "ray": importable("ray"), "opencv": importable("cv2")}
+               "pycolmap": importable("pycolmap"), "ray": importable("ray"), "opencv": importable("cv2"),
+               "shared_memory_free_mb": _free_mb(shared_memory_free_bytes())}
+    with full_float32_cudnn():
+        figures["tf32_in_fp32_convolutions"] = torch.backends.cudnn.allow_tf32  # False: parity's arithmetic
     if ctx.device.startswith("cuda"):
         properties = torch.cuda.get_device_properties(0)
         figures.update({"gpu": properties.name, "gpu_memory_gib": round(properties.total_memory / 2**30, 1),
@@ -286,24 +301,31 @@ def section_throughput(ctx: Context) -> dict:
     photos = ctx.work / "throughput"
     prepare_photos(ctx.inputs.photos, photos, ctx.plan.count, ctx.plan.max_edge)
     rows = []
-    for pyramid in ("SS", "MS"):
-        for precision in ctx.precisions:
-            timings = ctx.work / f"timings_{pyramid}_{precision}.json"
-            command = [sys.executable, "-m", "d2sfm.extract", str(photos), "-o", str(ctx.work / "throughput.h5"),
-                       "--overwrite", "--quiet", "--weights", str(ctx.inputs.weights), "--device", ctx.device,
-                       "--precision", precision, "--max-edge", str(ctx.plan.max_edge), "--timings", str(timings)]
-            command += ["--multiscale"] if pyramid == "MS" else []
-            seconds = run_command(command)
-            recorded = json.loads(timings.read_text())
-            rate = ctx.plan.count / seconds
-            peak = (recorded.get("peak_gpu_memory_mb") or 0) / 1024
-            rows.append({"pyramid": pyramid, "precision": precision, "photos": ctx.plan.count, "seconds": seconds,
-                         "images_per_second": rate, "images_per_second_in_loop":
-                         recorded.get("images_per_second_in_loop"), "peak_gpu_memory_gib": peak,
-                         "peak_rss_gib": (recorded.get("peak_rss_mb") or 0) / 1024,
-                         "stage_seconds": recorded.get("seconds", {}), "goal": GOALS[pyramid],
-                         "goal_met": rate >= GOALS[pyramid] and peak <= GOAL_MEMORY_GIB})
-            log.info(f"  {pyramid} {precision}: {rate:.1f} images/s")
+    runs = [(pyramid, precision) for pyramid in ("SS", "MS") for precision in ctx.precisions]
+    for done, (pyramid, precision) in enumerate(runs):
+        timings = ctx.work / f"timings_{pyramid}_{precision}.json"
+        command = [sys.executable, "-m", "d2sfm.extract", str(photos), "-o", str(ctx.work / "throughput.h5"),
+                   "--overwrite", "--quiet", "--weights", str(ctx.inputs.weights), "--device", ctx.device,
+                   "--precision", precision, "--max-edge", str(ctx.plan.max_edge), "--timings", str(timings)]
+        command += ["--multiscale"] if pyramid == "MS" else []
+        try:
+            seconds = run_command(command, timeout=ctx.time_left())
+        except subprocess.TimeoutExpired:  # the rows measured so far are kept; the report names the others
+            cut = ", ".join(" ".join(run) for run in runs[done:])
+            return {"status": "partial", "why": f"{cut} cut at the run's --limit", "max_edge": ctx.plan.max_edge,
+                    "rows": rows}
+        recorded = json.loads(timings.read_text())
+        rate = ctx.plan.count / seconds
+        # the goal counts what the allocator reserved (what the process holds, less the CUDA context)
+        peak = (recorded.get("peak_gpu_memory_mb") or 0) / 1024
+        reserved = (recorded.get("peak_gpu_reserved_mb") or 0) / 1024
+        rows.append({"pyramid": pyramid, "precision": precision, "photos": ctx.plan.count, "seconds": seconds,
+                     "images_per_second": rate, "images_per_second_in_loop":
+                     recorded.get("images_per_second_in_loop"), "peak_gpu_memory_gib": peak,
+                     "peak_gpu_reserved_gib": reserved, "peak_rss_gib": (recorded.get("peak_rss_mb") or 0) / 1024,
+                     "stage_seconds": recorded.get("seconds", {}), "goal": GOALS[pyramid],
+                     "goal_met": rate >= GOALS[pyramid] and max(peak, reserved) <= GOAL_MEMORY_GIB})
+        log.info(f"  {pyramid} {precision}: {rate:.1f} images/s")
     return {"max_edge": ctx.plan.max_edge, "rows": rows}
 
 
@@ -421,7 +443,7 @@ def section_ray(ctx: Context) -> dict:
     edge = min(ctx.plan.max_edge, 640)
     prepare_photos(ctx.inputs.photos, photos, ctx.plan.ray_count, edge)
     config = FeatureConfig(scales=SINGLE_SCALE, max_edge=edge, weights=str(ctx.inputs.weights))
-    runs = {}
+    runs, ray_gpus = {}, None
     try:  # through the API in this process: one Ray cluster serves both stages (its start-up is in the extraction)
         for label, address in (("plain", None), ("ray", LOCAL)):
             run = RunConfig(device=ctx.device, ray=address, ray_workers=1 if address else None, progress=False)
@@ -435,6 +457,7 @@ def section_ray(ctx: Context) -> dict:
                            "match_seconds": time.perf_counter() - started}
     finally:
         if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            ray_gpus = sys.modules["ray"].cluster_resources().get("GPU", 0)  # 0 on a GPU machine: Ray saw none
             sys.modules["ray"].shutdown()
     names = sorted(list_entries(runs["plain"]["features"]))
     shares, cosines, equal_counts = [], [], []
@@ -449,7 +472,8 @@ def section_ray(ctx: Context) -> dict:
         equal_counts.append(len(ray.keypoints) == len(plain.keypoints))
     pairs = exhaustive_pairs(names)
     overlaps = [_match_overlap(runs["plain"], runs["ray"], pair) for pair in pairs]
-    return {"photos": len(names), "edge": edge, "device": ctx.device, "min_keypoint_share": min(shares),
+    return {"photos": len(names), "edge": edge, "device": ctx.device, "ray_gpus": ray_gpus,
+            "min_keypoint_share": min(shares),
             "min_descriptor_cosine": min(cosines, default=1.0), "equal_counts": all(equal_counts),
             "pairs": len(pairs), "pairs_with_equal_matches": sum(overlap == 1.0 for overlap in overlaps),
             "min_match_overlap": min(overlaps),
@@ -579,7 +603,7 @@ def section_dense(ctx: Context) -> dict:
     # in a child: a crash inside COLMAP (as fusion once did) must not take the report with it
     started = time.perf_counter()
     result = subprocess.run([sys.executable, __file__, "--child-dense", json.dumps(spec)], cwd=REPO,
-                            capture_output=True, text=True, timeout=400)
+                            capture_output=True, text=True, timeout=ctx.time_left() or 600)
     if result.returncode:
         log.error(result.stderr[-5000:])
         raise RuntimeError(f"dense child {exit_description(result.returncode)}: {telling_line(result.stderr)}")
@@ -614,7 +638,7 @@ SECTION_FUNCTIONS = {name: globals()[f"section_{name}"] for name in SECTIONS}
 
 def _rows(report: dict, section: str) -> list[dict]:
     entry = report.get("sections", {}).get(section, {})
-    return entry.get("figures", {}).get("rows", []) if entry.get("status") == "ok" else []
+    return entry.get("figures", {}).get("rows", []) if entry.get("status") in ("ok", "partial") else []
 
 
 def write_report(report: dict, output: Path) -> None:
@@ -675,12 +699,14 @@ def _table_throughput(report: dict, rows: list[dict]) -> list[str]:
     lines += ["", f"Whole `python -m d2sfm.extract` command on {rows[0]['photos']} photos at "
               f"{sections['throughput']['figures']['max_edge']} px (start-up included); goals SS >= "
               f"{GOALS['SS']:.0f}, MS >= {GOALS['MS']:.0f} images/s within {GOAL_MEMORY_GIB:.0f} GiB:", "",
-              "| pyramid | precision | seconds | images/s | images/s in the loop | peak GPU memory GiB | "
-              "peak RSS GiB | goal met |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+              "| pyramid | precision | seconds | images/s | images/s in the loop | peak GPU memory GiB "
+              "(tensors / reserved) | peak RSS GiB | goal met |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in rows:
         lines.append(f"| {row['pyramid']} | {row['precision']} | {row['seconds']:.1f} | "
                      f"{row['images_per_second']:.1f} | {_fmt(row['images_per_second_in_loop'], '.1f')} | "
-                     f"{row['peak_gpu_memory_gib']:.2f} | {row['peak_rss_gib']:.2f} | "
+                     f"{row['peak_gpu_memory_gib']:.2f} / {_fmt(row.get('peak_gpu_reserved_gib'))} | "
+                     f"{row['peak_rss_gib']:.2f} | "
                      f"{'yes' if row['goal_met'] else 'no'} |")
     return lines
 
@@ -766,6 +792,8 @@ def markdown(report: dict) -> str:
 def _describe_ray(f: dict) -> str:
     seconds = f["seconds"]
     worker = "GPU worker" if f["device"].startswith("cuda") else "worker"
+    if f["device"].startswith("cuda") and not f.get("ray_gpus", 1):
+        worker = "worker (Ray found no GPU here: CPU-shaped)"
     return (f"Ray, one {worker}, against the plain commands on {f['photos']} photos at {f['edge']} px: "
             f"{'equal' if f['equal'] else 'NOT equal'} (keypoints within 0.01 px: at least "
             f"{f['min_keypoint_share']:.2%} per image, descriptor cosine >= {f['min_descriptor_cosine']:.5f}; "
@@ -822,6 +850,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="only rewrite docs/benchmarks.md's GPU acceptance block from this report")
     parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                         help="skip the sections that would start after this many seconds (a lent machine's limit)")
+    parser.add_argument("--limit", type=float, default=None, metavar="SECONDS",
+                        help="end the child commands (extract runs, the dense child) that would run past this many "
+                             "seconds from the start; the report says what was cut. A lent machine's call is killed "
+                             "whole at its timeout: keep this below it")
     parser.add_argument("--document", type=Path, default=DOCUMENT)
     parser.add_argument("--child-dense", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -836,6 +868,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.output is None:
         parser.error("--output is required (the folder the report goes to)")
+    started = time.perf_counter()
     device = args.device or ("cpu" if args.smoke else "cuda")
     import torch
 
@@ -868,7 +901,8 @@ def main(argv: list[str] | None = None) -> int:
                          "../shared")
     precisions = ("fp32", "bf16") if device.startswith("cuda") else ("fp32",)
     work = Path(tempfile.mkdtemp(prefix="d2sfm-gpu-acceptance-"))
-    ctx = Context(SMOKE if args.smoke else FULL, inputs, device, precisions, work, args.output, report)
+    ctx = Context(SMOKE if args.smoke else FULL, inputs, device, precisions, work, args.output, report,
+                  None if args.limit is None else started + args.limit)
     torch.set_grad_enabled(False)
     try:
         run_sections(ctx, names, args.budget)

@@ -97,3 +97,13 @@ def test_the_docs_block_is_rendered_from_the_report(two_calls, tmp_path):
 def test_render_refuses_a_missing_report(tmp_path):
     result = run(["--render", str(tmp_path / "nothing.json")])
     assert result.returncode == 2 and "nothing.json" in result.stderr and "report.json" in result.stderr
+
+
+def test_a_child_command_past_the_limit_is_cut_and_said(tmp_path, shared):
+    """A lent machine's call is killed whole at its timeout; --limit ends the child commands first, so the report
+    keeps what was measured and says what was cut (a 1-second limit: no extract command starts up that fast)."""
+    result = run(["--smoke", "--output", str(tmp_path), "--sections", "throughput", "--limit", "1"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    entry = json.loads((tmp_path / "report.json").read_text())["sections"]["throughput"]
+    assert entry["status"] == "partial" and "SS fp32" in entry["why"] and "--limit" in entry["why"], entry
+    assert entry["figures"]["rows"] == []

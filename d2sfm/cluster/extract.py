@@ -31,7 +31,7 @@ class ExtractionWorker:
     batches under the GPU memory budget, writes in a thread, an image too large for the GPU listed as failed."""
 
     def __init__(self, weights: str, config: dict, shard: str, settings: dict, descriptor_dtype: str,
-                 gpu_memory_gib: float, threads: int) -> None:
+                 gpu_memory_gib: float, threads: int, device: str) -> None:
         import torch
 
         from d2sfm.features.extraction import default_loading
@@ -40,7 +40,7 @@ class ExtractionWorker:
 
         torch.set_num_threads(threads)
         torch.set_grad_enabled(False)
-        device = resolve_device("auto")  # Ray shows each actor its GPU
+        device = resolve_device(device)  # the worker shape's: a GPU worker sees its GPU as cuda:0
         self.extractor = D2Extractor(weights, ExtractionConfig(**config), device)
         self.shard, self.settings = Path(shard), settings
         self.descriptor_dtype = np.dtype(descriptor_dtype)
@@ -78,8 +78,8 @@ def extract_on_cluster(
     folder = str(root.resolve())
     results = run_sharded(
         address, workers, cpus_per_worker, output, ExtractionWorker,
-        lambda shard, threads: (str(weights), config.as_dict(), shard, writer.settings, writer.descriptor_dtype.name,
-                                gpu_memory_gib, threads),
+        lambda shard, threads, device: (str(weights), config.as_dict(), shard, writer.settings,
+                                        writer.descriptor_dtype.name, gpu_memory_gib, threads, device),
         pending, batch_images, lambda actor, batch: actor.extract.remote(folder, batch), "extracting D2 features",
         "img", progress)
     failures = [(name, error) for name, error in results if error is not None]

@@ -25,11 +25,11 @@ class MatchingWorker:
     """A Ray actor's state: its device and the writer of its shard."""
 
     def __init__(self, features: str, shard: str, min_similarity: float | None, ratio: float | None,
-                 threads: int) -> None:
+                 threads: int, device: str) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.device = resolve_device("auto")
+        self.device = resolve_device(device)  # the worker shape's (WorkerShape.device)
         self.features, self.min_similarity, self.ratio = Path(features), min_similarity, ratio
         self.writer = MatchWriter(shard)
 
@@ -58,7 +58,7 @@ def match_on_cluster(features: Path, pairs: Sequence[Pair], output: Path, addres
         return recovered
     features_path = str(features.resolve())
     run_sharded(address, workers, cpus_per_worker, output, MatchingWorker,
-                lambda shard, threads: (features_path, shard, min_similarity, ratio, threads),
+                lambda shard, threads, device: (features_path, shard, min_similarity, ratio, threads, device),
                 todo, block_pairs, lambda actor, block: actor.match.remote(block), "matching", "pair", progress,
                 min_batch=16)  # a block reads each of its images once: not too small
     collect_shards(output, writer.copy_from)

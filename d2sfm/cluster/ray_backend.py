@@ -52,6 +52,12 @@ class WorkerShape:
     def describe(self) -> str:
         return f"{self.count} Ray workers, " + ("1 GPU each" if self.gpus else f"{self.cpus} CPU each, no GPU")
 
+    def device(self) -> str:
+        """The device a worker of this shape runs on. Told, not guessed in the worker: Ray shows an actor given a
+        GPU that GPU as cuda:0, but one given none may still see every GPU of its node (recent Ray no longer hides
+        them), and CPU-shaped workers guessing 'cuda' would all crowd onto one."""
+        return "cuda" if self.gpus else "cpu"
+
 
 def worker_shape(ray, workers: int | None, cpus_per_worker: int, address: str = LOCAL) -> WorkerShape:
     """One worker per GPU if the cluster has any, else one per ``cpus_per_worker`` CPUs (or ``workers``). More
@@ -149,12 +155,12 @@ def run_on_workers(ray, actors: list, submit: Callable, batches: list, descripti
 
 
 def run_sharded(address: str, workers: int | None, cpus_per_worker: int, output: Path, actor_class: type,
-                actor_arguments: Callable[[str, int], tuple], items: list, batch_size: int, submit: Callable,
+                actor_arguments: Callable[[str, int, str], tuple], items: list, batch_size: int, submit: Callable,
                 description: str, unit: str, progress: bool = True, min_batch: int = 1) -> list:
     """The dispatch that extraction and matching share: join or start the cluster, start one ``actor_class`` per
-    worker (constructed with ``actor_arguments(its shard path, its threads)``; restarted by Ray if its process
-    dies, its task retried), and hand it ``items`` in balanced batches (``submit(actor, batch)``). Returns every
-    result; the shards are left for ``collect_shards``."""
+    worker (constructed with ``actor_arguments(its shard path, its threads, its device)``; restarted by Ray if its
+    process dies, its task retried), and hand it ``items`` in balanced batches (``submit(actor, batch)``). Returns
+    every result; the shards are left for ``collect_shards``."""
     if batch_size < 1:
         raise D2sfmError("--ray-batch must be at least 1")
     ray = start_ray(address)
@@ -162,7 +168,7 @@ def run_sharded(address: str, workers: int | None, cpus_per_worker: int, output:
     shard_folder(output).mkdir(exist_ok=True)
     remote = ray.remote(max_restarts=-1, max_task_retries=-1)(actor_class)
     actors = [remote.options(**shape.actor_options()).remote(*actor_arguments(str(shard_path(output, index)),
-                                                                              shape.cpus))
+                                                                              shape.cpus, shape.device()))
               for index in range(shape.count)]
     size = balanced_batch(len(items), batch_size, shape.count, min_batch)
     batches = [items[start:start + size] for start in range(0, len(items), size)]

@@ -31,6 +31,7 @@ from d2sfm.features.detect import EDGE_THRESHOLD, NEIGHBOUR_OFFSETS, derivatives
 from d2sfm.features.extractor import D2Extractor, normalise
 from d2sfm.features.pyramid import PyramidLevel
 from d2sfm.io.keypoints import image_ij_to_level_cell
+from d2sfm.runtime.device import full_float32_cudnn
 
 # Hard detection (the cell joins the banned cells of finer levels), then refinement and descriptor sampling.
 HARD_DECISIONS = ("channel_maximum", "spatial_maximum", "positive_determinant", "edge_ratio")
@@ -111,7 +112,7 @@ def float64_backbone(extractor: D2Extractor, weights, image_bgr: np.ndarray) -> 
     only in ``conv`` can share one (it costs more than the float32 extraction it measures)."""
     config = extractor.config
     exact_layers = load_model(weights, use_relu=config.use_relu).test_time_layers().double().to(extractor.device)
-    with torch.inference_mode(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+    with torch.inference_mode(), full_float32_cudnn():
         return exact_layers(_network_input(extractor, image_bgr).double())
 
 

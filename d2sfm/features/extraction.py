@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import resource
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -197,6 +198,42 @@ def default_loading(device: torch.device) -> tuple[int, int]:
     return (4, 4) if device.type == "cuda" else (1, 1)
 
 
+SHARED_MEMORY = Path("/dev/shm")  # where a loader worker's images cross to the network loop (tmpfs on Linux)
+
+
+def largest_network_input_bytes(config: ExtractionConfig) -> int:
+    """Bytes of the largest resized BGR image ``config`` lets through: a side of at most ``max_edge`` and two
+    sides summing to at most ``max_sum_edges`` (5.9 MB with the defaults)."""
+    side = min(config.max_edge, config.max_sum_edges // 2)
+    longest = min(config.max_edge, config.max_sum_edges - side)
+    return side * longest * 3
+
+
+def shared_memory_free_bytes(folder: Path = SHARED_MEMORY) -> int | None:
+    """Free bytes of the shared-memory file system, or None where there is none to read (not Linux)."""
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def fit_loader_to_shared_memory(workers: int, prefetch: int, batch_size: int, image_bytes: int,
+                                free_bytes: int | None) -> tuple[int, int]:
+    """(workers, prefetch factor) whose images in flight fit in half the free shared memory. Each image a worker
+    has decoded waits there until the network has used it; a container's /dev/shm (Docker gives 64 MB unless
+    told ``--shm-size``) holds ten 1600-px photos, and a full one kills the workers with a bus error. Fewer images
+    in flight first, then fewer workers, then decoding in the main thread (workers 0)."""
+    if workers == 0 or free_bytes is None:
+        return workers, prefetch
+    room = free_bytes // 2 // max(1, image_bytes) - batch_size  # images the loader may hold beside the batch
+    if room >= workers * prefetch:
+        return workers, prefetch
+    if room >= workers:
+        return workers, room // workers
+    return (room, 1) if room >= 1 else (0, prefetch)
+
+
 def extract_features(
     root: Path, names: Sequence[str], output: Path, extractor: D2Extractor, settings: dict,
     descriptor_dtype=np.float16, overwrite: bool = False, batch_size: int = 1, workers: int = 1,
@@ -217,9 +254,19 @@ def extract_features(
     pending = [name for name in pending if not name_problem(name)]
     if not pending:
         return 0, failures
+    prefetch = max(2, batch_size)
+    free = shared_memory_free_bytes()
+    fitted = fit_loader_to_shared_memory(workers, prefetch, batch_size, largest_network_input_bytes(extractor.config),
+                                         free)
+    if fitted != (workers, prefetch):
+        log.warning(f"{SHARED_MEMORY} has {free / 2**20:.0f} MB free: the image loader runs "
+                    + (f"{fitted[0]} worker(s) holding {fitted[0] * fitted[1]} images" if fitted[0] else
+                       "in the main thread") + f" instead of {workers} holding {workers * prefetch}; give it more "
+                    "room for full speed (a container: docker run --shm-size 2g)")
+    workers, prefetch = fitted
     loader = DataLoader(
         _PreparedImages(root, pending, extractor.config), batch_size=None, collate_fn=_as_is, num_workers=workers,
-        prefetch_factor=max(2, batch_size) if workers else None, worker_init_fn=end_with_this_process(),
+        prefetch_factor=prefetch if workers else None, worker_init_fn=end_with_this_process(),
     )
     extracted = 0
     extractor.clock = clock
@@ -253,15 +300,17 @@ def extract_features(
 
 
 def write_timings(path: Path, clock: StageClock, extracted: int, device: torch.device,
-                  peak_gpu_bytes: int | None) -> None:
-    """Stage times, throughput and peak memory of this run, as JSON, and one line of it on the terminal."""
+                  peak_gpu_bytes: tuple[int, int] | None) -> None:
+    """Stage times, throughput and peak memory of this run, as JSON, and one line of it on the terminal.
+    ``peak_gpu_bytes``: allocated by tensors and reserved by PyTorch's allocator (MemoryBoundedBatches)."""
     seconds = dict(clock.seconds)
     seconds[DETECTION_STAGE] = max(0.0, seconds.get(NETWORK_AND_DETECTION_STAGE, 0.0) - seconds.get(NETWORK_STAGE, 0.0))
     loop = seconds.get(LOOP_STAGE, 0.0)
     timings = {
         "images": extracted, "device": str(device), "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "images_per_second_in_loop": extracted / loop if loop else None,
-        "peak_gpu_memory_mb": peak_gpu_bytes / 2**20 if peak_gpu_bytes is not None else None,
+        "peak_gpu_memory_mb": peak_gpu_bytes[0] / 2**20 if peak_gpu_bytes is not None else None,
+        "peak_gpu_reserved_mb": peak_gpu_bytes[1] / 2**20 if peak_gpu_bytes is not None else None,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     write_text_atomic(path, json.dumps(timings, indent=2))

@@ -41,6 +41,7 @@ from d2sfm.features.network import (
 from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE, PyramidLevel, extract_pyramid
 from d2sfm.io.features import Features  # noqa: F401  (where callers have long found it)
 from d2sfm.io.keypoints import network_ij_to_colmap_xy
+from d2sfm.runtime.device import full_float32_cudnn
 from d2sfm.runtime.stage_clock import StageClock, timed
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -95,6 +96,7 @@ class GpuTuning:
     working_precision_maps: bool = False  # bf16/fp16: the pyramid's upsample-and-add and detection read bf16 maps
     compile: str = "off"  # torch.compile the backbone (fuses bias and ReLU into kernels); reduce-overhead: CUDA graphs
     pinned_input: bool = False  # images reach the GPU from page-locked memory, asynchronously
+    cudnn_benchmark: bool = False  # cuDNN times its algorithms at each new input size and keeps the fastest
 
     def __post_init__(self) -> None:
         if self.maps_layout not in MAP_LAYOUTS:
@@ -187,15 +189,15 @@ class D2Extractor:
         images = images.contiguous(memory_format=torch.channels_last)
         if self.tuning.compile == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
-        if self.config.precision == "fp32":
-            with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        with full_float32_cudnn(benchmark=True if self.tuning.cudnn_benchmark else None):
+            if self.config.precision == "fp32":
                 output = self.backbone(images)
-            maps = output
-        else:
-            dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
-            with torch.autocast("cuda", dtype=dtype):
-                output = self.backbone(images)
-            maps = output if self.tuning.working_precision_maps else output.float()
+                maps = output
+            else:
+                dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+                with torch.autocast("cuda", dtype=dtype):
+                    output = self.backbone(images)
+                maps = output if self.tuning.working_precision_maps else output.float()
         if self.tuning.maps_layout == "contiguous":
             maps = maps.contiguous()
         if maps is output and self.tuning.compile == "reduce-overhead":

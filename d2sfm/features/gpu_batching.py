@@ -28,18 +28,22 @@ DEVICE_SHARE = 0.8  # never plan for more than this share of the GPU's memory
 Item = TypeVar("Item")
 
 
-# How PyTorch's CPU allocator and oneDNN say that an allocation failed (``DefaultCPUAllocator: can't allocate memory:
-# you tried to allocate ... bytes``); a process under a memory limit (ulimit -v, a container) sees these.
-CPU_ALLOCATION_FAILURES = ("can't allocate memory", "could not allocate", "cannot allocate memory",
-                           "failed to allocate")
+# How an allocation failure is worded where it is not PyTorch's own torch.OutOfMemoryError. On the CPU: PyTorch's
+# allocator and oneDNN (``DefaultCPUAllocator: can't allocate memory: you tried to allocate ... bytes``), which a
+# process under a memory limit (ulimit -v, a container) sees. On a GPU, memory taken outside PyTorch's caching
+# allocator: a kernel's or a library's own cudaMalloc (``CUDA error: out of memory``, an AcceleratorError in
+# recent PyTorch), cuDNN's workspace (``CUDNN_STATUS_ALLOC_FAILED``; cuDNN 9:
+# ``CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED``) and cuBLAS's (``CUBLAS_STATUS_ALLOC_FAILED``).
+ALLOCATION_FAILURES = ("can't allocate memory", "could not allocate", "cannot allocate memory", "failed to allocate",
+                       "out of memory", "alloc_failed", "allocation_failed")
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` says the device ran out of memory: PyTorch's own error (GPU), cuDNN's allocation failure,
-    Python's MemoryError (numpy) or PyTorch's CPU allocator failing."""
-    if isinstance(error, (torch.OutOfMemoryError, MemoryError)) or "CUDNN_STATUS_ALLOC_FAILED" in str(error):
+    """Whether ``error`` says the device ran out of memory: PyTorch's own error (GPU), Python's MemoryError (numpy),
+    or an error of another allocator worded as one (ALLOCATION_FAILURES)."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
-    return isinstance(error, RuntimeError) and any(words in str(error).lower() for words in CPU_ALLOCATION_FAILURES)
+    return isinstance(error, RuntimeError) and any(words in str(error).lower() for words in ALLOCATION_FAILURES)
 
 
 LOCAL_ADVICE = "lower --max-edge or --scales, use --precision bf16, or run with --device cpu"
@@ -67,7 +71,8 @@ class MemoryBoundedBatches:
             raise D2sfmError("--batch-size must be >= 1")
         self.device, self.most, self.budget = device, most, budget_bytes
         self.limits: dict[tuple, int] = {}
-        self.peak_bytes = 0  # the run's peak, kept across the resets that measure each new size
+        self.peak_bytes = 0  # the run's peaks, kept across the resets that measure each new size
+        self.peak_reserved_bytes = 0
 
     @classmethod
     def for_device(cls, device: torch.device, most: int,
@@ -106,7 +111,7 @@ class MemoryBoundedBatches:
         measuring = shape not in self.limits and self.device.type == "cuda"
         if measuring:
             torch.cuda.synchronize(self.device)
-            self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
+            self.peak_bytes, self.peak_reserved_bytes = self._peaks()
             torch.cuda.reset_peak_memory_stats(self.device)
             before = torch.cuda.memory_allocated(self.device)
         results = _unless_out_of_memory(extract, items)
@@ -139,11 +144,17 @@ class MemoryBoundedBatches:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def run_peak_bytes(self) -> int | None:
-        """The run's peak GPU memory (None on the CPU)."""
+    def run_peak_bytes(self) -> tuple[int, int] | None:
+        """The run's peak GPU memory (None on the CPU): what tensors held, and what PyTorch's caching allocator had
+        reserved from the GPU, which is what the process holds beyond the CUDA context (a few hundred MB) and what
+        a memory goal has to count: the allocator keeps freed blocks and rounds allocations up."""
         if self.device.type != "cuda":
             return None
-        return max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device))
+        return self._peaks()
+
+    def _peaks(self) -> tuple[int, int]:
+        return (max(self.peak_bytes, torch.cuda.max_memory_allocated(self.device)),
+                max(self.peak_reserved_bytes, torch.cuda.max_memory_reserved(self.device)))
 
 
 def _unless_out_of_memory(extract: Callable[[Sequence[Item]], list], items: Sequence[Item]) -> list | None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from d2sfm.features.checkpoint import load_model
 from d2sfm.features.extractor import normalise, resize_for_network
 from d2sfm.io.keypoints import colmap_xy_to_network_ij, image_to_feature_map_ij
+from d2sfm.runtime.device import full_float32_cudnn
 
 # VGG16 layer: (layers up to and including its ReLU, stride-2 poolings before it)
 DENSE_LAYERS = {"conv1_2": (4, 0), "conv2_2": (9, 1)}
@@ -69,7 +70,7 @@ class DenseFeatureNet:
         original / network input."""
         resized = resize_for_network(image_bgr, self.settings.max_edge, self.settings.max_sum_edges)
         pixels = torch.from_numpy(np.ascontiguousarray(resized))[None].to(self.device)
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # as the extractor: the same features
+        with full_float32_cudnn():  # as the extractor: the same features
             features = self.layers(normalise(pixels, self.settings.preprocessing))[0]  # on a GPU as on the CPU
         factors = (image_bgr.shape[0] / resized.shape[0], image_bgr.shape[1] / resized.shape[1])
         return F.normalize(features, dim=0), factors

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from d2sfm.runtime.device import full_float32_cudnn
+
 MAX_DOWNSAMPLING = 8
 
 
@@ -87,7 +89,7 @@ def _filter_torch(image: torch.Tensor, kernel: torch.Tensor, axis: int) -> torch
     mode = "reflect" if half < image.shape[axis] else "replicate"
     padded = F.pad(image[None, None], padding, mode=mode)
     weight = kernel.view(1, 1, 1, -1) if axis == 1 else kernel.view(1, 1, -1, 1)
-    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # TF32 would round to 1e-3: full float32
+    with full_float32_cudnn():  # TF32 would round to 1e-3
         return F.conv2d(padded, weight)[0, 0]
 
 

@@ -50,3 +50,15 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("mps")
     raise D2sfmError(f"--device {name!r}: d2sfm runs only on CPU, CUDA GPUs or Apple's MPS, not on torch's "
                      f"{device.type!r} devices; {choices}")
+
+
+def full_float32_cudnn(benchmark: bool | None = None):
+    """A block where cuDNN computes float32 convolutions in full float32: TF32, which rounds their inputs to about
+    1e-3, is off. ``torch.backends.cudnn.flags`` sets every cuDNN flag, not only the ones passed, so the process's
+    other settings (benchmark, its limit, deterministic) are passed through as the user set them; ``benchmark``
+    True turns cuDNN's timing of algorithms on for the block (it pays where few input sizes recur)."""
+    import torch
+
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(enabled=True, benchmark=cudnn.benchmark if benchmark is None else benchmark,
+                       benchmark_limit=cudnn.benchmark_limit, deterministic=cudnn.deterministic, allow_tf32=False)

@@ -138,6 +138,7 @@ NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
 CAN_COMPILE = importlib.util.find_spec("triton") is not None and shutil.which(os.environ.get("CC", "cc")) is not None
 FP32_TUNINGS = {"channels-last-maps": GpuTuning(maps_layout="channels_last"),
                 "pinned-input": GpuTuning(pinned_input=True),
+                "cudnn-benchmark": GpuTuning(cudnn_benchmark=True),
                 "compiled": pytest.param(GpuTuning(compile="default"), marks=pytest.mark.skipif(
                     not CAN_COMPILE, reason="torch.compile needs Triton and a C compiler on this machine"))}
 

@@ -41,7 +41,8 @@ else
     # libcudart.so.12 from the staged wheel; libcurand.so.10 (the same soname in CUDA 12 and 13) from torch's
     curand="$(python3 -c 'import nvidia, pathlib; print(":".join(sorted({str(p.parent) for d in nvidia.__path__ for p in pathlib.Path(d).rglob("libcurand.so.10*")})))' || true)"
     export LD_LIBRARY_PATH="$x11/usr/lib/x86_64-linux-gnu:$x11/lib/x86_64-linux-gnu:$site/nvidia/cuda_runtime/lib:$curand:${LD_LIBRARY_PATH:-}"
-    python3 -c 'import pycolmap; print("pycolmap", pycolmap.__version__, "CUDA:", pycolmap.has_cuda)' || true
+    python3 -c 'import pycolmap; print("pycolmap", pycolmap.__version__, "CUDA:", pycolmap.has_cuda, "GPUs:",
+        getattr(pycolmap, "get_num_cuda_devices", lambda: "?")())' || true
     # call 1's output: as left on this machine (sent right after call 1, within the 30 s it stays warm), else as
     # handed over from the files it returned (gpu_stage.py handoff DIR; a fresh machine)
     previous=()

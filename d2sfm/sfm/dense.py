@@ -43,7 +43,14 @@ CUDA_INSTALL = 'pip uninstall -y pycolmap && pip install "pycolmap-cuda12>=4.2.1
 def cuda_problem() -> str | None:
     """None when PatchMatch can run here, otherwise one line saying why not and what to install."""
     if getattr(pycolmap, "has_cuda", False):
-        return None
+        try:  # a CUDA build with no GPU to use would abort the process inside PatchMatch
+            devices = pycolmap.get_num_cuda_devices() if hasattr(pycolmap, "get_num_cuda_devices") else 1
+        except RuntimeError:
+            devices = 0
+        if devices > 0:
+            return None
+        return ("dense reconstruction needs a CUDA GPU and this pycolmap (built with CUDA) sees none: check "
+                "nvidia-smi, the driver (CUDA 12 or newer) and CUDA_VISIBLE_DEVICES; the sparse model is kept")
     return (f"dense reconstruction needs pycolmap with CUDA and this pycolmap {pycolmap.__version__} has none: "
             f"replace it with PyPI's CUDA build ({CUDA_INSTALL}; it brings the CUDA 12 runtime and needs an NVIDIA "
             "GPU with a driver for CUDA 12, see README 'Dense MVS'); the sparse model is kept")

@@ -54,6 +54,7 @@ COLMAP_SECTIONS = ("reconstruction", "refinement", "dense")
 SECTIONS = MAIN_SECTIONS + COLMAP_SECTIONS
 GOALS = {"SS": 60.0, "MS": 20.0}  # images/s of the whole extract command at 1600 px on an H100
 GOAL_MEMORY_GIB = 8.0
+H100_FP32_TFLOPS = 67.0  # NVIDIA's figure for the H100 SXM's fp32 (non-tensor) arithmetic
 # Ray's worker against the plain command: another process, maybe other threads, so other kernels' rounding and the
 # odd near-tie keypoint (see d2sfm.evaluation.parity); equal means this share of keypoints and of matches agree.
 EQUAL_SHARE = 0.99
@@ -295,11 +296,33 @@ def section_parity(ctx: Context) -> dict:
     return {"criteria": dataclasses.asdict(criteria), "rows": rows, "holds": all(row["holds"] for row in rows)}
 
 
+def backbone_tflop_per_image(paths: list[Path], scales, max_edge: int) -> float:
+    """The network's arithmetic per photo, averaged over ``paths`` resized as ``--max-edge max_edge`` does: what
+    any exact implementation computes (d2sfm.features.network.backbone_gflop). Images/s times this is the rate the
+    GPU sustained, to hold against its peak (an H100's fp32 without TF32: about 67 TFLOP/s)."""
+    from PIL import Image
+
+    from d2sfm.features.extractor import ExtractionConfig, network_input_size
+    from d2sfm.features.pyramid import pyramid_gflop
+
+    config = ExtractionConfig(max_edge=max_edge)
+    total = 0.0
+    for path in paths:
+        with Image.open(path) as image:
+            width, height = image.size
+        total += pyramid_gflop(*network_input_size(height, width, config.max_edge, config.max_sum_edges),
+                               scales)
+    return total / max(1, len(paths)) / 1000
+
+
 def section_throughput(ctx: Context) -> dict:
     from benchmarks.extract_command import prepare_photos
+    from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
 
     photos = ctx.work / "throughput"
-    prepare_photos(ctx.inputs.photos, photos, ctx.plan.count, ctx.plan.max_edge)
+    paths = prepare_photos(ctx.inputs.photos, photos, ctx.plan.count, ctx.plan.max_edge)
+    tflop = {pyramid: backbone_tflop_per_image(paths, scales, ctx.plan.max_edge)
+             for pyramid, scales in (("SS", SINGLE_SCALE), ("MS", MULTI_SCALE))}
     rows = []
     runs = [(pyramid, precision) for pyramid in ("SS", "MS") for precision in ctx.precisions]
     for done, (pyramid, precision) in enumerate(runs):
@@ -317,14 +340,15 @@ def section_throughput(ctx: Context) -> dict:
         recorded = json.loads(timings.read_text())
         rate = ctx.plan.count / seconds
         # the goal counts what the allocator reserved (what the process holds, less the CUDA context)
-        peak = (recorded.get("peak_gpu_memory_mb") or 0) / 1024
-        reserved = (recorded.get("peak_gpu_reserved_mb") or 0) / 1024
+        peak, reserved = (None if recorded.get(key) is None else recorded[key] / 1024
+                          for key in ("peak_gpu_memory_mb", "peak_gpu_reserved_mb"))  # None on the CPU
         rows.append({"pyramid": pyramid, "precision": precision, "photos": ctx.plan.count, "seconds": seconds,
                      "images_per_second": rate, "images_per_second_in_loop":
                      recorded.get("images_per_second_in_loop"), "peak_gpu_memory_gib": peak,
                      "peak_gpu_reserved_gib": reserved, "peak_rss_gib": (recorded.get("peak_rss_mb") or 0) / 1024,
+                     "tflop_per_image": tflop[pyramid], "sustained_tflops": rate * tflop[pyramid],
                      "stage_seconds": recorded.get("seconds", {}), "goal": GOALS[pyramid],
-                     "goal_met": rate >= GOALS[pyramid] and max(peak, reserved) <= GOAL_MEMORY_GIB})
+                     "goal_met": rate >= GOALS[pyramid] and max(peak or 0, reserved or 0) <= GOAL_MEMORY_GIB})
         log.info(f"  {pyramid} {precision}: {rate:.1f} images/s")
     return {"max_edge": ctx.plan.max_edge, "rows": rows}
 
@@ -699,15 +723,20 @@ def _table_throughput(report: dict, rows: list[dict]) -> list[str]:
     lines += ["", f"Whole `python -m d2sfm.extract` command on {rows[0]['photos']} photos at "
               f"{sections['throughput']['figures']['max_edge']} px (start-up included); goals SS >= "
               f"{GOALS['SS']:.0f}, MS >= {GOALS['MS']:.0f} images/s within {GOAL_MEMORY_GIB:.0f} GiB:", "",
-              "| pyramid | precision | seconds | images/s | images/s in the loop | peak GPU memory GiB "
-              "(tensors / reserved) | peak RSS GiB | goal met |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+              "| pyramid | precision | seconds | images/s | images/s in the loop | network TFLOP per image | "
+              "TFLOP/s sustained | peak GPU memory GiB (tensors / reserved) | peak RSS GiB | goal met |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for row in rows:
         lines.append(f"| {row['pyramid']} | {row['precision']} | {row['seconds']:.1f} | "
                      f"{row['images_per_second']:.1f} | {_fmt(row['images_per_second_in_loop'], '.1f')} | "
-                     f"{row['peak_gpu_memory_gib']:.2f} / {_fmt(row.get('peak_gpu_reserved_gib'))} | "
+                     f"{_fmt(row.get('tflop_per_image'), '.3f')} | {_fmt(row.get('sustained_tflops'), '.2f')} | "
+                     f"{_fmt(row['peak_gpu_memory_gib'])} / {_fmt(row.get('peak_gpu_reserved_gib'))} | "
                      f"{row['peak_rss_gib']:.2f} | "
                      f"{'yes' if row['goal_met'] else 'no'} |")
+    lines += ["", "TFLOP/s sustained: images/s times the network's arithmetic per image (what any exact implementation "
+              f"computes). fp32 here is full fp32 (TF32 off, for parity with the original), which an H100 SXM computes "
+              f"at {H100_FP32_TFLOPS:.0f} TFLOP/s at best: at most {H100_FP32_TFLOPS:.0f} / (TFLOP per image) "
+              "images/s, whatever the code; the goals need bf16's tensor cores."]
     return lines
 
 

@@ -250,8 +250,10 @@ def section_environment(ctx: Context) -> dict:
                "commit": commit.stdout.strip() or "unknown", "numpy": importable("numpy"),
                "pycolmap": importable("pycolmap"), "ray": importable("ray"), "opencv": importable("cv2"),
                "shared_memory_free_mb": _free_mb(shared_memory_free_bytes())}
-    with full_float32_cudnn():
-        figures["tf32_in_fp32_convolutions"] = torch.backends.cudnn.allow_tf32  # False: parity's arithmetic
+    with full_float32_cudnn():  # what cuDNN's fp32 convolutions run as inside it ("none": the allow_tf32 flag rules)
+        precision = getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", "none")
+        figures["cudnn_fp32_in_extraction"] = (precision if precision != "none" else
+                                               "tf32" if torch.backends.cudnn.allow_tf32 else "ieee")
     if ctx.device.startswith("cuda"):
         properties = torch.cuda.get_device_properties(0)
         figures.update({"gpu": properties.name, "gpu_memory_gib": round(properties.total_memory / 2**30, 1),

@@ -26,6 +26,7 @@ from d2sfm.features.extractor import (
     NETWORK_STAGE,
     D2Extractor,
     ExtractionConfig,
+    network_input_size,
     resize_for_network,
 )
 from d2sfm.features.gpu_batching import (
@@ -202,11 +203,10 @@ SHARED_MEMORY = Path("/dev/shm")  # where a loader worker's images cross to the 
 
 
 def largest_network_input_bytes(config: ExtractionConfig) -> int:
-    """Bytes of the largest resized BGR image ``config`` lets through: a side of at most ``max_edge`` and two
-    sides summing to at most ``max_sum_edges`` (5.9 MB with the defaults)."""
-    side = min(config.max_edge, config.max_sum_edges // 2)
-    longest = min(config.max_edge, config.max_sum_edges - side)
-    return side * longest * 3
+    """Bytes of the largest resized BGR image ``config`` lets through (5.9 MB with the defaults): a square photo's,
+    since both of the original's resizing rules bound the area most loosely there."""
+    height, width = network_input_size(config.max_edge, config.max_edge, config.max_edge, config.max_sum_edges)
+    return height * width * 3
 
 
 def shared_memory_free_bytes(folder: Path = SHARED_MEMORY) -> int | None:
@@ -255,7 +255,7 @@ def extract_features(
     if not pending:
         return 0, failures
     prefetch = max(2, batch_size)
-    free = shared_memory_free_bytes()
+    free = shared_memory_free_bytes() if workers else None
     fitted = fit_loader_to_shared_memory(workers, prefetch, batch_size, largest_network_input_bytes(extractor.config),
                                          free)
     if fitted != (workers, prefetch):

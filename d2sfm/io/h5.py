@@ -15,10 +15,12 @@ removes), and a resumed run skips every finished image.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import posixpath
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -99,14 +101,34 @@ def _image_size(path: str | os.PathLike, name: str, group: h5py.Group) -> tuple[
     return int(size[0]), int(size[1])
 
 
-def open_hdf5(path: str | os.PathLike, mode: str = "r") -> h5py.File:
-    """h5py.File, with a file that is damaged or not HDF5 as a one-line error naming it."""
-    try:
-        return h5py.File(path, mode)
-    except OSError as error:
-        advice = ("check the folder and its permissions" if error.errno else "the file is damaged or not HDF5: give "
-                  "another file (a d2sfm output of an interrupted run can be deleted: the rerun writes it again)")
-        raise D2sfmError(f"{path}: cannot open as HDF5 ({str(error).splitlines()[0]}); {advice}") from None
+# HDF5 locks a file while it is open (a writer excludes readers and a reader excludes writers), and fails at once
+# when another process holds it. A person who opens features.h5 to watch a long extraction, or a second command
+# reading it, must not stop the run: the open is retried for this long before the error names the holder's fix.
+LOCK_WAIT_SECONDS = 120.0
+
+
+def open_hdf5(path: str | os.PathLike, mode: str = "r", lock_wait: float | None = None) -> h5py.File:
+    """h5py.File, with a file that is damaged or not HDF5 as a one-line error naming it; a file that another
+    process holds open is waited for (``lock_wait`` seconds, LOCK_WAIT_SECONDS by default)."""
+    deadline = time.monotonic() + (LOCK_WAIT_SECONDS if lock_wait is None else lock_wait)
+    pause = 0.01
+    while True:
+        try:
+            return h5py.File(path, mode)
+        except OSError as error:
+            if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK) and time.monotonic() < deadline:
+                time.sleep(pause)  # the holder writes one image or reads a few entries: usually milliseconds
+                pause = min(pause * 2, 0.5)
+                continue
+            if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+                advice = ("another process holds it open (HDF5 file lock): close that program or wait for the "
+                          "command using it to end, then rerun")
+            elif error.errno:
+                advice = "check the folder and its permissions"
+            else:
+                advice = ("the file is damaged or not HDF5: give another file (a d2sfm output of an interrupted run "
+                          "can be deleted: the rerun writes it again)")
+            raise D2sfmError(f"{path}: cannot open as HDF5 ({str(error).splitlines()[0]}); {advice}") from None
 
 
 def _entry_names(handle: h5py.File) -> list[str]:

@@ -9,9 +9,11 @@ import time
 
 import h5py
 import numpy as np
+import pytest
 
+from d2sfm.errors import D2sfmError
 from d2sfm.io.features import Features
-from d2sfm.io.h5 import FeatureWriter, MatchWriter, list_entries, matched_pairs, read_features, read_matches
+from d2sfm.io.h5 import FeatureWriter, MatchWriter, list_entries, matched_pairs, open_hdf5, read_features, read_matches
 
 WRITER = textwrap.dedent("""
     import sys, numpy as np
@@ -115,3 +117,36 @@ def test_a_damaged_matches_file_keeps_its_readable_pairs_and_is_salvaged_by_the_
     again.write_many(pairs[3:])
     assert [read_matches(path, name0, name1)[0][:, 1].tolist() for name0, name1, _, _ in pairs] == \
         [list(range(i, i + 5)) for i in range(4)]  # (keypoint in image 0, keypoint in image 1) per match
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time, h5py
+    with h5py.File(sys.argv[1], "r"):
+        print("holding", flush=True)
+        time.sleep(float(sys.argv[2]))
+""")
+
+
+def test_a_file_another_process_holds_open_is_waited_for_then_named_in_one_line(tmp_path):
+    """HDF5 refuses to open a file for writing while another process reads it (its file lock). A person looking into
+    features.h5 during a long run made the next image's write fail the whole run; now the writer waits for the
+    reader, and only a holder that outlasts the wait is an error, which says what holds the file."""
+    path = tmp_path / "features.h5"
+    writer = FeatureWriter(path, {"test": 1})
+    features = Features(np.zeros((3, 2), np.float32), np.ones(3, np.float32), np.ones(3, np.float32),
+                        np.zeros((3, 512), np.float32), (64, 48))
+    writer.write("a.png", features)
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), "1.5"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(D2sfmError) as refused:
+            open_hdf5(path, "a", lock_wait=0)
+        assert str(refused.value).startswith(f"{path}: cannot open as HDF5")
+        assert "another process holds it open" in str(refused.value) and "\n" not in str(refused.value)
+        writer.write("b.png", features)  # the file was held a moment ago: this waits for the reader to close it
+        assert holder.wait(timeout=30) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert list_entries(path) == ["a.png", "b.png"]

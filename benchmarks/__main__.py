@@ -50,6 +50,9 @@ BENCHMARKS = (
               "extraction, 3 Sacre Coeur photos at their own size (default settings), SS and MS"),
     Benchmark("extract-command-cpu", "extract_command.py", ("--count", "12", "--max-edge", "640"), "cpu", True,
               "the whole extraction command on 12 photos at 640 px, SS and MS, against extract_features.py"),
+    Benchmark("cpu-allocator", "cpu_allocator.py", (), "cpu", False,
+              "the extraction command with glibc's malloc keeping freed memory (the default) against glibc's own "
+              "behaviour, 4 photos at 640 px, SS and MS, exact and winograd"),
     Benchmark("feature-writing", "feature_writing.py", (), "cpu", False,
               "writing one image's features: descriptors converted to float16 by numpy in the writer against by "
               "PyTorch where they are computed"),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from d2sfm.commands.library_logs import set_library_logs
 from d2sfm.errors import D2sfmError
+from d2sfm.runtime.allocator import keep_freed_memory
 
 if TYPE_CHECKING:
     pass
@@ -28,6 +29,7 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     log messages go to the console as plain lines."""
     set_library_logs(verbose=False)
     show_library_messages()
+    keep_freed_memory()  # before the first large allocation: glibc's pad applies from the heap's next growth
     stop = StopOnSignal()
     with contextlib.suppress(ValueError):  # (not in the main thread: nothing to install)
         # `kill`, `timeout`, `docker stop`: the same clean stop as Ctrl-C, instead of pycolmap's stack dump

@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 _API = {name: "d2sfm.api" for name in ("extract", "pairs", "match", "reconstruct", "localize", "localize_images",
                                         "ExtractionResult")}
-_API.update({"ReconstructionResult": "d2sfm.pipeline.reconstruct"})
+_API.update({"ReconstructionResult": "d2sfm.pipeline.reconstruct", "keep_freed_memory": "d2sfm.runtime.allocator"})
 _API.update({name: "d2sfm.config" for name in (
     "FeatureConfig", "PairsConfig", "MatchConfig", "RefineConfig", "MappingConfig", "DenseConfig", "RunConfig",
     "ReconstructionConfig", "AachenConfig", "InLocConfig", "ImagesLocalizationConfig", "PRESETS", "ORIGINAL_D2",

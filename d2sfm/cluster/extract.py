@@ -20,6 +20,7 @@ from d2sfm.cluster.ray_backend import collect_left_shards, collect_shards, disca
 from d2sfm.features.extractor import ExtractionConfig
 from d2sfm.features.gpu_batching import CLUSTER_ADVICE, DEFAULT_GPU_MEMORY_GIB
 from d2sfm.io.h5 import FeatureWriter
+from d2sfm.runtime.allocator import keep_freed_memory
 from d2sfm.runtime.device import resolve_device
 
 DEFAULT_BATCH_IMAGES = 8  # enough to amortise scheduling, few enough to balance the workers
@@ -40,6 +41,7 @@ class ExtractionWorker:
 
         torch.set_num_threads(threads)
         torch.set_grad_enabled(False)
+        keep_freed_memory()  # a process of d2sfm's own, as a command's is
         device = resolve_device(device)  # the worker shape's: a GPU worker sees its GPU as cuda:0
         self.extractor = D2Extractor(weights, ExtractionConfig(**config), device)
         self.shard, self.settings = Path(shard), settings

@@ -41,7 +41,6 @@ from d2sfm.features.network import (
 from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE, PyramidLevel, extract_pyramid
 from d2sfm.io.features import Features  # noqa: F401  (where callers have long found it)
 from d2sfm.io.keypoints import network_ij_to_colmap_xy
-from d2sfm.runtime.allocator import keep_freed_memory
 from d2sfm.runtime.device import full_float32_cudnn
 from d2sfm.runtime.stage_clock import StageClock, timed
 
@@ -161,8 +160,6 @@ class D2Extractor:
         self.config = config or ExtractionConfig()
         self.device = torch.device(device)
         self.tuning = tuning or GpuTuning()
-        if self.device.type == "cpu":
-            keep_freed_memory()  # the feature maps' memory is reused instead of faulted in again per layer
         model = load_model(weights, use_relu=self.config.use_relu)
         layers = model.test_time_layers().to(self.device)
         if self.device.type == "cpu" and self.config.precision != "fp32":

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from d2sfm.errors import D2sfmError
 from d2sfm.io.atomic import write_text_atomic
+from d2sfm.runtime.allocator import release_freed_memory
 
 log = logging.getLogger("d2sfm")
 
@@ -58,6 +59,7 @@ class PeakMemory:
             self.sampled = max(self.sampled, resident_memory_mb())
 
     def __enter__(self) -> PeakMemory:
+        release_freed_memory()  # what an earlier block freed but malloc kept is not this block's
         self.before = peak_memory_mb()
         self.sampled = resident_memory_mb()
         self._thread = threading.Thread(target=self._sample, name="d2sfm-peak-memory", daemon=True)

@@ -8,7 +8,11 @@ On 2 cores the extract command then ran 7-15% faster and its kernel time fell 2-
 memory (benchmarks/cpu_allocator.py, docs/benchmarks.md); the features are the same bit for bit (only where
 memory comes from changes).
 
-Other C libraries (macOS, musl) are left as they are; ``D2SFM_KEEP_FREED_MEMORY=0`` leaves glibc as it is too.
+Commands set it at start (``run_main``) and so do Ray workers: their processes are d2sfm's. A Python user's process
+is theirs: ``d2sfm.keep_freed_memory()`` sets it there on request. Memory kept by one stage is released when the
+next begins (``release_freed_memory``, from ``PeakMemory``), so each stage's reported peak is its own. Other C
+libraries (macOS, musl) are left as they are; ``D2SFM_KEEP_FREED_MEMORY=0`` leaves glibc as it is too, and so does
+a limit on the address space (``ulimit -v``).
 """
 
 from __future__ import annotations
@@ -35,13 +39,24 @@ def glibc_version() -> str | None:
     return name.split()[-1] if name and name.startswith("glibc") else None
 
 
+def _address_space_limited() -> bool:
+    """A limit on the address space (``ulimit -v``): the pad would spend up to 1 GiB of it on nothing, and an image
+    that fits would fail, so malloc is left as it is there."""
+    try:
+        import resource
+    except ImportError:
+        return False
+    return resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY
+
+
 def keep_freed_memory() -> bool:
-    """Set glibc's top pad once per process (commands at start, the extractor on the CPU for Python users);
-    True where it is set. A no-op elsewhere and when ``D2SFM_KEEP_FREED_MEMORY=0``."""
+    """Set glibc's top pad once per process; True where it is set. A no-op elsewhere and when
+    ``D2SFM_KEEP_FREED_MEMORY=0`` or under ``ulimit -v``."""
     if "applied" in _state:
         return _state["applied"]
     applied = False
-    if os.environ.get(ENVIRONMENT, "1").strip() != "0" and glibc_version() is not None:
+    wanted = os.environ.get(ENVIRONMENT, "1").strip() != "0"
+    if wanted and glibc_version() is not None and not _address_space_limited():
         try:
             applied = ctypes.CDLL(None).mallopt(_M_TOP_PAD, TOP_PAD_BYTES) == 1
         except (OSError, AttributeError):
@@ -50,3 +65,12 @@ def keep_freed_memory() -> bool:
             log.debug("glibc's mallopt refused the top pad; malloc keeps its defaults")
     _state["applied"] = applied
     return applied
+
+
+def release_freed_memory() -> None:
+    """Hand the memory that malloc keeps free back to the system (glibc's malloc_trim); a no-op elsewhere."""
+    if glibc_version() is not None:
+        try:
+            ctypes.CDLL(None).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass

@@ -23,23 +23,43 @@ REUSE = textwrap.dedent("""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(5):
         np.ones(25_000_000)  # the next maps: allocated, written, freed
-    print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    from d2sfm.pipeline.stages import resident_memory_mb
+    from d2sfm.runtime.allocator import release_freed_memory
+    kept = resident_memory_mb()
+    release_freed_memory()  # as the next stage begins
+    print(applied, faults, kept - resident_memory_mb())
 """)
 
 
-def page_faults(keep: str) -> tuple[bool, int]:
+def page_faults(keep: str) -> tuple[bool, int, float]:
+    """Whether the setting was applied, the page faults of the later blocks, MiB handed back at a stage's start."""
     result = subprocess.run([sys.executable, "-c", REUSE], capture_output=True, text=True,
                             env={**os.environ, ENVIRONMENT: keep})
     assert result.returncode == 0, result.stderr
-    applied, faults = result.stdout.split()
-    return applied == "True", int(faults)
+    applied, faults, released = result.stdout.split()
+    return applied == "True", int(faults), float(released)
 
 
-def test_freed_feature_maps_are_reused_without_page_faults_unless_turned_off():
-    applied, kept = page_faults("1")
-    not_applied, default = page_faults("0")
+def test_freed_feature_maps_are_reused_without_page_faults_and_released_between_stages():
+    applied, kept, released = page_faults("1")
+    not_applied, default, _ = page_faults("0")
     assert applied and not not_applied
     # glibc's default unmaps each 200 MB block when it is freed, and the next one is faulted in again (about 100
     # faults per block with 2 MB transparent huge pages, 49,000 with 4 KB pages)
     assert default >= 100, default
     assert kept * 10 < default, (kept, default)
+    assert released > 150  # the kept 200 MB go back to the system when the next stage begins
+
+
+def test_a_limit_on_the_address_space_leaves_malloc_as_it_is():
+    """Under ``ulimit -v`` the pad would spend up to 1 GiB of the allowed address space on nothing."""
+    def limit():
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (16 * 2**30, resource.RLIM_INFINITY))
+
+    result = subprocess.run([sys.executable, "-c", "from d2sfm.runtime.allocator import keep_freed_memory; "
+                             "print(keep_freed_memory())"], capture_output=True, text=True, preexec_fn=limit,
+                            env={k: v for k, v in os.environ.items() if k != ENVIRONMENT})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

@@ -18,11 +18,15 @@ def command_in_process(module: str, *args) -> subprocess.CompletedProcess:
     What ``run_main`` changes for the process (the SIGTERM handler, d2sfm's console handler, the library log
     settings it puts in the environment for child processes) is put back."""
     from d2sfm.commands.cli import run_main
+    from d2sfm.runtime.allocator import ENVIRONMENT
 
     main = importlib.import_module(f"d2sfm.commands.{module.removeprefix('d2sfm.')}").main
     logger = logging.getLogger("d2sfm")
     handlers, level, sigterm = list(logger.handlers), logger.level, signal.getsignal(signal.SIGTERM)
     environment = dict(os.environ)
+    # run_main would set glibc's top pad for the rest of this test process (d2sfm.runtime.allocator): the tests
+    # that follow in it must see malloc as pytest started it, whatever order the files run in
+    os.environ[ENVIRONMENT] = "0"
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

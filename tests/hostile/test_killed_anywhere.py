@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from d2sfm.io.h5 import list_entries, read_features
+from d2sfm.sfm.database import verified_pair_inliers
 from d2sfm.sfm.mapping import read_models
 from d2sfm.synthetic.scene import render_scene
 
@@ -95,10 +97,34 @@ def test_sigkill_at_random_points_of_every_stage_then_rerun_gives_the_uninterrup
     assert final.returncode == 0, final.stderr
     assert leftovers(scene) == []
 
+    # What d2sfm writes is the uninterrupted run's, bit for bit (same machine): features, matches, verified graph.
+    for name in list_entries(finished_scene / "features.h5"):
+        ours, theirs = read_features(scene / "features.h5", name), read_features(finished_scene / "features.h5", name)
+        assert np.array_equal(ours.keypoints, theirs.keypoints) and np.array_equal(ours.descriptors, theirs.descriptors)
+    assert verified_pair_inliers(scene / "database.db") == verified_pair_inliers(finished_scene / "database.db")
+
+    # The model: COLMAP's mapper is multithreaded and does not repeat itself to the last bit under load (see
+    # d2sfm/sfm/mapping.py), so a rerun that maps again can give the same model in another frame: once in CI, all
+    # 8 cameras' relative rotations equal to 4e-6, in a frame turned 25 degrees, with 243 points before model
+    # refinement instead of 244. So the comparison is free of the frame: every camera relative to the first.
     poses, points, observations = model_summary(scene)
     expected_poses, expected_points, expected_observations = model_summary(finished_scene)
     assert sorted(poses) == sorted(expected_poses)
-    assert (points, observations) == (expected_points, expected_observations)
-    for name, pose in poses.items():
-        np.testing.assert_allclose(pose, expected_poses[name], atol=1e-6, err_msg=name)  # same machine, same run
+    assert abs(points - expected_points) <= 0.02 * expected_points
+    assert abs(observations - expected_observations) <= 0.02 * expected_observations
+    for name, relative in relative_poses(poses).items():
+        np.testing.assert_allclose(relative, relative_poses(expected_poses)[name], atol=1e-3, err_msg=name)
     shutil.rmtree(scene)
+
+
+def relative_poses(poses: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each camera's pose relative to the first's (3x4: rotation, and translation in units of the baseline from the
+    first camera to the second): the same for a model moved, turned or scaled as a whole."""
+    def full(pose):
+        return np.vstack([pose, [0.0, 0.0, 0.0, 1.0]])
+
+    names = sorted(poses)
+    first = np.linalg.inv(full(poses[names[0]]))
+    relative = {name: (full(poses[name]) @ first)[:3] for name in names}
+    scale = np.linalg.norm(relative[names[1]][:, 3])
+    return {name: np.hstack([pose[:, :3], pose[:, 3:] / scale]) for name, pose in relative.items()}

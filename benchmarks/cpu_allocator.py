@@ -4,10 +4,11 @@ d2sfm/runtime/allocator.py) against glibc's own behaviour (``D2SFM_KEEP_FREED_ME
     python benchmarks/cpu_allocator.py                                  # 4 photos at 640 px, SS and MS, both convs
     python benchmarks/cpu_allocator.py --count 3 --max-edge 1600 --cases SS-exact
 
-Each case runs the two settings alternately ``--repeats`` times, each command in its own process timed from start to
-exit; the table gives medians of the wall time, the CPU time the kernel spent for the process (page faults of
-freshly mapped memory show up there) and peak resident memory, and the ratios. The two settings' features must
-be equal bit for bit (only where memory comes from changes), which the script checks.
+Each case runs the two settings alternately ``--repeats`` times (3 by default), each command in its own process
+timed from start to exit; the table gives medians of the wall time, the CPU time the kernel spent for the process
+(page faults of freshly mapped memory show up there) and peak resident memory (of the command's main process),
+and the ratios. The two settings' features must be equal bit for bit (only where memory comes from changes),
+which the script checks.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.extract_command import prepare_photos  # noqa: E402
 from benchmarks.paths import REPO, SACRE_COEUR, WEIGHTS  # noqa: E402
-from d2sfm.runtime.allocator import ENVIRONMENT, glibc_version  # noqa: E402
+from d2sfm.runtime.allocator import ENVIRONMENT, _memory_limited, glibc_version  # noqa: E402
 
 CASES = {"SS-exact": ("--conv", "exact"), "MS-exact": ("--multiscale", "--conv", "exact"),
          "SS-winograd": ("--conv", "winograd"), "MS-winograd": ("--multiscale", "--conv", "winograd")}
@@ -38,15 +39,16 @@ def run_once(photos: Path, output: Path, case: tuple[str, ...], keep: str, max_e
     output.unlink(missing_ok=True)
     command = [sys.executable, "-m", "d2sfm.extract", str(photos), "-o", str(output), "--max-edge", str(max_edge),
                "--quiet", "--weights", str(WEIGHTS), *case]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, ENVIRONMENT: keep},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - started
-    error = process.stderr.read().decode()
-    process.stderr.close()
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"error: {' '.join(command)} failed: {error.strip()}")
+    with tempfile.TemporaryFile() as errors:  # a file, not a pipe: nobody reads a pipe while wait4 waits
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=REPO, env={**os.environ, ENVIRONMENT: keep},
+                                   stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
+        wall = time.perf_counter() - started
+        if process.returncode:
+            errors.seek(0)
+            raise SystemExit(f"error: {' '.join(command)} failed: {errors.read().decode().strip()}")
     return {"wall": wall, "user": usage.ru_utime, "kernel": usage.ru_stime, "rss_mib": usage.ru_maxrss / 1024}
 
 
@@ -70,10 +72,13 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=4)
     parser.add_argument("--max-edge", type=int, default=640)
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if glibc_version() is None:
         raise SystemExit("error: this process does not run on glibc: the setting measured here does not apply")
+    if _memory_limited():
+        raise SystemExit("error: this shell limits memory (ulimit -v or -d), where d2sfm leaves malloc as it is: "
+                         "run the benchmark without the limit")
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)

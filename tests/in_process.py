@@ -25,7 +25,8 @@ def command_in_process(module: str, *args) -> subprocess.CompletedProcess:
     handlers, level, sigterm = list(logger.handlers), logger.level, signal.getsignal(signal.SIGTERM)
     environment = dict(os.environ)
     # run_main would set glibc's top pad for the rest of this test process (d2sfm.runtime.allocator): the tests
-    # that follow in it must see malloc as pytest started it, whatever order the files run in
+    # that follow in it must see malloc as pytest started it, whatever order the files run in (this holds while no
+    # test calls keep_freed_memory in the test process itself: its answer is kept for the process)
     os.environ[ENVIRONMENT] = "0"
     out, err = io.StringIO(), io.StringIO()
     try:

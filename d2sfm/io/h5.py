@@ -110,13 +110,17 @@ LOCK_WAIT_SECONDS = 120.0
 def open_hdf5(path: str | os.PathLike, mode: str = "r", lock_wait: float | None = None) -> h5py.File:
     """h5py.File, with a file that is damaged or not HDF5 as a one-line error naming it; a file that another
     process holds open is waited for (``lock_wait`` seconds, LOCK_WAIT_SECONDS by default)."""
-    deadline = time.monotonic() + (LOCK_WAIT_SECONDS if lock_wait is None else lock_wait)
-    pause = 0.01
+    wait = LOCK_WAIT_SECONDS if lock_wait is None else lock_wait
+    started = time.monotonic()
+    pause, said = 0.01, False
     while True:
         try:
             return h5py.File(path, mode)
         except OSError as error:
-            if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK) and time.monotonic() < deadline:
+            if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK) and time.monotonic() < started + wait:
+                if not said and time.monotonic() > started + 1.0:  # more than a writer's or reader's moment
+                    log.warning(f"{path}: another process holds it open; waiting up to {wait:.0f} s for it")
+                    said = True
                 time.sleep(pause)  # the holder writes one image or reads a few entries: usually milliseconds
                 pause = min(pause * 2, 0.5)
                 continue
@@ -192,7 +196,7 @@ def salvage_hdf5(path: Path) -> tuple[int, int]:
     attributes; returns (entries kept, entries lost)."""
     scratch = path.with_name(f".{path.name}.salvage.part")
     kept = lost = 0
-    with h5py.File(path, "r") as source, h5py.File(scratch, "w") as target:
+    with open_hdf5(path, "r") as source, h5py.File(scratch, "w") as target:
         target.attrs.update(source.attrs)
         for name, group in readable_entries(source):
             try:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from d2sfm.io.h5 import list_entries, read_features
+from d2sfm.io.h5 import list_entries, matched_pairs, read_features, read_matches
 from d2sfm.sfm.database import verified_pair_inliers
 from d2sfm.sfm.mapping import read_models
 from d2sfm.synthetic.scene import render_scene
@@ -97,10 +97,20 @@ def test_sigkill_at_random_points_of_every_stage_then_rerun_gives_the_uninterrup
     assert final.returncode == 0, final.stderr
     assert leftovers(scene) == []
 
-    # What d2sfm writes is the uninterrupted run's, bit for bit (same machine): features, matches, verified graph.
-    for name in list_entries(finished_scene / "features.h5"):
+    # What d2sfm writes is the uninterrupted run's, bit for bit (same machine): features and matches; and the
+    # verified graph holds the same pairs with the same inlier counts.
+    names = list_entries(finished_scene / "features.h5")
+    assert list_entries(scene / "features.h5") == names
+    for name in names:
         ours, theirs = read_features(scene / "features.h5", name), read_features(finished_scene / "features.h5", name)
-        assert np.array_equal(ours.keypoints, theirs.keypoints) and np.array_equal(ours.descriptors, theirs.descriptors)
+        for field in ("keypoints", "scales", "scores", "descriptors"):
+            assert np.array_equal(getattr(ours, field), getattr(theirs, field)), (name, field)
+    pairs = matched_pairs(finished_scene / "matches.h5")
+    assert matched_pairs(scene / "matches.h5") == pairs
+    for pair in pairs:
+        for ours, theirs in zip(read_matches(scene / "matches.h5", *pair.split("/")),
+                                read_matches(finished_scene / "matches.h5", *pair.split("/"))):
+            assert np.array_equal(ours, theirs), pair
     assert verified_pair_inliers(scene / "database.db") == verified_pair_inliers(finished_scene / "database.db")
 
     # The model: COLMAP's mapper is multithreaded and does not repeat itself to the last bit under load (see
@@ -112,8 +122,9 @@ def test_sigkill_at_random_points_of_every_stage_then_rerun_gives_the_uninterrup
     assert sorted(poses) == sorted(expected_poses)
     assert abs(points - expected_points) <= 0.02 * expected_points
     assert abs(observations - expected_observations) <= 0.02 * expected_observations
+    expected_relative = relative_poses(expected_poses)
     for name, relative in relative_poses(poses).items():
-        np.testing.assert_allclose(relative, relative_poses(expected_poses)[name], atol=1e-3, err_msg=name)
+        np.testing.assert_allclose(relative, expected_relative[name], atol=1e-3, err_msg=name)
     shutil.rmtree(scene)
 
 

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.integration
 
 SCENES = ("fountain-P11", "Herz-Jesus-P8", "entry-P10")
 STRECHA_K = "2759.48,2764.16,1520.69,1006.81"
-# single-scale D2 with the network at 800 px and no refinement of the reference keeps the three scenes to about a
-# minute and a half on 2 cores; docs/benchmarks.md has the full-size numbers. fountain-P11 (run through the command,
+# single-scale D2 with the network at MAX_EDGE px and no refinement of the reference keeps the three scenes to about
+# a minute and a half on 2 cores; docs/benchmarks.md has the full-size numbers. fountain-P11 (run through the command,
 # the costliest case) is as accurate at 640 px; at 640 a Herz-Jesus-P8 query stayed unregistered and entry-P10's
 # median position error went from 0.19 to 0.34 m, too near the 0.5 m asserted.
 MAX_EDGE = {"fountain-P11": 640, "Herz-Jesus-P8": 800, "entry-P10": 800}

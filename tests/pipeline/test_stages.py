@@ -22,7 +22,7 @@ def test_each_stage_reports_its_own_peak_memory_and_the_process_keeps_its_own():
         assert block.sum() > 0
 
     allocate()  # a peak from before, as earlier work in the same process leaves
-    release_freed_memory()  # as a stage starts (malloc may keep the block: d2sfm.runtime.allocator)
+    release_freed_memory()  # as a stage starts (where d2sfm.runtime.allocator set the pad, malloc kept the block)
     # read after the release: while the block is kept resident, Linux reports the current RSS as VmHWM, above the
     # high-water mark it has recorded, and the value it reports later may be a little lower
     process_peak = peak_memory_mb()

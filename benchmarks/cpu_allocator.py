@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.extract_command import prepare_photos  # noqa: E402
 from benchmarks.paths import REPO, SACRE_COEUR, WEIGHTS  # noqa: E402
-from d2sfm.runtime.allocator import ENVIRONMENT, _memory_limited, glibc_version  # noqa: E402
+from d2sfm.runtime.allocator import ENVIRONMENT, glibc_version, memory_limited  # noqa: E402
 
 CASES = {"SS-exact": ("--conv", "exact"), "MS-exact": ("--multiscale", "--conv", "exact"),
          "SS-winograd": ("--conv", "winograd"), "MS-winograd": ("--multiscale", "--conv", "winograd")}
@@ -76,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     if glibc_version() is None:
         raise SystemExit("error: this process does not run on glibc: the setting measured here does not apply")
-    if _memory_limited():
+    if memory_limited():
         raise SystemExit("error: this shell limits memory (ulimit -v or -d), where d2sfm leaves malloc as it is: "
                          "run the benchmark without the limit")
 

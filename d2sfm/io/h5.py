@@ -117,14 +117,15 @@ def open_hdf5(path: str | os.PathLike, mode: str = "r", lock_wait: float | None 
         try:
             return h5py.File(path, mode)
         except OSError as error:
-            if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK) and time.monotonic() < started + wait:
-                if not said and time.monotonic() > started + 1.0:  # more than a writer's or reader's moment
+            locked, waited = error.errno in (errno.EAGAIN, errno.EWOULDBLOCK), time.monotonic() - started
+            if locked and waited < wait:
+                if not said and waited > 1.0:  # more than a writer's or reader's moment
                     log.warning(f"{path}: another process holds it open; waiting up to {wait:.0f} s for it")
                     said = True
                 time.sleep(pause)  # the holder writes one image or reads a few entries: usually milliseconds
                 pause = min(pause * 2, 0.5)
                 continue
-            if error.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
+            if locked:
                 advice = ("another process holds it open (HDF5 file lock): close that program or wait for the "
                           "command using it to end, then rerun")
             elif error.errno:

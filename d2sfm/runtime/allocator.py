@@ -50,7 +50,7 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None)
 
 
-def _memory_limited() -> bool:
+def memory_limited() -> bool:
     """A limit on the address space or the data segment (``ulimit -v``, ``ulimit -d``): the pad would spend up to
     1 GiB of it on nothing, and an image that fits would fail, so malloc is left as it is there."""
     try:
@@ -68,7 +68,7 @@ def keep_freed_memory() -> bool:
         return _state["applied"]
     applied = False
     wanted = os.environ.get(ENVIRONMENT, "1").strip().lower() not in TURNED_OFF
-    if wanted and glibc_version() is not None and not _memory_limited():
+    if wanted and glibc_version() is not None and not memory_limited():
         try:
             applied = _libc().mallopt(_M_TOP_PAD, TOP_PAD_BYTES) == 1
         except (OSError, AttributeError):

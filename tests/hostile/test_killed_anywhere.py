@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from d2sfm.io.h5 import list_entries, matched_pairs, read_features, read_matches
+from d2sfm.matching.pairs import read_pairs
 from d2sfm.sfm.database import verified_pair_inliers
 from d2sfm.sfm.mapping import read_models
 from d2sfm.synthetic.scene import render_scene
@@ -105,11 +106,10 @@ def test_sigkill_at_random_points_of_every_stage_then_rerun_gives_the_uninterrup
         ours, theirs = read_features(scene / "features.h5", name), read_features(finished_scene / "features.h5", name)
         for field in ("keypoints", "scales", "scores", "descriptors"):
             assert np.array_equal(getattr(ours, field), getattr(theirs, field)), (name, field)
-    pairs = matched_pairs(finished_scene / "matches.h5")
-    assert matched_pairs(scene / "matches.h5") == pairs
-    for pair in pairs:
-        for ours, theirs in zip(read_matches(scene / "matches.h5", *pair.split("/")),
-                                read_matches(finished_scene / "matches.h5", *pair.split("/"))):
+    assert matched_pairs(scene / "matches.h5") == matched_pairs(finished_scene / "matches.h5")
+    for pair in read_pairs(finished_scene / "pairs.txt"):
+        for ours, theirs in zip(read_matches(scene / "matches.h5", *pair), read_matches(finished_scene / "matches.h5",
+                                                                                          *pair)):
             assert np.array_equal(ours, theirs), pair
     assert verified_pair_inliers(scene / "database.db") == verified_pair_inliers(finished_scene / "database.db")
 

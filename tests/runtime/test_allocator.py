@@ -8,11 +8,11 @@ import textwrap
 
 import pytest
 
-from d2sfm.runtime.allocator import ENVIRONMENT, _memory_limited, glibc_version
+from d2sfm.runtime.allocator import ENVIRONMENT, glibc_version, memory_limited
 
 pytestmark = [
     pytest.mark.skipif(glibc_version() is None, reason="the setting is glibc's; this C library is another"),
-    pytest.mark.skipif(_memory_limited(), reason="this shell limits memory (ulimit -v or -d): d2sfm leaves malloc"),
+    pytest.mark.skipif(memory_limited(), reason="this shell limits memory (ulimit -v or -d): d2sfm leaves malloc"),
 ]
 # malloc settings a developer's shell may hold would change what the child processes measure
 CLEAN = {key: value for key, value in os.environ.items()

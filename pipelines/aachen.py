@@ -39,7 +39,8 @@ from d2sfm.localization.reference_model import Intrinsics, build_reference_model
 from d2sfm.localization.registration import register_queries, registration_options
 from d2sfm.localization.submission import QueryOutcome, finish_localization, ground_truth_if_present
 from d2sfm.matching.pairs import Pair, read_pairs, unique_pairs
-from d2sfm.pipeline.features import extract_and_match
+from d2sfm.pipeline.features import extract_and_match, match_settings
+from d2sfm.pipeline.stage_settings import StageSettings, digest, pairs_digest
 from d2sfm.pipeline.stages import RunFolder
 from d2sfm.refinement.database_refinement import (
     drop_database_refined_unasked,
@@ -55,6 +56,7 @@ log = logging.getLogger("d2sfm")
 
 README = "datasets/aachen.md"
 QUERY_KINDS = ("day", "night")
+AACHEN_STAGES = ("match", "database", "register")  # whose settings are recorded: a change redoes what follows
 GROUND_TRUTH = "query_ground_truth.txt"  # not published by the benchmark; d2sfm scores against it when present
 
 
@@ -195,8 +197,15 @@ def localize(dataset: str | Path, config: AachenConfig | None = None, output: st
     log.info(f"Aachen v{layout.version}: {len(poses)} database poses, {len(query_names)} queries, "
              f"{len(pairs)} pairs, {len(names)} images to extract")
 
+    settings = StageSettings(run.state, {
+        "match": match_settings(config.matching),
+        # the database holds the pairs' verified matches and the queries with their intrinsics
+        "database": {"dataset": str(layout.root.resolve()), "pairs": pairs_digest(pairs),
+                     "queries": digest("\n".join(query_names))},
+        "register": {"min_inliers": config.min_inliers, "min_inlier_ratio": config.min_inlier_ratio,
+                     "refine_query_intrinsics": config.refine_query_intrinsics}}, AACHEN_STAGES)
     extracted, usable = extract_and_match(config.features, config.matching, config.run, run, layout.images,
-                                          names, pairs)
+                                          names, pairs, settings)
 
     drop_database_refined_unasked(paths["database"], config.refine.enabled, config.refine.method)
 
@@ -217,9 +226,14 @@ def localize(dataset: str | Path, config: AachenConfig | None = None, output: st
             verification = import_and_verify(scratch, with_features, paths["features"], paths["matches"], usable,
                                              progress)
             log.info(f"  {verification.describe()}")
+            settings.finished("database")
             run.save(verification=verification.__dict__)
 
+    if "database" in settings.redo:
+        discard_stale_results()
+        paths["database"].unlink(missing_ok=True)
     stages.run("database", paths["database"].is_file(), build_database)
+    settings.finished("database")
 
     def refine() -> None:
         discard_stale_results()
@@ -248,8 +262,12 @@ def localize(dataset: str | Path, config: AachenConfig | None = None, output: st
                                           refine_intrinsics=config.refine_query_intrinsics, progress=progress)
         final.write_binary(_fresh_dir(paths["final"]))
         write_text_atomic(paths["registration"], json.dumps([r.as_dict() for r in results], indent=2))
+        settings.finished("register")
 
+    if "register" in settings.redo:
+        paths["registration"].unlink(missing_ok=True)
     stages.run("register", paths["registration"].is_file() and paths["final"].is_dir(), register)
+    settings.finished("register")
     run.save()
 
     final = read_model(paths["final"])

@@ -41,7 +41,8 @@ from d2sfm.localization.pose_scores import THRESHOLD_PRESETS
 from d2sfm.localization.poses import Pose
 from d2sfm.localization.submission import QueryOutcome, finish_localization, ground_truth_if_present
 from d2sfm.matching.pairs import Pair, read_pairs
-from d2sfm.pipeline.features import extract_and_match
+from d2sfm.pipeline.features import extract_and_match, match_settings
+from d2sfm.pipeline.stage_settings import StageSettings, pairs_digest
 from d2sfm.pipeline.stages import RunFolder
 from d2sfm.refinement.database_refinement import (
     read_refined_query_keypoints,
@@ -54,6 +55,7 @@ log = logging.getLogger("d2sfm")
 
 README = "datasets/inloc.md"
 GROUND_TRUTH = "query_ground_truth.txt"
+INLOC_STAGES = ("match", "refine", "localize")  # whose settings are recorded: a change redoes what follows
 IPHONE7_FOCAL_PER_WIDTH = 28.0 / 36.0
 RANSAC_MAX_ERROR_PER_WIDTH = 48.0 / 4032.0
 
@@ -196,8 +198,13 @@ def localize(dataset: str | Path, config: InLocConfig | None = None, output: str
     names = sorted({n for p in pairs for n in p})
     log.info(f"InLoc: {len(query_names)} queries, {len(pairs)} pairs (top {config.top_k}), {len(names)} images")
 
+    wanted = config.refine.method if config.refine.enabled else False  # how the poses' query keypoints were refined
+    settings = StageSettings(run.state, {
+        "match": match_settings(config.matching),
+        "refine": {"pairs": pairs_digest(pairs)},  # the refined file's own record says its method
+        "localize": {"ransac_max_error": config.ransac_max_error, "refined": wanted}}, INLOC_STAGES)
     extracted, usable = extract_and_match(config.features, config.matching, config.run, run, layout.images,
-                                          names, pairs)
+                                          names, pairs, settings)
     usable_retrieved = {q: [c for c in cs if c in extracted] for q, cs in retrieved.items() if q in extracted}
 
     def refine() -> None:
@@ -206,18 +213,16 @@ def localize(dataset: str | Path, config: InLocConfig | None = None, output: str
             resolve_weights(config.features.weights, progress=progress), resolve_device(config.run.device),
             paths["refined"], config.refine.settings(), progress=progress)
         log.info(f"  queries: {summary.describe()}")
+        settings.finished("refine")
 
-    wanted = config.refine.method if config.refine.enabled else False  # how the poses' query keypoints were refined
-    if paths["refined"].is_file() and refined_keypoints_record(paths["refined"]).get("settings", {}).get(
-            "method", "featuremetric") != config.refine.method:
-        paths["refined"].unlink()  # refined by another method
+    if "refine" in settings.redo or (paths["refined"].is_file() and refined_keypoints_record(paths["refined"]).get(
+            "settings", {}).get("method", "featuremetric") != config.refine.method):
+        paths["refined"].unlink(missing_ok=True)  # refined for other pairs, or by another method
     if config.refine.enabled:
         run.stages.run("refine", paths["refined"].is_file(), refine)
-    if paths["poses"].is_file() and run.state.get("poses_refined", False) != wanted:
-        log.info(f"  {paths['poses'].name} was localized with other query keypoints (--refine/--refine-method); "
-                 "localizing again")
-        paths["poses"].unlink()
-    run.save(poses_refined=wanted)
+    settings.finished("refine")
+    if "localize" in settings.redo:
+        paths["poses"].unlink(missing_ok=True)
     query_keypoints = paths["refined"] if config.refine.enabled else None
 
     def localize() -> None:
@@ -236,9 +241,12 @@ def localize(dataset: str | Path, config: InLocConfig | None = None, output: str
                            "readable": query in extracted}
             if index % 20 == 19 or index == len(pending) - 1:  # resumable every 20 queries
                 write_text_atomic(paths["poses"], json.dumps(done, indent=1))
+                settings.finished("localize")  # the poses written so far are this run's
+                run.save()
 
     run.stages.run("localize", paths["poses"].is_file() and all(
         q in json.loads(paths["poses"].read_text()) for q in query_names), localize)
+    settings.finished("localize")
     run.save()
 
     results = json.loads(paths["poses"].read_text())

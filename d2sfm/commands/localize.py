@@ -21,10 +21,12 @@ from d2sfm.commands.library_logs import set_library_logs
 from d2sfm.commands.options import (
     add_device_argument,
     add_feature_arguments,
+    add_match_arguments,
     add_refine_argument,
     add_run_arguments,
     add_weights_argument,
     feature_config,
+    match_config,
     number,
     run_config,
 )
@@ -83,8 +85,9 @@ BENCHMARK_ARGUMENTS = {"aachen": add_aachen_arguments, "inloc": add_inloc_argume
 
 
 def localization_config(args: argparse.Namespace) -> AachenConfig | InLocConfig:
-    common = {"features": feature_config(args), "refine": RefineConfig(args.refine, args.refine_method),
-              "run": run_config(args), "min_inliers": args.min_inliers}
+    common = {"features": feature_config(args), "matching": match_config(args),
+              "refine": RefineConfig(args.refine, args.refine_method), "run": run_config(args),
+              "min_inliers": args.min_inliers}
     if args.benchmark == "aachen":
         return AachenConfig(version=args.version, pairs=args.pairs, queries=args.queries, db_pairs=args.db_pairs,
                             min_inlier_ratio=args.min_inlier_ratio,
@@ -109,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_weights_argument(sub)
         add_device_argument(sub)
         add_feature_arguments(sub)
+        add_match_arguments(sub)
         add_run_arguments(sub, "delete --output first and redo every stage")
     add_images_command(commands)
     return parser
@@ -152,6 +156,7 @@ def add_images_command(commands) -> None:
     add_weights_argument(sub)
     add_device_argument(sub)
     add_feature_arguments(sub)
+    add_match_arguments(sub)
     add_run_arguments(sub, "delete --output first and redo every stage")
 
 
@@ -160,7 +165,7 @@ def images_config(args: argparse.Namespace) -> ImagesLocalizationConfig:
         pairs=args.pairs, top_k=args.top_k, camera_model=args.camera_model, camera_params=args.camera_params,
         ransac_max_error=args.ransac_max_error, min_inliers=args.min_inliers, thresholds=args.thresholds,
         refine=args.refine, reference_images=str(args.reference_images or ""), features=feature_config(args),
-        run=run_config(args))
+        matching=match_config(args), run=run_config(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from d2sfm.cluster.ray_backend import LOCAL, MAX_RAY_WORKERS
 from d2sfm.commands.library_logs import add_verbose_argument
-from d2sfm.config import FEATURE_METHODS, FeatureConfig, RunConfig
+from d2sfm.config import FEATURE_METHODS, FeatureConfig, MatchConfig, RunConfig
 from d2sfm.features.extractor import CONV_IMPLEMENTATIONS, PRECISIONS
 from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
 from d2sfm.refinement.settings import METHODS
@@ -97,6 +97,19 @@ def add_feature_arguments(parser: argparse.ArgumentParser, max_edge: int = 1600)
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="backbone arithmetic on a GPU (see d2sfm.extract --help)")
     add_cluster_arguments(parser)
+
+
+def add_match_arguments(parser: argparse.ArgumentParser, prefix: str = "matching: ") -> None:
+    """The mutual-nearest-neighbour filters (MatchConfig), for every command that matches."""
+    parser.add_argument("--min-similarity", type=number(float, at_least=-1, at_most=1), default=None,
+                        help=f"{prefix}drop matches whose descriptor cosine similarity is below this (e.g. 0.8); "
+                        "default: off (mutual nearest neighbours only)")
+    parser.add_argument("--ratio", type=number(float, above=0, at_most=1), default=None,
+                        help=f"{prefix}Lowe's ratio test on descriptor distances (e.g. 0.9); default: off")
+
+
+def match_config(args: argparse.Namespace) -> MatchConfig:
+    return MatchConfig(min_similarity=args.min_similarity, ratio=args.ratio)
 
 
 def add_refine_argument(parser: argparse.ArgumentParser, where: str) -> None:

@@ -22,17 +22,18 @@ from d2sfm.commands.options import (
     add_complete_tracks_argument,
     add_device_argument,
     add_feature_arguments,
+    add_match_arguments,
     add_refine_argument,
     add_run_arguments,
     add_weights_argument,
     feature_config,
+    match_config,
     number,
     run_config,
 )
 from d2sfm.config import (
     DenseConfig,
     MappingConfig,
-    MatchConfig,
     PairsConfig,
     ReconstructionConfig,
     RefineConfig,
@@ -79,11 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="retrieval: pairs per image (default 20)")
     parser.add_argument("--overlap", type=number(int, at_least=1), default=10,
                         help="sequential: next N images (default 10)")
-    parser.add_argument("--min-similarity", type=number(float, at_least=-1, at_most=1), default=None,
-                        help="matching: drop matches whose descriptor cosine similarity is below this (e.g. 0.8); "
-                        "default: off (mutual nearest neighbours only)")
-    parser.add_argument("--ratio", type=number(float, above=0, at_most=1), default=None,
-                        help="matching: Lowe's ratio test on descriptor distances (e.g. 0.9); default: off")
+    add_match_arguments(parser)
     parser.add_argument("--camera-mode", choices=list(CAMERA_MODES), default=None,
                         help="auto (COLMAP's default: per camera and size), single, per-image, per-folder "
                         "(default: auto; single with --demo, whose images come from one camera)")
@@ -143,7 +140,7 @@ def reconstruction_config(args: argparse.Namespace) -> ReconstructionConfig:
     return ReconstructionConfig(
         features=feature_config(args), run=run_config(args),
         pairs=PairsConfig(method=args.pairs, top_k=args.top_k, overlap=args.overlap),
-        matching=MatchConfig(min_similarity=args.min_similarity, ratio=args.ratio),
+        matching=match_config(args),
         refine=RefineConfig(enabled=args.refine, method=args.refine_method, complete_tracks=args.complete_tracks),
         mapping=MappingConfig(camera_mode=args.camera_mode, camera_model=args.camera_model,
                               camera_params=args.camera_params, refine_intrinsics=args.refine_intrinsics,

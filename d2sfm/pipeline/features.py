@@ -14,8 +14,9 @@ from d2sfm.config import FeatureConfig, MatchConfig, RunConfig
 from d2sfm.features.extraction import feature_settings
 from d2sfm.features.weights import resolve_weights
 from d2sfm.io.h5 import check_same_settings, list_entries, matched_pairs, pair_key, read_settings
-from d2sfm.matching.pairs import Pair, write_pairs
+from d2sfm.matching.pairs import Pair, read_pairs, write_pairs
 from d2sfm.pipeline.backends import backend_for
+from d2sfm.pipeline.stage_settings import StageSettings
 from d2sfm.pipeline.stages import RunFolder
 
 log = logging.getLogger("d2sfm")
@@ -69,11 +70,18 @@ def match_missing(matching: MatchConfig, run: RunConfig, features_path: Path, pa
                                   overwrite=overwrite)
 
 
+def match_settings(matching: MatchConfig) -> dict:
+    """What the matches depend on beyond the features (a pipeline's settings record for its ``match`` stage)."""
+    return {"min_similarity": matching.min_similarity, "ratio": matching.ratio}
+
+
 def extract_and_match(features: FeatureConfig, matching: MatchConfig, run: RunConfig, folder: RunFolder,
-                      image_root: Path, names: Sequence[str], pairs: Sequence[Pair]) -> tuple[set[str], list[Pair]]:
+                      image_root: Path, names: Sequence[str], pairs: Sequence[Pair],
+                      settings: StageSettings) -> tuple[set[str], list[Pair]]:
     """Stages ``extract``, ``pairs`` and ``match`` into ``folder``'s features.h5, pairs.txt and matches.h5. Images
     that failed (unreadable, or too large for the GPU) are reported, remembered in the run's state and their pairs
-    dropped with a count; returns the images with features and the pairs matched."""
+    dropped with a count; returns the images with features and the pairs matched. Matches made with other
+    matching options are made again (``settings``: the run's record, its ``match`` entry ``match_settings``)."""
     features_path, pairs_path, matches = folder.path("features.h5"), folder.path("pairs.txt"), folder.path("matches.h5")
 
     def extract() -> None:
@@ -84,12 +92,23 @@ def extract_and_match(features: FeatureConfig, matching: MatchConfig, run: RunCo
 
     check_extraction_settings(features, features_path, run.progress)
     extracted = set(list_entries(features_path)) if features_path.is_file() else set()
-    folder.stages.run("extract", all(n in extracted for n in names) or "unreadable" in folder.state, extract)
+    # an image that failed before is not tried again; one added since (a larger --top-k, more queries) is extracted
+    failed_before = {name for name, _ in folder.state.get("unreadable", [])}
+    folder.stages.run("extract", all(n in extracted or n in failed_before for n in names), extract)
     extracted = set(list_entries(features_path))
     usable = [p for p in pairs if p[0] in extracted and p[1] in extracted]
     if len(usable) < len(pairs):
         log.info(f"  {len(pairs) - len(usable)} pairs skipped: an image of the pair has no features")
-    folder.stages.run("pairs", pairs_path.is_file(), lambda: write_pairs(pairs_path, usable))
-    folder.stages.run("match", not unmatched_pairs(usable, matches),
-                      lambda: match_missing(matching, run, features_path, usable, matches))
+    # pairs.txt lists this run's pairs: other pairs (another pair list, --top-k or query set) are written anew
+    folder.stages.run("pairs", pairs_path.is_file() and read_pairs(pairs_path) == [tuple(p) for p in usable],
+                      lambda: write_pairs(pairs_path, usable))
+    if "match" in settings.redo:
+        matches.unlink(missing_ok=True)  # every pair's matches differ
+
+    def match() -> None:
+        match_missing(matching, run, features_path, usable, matches)
+        settings.finished("match")
+
+    folder.stages.run("match", not unmatched_pairs(usable, matches), match)
+    settings.finished("match")
     return extracted, usable

@@ -32,7 +32,14 @@ from d2sfm.localization.pose_scores import parse_thresholds
 from d2sfm.localization.poses import pose_from_rotation_centre, write_poses
 from d2sfm.localization.submission import QueryOutcome, finish_localization
 from d2sfm.matching.pairs import EXHAUSTIVE_UP_TO, Pair, read_pairs, write_pairs
-from d2sfm.pipeline.features import check_extraction_settings, extract_missing, match_missing, unmatched_pairs
+from d2sfm.pipeline.features import (
+    check_extraction_settings,
+    extract_missing,
+    match_missing,
+    match_settings,
+    unmatched_pairs,
+)
+from d2sfm.pipeline.stage_settings import StageSettings
 from d2sfm.pipeline.stages import RunFolder
 from d2sfm.refinement.database_refinement import read_refined_query_keypoints, refine_queries_against_fixed
 from d2sfm.runtime.device import resolve_device
@@ -40,6 +47,7 @@ from d2sfm.sfm.cameras import parse_camera_params
 from d2sfm.sfm.mapping import read_models
 
 log = logging.getLogger("d2sfm")
+IMAGES_STAGES = ("pairs", "match", "refine", "localize")  # whose settings are recorded: a change redoes what follows
 
 def observed_points(model: pycolmap.Reconstruction) -> dict[str, np.ndarray]:
     """Per registered reference image, the 3D point id of each keypoint (-1 where none): keypoint k of features.h5
@@ -128,6 +136,16 @@ def localize_query(query: str, query_dir: Path, features: Path, matches: Path, r
                                  "focal": float(camera.mean_focal_length())})
 
 
+def reference_record(reference: Path) -> dict:
+    """Which reconstruction the queries were paired with: the scene, and when its features and model were last
+    written (a scene reconstructed again since has other keypoints and points)."""
+    model = reference / "sparse" / "0"
+    return {"reference": str(reference.resolve()),
+            "features_modified_ns": (reference / "features.h5").stat().st_mtime_ns,
+            "model_modified_ns": max((path.stat().st_mtime_ns for path in model.iterdir() if path.is_file()),
+                                     default=0)}
+
+
 def truth_pose_file(truth_dir: Path, names: list[str], output: Path) -> Path:
     """The true cameras of the queries as a pose file, for the benchmarks' scorer."""
     truth = read_truth(truth_dir)
@@ -169,6 +187,18 @@ def localize_images(reference: str | os.PathLike, queries: str | os.PathLike,
     folder = RunFolder(output, overwrite=config.run.overwrite)
     features, pairs_path, matches = folder.path("features.h5"), folder.path("pairs.txt"), folder.path("matches.h5")
     references = sorted(observed)
+    refined = folder.path("refined_keypoints.h5") if config.refine else None
+    settings = StageSettings(folder.state, {
+        "pairs": {"pairs": config.pairs, "top_k": config.top_k, **reference_record(reference)},
+        "match": match_settings(config.matching),
+        "refine": {"reference_images": config.reference_images},
+        "localize": {"camera_model": config.camera_model, "camera_params": config.camera_params,
+                     "ransac_max_error": config.ransac_max_error, "min_inliers": config.min_inliers,
+                     "thresholds": config.thresholds, "refine": config.refine,
+                     "gt": str(Path(gt).resolve()) if gt is not None else None}}, IMAGES_STAGES)
+    for stage, stale in (("pairs", pairs_path), ("match", matches), ("refine", folder.path("refined_keypoints.h5"))):
+        if stage in settings.redo:
+            stale.unlink(missing_ok=True)
 
     def extract() -> None:
         _, failed = extract_missing(config.features, config.run, queries, names, features)
@@ -183,17 +213,19 @@ def localize_images(reference: str | os.PathLike, queries: str | os.PathLike,
     # a query added since the pairs were written gets its pairs (the matched ones are not matched again)
     folder.stages.run("pairs", paired >= set(extracted), lambda: write_pairs(pairs_path, query_pairs(
         extracted, references, features, reference_features, config.pairs, config.top_k)))
+    settings.finished("pairs")
     pairs = read_pairs(pairs_path)
     if config.run.ray is not None:
         raise D2sfmError("localize images runs in this process; leave out --ray")
     folder.stages.run("match", not unmatched_pairs(pairs, matches), lambda: match_missing(
         config.matching, config.run, [features, reference_features], pairs, matches))
+    settings.finished("match")
     by_query: dict[str, list[str]] = {}
     for query, image in pairs:
         by_query.setdefault(query, []).append(image)
-    refined = folder.path("refined_keypoints.h5") if config.refine else None
     if refined is not None:
         refine_stage(config, folder, refined, reference, model, observed, queries, features, matches, by_query)
+    settings.finished("refine")
     truth = truth_pose_file(Path(gt), names, output) if gt is not None else None
     summary: dict = {}
 
@@ -205,13 +237,17 @@ def localize_images(reference: str | os.PathLike, queries: str | os.PathLike,
                                      extra={"reference": str(reference), "refined": config.refine})
         summary.update(localized=sum(o.localized for o in outcomes), queries=len(names),
                        scores=scores.as_dict() if scores else None, refined=config.refine)
+        settings.finished("localize")
         folder.save(result=summary, localized_queries=extracted)
 
     finished = folder.state.get("result")
-    folder.stages.run("localize", bool(finished) and (output / "poses.txt").is_file()
+    folder.stages.run("localize", bool(finished) and "localize" not in settings.redo
+                      and (output / "poses.txt").is_file()
                       and folder.state.get("localized_queries") == extracted  # a query added since: all again
                       and finished.get("refined", False) == config.refine
                       and (truth is None or finished.get("scores") is not None), localize)
+    settings.finished("localize")
+    folder.save()
     return dict(folder.state.get("result", summary))
 
 

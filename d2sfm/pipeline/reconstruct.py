@@ -4,8 +4,6 @@ their refinement, a picture and dense points, each stage skipped when its output
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ from d2sfm.io.images import list_images
 from d2sfm.matching.pairs import EXHAUSTIVE_UP_TO, choose_pairs, read_pairs, write_pairs  # noqa: F401 (re-exported)
 from d2sfm.pipeline.features import check_extraction_settings, extract_missing, match_missing, unmatched_pairs
 from d2sfm.pipeline.known_poses import triangulate_at_known_poses
+from d2sfm.pipeline.stage_settings import StageSettings, digest
 from d2sfm.pipeline.stages import RunFolder, Stages
 from d2sfm.refinement.database_refinement import (
     drop_database_refined_unasked,
@@ -178,23 +177,6 @@ def camera_record(mapping: MappingConfig, models: list[pycolmap.Reconstruction])
             "refine_intrinsics": mapping.refine_intrinsics, "largest_model": final}
 
 
-def digest(data: str | bytes) -> str:
-    return hashlib.sha256(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data).hexdigest()
-
-
-def first_changed_stage(recorded: dict, current: dict) -> str | None:
-    """The first stage whose recorded settings differ from this run's (a stage with no record, as an earlier
-    release wrote, counts as unchanged); printed with what changed."""
-    for stage in SETTINGS_ORDER:
-        before = recorded.get(stage)
-        if before is not None and before != json.loads(json.dumps(current[stage])):
-            changes = ", ".join(f"{key} {before.get(key)!r} -> {current[stage].get(key)!r}"
-                                for key in current[stage] if before.get(key) != current[stage].get(key))
-            log.info(f"  settings changed since the last run ({stage}: {changes}); redoing {stage} and what follows")
-            return stage
-    return None
-
-
 @dataclass
 class ReconstructionResult:
     """What ``reconstruct_scene`` made: the models (largest first, as in sparse/0, 1, ...) and the statistics it
@@ -268,9 +250,7 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
     # interrupted mapping must not cost the verification again), at the end the statistics as well
     run = RunFolder(scene, record=paths["stats"].name, carried=RESUME_KEYS)
     failures: list[tuple[str, str]] = [tuple(f) for f in run.state.get("failed_images", [])]
-    recorded_settings: dict = dict(run.state.get("stage_settings") or {})
-    run.state.update(failed_images=failures, stage_settings=recorded_settings,
-                     verification=run.state.get("verification"))
+    run.state.update(failed_images=failures, verification=run.state.get("verification"))
     stages = run.stages
     progress = config.run.progress
 
@@ -294,14 +274,8 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
     if len(readable) < 2:
         raise D2sfmError(f"{image_dir}: {len(readable)} readable image(s) of {len(names)}; need at least two")
 
-    settings = stage_settings(config, features_file, camera_mode, readable)
-    changed = first_changed_stage(recorded_settings, settings)
-    redo = set(SETTINGS_ORDER[SETTINGS_ORDER.index(changed):]) if changed else set()
-
-    def finished(stage: str) -> None:
-        """The stage's output is current: it ran with these settings, or it was done and nothing it depends on
-        changed (a stage an earlier release ran gets this run's settings as its record)."""
-        recorded_settings[stage] = settings[stage]
+    settings = StageSettings(run.state, stage_settings(config, features_file, camera_mode, readable), SETTINGS_ORDER)
+    redo, finished = settings.redo, settings.finished
 
     def make_pairs() -> None:
         write_pairs(paths["pairs"], choose_pairs(config.pairs.method, readable, paths["features"], config.pairs.top_k,
@@ -311,7 +285,7 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
     stages.run("pairs", paths["pairs"].is_file() and "pairs" not in redo, make_pairs)
     finished("pairs")
     pairs = read_pairs(paths["pairs"], known_names=readable)
-    if "match" in redo and changed == "match":  # other features or matching options: every pair's matches differ
+    if "match" in redo and settings.changed == "match":  # other features or matching options: all matches differ
         paths["matches"].unlink(missing_ok=True)
 
     def match() -> None:
@@ -403,7 +377,7 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
         from d2sfm.evaluation.ground_truth import demo_check
 
         stats["demo_check"] = demo_check(models[0], scene / "ground_truth")
-    stats["stage_settings"] = recorded_settings
+    stats["stage_settings"] = settings.recorded
     run.state = stats  # the record is now the result: the sparse one, saved before dense runs
     run.save()
     try:  # the summary is printed even when dense fails: the sparse result stands

@@ -101,6 +101,28 @@ def test_rerun_resumes_without_redoing_work(courtyard_run, courtyard_aachen, wei
     assert (output / "Aachen_eval_[d2sfm].txt").read_text() == before
 
 
+def test_rerun_with_other_settings_redoes_their_stage_and_what_follows(courtyard_run, courtyard_aachen,
+                                                                       weights_path, tmp_path):
+    """A rerun must not return the earlier poses for other registration options, nor the earlier database for
+    other matching options: the first changed stage and the ones after it run again, the rest is kept."""
+    output, _ = courtyard_run
+    strict = tmp_path / "strict"
+    shutil.copytree(output, strict)
+    run = localize(courtyard_aachen, strict, weights_path, "--no-refine", "--min-inliers", "100000")
+    assert run.returncode == 0, run.stderr
+    for stage in ("extract", "match", "database", "triangulate"):
+        assert f"[{stage}] done earlier, skipped" in run.stdout
+    assert "[register]\n" in run.stdout and summary(strict)["localized"] == 0  # no query has that many inliers
+    rematched = tmp_path / "rematched"
+    shutil.copytree(output, rematched)
+    run = localize(courtyard_aachen, rematched, weights_path, "--no-refine", "--ratio", "0.999")
+    assert run.returncode == 0, run.stderr
+    assert "[extract] done earlier, skipped" in run.stdout
+    for stage in ("match", "database", "triangulate", "register"):
+        assert f"[{stage}]\n" in run.stdout
+    assert summary(rematched)["localized"] == 3
+
+
 def test_refinement_of_database_and_queries(courtyard_run, courtyard_aachen, weights_path, tmp_path):
     """--refine on a finished run: the database is refined in place (its features and matches reused), the
     database is triangulated again with a lower reprojection error, and the queries stay localized."""

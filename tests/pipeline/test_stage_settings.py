@@ -1,0 +1,75 @@
+"""The settings record every pipeline keeps (d2sfm/pipeline/stage_settings.py), and the shared extract-pairs-match
+stages of localization on a rerun with more images or other matching options."""
+
+from __future__ import annotations
+
+import pytest
+
+from d2sfm.config import FeatureConfig, MatchConfig, RunConfig
+from d2sfm.io.h5 import list_entries, matched_pairs
+from d2sfm.matching.pairs import read_pairs
+from d2sfm.pipeline.features import extract_and_match, match_settings
+from d2sfm.pipeline.stage_settings import StageSettings
+from d2sfm.pipeline.stages import RunFolder
+from d2sfm.synthetic.scene import render_scene
+
+ORDER = ("match", "database", "register")
+
+
+def test_the_first_changed_stage_and_every_later_one_are_redone():
+    state: dict = {}
+    first = StageSettings(state, {"match": {"ratio": 1.0}, "database": {"pairs": "x"}, "register": {"k": 30}}, ORDER)
+    assert first.redo == set()  # nothing recorded yet: nothing to redo
+    for stage in ORDER:
+        first.finished(stage)
+    assert state["stage_settings"]["register"] == {"k": 30}
+    same = StageSettings(state, {"match": {"ratio": 1.0}, "database": {"pairs": "x"}, "register": {"k": 30}}, ORDER)
+    assert same.redo == set()
+    later = StageSettings(state, {"match": {"ratio": 1.0}, "database": {"pairs": "x"}, "register": {"k": 10}}, ORDER)
+    assert later.changed == "register" and later.redo == {"register"}
+    earlier = StageSettings(state, {"match": {"ratio": 0.8}, "database": {"pairs": "x"}, "register": {"k": 30}}, ORDER)
+    assert earlier.redo == set(ORDER)
+
+
+def test_a_stage_without_a_record_counts_as_unchanged_and_tuples_compare_as_lists():
+    state = {"stage_settings": {"match": {"scales": [1.0, 0.5]}}}  # an earlier release recorded no later stage
+    settings = StageSettings(state, {"match": {"scales": (1.0, 0.5)}, "database": {"pairs": "y"},
+                                     "register": {"k": 30}}, ORDER)
+    assert settings.redo == set()
+
+
+@pytest.fixture(scope="module")
+def views(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("views")
+    render_scene(folder, count=3, width=160, height=120, focal=128.0)
+    return folder / "images"
+
+
+def test_a_rerun_extracts_images_added_since_and_rematches_for_other_options(views, weights_path, tmp_path):
+    """The reviewer's case: a second run with one more image (a larger --top-k, more queries) must extract it and
+    match its pairs, not skip extraction because the first run recorded its unreadable images; other matching
+    options match every pair again."""
+    names = sorted(path.name for path in views.iterdir())
+    features = FeatureConfig(weights=str(weights_path), scales=(1.0,), conv="winograd")
+    run = RunConfig(progress=False)
+
+    def rerun(pairs, matching=MatchConfig()):
+        folder = RunFolder(tmp_path / "out")
+        settings = StageSettings(folder.state, {"match": match_settings(matching)}, ("match",))
+        result = extract_and_match(features, matching, run, folder, views, sorted({n for p in pairs for n in p}),
+                                   pairs, settings)
+        folder.save()
+        return result
+
+    extracted, usable = rerun([(names[0], names[1])])
+    assert extracted == set(names[:2]) and usable == [(names[0], names[1])]
+    more = [(names[0], names[1]), (names[0], names[2])]
+    extracted, usable = rerun(more)
+    assert extracted == set(names) and usable == more
+    assert set(list_entries(tmp_path / "out" / "features.h5")) == set(names)
+    assert read_pairs(tmp_path / "out" / "pairs.txt") == more  # the pair list is this run's
+    assert len(matched_pairs(tmp_path / "out" / "matches.h5")) == 2
+    before = (tmp_path / "out" / "matches.h5").stat().st_mtime_ns
+    rerun(more, MatchConfig(ratio=0.9))
+    assert (tmp_path / "out" / "matches.h5").stat().st_mtime_ns != before  # matched again
+    assert RunFolder(tmp_path / "out").state["stage_settings"]["match"] == {"min_similarity": None, "ratio": 0.9}

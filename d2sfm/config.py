@@ -11,19 +11,47 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from d2sfm.bounds import out_of_range
 from d2sfm.errors import D2sfmError
 from d2sfm.features.extractor import ExtractionConfig
 from d2sfm.features.gpu_batching import DEFAULT_GPU_MEMORY_GIB
 from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
+from d2sfm.refinement.settings import METHODS as REFINE_METHODS
 from d2sfm.refinement.settings import RefineSettings
 from d2sfm.sfm.defaults import (
+    CAMERA_MODES,
     D2_ABS_POSE_MIN_INLIER_RATIO,
     D2_ABS_POSE_MIN_INLIERS,
     D2_INIT_MIN_TRI_ANGLE,
     DEFAULT_MESH_TRIM,
+    INTRINSICS_REFINEMENTS,
+    MAPPERS,
 )
 
 FEATURE_METHODS = ("d2", "sift")
+IMAGES_PAIRS = ("auto", "exhaustive", "retrieval")
+
+
+def check_numbers(config: object, **bounds: dict) -> None:
+    """Each named field of ``config`` within its bounds (d2sfm.bounds, as the command line checks them; None
+    passes where it is the field's "off"): a Python user's bad value is the command line's one-line refusal, before
+    any work, not a traceback or a silent empty result later."""
+    for name, limits in bounds.items():
+        value = getattr(config, name)
+        limits = dict(limits)
+        if limits.pop("optional", False) and value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise D2sfmError(f"{type(config).__name__}.{name} = {value!r} is not a number")
+        wanted = out_of_range(value, **limits)
+        if wanted:
+            raise D2sfmError(f"{type(config).__name__}.{name} = {value!r} is out of range: give {wanted}")
+
+
+def check_choice(config: object, name: str, choices: tuple, optional: bool = False) -> None:
+    value = getattr(config, name)
+    if not (value in choices or (optional and value is None)):
+        raise D2sfmError(f"{type(config).__name__}.{name} = {value!r}: use one of {', '.join(map(str, choices))}")
 
 
 @dataclass(frozen=True)
@@ -48,6 +76,7 @@ class FeatureConfig:
         if self.method not in FEATURE_METHODS:
             raise D2sfmError(f"features method must be one of {', '.join(FEATURE_METHODS)}, not {self.method!r}")
         object.__setattr__(self, "scales", tuple(float(scale) for scale in self.scales))
+        self.extraction()  # the network's settings are checked there, as every extractor gets them
 
     def extraction(self) -> ExtractionConfig:
         """The network's settings (validated there), as features.h5 records them."""
@@ -66,6 +95,9 @@ class PairsConfig:
     top_k: int = 20  # retrieval: pairs per image
     overlap: int = 10  # sequential: each image with the next N
 
+    def __post_init__(self) -> None:
+        check_numbers(self, top_k={"at_least": 1}, overlap={"at_least": 1})
+
 
 @dataclass(frozen=True)
 class MatchConfig:
@@ -73,6 +105,10 @@ class MatchConfig:
 
     min_similarity: float | None = None  # drop matches below this cosine similarity (e.g. 0.8); None: off
     ratio: float | None = None  # Lowe's ratio test on descriptor distances (e.g. 0.9); None: off
+
+    def __post_init__(self) -> None:
+        check_numbers(self, min_similarity={"at_least": -1, "at_most": 1, "optional": True},
+                      ratio={"above": 0, "at_most": 1, "optional": True})
 
 
 @dataclass(frozen=True)
@@ -84,6 +120,9 @@ class RefineConfig:
     # off by default: it cost half the model stage and lowered the accuracy against ground truth on 2 of the 3
     # Strecha scenes (ModelRefineSettings.complete_tracks)
     complete_tracks: bool = False  # after mapping, also add each point where its patch is found in other images
+
+    def __post_init__(self) -> None:
+        check_choice(self, "method", REFINE_METHODS)
 
     def settings(self) -> RefineSettings:
         return RefineSettings(method=self.method)
@@ -106,6 +145,15 @@ class MappingConfig:
     min_model_size: int = 3  # smallest model kept, in images
     text: bool = False  # write models as COLMAP text instead of binary
 
+    def __post_init__(self) -> None:
+        check_choice(self, "camera_mode", CAMERA_MODES, optional=True)
+        check_choice(self, "refine_intrinsics", INTRINSICS_REFINEMENTS)
+        check_choice(self, "mapper", MAPPERS)
+        check_numbers(self, abs_pose_min_inliers={"at_least": 1},
+                      abs_pose_min_inlier_ratio={"at_least": 0, "at_most": 1},
+                      init_min_tri_angle={"above": 0, "at_most": 180}, attempts={"at_least": 1},
+                      min_model_size={"at_least": 2})
+
 
 @dataclass(frozen=True)
 class DenseConfig:
@@ -115,6 +163,9 @@ class DenseConfig:
     max_image_size: int = 2000  # longest side of the images PatchMatch works on
     mesh: bool = False  # Poisson mesh of the fused points
     mesh_trim: float = DEFAULT_MESH_TRIM  # drop the surface where points are sparser than this (0 keeps all)
+
+    def __post_init__(self) -> None:
+        check_numbers(self, max_image_size={"at_least": 64}, mesh_trim={"at_least": 0})
 
 
 @dataclass(frozen=True)
@@ -131,6 +182,11 @@ class RunConfig:
     gpu_memory_gib: float = DEFAULT_GPU_MEMORY_GIB  # GPU memory extraction may use, weights included
     progress: bool = True  # progress bars on the terminal
     overwrite: bool = False  # redo every stage instead of resuming
+
+    def __post_init__(self) -> None:
+        check_numbers(self, ray_workers={"at_least": 1, "optional": True}, ray_cpus_per_worker={"at_least": 1},
+                      ray_batch={"at_least": 1, "optional": True}, batch_size={"at_least": 1, "optional": True},
+                      loader_workers={"at_least": 0, "optional": True}, gpu_memory_gib={"above": 0})
 
 
 @dataclass(frozen=True)
@@ -165,6 +221,10 @@ class AachenConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        check_choice(self, "version", ("1.0", "1.1"))
+        check_numbers(self, min_inliers={"at_least": 1}, min_inlier_ratio={"at_least": 0, "at_most": 1})
+
 
 @dataclass(frozen=True)
 class InLocConfig:
@@ -179,6 +239,10 @@ class InLocConfig:
     matching: MatchConfig = field(default_factory=MatchConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        check_numbers(self, top_k={"at_least": 1}, ransac_max_error={"above": 0, "optional": True},
+                      min_inliers={"at_least": 1}, cutout_focal={"above": 0})
 
 
 @dataclass(frozen=True)
@@ -199,6 +263,10 @@ class ImagesLocalizationConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     matching: MatchConfig = field(default_factory=MatchConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        check_choice(self, "pairs", IMAGES_PAIRS)
+        check_numbers(self, top_k={"at_least": 1}, ransac_max_error={"above": 0}, min_inliers={"at_least": 4})
 
 
 LOCALIZATION_CONFIGS = {"aachen": AachenConfig, "inloc": InLocConfig}

@@ -35,15 +35,12 @@ from d2sfm.features.extractor import (
 from d2sfm.features.gpu_batching import (
     DEFAULT_GPU_MEMORY_GIB,
 )
-from d2sfm.features.pyramid import MULTI_SCALE
+from d2sfm.features.pyramid import MAX_SCALE, MULTI_SCALE
 from d2sfm.io.images import image_sources
 
 log = logging.getLogger("d2sfm")
 
 
-# --scales: the original D2-Net's pyramid is 0.5, 1, 2; scale s costs about s*s the memory of scale 1, so a 1600-px
-# photo at scale 4 already needs tens of GiB, and larger scales only run out of memory.
-MAX_SCALE = 4.0
 # --workers: loader processes each hold a torch import and a prefetch queue; more than this only costs memory.
 MAX_WORKERS = 64
 

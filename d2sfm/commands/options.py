@@ -5,9 +5,9 @@ line error naming the option.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable
 
+from d2sfm.bounds import out_of_range
 from d2sfm.cluster.ray_backend import LOCAL, MAX_RAY_WORKERS
 from d2sfm.commands.library_logs import add_verbose_argument
 from d2sfm.config import FEATURE_METHODS, FeatureConfig, MatchConfig, RunConfig
@@ -25,12 +25,9 @@ def number(kind: type = int, *, at_least: float | None = None, above: float | No
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if (not math.isfinite(value) or (at_least is not None and value < at_least)
-                or (above is not None and value <= above) or (at_most is not None and value > at_most)):
-            bounds = [f">= {at_least:g}" if at_least is not None else "", f"> {above:g}" if above is not None else "",
-                      f"<= {at_most:g}" if at_most is not None else ""]
-            wanted = " and ".join(filter(None, bounds))
-            raise argparse.ArgumentTypeError(f"{text} is out of range: give a number {wanted}")
+        wanted = out_of_range(value, at_least, above, at_most)
+        if wanted:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give {wanted}")
         return value
     parse.__name__ = kind.__name__
     return parse

@@ -38,7 +38,7 @@ from d2sfm.features.network import (
     onednn_layers,
     winograd_layers,
 )
-from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE, PyramidLevel, extract_pyramid
+from d2sfm.features.pyramid import MAX_SCALE, MULTI_SCALE, SINGLE_SCALE, PyramidLevel, extract_pyramid
 from d2sfm.io.features import Features  # noqa: F401  (where callers have long found it)
 from d2sfm.io.keypoints import network_ij_to_colmap_xy
 from d2sfm.runtime.device import full_float32_cudnn
@@ -68,8 +68,11 @@ class ExtractionConfig:
 
     def __post_init__(self) -> None:
         self.scales = tuple(float(s) for s in self.scales)
-        if not self.scales or any(s <= 0 for s in self.scales):
-            raise D2sfmError(f"scales must be positive numbers, got {self.scales}")
+        if not self.scales or any(not 0 < s <= MAX_SCALE for s in self.scales):
+            raise D2sfmError(f"scales must be numbers above 0 and at most {MAX_SCALE:g} (scale s costs about s*s the "
+                             f"memory of scale 1), got {self.scales}")
+        if self.max_keypoints < 0:
+            raise D2sfmError(f"max_keypoints must be >= 0 (0 keeps them all), got {self.max_keypoints}")
         if self.preprocessing not in PREPROCESSINGS:
             raise D2sfmError(f"preprocessing must be one of {PREPROCESSINGS}, got {self.preprocessing!r}")
         if self.precision not in PRECISIONS:

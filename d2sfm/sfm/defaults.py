@@ -10,3 +10,8 @@ D2_ABS_POSE_MIN_INLIERS = 15  # COLMAP: 30
 D2_ABS_POSE_MIN_INLIER_RATIO = 0.1  # COLMAP: 0.25
 D2_INIT_MIN_TRI_ANGLE = 8.0  # degrees; COLMAP: 16
 DEFAULT_MESH_TRIM = 10.0  # COLMAP's: drop the surface where Poisson's sampling density is below this
+
+# The names of the mapping choices (their pycolmap values live beside the stages that use them)
+MAPPERS = ("incremental", "global")
+CAMERA_MODES = ("auto", "single", "per-image", "per-folder")  # d2sfm.sfm.database
+INTRINSICS_REFINEMENTS = ("colmap", "none", "focal", "all")  # d2sfm.sfm.cameras

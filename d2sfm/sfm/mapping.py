@@ -29,12 +29,12 @@ from d2sfm.sfm.defaults import (  # noqa: F401 (re-exported: where they were fir
     D2_ABS_POSE_MIN_INLIER_RATIO,
     D2_ABS_POSE_MIN_INLIERS,
     D2_INIT_MIN_TRI_ANGLE,
+    MAPPERS,
 )
 
 COLMAP_REFINEMENT = INTRINSICS_REFINEMENT["colmap"]
 log = logging.getLogger("d2sfm")
 
-MAPPERS = ("incremental", "global")
 # The global mapper checks no image's pose against its 2D-3D matches as the incremental mapper does, so an image
 # it places must be held by at least COLMAP's own number of inliers (see drop_weak_images).
 GLOBAL_MIN_IMAGE_POINTS = 30

@@ -4,9 +4,10 @@ On one scene with true cameras (a folder of Strecha ``.camera`` files or a COLMA
 multi-scale, refined and not, and COLMAP's own SIFT pipeline (pycolmap's defaults and mapper options), each in its
 folder under the output, each scored by :mod:`d2sfm.evaluation.ground_truth` (robust alignment, per-camera rotation
 and position errors, relative-pose AUC). When every true camera shares one pinhole K, as in the standard protocol
-of the Strecha scenes, every method is given it (``PINHOLE``, one camera, intrinsics held); ``known_intrinsics``
-off makes every method guess them as COLMAP does. Each method is a stage of the output folder's record, skipped
-once finished with the same settings; a D2 run resumes inside its own folder too.
+of the Strecha scenes, every method is given it (``PINHOLE``, one camera, intrinsics held); ``--guess-intrinsics``
+(``known_intrinsics=False`` in Python) makes every method guess them as COLMAP does. Each method is a stage of
+the output folder's record, skipped once finished with the same settings; a D2 run resumes inside its own folder
+too.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@ Steps (the protocol of the D2-Net paper's InLoc experiment, as hloc's ``localize
 1. for each query ``query/iphone7/*.JPG``, its top-k retrieved cutouts from a pair list (default 40);
 2. D2 features of queries and cutouts (keypoints at the original resolution), MNN matches per pair;
 3. 2D-3D: each matched cutout keypoint takes the XYZ of its pixel in the cutout's ``.jpg.mat`` (``XYZcut``);
-   pixels without a scan point (NaN) are dropped; with ``--refine`` the query keypoints are first moved so that
-   D2's early VGG features agree with their matched cutout keypoints, which stay fixed (one position per match,
-   ``refined_queries.h5``; features.h5 keeps the detections);
+   pixels without a scan point (NaN) are dropped; with ``--refine`` the query keypoints are first moved to where
+   their image patches agree with their matched cutout keypoints', which stay fixed (``--refine-method``: patch
+   alignment by default, or D2's early VGG features; one position per match, ``refined_queries.h5``; features.h5
+   keeps the detections);
 4. absolute pose by pycolmap (P3P in LO-RANSAC, then non-linear refinement) at the protocol's query intrinsics:
    SIMPLE_PINHOLE, focal length = 28/36 of the image width (the iPhone 7's 28 mm equivalent lens), principal
    point at the centre;

@@ -78,7 +78,7 @@ def add_inloc_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cutout-focal", type=number(float, above=0), default=INLOC_CUTOUT_FOCAL,
                         help="cutout focal length in pixels, used only for the fallback pose of a failed query")
     add_refine_argument(parser, "each query's keypoints (against its retrieved cutouts', which stay fixed: their "
-                        "3D points come from the scans)")
+                        "3D points come from the scans)", written_to="refined_queries.h5")
 
 
 BENCHMARK_ARGUMENTS = {"aachen": add_aachen_arguments, "inloc": add_inloc_arguments}

@@ -109,12 +109,13 @@ def match_config(args: argparse.Namespace) -> MatchConfig:
     return MatchConfig(min_similarity=args.min_similarity, ratio=args.ratio)
 
 
-def add_refine_argument(parser: argparse.ArgumentParser, where: str) -> None:
-    """``--refine/--no-refine`` and ``--refine-method``, shared by the pipelines (``where``: what is refined)."""
+def add_refine_argument(parser: argparse.ArgumentParser, where: str, written_to: str = "database.db") -> None:
+    """``--refine/--no-refine`` and ``--refine-method``, shared by the pipelines (``where``: what is refined,
+    ``written_to``: the file that gets the refined keypoints)."""
     parser.add_argument("--refine", action=argparse.BooleanOptionalAction, default=True,
                         help="keypoint refinement after matching (on by default): " + where + " move (a few "
-                        "pixels at most) to where their image patches agree across views; database.db gets the "
-                        "refined keypoints, features.h5 keeps the detections. --no-refine maps the raw "
+                        f"pixels at most) to where their image patches agree across views; {written_to} gets the "
+                        "refined keypoints, features.h5 keeps the detections. --no-refine uses the raw "
                         "detections, as the original D2-Net pipeline did (docs/benchmarks.md, 'Keypoint "
                         "refinement')")
     parser.add_argument("--refine-method", choices=METHODS, default="patch",

@@ -30,10 +30,6 @@ from d2sfm.refinement.database_refinement import METHODS, RefineSettings, check_
 from d2sfm.runtime.device import resolve_device
 
 
-def refine_settings(args: argparse.Namespace) -> RefineSettings:
-    return RefineSettings(method=args.refine_method)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="python -m d2sfm.refine",
@@ -44,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("database", type=Path, nargs="?", help="COLMAP database with verified matches")
     parser.add_argument("--model", type=Path, default=None, help="a COLMAP model folder to refine instead")
     parser.add_argument("--images", type=Path, required=True, help="the image folder the database was built from")
-    parser.add_argument("--method", choices=METHODS, default="patch",
-                        help="database refinement: patch alignment (default) or featuremetric (needs the weights)")
+    parser.add_argument("--method", choices=METHODS, default=None,
+                        help="database refinement: patch alignment (default) or featuremetric (needs the weights); "
+                        "a model (--model) is refined by patch alignment")
     add_complete_tracks_argument(parser)
     add_weights_argument(parser)
     add_device_argument(parser)
@@ -60,6 +57,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.database is None) == (args.model is None):
         parser.error("give either a database or --model FOLDER")
+    # an option the chosen mode does not use is refused, not silently ignored
+    if args.model is not None and (args.method is not None or args.weights is not None):
+        parser.error("--method and --weights apply to a database; a model (--model) is refined by patch alignment")
+    if args.model is None and args.complete_tracks:
+        parser.error("--complete-tracks applies to a model (--model FOLDER), whose 3D points have tracks to complete")
+    method = args.method or "patch"
+    if args.model is None and method == "patch" and args.weights is not None:
+        parser.error("--weights applies to --method featuremetric; patch alignment reads only the images")
     if not args.images.is_dir():
         raise D2sfmError(f"{args.images}: no such image folder; pass the folder the scene was built from")
     if args.model is not None:
@@ -73,9 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.database.is_file():
         raise D2sfmError(f"{args.database}: no such COLMAP database; check the path")
     check_refinable_database(args.database)
-    weights = resolve_weights(args.weights, progress=not args.quiet) if args.method == "featuremetric" else None
+    weights = resolve_weights(args.weights, progress=not args.quiet) if method == "featuremetric" else None
     summary = refine_database(args.database, args.images, weights, resolve_device(args.device),
-                              RefineSettings(method=args.method), progress=not args.quiet)
+                              RefineSettings(method=method), progress=not args.quiet)
     print(f"refined {args.database}: {summary.describe()}")
     return 0
 

@@ -60,6 +60,19 @@ def test_bad_option_values_stop_every_command_in_one_line(tmp_path):
         assert f"argument {option}:" in run.stderr and "--help" in run.stderr and not run.stdout
 
 
+def test_refine_refuses_options_its_mode_does_not_use(tmp_path):
+    """An option the chosen mode ignores must not pass silently: a user who asked for featuremetric refinement of
+    a model, or track completion of a database, would get something else than asked."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for args, named in [(("--model", tmp_path, "--method", "featuremetric"), "--method"),
+                        (("--model", tmp_path, "--weights", "d2_tf"), "--weights"),
+                        ((tmp_path / "database.db", "--complete-tracks"), "--complete-tracks"),
+                        ((tmp_path / "database.db", "--weights", "d2_tf"), "--weights")]:
+        run = command_in_process("d2sfm.refine", *args, "--images", images)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1 and named in run.stderr, run.stderr
+
+
 def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

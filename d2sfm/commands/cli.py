@@ -115,6 +115,8 @@ def show_library_messages() -> None:
 def describe_os_error(error: OSError) -> str:
     """'PATH: reason' where the error names a file (a parent that is a file, no permission, no space left)."""
     reason = error.strerror or str(error) or type(error).__name__
+    if isinstance(error, (FileExistsError, NotADirectoryError)):  # what mkdir(exist_ok=True) says of a file
+        reason += " (a file stands where a folder is needed: choose another path)"
     return f"{error.filename}: {reason}" if error.filename else reason
 
 

@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "poses":
-        scores = score_poses(read_poses(args.gt), read_poses(args.pred), parse_thresholds(args.thresholds))
+        scores = score_poses(read_poses(args.gt, required=True), read_poses(args.pred),
+                             parse_thresholds(args.thresholds))
         print(scores.table())
         if args.json:
             write_text_atomic(args.json, json.dumps(scores.as_dict(), indent=2))

@@ -22,6 +22,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".part") -> Iterator[Path
     """Yield a temporary path next to ``path``; on success rename it to ``path``, on failure delete it. ``suffix``
     ends the temporary name, for writers that insist on a file extension."""
     path = Path(path)
+    if path.is_dir():  # else the rename's error would name the temporary file
+        raise D2sfmError(f"{path}: is a folder; give the path of a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(handle)

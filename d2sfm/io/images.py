@@ -129,6 +129,9 @@ def list_file_sources(paths: Sequence[str]) -> tuple[Path, list[str]]:
 
 
 def _read_list(path: Path) -> list[str]:
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        raise D2sfmError(f"{path}: a photo, where a folder of photos or a text file listing them is expected; put the "
+                         "photo in a folder and pass the folder")
     if not path.is_file():
         raise D2sfmError(f"{path}: no such image list; pass a text file with one image path per line")
     lines = read_text_file(path, "image list").splitlines()

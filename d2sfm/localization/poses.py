@@ -58,8 +58,9 @@ def quaternion_to_rotation(qvec: np.ndarray) -> np.ndarray:
     ])
 
 
-def read_poses(path: str | os.PathLike) -> dict[str, Pose]:
-    """Parse a pose file; a malformed line is an error naming the file and line."""
+def read_poses(path: str | os.PathLike, required: bool = False) -> dict[str, Pose]:
+    """Parse a pose file; a malformed line is an error naming the file and line, and so is a ``required`` file
+    (ground truth) that holds no pose."""
     path = Path(path)
     if not path.is_file():
         raise D2sfmError(f"{path}: no such pose file; expected one 'name qw qx qy qz tx ty tz' per line")
@@ -75,6 +76,8 @@ def read_poses(path: str | os.PathLike) -> dict[str, Pose]:
         except ValueError:
             raise D2sfmError(f"{path}:{number}: expected 'name qw qx qy qz tx ty tz', got {line.strip()!r}") from None
         poses[fields[0]] = Pose(values[:4], values[4:])
+    if required and not poses:
+        raise D2sfmError(f"{path}: holds no poses; expected one 'name qw qx qy qz tx ty tz' per line")
     return poses
 
 

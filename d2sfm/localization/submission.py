@@ -54,7 +54,7 @@ def finish_localization(outcomes: list[QueryOutcome], submission_path: Path, sum
         log.info(f"  no pose at all for {name}: it matched no database image")
     scores = None
     if ground_truth is not None:
-        scores = score_poses(read_poses(ground_truth), read_poses(submission_path), thresholds)
+        scores = score_poses(read_poses(ground_truth, required=True), read_poses(submission_path), thresholds)
         log.info(f"scores against {ground_truth}:\n{scores.table()}")
     summary = {
         **(extra or {}),

@@ -79,6 +79,26 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path):
     run = command("d2sfm.synthetic", blocker / "scene", "--views", "2")
     assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
     assert run.stderr.startswith("error: ") and str(blocker) in run.stderr and "Traceback" not in run.stderr
+    assert "a file stands where a folder is needed" in run.stderr
+
+
+def test_an_output_that_is_a_folder_or_an_input_that_is_one_photo_is_named(tmp_path):
+    """Before, the rename's error named d2sfm's temporary file (.out.json.x1y2.part), and one photo given as the
+    image folder was read as a list file that is not UTF-8."""
+    poses = tmp_path / "poses.txt"
+    poses.write_text("a.jpg 1 0 0 0 0 0 0\n")
+    (tmp_path / "out.json").mkdir()
+    run = command_in_process("d2sfm.evaluate", "poses", "--gt", poses, "--pred", poses, "--json",
+                             tmp_path / "out.json")
+    assert run.returncode == 2 and "out.json: is a folder" in run.stderr and ".part" not in run.stderr, run.stderr
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8\xff")
+    run = command_in_process("d2sfm.extract", photo, "-o", tmp_path / "f.h5")
+    assert run.returncode == 2 and "photo.jpg: a photo, where a folder" in run.stderr, run.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    run = command_in_process("d2sfm.evaluate", "poses", "--gt", empty, "--pred", poses)
+    assert run.returncode == 2 and "empty.txt: holds no poses" in run.stderr, run.stderr
 
 
 def test_sigterm_stops_a_command_like_ctrl_c(tmp_path):

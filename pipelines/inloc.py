@@ -36,7 +36,7 @@ from d2sfm.errors import D2sfmError
 from d2sfm.features.weights import resolve_weights
 from d2sfm.io.atomic import write_text_atomic
 from d2sfm.io.h5 import read_keypoints, read_matches
-from d2sfm.io.keypoints import colmap_xy_to_pixel_index
+from d2sfm.io.keypoints import colmap_xy_to_pixel_index, from_integer_centres
 from d2sfm.localization.absolute_pose import estimate_pose
 from d2sfm.localization.pose_scores import THRESHOLD_PRESETS
 from d2sfm.localization.poses import Pose
@@ -116,7 +116,8 @@ def scan_points(xyz: np.ndarray, keypoints: np.ndarray) -> tuple[np.ndarray, np.
 def cutout_pose(xyz: np.ndarray, focal: float, step: int = 8) -> Pose | None:
     """The pose of a cutout from its own scan coordinates (a perspective view with focal ``focal``)."""
     height, width = xyz.shape[:2]
-    columns, rows = np.meshgrid(np.arange(0, width, step) + 0.5, np.arange(0, height, step) + 0.5)
+    columns, rows = np.meshgrid(from_integer_centres(np.arange(0, width, step)),
+                                from_integer_centres(np.arange(0, height, step)))
     pixels = np.stack([columns.ravel(), rows.ravel()], axis=1)
     points, valid = scan_points(xyz, pixels)
     camera = pycolmap.Camera(model="SIMPLE_PINHOLE", width=width, height=height,

@@ -50,15 +50,29 @@ def colmap_xy_to_pixel_index(xy: np.ndarray, width: int, height: int) -> tuple[n
     return rows, columns
 
 
+PIXEL_CENTRE = 0.5  # where COLMAP puts the top-left pixel's centre; every other convention here puts it at 0
+
+
+def to_integer_centres(xy):
+    """COLMAP coordinates -> the same points with pixel centres at integers (OpenCV's, the network's i/j, a pixel
+    grid's indices), for numpy arrays and torch tensors alike (dtype and device kept)."""
+    return xy - PIXEL_CENTRE
+
+
+def from_integer_centres(xy):
+    """Inverse of :func:`to_integer_centres` (e.g. pixel indices -> the COLMAP coordinates of their centres)."""
+    return xy + PIXEL_CENTRE
+
+
 def colmap_xy_to_opencv_xy(xy: np.ndarray) -> np.ndarray:
     """COLMAP (x, y) -> OpenCV's convention (pixel centres at integers; also HPatches' homographies and
     ``cv2.warpPerspective``), same resolution."""
-    return np.asarray(xy, dtype=np.float64) - 0.5
+    return to_integer_centres(np.asarray(xy, dtype=np.float64))
 
 
 def opencv_xy_to_colmap_xy(xy: np.ndarray) -> np.ndarray:
     """Inverse of :func:`colmap_xy_to_opencv_xy` (e.g. OpenCV SIFT keypoints into features.h5)."""
-    return np.asarray(xy, dtype=np.float64) + 0.5
+    return from_integer_centres(np.asarray(xy, dtype=np.float64))
 
 
 def feature_map_to_image_ij(positions, scaling_steps: int):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from d2sfm.io.keypoints import to_integer_centres
 from d2sfm.runtime.device import full_float32_cudnn
 
 MAX_DOWNSAMPLING = 8
@@ -226,7 +227,7 @@ class StackGroup:
 
         def sample(points: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
             own_limits, own_tops = (limits, tops) if rows is None else (limits[rows], tops[rows])
-            centres = points - 0.5  # pixel centres at integers
+            centres = to_integer_centres(points)
             if downsampled:  # pyrDown puts pixel 2i at i: centres scale
                 centres = centres / (factors if rows is None else factors[rows])
             centres = centres.clamp(min=0).minimum(own_limits)  # in the stack

@@ -1,7 +1,10 @@
 """The Python API: one typed function per stage and one for the whole job, each taking the configuration
 dataclasses of ``d2sfm.config``. The command lines are thin layers over these functions (they parse options, build
 the configs and call them), so a script gets every capability of the commands. ``import d2sfm`` exposes them:
-``d2sfm.extract``, ``d2sfm.match``, ``d2sfm.pairs``, ``d2sfm.reconstruct`` and ``d2sfm.localize``.
+``d2sfm.extract``, ``d2sfm.match``, ``d2sfm.pairs``, ``d2sfm.reconstruct``, ``d2sfm.localize``,
+``d2sfm.localize_images``, ``d2sfm.refine``, ``d2sfm.evaluate_poses`` and ``d2sfm.evaluate_model``. The benchmark
+protocols (HPatches, ETH, the ground-truth comparison) are ``pipelines.hpatches.run``, ``pipelines.eth.run`` and
+``pipelines.ground_truth.run`` with their options dataclasses.
 """
 
 from __future__ import annotations
@@ -137,3 +140,57 @@ def localize(benchmark: str, dataset: PathLike, config: AachenConfig | InLocConf
                          f"{type(config).__name__}")
     protocol = importlib.import_module(f"pipelines.{benchmark}")
     return protocol.localize(dataset, config, output)
+
+
+def refine(target: PathLike, images: PathLike, *, method: str = "patch", complete_tracks: bool = False,
+           weights: str | None = None, device: str = "auto", progress: bool = True):
+    """Refine, in place and atomically, the keypoints of a verified COLMAP database (``target`` a database file:
+    tracks aligned before mapping, by ``method``) or the observations of a mapped model (``target`` a model
+    folder: patch alignment and bundle adjustment; ``complete_tracks`` adds each point where its patch is found in
+    covisible images); ``images``: the folder the scene was built from. Returns the refinement's summary.
+    ``python -m d2sfm.refine`` runs this."""
+    from d2sfm.config import RefineConfig
+
+    target, images = Path(target), Path(images)
+    RefineConfig(method=method)  # the method's name checked as every config checks it
+    if not images.is_dir():
+        raise D2sfmError(f"{images}: no such image folder; pass the folder the scene was built from")
+    if target.is_dir():
+        from d2sfm.refinement.model_refinement import ModelRefineSettings, refine_model_folder
+
+        if not (target / "images.bin").is_file() and not (target / "images.txt").is_file():
+            raise D2sfmError(f"{target}: not a COLMAP model folder (no images.bin or images.txt); check the path")
+        return refine_model_folder(target, images, resolve_device(device),
+                                   ModelRefineSettings(complete_tracks=complete_tracks), progress=progress)
+    from d2sfm.features.weights import resolve_weights
+    from d2sfm.refinement.database_refinement import RefineSettings, check_refinable_database, refine_database
+
+    if not target.is_file():
+        raise D2sfmError(f"{target}: no such COLMAP database or model folder; check the path")
+    check_refinable_database(target)
+    resolved = resolve_weights(weights, progress=progress) if method == "featuremetric" else None
+    return refine_database(target, images, resolved, resolve_device(device), RefineSettings(method=method),
+                           progress=progress)
+
+
+def evaluate_poses(ground_truth: PathLike, predicted: PathLike, thresholds: str = "aachen"):
+    """Score a pose file (``name qw qx qy qz tx ty tz``, a submission) against true poses: the share of queries
+    within each threshold (a preset name, or "metres,degrees;..."), median errors, missing queries
+    (``python -m d2sfm.evaluate poses``)."""
+    from d2sfm.localization.pose_scores import parse_thresholds, score_poses
+    from d2sfm.localization.poses import read_poses
+
+    return score_poses(read_poses(ground_truth, required=True), read_poses(predicted), parse_thresholds(thresholds))
+
+
+def evaluate_model(model: PathLike, ground_truth: PathLike, inlier_share: float | None = None):
+    """Score a model's cameras against true cameras (a folder of Strecha ``.camera`` files or a COLMAP model):
+    robust similarity alignment, per-camera rotation and position errors, relative-pose AUC
+    (``python -m d2sfm.evaluate gt --model``). ``model``: a model folder or a scene folder (its sparse/0)."""
+    from d2sfm.evaluation.ground_truth import read_truth, score_model
+    from d2sfm.io.model_files import read_model
+
+    model = Path(model)
+    folder = model / "sparse" / "0" if (model / "sparse" / "0").is_dir() else model
+    arguments = () if inlier_share is None else (inlier_share,)
+    return score_model(read_model(folder), read_truth(Path(ground_truth)), *arguments)

@@ -60,11 +60,12 @@ def test_an_imported_command_module_does_not_hide_the_api_function():
     import d2sfm.extract
     import d2sfm.localize
     import d2sfm.match
-    import d2sfm.reconstruct  # noqa: F401
+    import d2sfm.reconstruct
+    import d2sfm.refine  # noqa: F401
     from d2sfm import api
 
-    assert (d2sfm.extract, d2sfm.match, d2sfm.reconstruct, d2sfm.localize) == (
-        api.extract, api.match, api.reconstruct, api.localize)
+    assert (d2sfm.extract, d2sfm.match, d2sfm.reconstruct, d2sfm.localize, d2sfm.refine) == (
+        api.extract, api.match, api.reconstruct, api.localize, api.refine)
 
 
 def test_importing_d2sfm_stays_light():
@@ -112,3 +113,24 @@ def test_retrieval_pairs_need_the_features_file():
     with pytest.raises(D2sfmError, match="global descriptors"):
         d2sfm.pairs(names)  # auto: above 100 images, retrieval
     assert len(d2sfm.pairs(names[:5])) == 10
+
+
+def test_evaluation_and_refinement_are_functions_of_the_api(tmp_path):
+    """What evaluate poses / evaluate gt / refine do on the command line, a script calls directly."""
+    truth = tmp_path / "truth.txt"
+    truth.write_text("a.jpg 1 0 0 0 0 0 0\nb.jpg 1 0 0 0 1 0 0\n")
+    predicted = tmp_path / "predicted.txt"
+    predicted.write_text("a.jpg 1 0 0 0 0.1 0 0\n")  # 0.1 m off; b.jpg missing
+    scores = d2sfm.evaluate_poses(truth, predicted, "0.25,2;0.05,1")
+    assert scores.recalls == [50.0, 0.0] and scores.missing == ["b.jpg"]
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(D2sfmError, match="empty.txt: holds no poses"):
+        d2sfm.evaluate_poses(empty, predicted)
+    (tmp_path / "images").mkdir()
+    with pytest.raises(D2sfmError, match="no such COLMAP database or model folder"):
+        d2sfm.refine(tmp_path / "database.db", tmp_path / "images")
+    with pytest.raises(D2sfmError, match="RefineConfig.method"):
+        d2sfm.refine(tmp_path / "database.db", tmp_path / "images", method="bogus")
+    with pytest.raises(D2sfmError, match="not a COLMAP model folder"):
+        d2sfm.refine(tmp_path / "images", tmp_path / "images")

@@ -20,13 +20,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from d2sfm.api import evaluate_model, evaluate_poses
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.options import add_device_argument, number
 from d2sfm.errors import D2sfmError
 from d2sfm.features.extractor import CONV_IMPLEMENTATIONS, PRECISIONS
 from d2sfm.io.atomic import write_text_atomic
-from d2sfm.localization.pose_scores import THRESHOLD_PRESETS, parse_thresholds, score_poses
-from d2sfm.localization.poses import read_poses
+from d2sfm.localization.pose_scores import THRESHOLD_PRESETS
 
 
 def _benchmarks():
@@ -124,8 +124,7 @@ def add_gt_arguments(parser: argparse.ArgumentParser) -> None:
 
 def score_against_truth(args: argparse.Namespace) -> None:
     """``gt`` with --model: one model scored; with --compare: the comparison pipeline."""
-    from d2sfm.evaluation.ground_truth import format_score, read_truth, score_model
-    from d2sfm.io.model_files import read_model
+    from d2sfm.evaluation.ground_truth import format_score
 
     if args.compare:
         from pipelines.ground_truth import GroundTruthOptions, run
@@ -141,8 +140,7 @@ def score_against_truth(args: argparse.Namespace) -> None:
         return
     if args.model is None:
         raise D2sfmError("gt: pass the model to score with --model (or reconstruct and score with --compare)")
-    model_dir = args.model / "sparse" / "0" if (args.model / "sparse" / "0").is_dir() else args.model
-    score = score_model(read_model(model_dir), read_truth(args.gt), args.inlier_share)
+    score = evaluate_model(args.model, args.gt, args.inlier_share)
     print(format_score(score))
     if args.json:
         write_text_atomic(args.json, json.dumps(score.as_dict(), indent=2))
@@ -195,8 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "poses":
-        scores = score_poses(read_poses(args.gt, required=True), read_poses(args.pred),
-                             parse_thresholds(args.thresholds))
+        scores = evaluate_poses(args.gt, args.pred, args.thresholds)
         print(scores.table())
         if args.json:
             write_text_atomic(args.json, json.dumps(scores.as_dict(), indent=2))

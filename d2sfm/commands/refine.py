@@ -22,12 +22,10 @@ from pathlib import Path
 
 import torch
 
+from d2sfm.api import refine
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.options import add_complete_tracks_argument, add_device_argument, add_weights_argument
-from d2sfm.errors import D2sfmError
-from d2sfm.features.weights import resolve_weights
-from d2sfm.refinement.database_refinement import METHODS, RefineSettings, check_refinable_database, refine_database
-from d2sfm.runtime.device import resolve_device
+from d2sfm.refinement.database_refinement import METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,8 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from d2sfm.refinement.model_refinement import ModelRefineSettings, refine_model_folder
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.database is None) == (args.model is None):
@@ -65,23 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     method = args.method or "patch"
     if args.model is None and method == "patch" and args.weights is not None:
         parser.error("--weights applies to --method featuremetric; patch alignment reads only the images")
-    if not args.images.is_dir():
-        raise D2sfmError(f"{args.images}: no such image folder; pass the folder the scene was built from")
-    if args.model is not None:
-        if not (args.model / "images.bin").is_file() and not (args.model / "images.txt").is_file():
-            raise D2sfmError(f"{args.model}: not a COLMAP model folder (no images.bin or images.txt); check the path")
-        summary = refine_model_folder(args.model, args.images, resolve_device(args.device),
-                                      ModelRefineSettings(complete_tracks=args.complete_tracks),
-                                      progress=not args.quiet)
-        print(f"refined {args.model}: {summary.describe()}")
-        return 0
-    if not args.database.is_file():
-        raise D2sfmError(f"{args.database}: no such COLMAP database; check the path")
-    check_refinable_database(args.database)
-    weights = resolve_weights(args.weights, progress=not args.quiet) if method == "featuremetric" else None
-    summary = refine_database(args.database, args.images, weights, resolve_device(args.device),
-                              RefineSettings(method=method), progress=not args.quiet)
-    print(f"refined {args.database}: {summary.describe()}")
+    target = args.model if args.model is not None else args.database
+    summary = refine(target, args.images, method=method, complete_tracks=args.complete_tracks, weights=args.weights,
+                     device=args.device, progress=not args.quiet)
+    print(f"refined {target}: {summary.describe()}")
     return 0
 
 

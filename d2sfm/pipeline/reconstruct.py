@@ -341,11 +341,15 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
                                  mapped_from=source, intrinsics=intrinsics_refinement(options.refine_intrinsics))
         if not models:
             verification = run.state["verification"]
+            every_pair = len(pairs) >= len(readable) * (len(readable) - 1) // 2
+            advice = ("add photos (--min-model-size allows no model of fewer images)"
+                      if len(readable) < config.mapping.min_model_size else
+                      "add more overlapping photos" if every_pair else
+                      "try more pairs (--pairs exhaustive) or more overlapping photos")
             raise D2sfmError(
                 f"mapping found no model of at least {config.mapping.min_model_size} images: "
                 f"{verification['verified_pairs']} of {verification['pairs']} pairs verified with a median of "
-                f"{verification['median_inliers']:.0f} inliers; try more pairs (--pairs exhaustive) "
-                "or more overlapping photos"
+                f"{verification['median_inliers']:.0f} inliers; {advice}"
             )
         for stale in (paths["dense"], workspace_path(paths["dense"])):  # made from the models just replaced
             shutil.rmtree(stale, ignore_errors=True)

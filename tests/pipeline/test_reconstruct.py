@@ -368,6 +368,7 @@ def test_failed_mapping_says_why(tmp_path, weights_path):
     run = reconstruct(scene, "--single-scale", weights=weights_path)  # what is tested is the failure's message
     assert run.returncode == 2, run.stdout + run.stderr
     assert "mapping found no model" in run.stderr and "pairs verified" in run.stderr
+    assert "--pairs exhaustive" not in run.stderr  # three images: every pair was matched already
     assert not COLMAP_LOG_LINE.search(run.stdout + run.stderr), run.stderr  # no "E2026... sfm.cc:310] ..." lines
     verbose = reconstruct(scene, "--single-scale", "--verbose", weights=weights_path)
     assert verbose.returncode == 2 and COLMAP_LOG_LINE.search(verbose.stdout + verbose.stderr)

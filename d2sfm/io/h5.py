@@ -22,7 +22,7 @@ import os
 import posixpath
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import h5py
@@ -239,15 +239,17 @@ def list_entries(path: str | os.PathLike) -> list[str]:
         return _entry_names(handle)
 
 
-def check_same_settings(path: Path, stored: dict, settings: dict, ignore: tuple[str, ...] = ()) -> None:
-    """Features of other settings (as recorded in the file) must never be mixed with, or taken for, new ones."""
+def check_same_settings(path: Path, stored: dict, settings: dict, ignore: tuple[str, ...] = (),
+                        fix: Callable[[dict, list[str]], str] | None = None) -> None:
+    """Features of other settings (as recorded in the file) must never be mixed with, or taken for, new ones.
+    ``fix(stored, differing keys)``: what the caller's user can do (default: the extract command's remedies)."""
     settings = json.loads(json.dumps(settings))  # as stored: tuples become lists
     keys = sorted((set(stored) | set(settings)) - set(ignore))
     differing = [key for key in keys if stored.get(key) != settings.get(key)]
     if differing:
         changes = "; ".join(f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} now" for k in differing)
-        raise D2sfmError(f"{path}: holds features extracted with other settings ({changes}); "
-                         "pass --overwrite to replace them or choose another output file")
+        remedy = fix(stored, differing) if fix else "pass --overwrite to replace them or choose another output file"
+        raise D2sfmError(f"{path}: holds features extracted with other settings ({changes}); {remedy}")
 
 
 class FeatureWriter:

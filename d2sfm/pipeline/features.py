@@ -31,12 +31,30 @@ def extraction_settings(features: FeatureConfig, progress: bool = True) -> tuple
 
 def check_extraction_settings(features: FeatureConfig, features_path: Path, progress: bool = True) -> None:
     """A rerun with other extraction options or weights must not go on with the earlier features as if they were
-    the new ones, even when every image is there: the same error as ``d2sfm.extract`` gives (pass --overwrite).
-    How descriptors are stored (float16 or float32) does not change the features."""
+    the new ones, even when every image is there: refused, naming the pipeline options that give the file's
+    settings (a file from ``d2sfm.extract``, whose defaults differ, is the common case). How descriptors are
+    stored (float16 or float32) does not change the features."""
     stored = read_settings(features_path) if features_path.is_file() else {}
     if stored:
         check_same_settings(features_path, stored, extraction_settings(features, progress)[1],
-                            ignore=("descriptor_dtype",))
+                            ignore=("descriptor_dtype",), fix=pipeline_remedy)
+
+
+def pipeline_remedy(stored: dict, differing: list[str]) -> str:
+    """The options of reconstruct and localize that give the stored settings, where they have one."""
+    flags = {
+        "scales": lambda v: "--single-scale" if v == [1.0] else "" if v == [0.5, 1.0, 2.0] else None,
+        "geometric_centres": lambda v: "" if v else "--original-centres",
+        "max_edge": lambda v: f"--max-edge {v}", "max_keypoints": lambda v: f"--max-keypoints {v}",
+        "conv": lambda v: f"--conv {v}", "precision": lambda v: f"--precision {v}",
+        "method": lambda v: f"--features-method {v}", "weights_sha256": lambda v: "--weights (the file they came from)",
+    }
+    options = [flags[key](stored.get(key)) if key in flags else None for key in differing]
+    if any(option is None for option in options):
+        return "pass --overwrite to extract them again"
+    given = " ".join(option for option in options if option)
+    return (f"rerun with the options they were extracted with ({given})" if given else
+            "rerun without the options that changed them") + ", or pass --overwrite to extract them again"
 
 
 def extract_missing(features: FeatureConfig, run: RunConfig, image_dir: Path, names: Sequence[str],

@@ -151,6 +151,7 @@ def test_a_run_killed_while_mapping_resumes_there_and_other_settings_are_refused
     other = reconstruct(scene, "--demo", "--max-edge", "240", weights=weights_path)
     assert other.returncode == 2 and other.stderr.count("\n") == 1, other.stderr
     assert "holds features extracted with other settings (max_edge: 1600 there, 240 now)" in other.stderr
+    assert "rerun with the options they were extracted with (--max-edge 1600)" in other.stderr
     assert "--overwrite" in other.stderr
 
 

@@ -73,3 +73,17 @@ def test_a_rerun_extracts_images_added_since_and_rematches_for_other_options(vie
     rerun(more, MatchConfig(ratio=0.9))
     assert (tmp_path / "out" / "matches.h5").stat().st_mtime_ns != before  # matched again
     assert RunFolder(tmp_path / "out").state["stage_settings"]["match"] == {"min_similarity": None, "ratio": 0.9}
+
+
+def test_features_of_other_settings_name_the_pipeline_options_that_give_them():
+    """The reviewer's case: d2sfm.extract's defaults (single scale, the original's centres) differ from the
+    pipelines'; a features.h5 from it in a scene folder must name the options that read it, not an option the
+    pipeline does not have ("choose another output file")."""
+    from d2sfm.pipeline.features import pipeline_remedy
+
+    extract_defaults = {"scales": [1.0], "geometric_centres": False}
+    remedy = pipeline_remedy(extract_defaults, ["geometric_centres", "scales"])
+    assert remedy.startswith("rerun with the options they were extracted with (--original-centres --single-scale)")
+    assert "--overwrite" in remedy
+    assert pipeline_remedy({"scales": [0.5, 1.0, 2.0]}, ["scales"]).startswith("rerun without the options")
+    assert pipeline_remedy({"scales": [0.75, 1.5]}, ["scales"]) == "pass --overwrite to extract them again"

@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="python -m d2sfm.extract",
         description="Extract D2-Net features from images into an HDF5 file (one group per image; keypoints in "
-        "COLMAP's convention at the original resolution). Rerunning resumes: finished images are skipped.",
+        "COLMAP's convention at the original resolution). Rerunning resumes: finished images are skipped. The "
+        "defaults are the original extractor's (single scale, the original's keypoint centres); reconstruct, "
+        "localize and the Python API default to --multiscale --geometric-centres.",
     )
     parser.add_argument("images", type=Path, help="a folder of images (searched recursively) or a text file "
                         "listing image paths, one per line")

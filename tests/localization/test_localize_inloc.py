@@ -149,7 +149,8 @@ def test_refined_queries_move_towards_the_truth(mini_inloc, plain_run, refined_r
     refined, run = refined_run
     assert run.returncode == 0, run.stderr
     assert "[extract] done earlier, skipped" in run.stdout and "[refine]\n" in run.stdout
-    assert "was localized with other query keypoints" in run.stdout
+    assert "settings changed since the last run (localize: refined False -> 'patch')" in run.stdout
+    assert "[localize]\n" in run.stdout
     before = matched_query_errors(mini_inloc, plain_run)
     after = matched_query_errors(mini_inloc, refined, refined / "refined_queries.h5")
     correct = before < 6.0  # matches of the right scan point; the wrong ones stay wrong
@@ -170,5 +171,5 @@ def test_refined_queries_move_towards_the_truth(mini_inloc, plain_run, refined_r
     shutil.copytree(refined, undone_folder)
     undone = localize(mini_inloc, undone_folder, weights_path, "--no-refine")
     assert undone.returncode == 0, undone.stderr
-    assert "was localized with other query keypoints" in undone.stdout
+    assert "(localize: refined 'patch' -> False)" in undone.stdout and "[localize]\n" in undone.stdout
     assert json.loads((undone_folder / "summary.json").read_text())["refinement"] is None

@@ -15,6 +15,7 @@ from pathlib import Path
 from d2sfm.errors import D2sfmError
 from d2sfm.io.atomic import write_text_atomic
 from d2sfm.runtime.allocator import release_freed_memory
+from d2sfm.runtime.run_lock import LOCK_NAME, TEMPORARY
 
 log = logging.getLogger("d2sfm")
 
@@ -112,27 +113,91 @@ def read_record(path: Path) -> dict:
     return previous
 
 
+# What the pipelines write into a run folder besides its record (names a pipeline asks of ``RunFolder.path`` are
+# remembered in the record as well): what --overwrite deletes, with the siblings of these names that d2sfm's
+# atomic writes, folder swaps, Ray shards and SQLite leave (``OUTPUT_SIDE_SUFFIXES``), and nothing else.
+RUN_OUTPUTS = frozenset({
+    "features.h5", "pairs.txt", "matches.h5", "database.db", "sparse", "sparse-empty", "sparse-database",
+    "sparse-final", "dense", "model.png", "registration.json", "summary.json", "poses.txt", "ground_truth_poses.txt",
+    "refined_keypoints.h5", "localization.json", "refined_queries.h5", "Aachen_eval_[d2sfm].txt",
+    "Aachen_v1_1_eval_[d2sfm].txt", "InLoc_eval_[d2sfm].txt"})
+OUTPUT_SIDE_SUFFIXES = (".part", ".old", ".shards", "-wal", "-shm", "-journal")
+WRITTEN_KEY = "written_outputs"  # the record's list of the names a pipeline asked RunFolder.path for
+
+
+def _written_by_d2sfm(name: str, known: set[str]) -> bool:
+    """Whether an entry of a run folder is d2sfm's: a known output, its lock, or what a write of one leaves."""
+    if name in known or name == LOCK_NAME or TEMPORARY.match(name):
+        return True
+    return any(name.endswith(suffix) and name[:-len(suffix)] in known for suffix in OUTPUT_SIDE_SUFFIXES)
+
+
+def _holding(paths: list[Path], shown: int = 3) -> str:
+    names = [path.name + ("/" if path.is_dir() else "") for path in paths]
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def clear_run_folder(output: Path, record: str) -> None:
+    """``overwrite``: delete what d2sfm wrote in ``output`` (the record, the pipelines' outputs, what killed writes
+    left) and keep anything else. A non-empty folder without the record is no d2sfm run folder (a user's folder, a
+    reconstructed scene given as a localization's output): it is refused before anything is deleted."""
+    if not output.exists():
+        return
+    if not output.is_dir():
+        raise D2sfmError(f"{output}: is a file, not a folder; choose a folder for the output")
+    entries = sorted(output.iterdir())
+    record_path = output / record
+    if not record_path.is_file():
+        foreign = [path for path in entries if not (path.name == LOCK_NAME or TEMPORARY.match(path.name))]
+        if foreign:
+            raise D2sfmError(f"{output}: not a d2sfm output folder (it holds {_holding(foreign)}); choose an empty or "
+                             "new folder")
+    try:
+        written = read_record(record_path).get(WRITTEN_KEY) or []
+    except D2sfmError:  # a damaged record: what the pipelines write is still known
+        written = []
+    known = set(RUN_OUTPUTS) | {record} | {str(name) for name in written if isinstance(name, str)}
+    kept = []
+    for path in entries:
+        if not _written_by_d2sfm(path.name, known):
+            kept.append(path)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    if kept:
+        log.info(f"  kept what d2sfm did not write in {output}: {_holding(kept)}")
+
+
 class RunFolder:
     """The one stage runner of every pipeline (reconstruct, localize, evaluate): an output folder with its record
     (``stats.json`` of a scene, ``state.json`` of the other pipelines) that holds each finished stage's time and
     peak memory and the facts later stages need, written atomically after every stage, so that a rerun skips what
-    is done and resumes where the last run stopped. ``overwrite`` deletes the folder first; ``carried``: the keys
-    of the earlier record a rerun starts from (the rest is this run's to write; None keeps all)."""
+    is done and resumes where the last run stopped. ``overwrite`` first deletes what d2sfm wrote there and nothing
+    else (``clear_run_folder``: a folder that is not a d2sfm run folder is refused); ``carried``: the keys of the
+    earlier record a rerun starts from (the rest is this run's to write; None keeps all)."""
 
     def __init__(self, output: Path, overwrite: bool = False, record: str = "state.json",
                  carried: tuple[str, ...] | None = None) -> None:
-        if overwrite and output.exists():
-            shutil.rmtree(output)
+        if overwrite:
+            clear_run_folder(output, record)
+        elif output.exists() and not output.is_dir():
+            raise D2sfmError(f"{output}: is a file, not a folder; choose a folder for the output")
         output.mkdir(parents=True, exist_ok=True)
         self.output = output
         self.state_path = output / record
         previous = read_record(self.state_path)
+        self.written = {name for name in previous.get(WRITTEN_KEY) or [] if isinstance(name, str)}
         self.state = previous if carried is None else {key: previous[key] for key in carried if key in previous}
+        self.state.pop(WRITTEN_KEY, None)
         self.stages = Stages(previous.get("stage_seconds"), previous.get("stage_peak_memory_mb"), self.save)
 
     def path(self, name: str) -> Path:
+        """``output/name``, remembered in the record as d2sfm's (what ``overwrite`` may delete)."""
+        self.written.add(Path(name).parts[0])
         return self.output / name
 
     def save(self, **updates) -> None:
         self.state.update(updates, stage_seconds=self.stages.times, stage_peak_memory_mb=self.stages.peak_memory_mb)
-        write_text_atomic(self.state_path, json.dumps(self.state, indent=2))
+        record = {**self.state, WRITTEN_KEY: sorted(self.written)} if self.written else self.state
+        write_text_atomic(self.state_path, json.dumps(record, indent=2))

@@ -2,13 +2,18 @@
 
 It needs no download and is ours to redistribute (the textures are procedural, from a seed). ``render_scene``
 writes ``images/*.png`` and the true cameras as a COLMAP text model in ``ground_truth/``, which
-:mod:`d2sfm.evaluation.ground_truth` scores a reconstruction against.
+:mod:`d2sfm.evaluation.ground_truth` scores a reconstruction against, and ``synthetic.json``, the settings it was
+rendered with: a rerun with the same settings renders only the views still missing, one with other settings is
+refused (``overwrite`` renders the scene again, deleting only what was rendered before).
 
     python -m d2sfm.synthetic outputs/demo          # render only; d2sfm.reconstruct --demo renders and maps
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +23,15 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from d2sfm.io.atomic import atomic_path, replace_folder, scratch_folder
+from d2sfm.errors import D2sfmError
+from d2sfm.io.atomic import atomic_path, replace_folder, scratch_folder, write_text_atomic
+from d2sfm.runtime.run_lock import LOCK_NAME, TEMPORARY
 
 if TYPE_CHECKING:  # imported where used: rendering the views alone needs no pycolmap
     import pycolmap
+
+log = logging.getLogger("d2sfm")
+RECORD = "synthetic.json"  # the settings a scene folder was rendered with, written before its first view
 
 
 @dataclass
@@ -260,21 +270,105 @@ def true_model(planes: Sequence[Plane], poses: Sequence[tuple[np.ndarray, np.nda
     return truth
 
 
+def _holding(names: list[str], shown: int = 3) -> str:
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _shown(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _read_record(scene_dir: Path) -> dict | None:
+    path = scene_dir / RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("views"), int):
+        raise D2sfmError(f"{path}: damaged; delete it to render the scene again (pass --overwrite to delete the "
+                         "views as well)")
+    return record
+
+
+def _scene_names(scene_dir: Path) -> tuple[list[str], list[str]]:
+    """(the entries of the scene folder, the files of its images/), without d2sfm's locks and temporary files."""
+    def listed(folder: Path) -> list[str]:
+        if not folder.is_dir():
+            return []
+        return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
+                      if p.name != LOCK_NAME and not TEMPORARY.match(p.name))
+    return listed(scene_dir), listed(scene_dir / "images")
+
+
+def prepare_scene(scene_dir: Path, settings: dict, overwrite: bool = False) -> set[str]:
+    """Check ``scene_dir`` before any view is written and record ``settings`` there; returns the views already
+    rendered with these settings (a rerun renders only the rest). Other settings are refused, or with
+    ``overwrite`` the views, truth and record of the earlier ones are deleted first; a scene holding what these
+    settings would not write (a user's photo, stale views of another size, a reconstruction of the old views) is
+    refused before anything is deleted, so that no folder ever mixes two scenes."""
+    names = [view_name(index, settings["views"]) for index in range(1, settings["views"] + 1)]
+    if scene_dir.exists() and not scene_dir.is_dir():
+        raise D2sfmError(f"{scene_dir}: is a file, not a folder; choose a folder for the scene")
+    saved = _read_record(scene_dir)
+    entries, images = _scene_names(scene_dir)
+    if saved == settings:  # the same scene: resume (or, overwriting, render every view again in place)
+        return set() if overwrite else set(images) & set(names)
+    if saved is None:  # a new scene, or one an earlier release rendered: its views are rendered again in place
+        stray = [name for name in images if name not in names]
+        if stray:
+            raise D2sfmError(f"{scene_dir / 'images'}: holds files this synthetic scene would not write "
+                             f"({_holding(stray)}); choose an empty or new folder for the scene")
+    else:
+        changes = [f"{'' if key == 'focal' else '--'}{key} {_shown(saved.get(key))} -> {_shown(value)}"
+                   for key, value in settings.items() if saved.get(key) != value]
+        if not overwrite:
+            raise D2sfmError(f"{scene_dir}: rendered with other settings ({', '.join(changes)}); pass --overwrite "
+                             "to render it again, or choose another folder")
+        rendered = [view_name(index, saved["views"]) for index in range(1, saved["views"] + 1)]
+        ours = {"images/", "ground_truth/", "ground_truth.part/", "ground_truth.old/", RECORD}
+        others = [f"images/{name}" for name in images if name not in rendered] + \
+            [name for name in entries if name not in ours]
+        if others:
+            raise D2sfmError(f"{scene_dir}: holds more than the synthetic scene ({_holding(others)}), made from or "
+                             "beside the old views; choose an empty or new folder for the scene")
+        for name in rendered:
+            (scene_dir / "images" / name).unlink(missing_ok=True)
+        for name in ("ground_truth", "ground_truth.part", "ground_truth.old"):
+            shutil.rmtree(scene_dir / name, ignore_errors=True)
+        log.info(f"  deleted the {len(rendered)} views and the truth rendered with the earlier settings")
+    write_text_atomic(scene_dir / RECORD, json.dumps(settings, indent=2) + "\n")
+    return set()
+
+
 def render_views(scene_dir: str | Path, count: int = 12, width: int = 800, height: int = 600, focal: float = 640.0,
-                 seed: int = 0, layout: str = "arc", progress: bool = False) -> list[str]:
+                 seed: int = 0, layout: str = "arc", progress: bool = False, overwrite: bool = False) -> list[str]:
     """Only ``images/view_XX.png`` of ``render_scene`` (no true model): photos of a scene that reconstructs, for a
     process without pycolmap (the GPU acceptance run's first call). Returns the names."""
-    return _write_views(Path(scene_dir), courtyard(seed), LAYOUTS[layout](count, seed), width, height, focal,
-                        progress)
+    scene_dir = Path(scene_dir)
+    done = prepare_scene(scene_dir, _settings(count, width, height, focal, seed, layout), overwrite)
+    return _write_views(scene_dir, courtyard(seed), LAYOUTS[layout](count, seed), width, height, focal,
+                        progress, done)
+
+
+def _settings(count: int, width: int, height: int, focal: float, seed: int, layout: str) -> dict:
+    if layout not in LAYOUTS:
+        raise D2sfmError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
+    return {"views": int(count), "width": int(width), "height": int(height), "focal": float(focal),
+            "seed": int(seed), "layout": layout}
 
 
 def _write_views(scene_dir: Path, planes: Sequence[Plane], poses: Sequence[tuple[np.ndarray, np.ndarray]],
-                 width: int, height: int, focal: float, progress: bool) -> list[str]:
-    """Each pose's view as ``images/view_XX.png`` (the true model's names: image id = 1-based pose index)."""
+                 width: int, height: int, focal: float, progress: bool, done: set[str] = frozenset()) -> list[str]:
+    """Each pose's view as ``images/view_XX.png`` (the true model's names: image id = 1-based pose index), but
+    those in ``done`` (rendered earlier with the same settings)."""
     (scene_dir / "images").mkdir(parents=True, exist_ok=True)
     names = [view_name(index, len(poses)) for index in range(1, len(poses) + 1)]
-    for name, (rotation, centre) in tqdm(list(zip(names, poses)), desc="rendering", unit="img",
-                                         disable=not progress):
+    todo = [(name, pose) for name, pose in zip(names, poses) if name not in done]
+    if done:
+        log.info(f"  {len(names) - len(todo)} of the {len(names)} views rendered earlier with these settings, kept")
+    for name, (rotation, centre) in tqdm(todo, desc="rendering", unit="img", disable=not progress or not todo):
         ok, encoded = cv2.imencode(".png", render(planes, rotation, centre, width, height, focal))
         with atomic_path(scene_dir / "images" / name) as temporary:
             temporary.write_bytes(encoded.tobytes())
@@ -282,13 +376,16 @@ def _write_views(scene_dir: Path, planes: Sequence[Plane], poses: Sequence[tuple
 
 
 def render_scene(scene_dir: str | Path, count: int = 12, width: int = 800, height: int = 600,
-                 focal: float = 640.0, seed: int = 0, layout: str = "arc", progress: bool = False) -> list[str]:
-    """Write ``images/view_XX.png`` and the true model in ``ground_truth/`` (COLMAP text); returns the names."""
+                 focal: float = 640.0, seed: int = 0, layout: str = "arc", progress: bool = False,
+                 overwrite: bool = False) -> list[str]:
+    """Write ``images/view_XX.png`` and the true model in ``ground_truth/`` (COLMAP text); returns the names. A
+    folder rendered with other settings is refused unless ``overwrite`` (see ``prepare_scene``)."""
     scene_dir = Path(scene_dir)
+    done = prepare_scene(scene_dir, _settings(count, width, height, focal, seed, layout), overwrite)
     planes = courtyard(seed)
     poses = LAYOUTS[layout](count, seed)
     truth = true_model(planes, poses, width, height, focal)
-    _write_views(scene_dir, planes, poses, width, height, focal, progress)
+    _write_views(scene_dir, planes, poses, width, height, focal, progress, done)
     truth_dir = scene_dir / "ground_truth"
     scratch = scratch_folder(truth_dir)
     truth.write_text(scratch)  # written last and renamed into place: its presence says the scene is complete

@@ -1,7 +1,9 @@
-"""Stages record time and peak memory per stage; the synthetic large-scene layout; Ray batch sizes."""
+"""Stages record time and peak memory per stage; a run folder's --overwrite deletes only what d2sfm wrote; the
+synthetic large-scene layout; Ray batch sizes."""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -9,7 +11,8 @@ import numpy as np
 import pytest
 
 from d2sfm.cluster.ray_backend import balanced_batch
-from d2sfm.pipeline.stages import Stages, peak_memory_mb, resident_memory_mb
+from d2sfm.errors import D2sfmError
+from d2sfm.pipeline.stages import RunFolder, Stages, peak_memory_mb, resident_memory_mb
 from d2sfm.runtime.allocator import release_freed_memory
 from d2sfm.synthetic.scene import courtyard, ring_poses, view_name
 
@@ -35,6 +38,42 @@ def test_each_stage_reports_its_own_peak_memory_and_the_process_keeps_its_own():
     assert peak_memory_mb() >= process_peak  # not reset: /usr/bin/time still reads the process's peak
     stages.run("skipped", True, allocate)
     assert "skipped" not in stages.peak_memory_mb and set(stages.times) == {"big", "small"}
+
+
+def test_overwrite_refuses_a_folder_that_d2sfm_did_not_write(tmp_path):
+    """``localize ... --output FOLDER --overwrite`` deleted the whole folder, whatever it held."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("years of work")
+    with pytest.raises(D2sfmError, match=r"mine: not a d2sfm output folder \(it holds thesis.txt\); choose an empty"):
+        RunFolder(mine, overwrite=True)
+    assert [p.name for p in mine.iterdir()] == ["thesis.txt"]
+    scene = tmp_path / "scene"  # a reconstructed scene given as a localization's output: its record is another
+    (scene / "images").mkdir(parents=True)
+    (scene / "stats.json").write_text("{}")
+    (scene / "features.h5").write_bytes(b"features")
+    with pytest.raises(D2sfmError, match="it holds features.h5, images/, stats.json"):
+        RunFolder(scene, overwrite=True)
+    assert (scene / "features.h5").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert RunFolder(empty, overwrite=True).state == {}
+
+
+def test_overwrite_deletes_what_d2sfm_wrote_and_keeps_the_rest(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    folder.path("features.h5").write_bytes(b"features")
+    (folder.path("sparse-final") / "0").mkdir(parents=True)
+    folder.path("custom.bin").write_bytes(b"a new pipeline's output, named through path()")
+    folder.stages.run("extract", False, lambda: None)  # saves the record
+    assert "custom.bin" in json.loads((tmp_path / "run" / "state.json").read_text())["written_outputs"]
+    for name in ("thesis.txt", ".features.h5.abcd1234.part", "sparse-final.old", "database.db-wal"):
+        (tmp_path / "run" / name).write_text("x")
+    again = RunFolder(tmp_path / "run", overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["thesis.txt"]
+    assert again.state == {} and again.stages.times == {}
+    resumed = RunFolder(tmp_path / "run")  # without overwrite a record is read back as it was
+    assert resumed.state == {}
 
 
 def test_ring_layout_keeps_cameras_inside_the_yard_and_names_sort_in_order():

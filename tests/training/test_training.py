@@ -1,19 +1,24 @@
 """Training: soft detection and the loss against direct implementations of the paper's equations, ground-truth
-correspondences against known geometry, and the training command (loss falls, checkpoints, exact resume)."""
+correspondences against known geometry, and the training command and library (loss falls, checkpoints, exact
+resume also from inside an epoch, reruns with other options refused)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+from d2sfm.errors import D2sfmError
 from d2sfm.features.checkpoint import load_model, read_checkpoint
 from d2sfm.io.keypoints import feature_map_to_image_ij, image_to_feature_map_ij
 from d2sfm.synthetic.homographies import warp_points
@@ -22,7 +27,9 @@ from d2sfm.training.correspondences import depth_correspondences, homography_cor
 from d2sfm.training.data import HomographyPairs, MegaDepthPairs
 from d2sfm.training.loss import grid_positions, pair_loss
 from d2sfm.training.soft_detection import soft_detection_scores
+from d2sfm.training.trainer import MIN_CROP, TrainingConfig, train
 from pipelines.mini_megadepth import write_mini_megadepth
+from tests.in_process import command_in_process
 
 
 def naive_soft_detection(features: np.ndarray) -> np.ndarray:
@@ -193,10 +200,26 @@ def test_megadepth_pairs_follow_the_sampling_rules(mini_megadepth):
     assert [p["centres"] for p in again.pairs] != [p["centres"] for p in pairs.pairs]  # a new draw each epoch
 
 
-def train(*args, weights):
+def train_command(*args, weights):
     env = {**os.environ, "D2SFM_WEIGHTS": str(weights)}
     return subprocess.run([sys.executable, "-m", "d2sfm.train", *map(str, args), "--quiet"], capture_output=True,
                           text=True, env=env, timeout=900)
+
+
+def stopped_inside_an_epoch(output, *args, weights) -> None:
+    """Run the command and SIGKILL it just after its first checkpoint inside an epoch (last.pth replaced)."""
+    last = output / "checkpoints" / "last.pth"
+    before = last.stat().st_ino
+    process = subprocess.Popen([sys.executable, "-m", "d2sfm.train", *map(str, args), "--output", str(output),
+                                "--quiet"],
+                               env={**os.environ, "D2SFM_WEIGHTS": str(weights)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while last.stat().st_ino == before and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    _, error = process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL, error  # killed, not finished
 
 
 @pytest.mark.integration
@@ -206,16 +229,26 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path, sacre_coeur_imag
     for name in sorted(p.name for p in sacre_coeur_images.iterdir())[:3]:
         (photos / name).symlink_to(sacre_coeur_images / name)
     common = ["--data", "homography", "--images", photos, "--pairs-per-epoch", 6, "--val-pairs", 6, "--crop", 128]
-    straight = train(*common, "--epochs", 3, "--output", tmp_path / "straight", weights=weights_path)
+    straight = train_command(*common, "--epochs", 3, "--output", tmp_path / "straight", weights=weights_path)
     assert straight.returncode == 0, straight.stderr
     log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [0, 1, 2, 3]
     assert log[-1]["val_loss"] < log[0]["val_loss"]  # the loss falls on held pairs
     assert log[-1]["train_loss"] < log[1]["train_loss"] or log[-1]["val_loss"] < log[1]["val_loss"]
-    first = train(*common, "--epochs", 1, "--output", tmp_path / "resumed", weights=weights_path)
+    first = train_command(*common, "--epochs", 1, "--output", tmp_path / "resumed", weights=weights_path)
     assert first.returncode == 0, first.stderr
-    resumed = train(*common, "--epochs", 3, "--output", tmp_path / "resumed", weights=weights_path)
-    assert "resuming" in resumed.stdout and "epoch 2" in resumed.stdout
+    # killed inside epoch 2 (a checkpoint every step), then resumed there: a different --checkpoint-every is fine
+    stopped_inside_an_epoch(tmp_path / "resumed", *common, "--epochs", 3, "--checkpoint-every", 1,
+                            weights=weights_path)
+    resumed = train_command(*common, "--epochs", 3, "--output", tmp_path / "resumed", weights=weights_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "epoch 2, step " in resumed.stdout
+    assert "epoch 2, step 0" not in resumed.stdout  # resumed inside the epoch
+    resumed_log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in resumed_log] == [0, 1, 2, 3]
+    for ours, theirs in zip(resumed_log, log):  # the resumed epoch counts the steps before the stop too
+        assert ours.get("steps_with_loss") == theirs.get("steps_with_loss")
+        assert ours["val_loss"] == pytest.approx(theirs["val_loss"], rel=1e-4)
     a = read_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pth")["model"]
     b = read_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pth")["model"]
     for key in a:
@@ -230,12 +263,55 @@ def test_training_lowers_the_loss_and_resumes_exactly(tmp_path, sacre_coeur_imag
 
 @pytest.mark.integration
 def test_megadepth_training_runs_and_bad_input_is_one_line(tmp_path, mini_megadepth, weights_path):
-    result = train("--data", "megadepth", "--dataset", mini_megadepth, "--pairs-per-scene", 3, "--crop", 128,
-                   "--epochs", 1, "--output", tmp_path / "md", weights=weights_path)
+    result = train_command("--data", "megadepth", "--dataset", mini_megadepth, "--pairs-per-scene", 3, "--crop",
+                           128, "--epochs", 1, "--output", tmp_path / "md", weights=weights_path)
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "md" / "log.jsonl").read_text().splitlines()[-1])
     assert record["steps_with_loss"] >= 1 and np.isfinite(record["train_loss"])
-    missing = train("--data", "megadepth", "--dataset", tmp_path / "nowhere", "--output", tmp_path / "x",
-                    weights=weights_path)
+    missing = train_command("--data", "megadepth", "--dataset", tmp_path / "nowhere", "--output", tmp_path / "x",
+                            weights=weights_path)
     assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0
     assert "datasets/megadepth.md" in missing.stderr
+
+
+@pytest.mark.integration
+def test_the_library_trains_and_a_rerun_with_other_options_is_refused(tmp_path, sacre_coeur_images, weights_path):
+    """``train(TrainingConfig)`` is the command's loop. A rerun whose options would change the result used to
+    crash (another --trainable-layers: the optimiser's state did not fit) or resume silently with the old ones
+    (--lr recorded as 0.5, trained with 0.001)."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in sorted(p.name for p in sacre_coeur_images.iterdir())[:2]:
+        (photos / name).symlink_to(sacre_coeur_images / name)
+    config = TrainingConfig(data="homography", images=photos, pairs_per_epoch=2, val_pairs=2, crop=128, epochs=1,
+                            output=tmp_path / "run", weights=weights_path, progress=False)
+    result = train(config)
+    assert result.last == tmp_path / "run" / "checkpoints" / "last.pth" and result.best is not None
+    assert [r["epoch"] for r in result.log] == [0, 1] and result.log[1]["steps_with_loss"] == 2
+    assert result.epochs_done == 1 and result.resumed_at is None
+    common = ["--data", "homography", "--images", photos, "--pairs-per-epoch", 2, "--val-pairs", 2, "--crop", 128,
+              "--epochs", 1, "--output", tmp_path / "run", "--weights", weights_path, "--quiet"]
+    for options, change in [(("--trainable-layers", 2), "--trainable-layers 1 -> 2"),
+                            (("--lr", 0.5, "--crop", 160), "--lr 0.001 -> 0.5, --crop 128 -> 160")]:
+        # (both options given again replace the earlier ones: argparse keeps the last)
+        run = command_in_process("d2sfm.train", *common, *options)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+        assert f"trained with other options ({change})" in run.stderr and "--overwrite" in run.stderr
+    assert read_checkpoint(result.last)["args"]["lr"] == 0.001
+    # options that do not change the result may differ; a finished run says there is nothing left to train
+    again = command_in_process("d2sfm.train", *common, "--workers", 1, "--checkpoint-every", 5)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to train" in again.stdout and "larger --epochs" in again.stdout
+    more = train(dataclasses.replace(config, epochs=2))
+    assert more.resumed_at == (2, 0) and [r["epoch"] for r in more.log] == [0, 1, 2]
+
+
+def test_a_crop_too_small_for_the_loss_is_refused(tmp_path):
+    """A 64-pixel crop has 8 x 8 cells, fewer than the 128 correspondences a pair needs: every epoch ended
+    "done" having trained nothing (steps_with_loss 0)."""
+    run = command_in_process("d2sfm.train", "--data", "homography", "--images", tmp_path, "--crop", 64,
+                             "--output", tmp_path / "out")
+    assert run.returncode == 2 and "argument --crop" in run.stderr and f">= {MIN_CROP}" in run.stderr
+    with pytest.raises(D2sfmError, match="fewer than the 128 correspondences"):
+        train(TrainingConfig(data="homography", images=tmp_path, crop=64, output=tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

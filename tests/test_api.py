@@ -61,11 +61,13 @@ def test_an_imported_command_module_does_not_hide_the_api_function():
     import d2sfm.localize
     import d2sfm.match
     import d2sfm.reconstruct
-    import d2sfm.refine  # noqa: F401
+    import d2sfm.refine
+    import d2sfm.train  # noqa: F401
     from d2sfm import api
+    from d2sfm.training import trainer
 
-    assert (d2sfm.extract, d2sfm.match, d2sfm.reconstruct, d2sfm.localize, d2sfm.refine) == (
-        api.extract, api.match, api.reconstruct, api.localize, api.refine)
+    assert (d2sfm.extract, d2sfm.match, d2sfm.reconstruct, d2sfm.localize, d2sfm.refine, d2sfm.train) == (
+        api.extract, api.match, api.reconstruct, api.localize, api.refine, trainer.train)
 
 
 def test_importing_d2sfm_stays_light():

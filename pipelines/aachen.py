@@ -175,13 +175,6 @@ def localize(dataset: str | Path, config: AachenConfig | None = None, output: st
                          "queries only)")
     if config.pairs is not None and not config.pairs.is_file():
         raise D2sfmError(f"{config.pairs}: no such pair file (one 'query database' name pair per line)")
-    run = RunFolder(Path(output or f"outputs/aachen{layout.suffix}"), config.run.overwrite)
-    paths = {key: run.path(name) for key, name in [
-        ("features", "features.h5"), ("pairs", "pairs.txt"), ("matches", "matches.h5"),
-        ("database", "database.db"), ("reference", "sparse-empty"), ("triangulated", "sparse-database"),
-        ("final", "sparse-final"), ("registration", "registration.json"), ("summary", "summary.json")]}
-    stages, state = run.stages, run.state
-    progress = config.run.progress
 
     poses = read_nvm_poses(layout.nvm)
     intrinsics = read_intrinsics(layout.intrinsics)
@@ -196,6 +189,14 @@ def localize(dataset: str | Path, config: AachenConfig | None = None, output: st
     names = sorted({n for p in pairs for n in p})
     log.info(f"Aachen v{layout.version}: {len(poses)} database poses, {len(query_names)} queries, "
              f"{len(pairs)} pairs, {len(names)} images to extract")
+    # the folder is opened (and --overwrite clears it) only once every input is known to be good
+    run = RunFolder(Path(output or f"outputs/aachen{layout.suffix}"), config.run.overwrite)
+    paths = {key: run.path(name) for key, name in [
+        ("features", "features.h5"), ("pairs", "pairs.txt"), ("matches", "matches.h5"),
+        ("database", "database.db"), ("reference", "sparse-empty"), ("triangulated", "sparse-database"),
+        ("final", "sparse-final"), ("registration", "registration.json"), ("summary", "summary.json")]}
+    stages, state = run.stages, run.state
+    progress = config.run.progress
 
     settings = StageSettings(run.state, {
         "match": match_settings(config.matching),

@@ -178,11 +178,6 @@ def localize(dataset: str | Path, config: InLocConfig | None = None, output: str
                          if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not query_names:
         raise D2sfmError(f"{layout.queries}: no query images; see {README}")
-    run = RunFolder(Path(output or "outputs/inloc"), config.run.overwrite)
-    paths = {key: run.path(name) for key, name in [
-        ("features", "features.h5"), ("matches", "matches.h5"), ("poses", "localization.json"),
-        ("summary", "summary.json"), ("refined", "refined_queries.h5")]}
-    progress = config.run.progress
 
     retrieved = _query_pairs(read_pairs(pairs_path), set(query_names), config.top_k)
     unknown = sorted({c for cs in retrieved.values() for c in cs if not (layout.root / c).is_file()})
@@ -199,6 +194,12 @@ def localize(dataset: str | Path, config: InLocConfig | None = None, output: str
     pairs = [(q, c) for q, cs in retrieved.items() for c in cs]
     names = sorted({n for p in pairs for n in p})
     log.info(f"InLoc: {len(query_names)} queries, {len(pairs)} pairs (top {config.top_k}), {len(names)} images")
+    # the folder is opened (and --overwrite clears it) only once every input is known to be good
+    run = RunFolder(Path(output or "outputs/inloc"), config.run.overwrite)
+    paths = {key: run.path(name) for key, name in [
+        ("features", "features.h5"), ("matches", "matches.h5"), ("poses", "localization.json"),
+        ("summary", "summary.json"), ("refined", "refined_queries.h5")]}
+    progress = config.run.progress
 
     wanted = config.refine.method if config.refine.enabled else False  # how the poses' query keypoints were refined
     settings = StageSettings(run.state, {

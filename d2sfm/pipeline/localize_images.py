@@ -29,7 +29,7 @@ from d2sfm.io.h5 import list_entries, read_global_descriptors, read_keypoints, r
 from d2sfm.io.images import list_images
 from d2sfm.localization.absolute_pose import estimate_pose
 from d2sfm.localization.pose_scores import parse_thresholds
-from d2sfm.localization.poses import pose_from_rotation_centre, write_poses
+from d2sfm.localization.poses import Pose, pose_from_rotation_centre, write_poses
 from d2sfm.localization.submission import QueryOutcome, finish_localization
 from d2sfm.matching.pairs import EXHAUSTIVE_UP_TO, Pair, read_pairs, write_pairs
 from d2sfm.pipeline.features import (
@@ -146,16 +146,14 @@ def reference_record(reference: Path) -> dict:
                                      default=0)}
 
 
-def truth_pose_file(truth_dir: Path, names: list[str], output: Path) -> Path:
-    """The true cameras of the queries as a pose file, for the benchmarks' scorer."""
+def query_truth(truth_dir: Path, names: list[str]) -> list[tuple[str, Pose]]:
+    """The true cameras of the queries (read before any work: a bad --gt must not cost the localization)."""
     truth = read_truth(truth_dir)
     missing = [name for name in names if name not in truth]
     if missing:
         raise D2sfmError(f"{truth_dir}: no true camera for {len(missing)} of the queries (first: {missing[0]}); "
                          "the truth must name the photos as the query folder does")
-    path = output / "ground_truth_poses.txt"
-    write_poses(path, [(name, pose_from_rotation_centre(truth[name].rotation, truth[name].centre)) for name in names])
-    return path
+    return [(name, pose_from_rotation_centre(truth[name].rotation, truth[name].centre)) for name in names]
 
 
 def localize_images(reference: str | os.PathLike, queries: str | os.PathLike,
@@ -184,6 +182,8 @@ def localize_images(reference: str | os.PathLike, queries: str | os.PathLike,
                          f"{clash[0]}); rename them")
     if not names:
         raise D2sfmError(f"{queries}: no photos to localize")
+    true_poses = query_truth(Path(gt), names) if gt is not None else None
+    # the folder is opened (and --overwrite clears it) only once every input is known to be good
     folder = RunFolder(output, overwrite=config.run.overwrite)
     features, pairs_path, matches = folder.path("features.h5"), folder.path("pairs.txt"), folder.path("matches.h5")
     references = sorted(observed)
@@ -226,7 +226,10 @@ def localize_images(reference: str | os.PathLike, queries: str | os.PathLike,
     if refined is not None:
         refine_stage(config, folder, refined, reference, model, observed, queries, features, matches, by_query)
     settings.finished("refine")
-    truth = truth_pose_file(Path(gt), names, output) if gt is not None else None
+    truth = None
+    if true_poses is not None:  # for the benchmarks' scorer
+        truth = folder.path("ground_truth_poses.txt")
+        write_poses(truth, true_poses)
     summary: dict = {}
 
     def localize() -> None:

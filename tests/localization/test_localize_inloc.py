@@ -116,9 +116,14 @@ def test_missing_scan_is_one_line(mini_inloc, weights_path, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(mini_inloc, broken)
     (broken / "database/cutouts/DUC1/005/DUC_cutout_005_0_0.jpg.mat").unlink()
-    run = localize(broken, tmp_path / "out", weights_path)
+    earlier = tmp_path / "earlier"  # a finished run's folder: --overwrite with a broken dataset must not clear it
+    earlier.mkdir()
+    (earlier / "state.json").write_text("{}")
+    (earlier / "features.h5").write_bytes(b"an earlier run's features")
+    run = localize(broken, earlier, weights_path, "--overwrite")
     assert run.returncode == 2 and run.stderr.count("\n") == 1
     assert "DUC_cutout_005_0_0.jpg.mat" in run.stderr and "datasets/inloc.md" in run.stderr
+    assert (earlier / "features.h5").read_bytes() == b"an earlier run's features"
 
 
 def matched_query_errors(dataset: Path, output: Path, refined: Path | None = None) -> np.ndarray:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from d2sfm.io.keypoints import from_integer_centres, to_integer_centres
+
 DEPTH_TOLERANCE = 0.05  # the original's check between projected and annotated depth (MegaDepth units)
 
 
@@ -53,15 +55,15 @@ def depth_correspondences(positions1: torch.Tensor, depth1: torch.Tensor, intrin
     are COLMAP's (pixel centres at +0.5), as in the original ``warp``."""
     ids, z1 = interpolate_depth(positions1, depth1)
     i1, j1 = positions1[0, ids], positions1[1, ids]
-    u1 = j1 + bbox1[1] + 0.5
-    v1 = i1 + bbox1[0] + 0.5
+    u1 = from_integer_centres(j1 + bbox1[1])  # crop (i, j) -> COLMAP (u, v) of the full image
+    v1 = from_integer_centres(i1 + bbox1[0])
     points1 = torch.stack([(u1 - intrinsics1[0, 2]) * z1 / intrinsics1[0, 0],
                            (v1 - intrinsics1[1, 2]) * z1 / intrinsics1[1, 1], z1, torch.ones_like(z1)])
     points2 = pose2 @ torch.linalg.inv(pose1) @ points1
     points2 = points2[:3] / points2[3:]
     projected = intrinsics2 @ points2
-    u2 = projected[0] / projected[2] - bbox2[1] - 0.5
-    v2 = projected[1] / projected[2] - bbox2[0] - 0.5
+    u2 = to_integer_centres(projected[0] / projected[2]) - bbox2[1]  # and back, in image 2's crop
+    v2 = to_integer_centres(projected[1] / projected[2]) - bbox2[0]
     kept, annotated_z2 = interpolate_depth(torch.stack([v2, u2]), depth2)
     consistent = (points2[2, kept] - annotated_z2).abs() < DEPTH_TOLERANCE
     kept = kept[consistent]

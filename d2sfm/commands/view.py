@@ -27,9 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=Path, default=None, help="photo folder (default: SCENE/images)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on (default 127.0.0.1; 0.0.0.0 to reach it from other machines)")
-    parser.add_argument("--port", type=number(int, at_least=0, at_most=65535), default=8080)
+    parser.add_argument("--port", type=number(int, at_least=0, at_most=65535), default=8080,
+                        help="port to serve on (default 8080; when it is taken, another, printed at start)")
     parser.add_argument("--max-points", type=number(int, at_least=1), default=1_000_000,
-                        help="points sent to the browser at most")
+                        help="points sent to the browser at most (default 1000000; a random subset beyond)")
     return parser
 
 

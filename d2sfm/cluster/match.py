@@ -5,7 +5,9 @@ Pairs are sorted and cut into blocks, so that a block touches few images and its
 features.h5 once per block (many readers of one HDF5 file are fine; writers are not). Each worker writes its blocks
 into a shard of its own, ``matches.h5.shards/worker-K.h5``, one file session per block with every pair complete or
 absent; the driver moves the shards' pairs into matches.h5 at the end and deletes them. A restarted worker redoes
-only the pairs its shard lacks; a run killed as a whole leaves shards that the next run collects first.
+only the pairs its shard lacks; a run killed as a whole leaves shards that the next run collects first. As in a
+single-process run, matches.h5 and the shards record the match settings (other ones are refused) and each pair's
+features identities (a pair whose images were extracted again since is matched again).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from d2sfm.cluster.ray_backend import collect_left_shards, collect_shards, discard_shards, run_sharded
-from d2sfm.io.h5 import MatchWriter
+from d2sfm.io.h5 import MatchWriter, feature_identities
+from d2sfm.matching.matcher import match_settings
 from d2sfm.matching.pairs import Pair
 from d2sfm.runtime.device import resolve_device
 
@@ -31,16 +34,17 @@ class MatchingWorker:
         torch.set_num_threads(threads)
         self.device = resolve_device(device)  # the worker shape's (WorkerShape.device)
         self.features, self.min_similarity, self.ratio = Path(features), min_similarity, ratio
-        self.writer = MatchWriter(shard)
+        self.writer = MatchWriter(shard, match_settings(min_similarity, ratio))
 
     def match(self, block: Sequence[Pair]) -> list[tuple[str, None]]:
         from d2sfm.matching.matcher import DescriptorCache
         from d2sfm.matching.mnn import match_pair
 
-        todo = [pair for pair in block if not self.writer.has(*pair)]
+        identities = feature_identities(self.features, {name for pair in block for name in pair})
+        todo = self.writer.todo(block, identities)
         cache = DescriptorCache(self.features, self.device, capacity=len({n for pair in todo for n in pair}))
         self.writer.write_many([(name0, name1, *match_pair(cache.get(name0), cache.get(name1), self.min_similarity,
-                                                           self.ratio)) for name0, name1 in todo])
+                                                           self.ratio)) for name0, name1 in todo], identities)
         return [(f"{name0} {name1}", None) for name0, name1 in block]
 
 
@@ -48,12 +52,13 @@ def match_on_cluster(features: Path, pairs: Sequence[Pair], output: Path, addres
                      min_similarity: float | None = None, ratio: float | None = None, overwrite: bool = False,
                      workers: int | None = None, cpus_per_worker: int = 1, block_pairs: int = DEFAULT_BLOCK_PAIRS,
                      progress: bool = True) -> int:
-    """Match every pair not yet in ``output`` with Ray workers, ``block_pairs`` per task; returns pairs matched."""
+    """Match every pair not yet in ``output`` (or matched there from features extracted again since) with Ray
+    workers, ``block_pairs`` per task; returns pairs matched."""
+    writer = MatchWriter(output, match_settings(min_similarity, ratio), overwrite=overwrite)  # refuses before deleting
     if overwrite:
         discard_shards(output)
-    writer = MatchWriter(output, overwrite=overwrite)
     recovered = collect_left_shards(output, writer.copy_from, "pair(s) an interrupted run had matched")
-    todo = sorted(pair for pair in pairs if not writer.has(*pair))
+    todo = sorted(writer.todo(pairs, feature_identities(features, {name for pair in pairs for name in pair})))
     if not todo:
         return recovered
     features_path = str(features.resolve())

@@ -25,7 +25,10 @@ copied one would tie with its original). Images of the features file that the mo
 2D points) keep their features unchanged.
 
 The other way needs no command: every d2sfm command reads an hloc features file as it is (d2sfm.io).
-Each output file is written under a temporary name and renamed when complete.
+Each output file is written under a temporary name and renamed when complete. MATCHES must fit FEATURES (each
+pair's images in it, its indices below their keypoint counts, and, where d2sfm.match recorded them, matched from
+the features it holds now): matches made from features extracted since would point at other keypoints, so they
+are refused in one line before anything is written.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from pathlib import Path
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.errors import D2sfmError
 from d2sfm.io.h5 import open_hdf5
-from d2sfm.io.hloc_export import export_hloc_features, export_hloc_matches
+from d2sfm.io.hloc_export import check_matches_fit, export_hloc_features, export_hloc_matches
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from d2sfm.io.model_files import check_model_folder
 
         check_model_folder(args.model)  # before anything is written
+    if args.matches is not None:
+        check_matches_fit(args.matches, args.features)  # stale matches would be hloc's wrong correspondences
     args.output.mkdir(parents=True, exist_ok=True)
     images, with_global, aligned, added = export_hloc_features(
         args.features, args.output / "features.h5", args.output / "global-feats.h5", progress=not args.quiet,
@@ -79,7 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              if args.model is not None else "")
           + (f"; {args.output / 'global-feats.h5'}: {with_global} global descriptors" if with_global else ""))
     if args.matches is not None:
-        pairs = export_hloc_matches(args.matches, args.output / "matches.h5", progress=not args.quiet)
+        pairs = export_hloc_matches(args.matches, args.output / "matches.h5", progress=not args.quiet,
+                                    features_path=args.features)
         print(f"wrote {args.output / 'matches.h5'}: {pairs} pairs")
     return 0
 

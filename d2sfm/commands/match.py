@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = CommandParser(
         prog="python -m d2sfm.match",
         description="Match D2 features of image pairs by mutual nearest neighbours into an HDF5 file (hloc's "
-        "matches layout). Rerunning resumes: pairs already matched are skipped.",
+        "matches layout). Rerunning resumes: pairs already matched are skipped, pairs whose images were extracted "
+        "again since are matched again, and other --min-similarity/--ratio than the file's are refused.",
     )
     parser.add_argument("features", type=Path, help="features.h5 written by d2sfm.extract, or an hloc features file "
                         "(recognised from its attributes)")
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ratio", type=number(float, above=0, at_most=1), default=None,
                         help="Lowe's ratio test on descriptor distances (e.g. 0.9); off by default")
     add_cluster_arguments(parser, "pairs", DEFAULT_BLOCK_PAIRS)
-    parser.add_argument("--overwrite", action="store_true", help="delete the output first and redo every pair")
+    parser.add_argument("--overwrite", action="store_true", help="delete the output first and redo every pair "
+                        "(to change --min-similarity or --ratio of an existing output)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_verbose_argument(parser)
     return parser
@@ -51,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.features.is_file():
         raise D2sfmError(f"{args.features}: no such features file; run python -m d2sfm.extract first")
     pairs = read_pairs(args.pairs, known_names=list_entries(args.features))
+    if not pairs:  # a pipeline may have no usable pair; a pair list given to match that holds none is a mistake
+        raise D2sfmError(f"{args.pairs}: holds no pair to match (only blank lines, comments or an image paired with "
+                         "itself); list one 'name0 name1' per line")
     config = MatchConfig(min_similarity=args.min_similarity, ratio=args.ratio)
     matched = match(args.features, pairs, args.output, config, run=run_config(args))
     print(f"wrote {args.output}: {matched} pairs matched, {len(pairs) - matched} already done")

@@ -10,19 +10,22 @@ other way).
 
 Each image is written under a temporary name and moved to its final name only when complete, and the file is
 closed after each image, so an interrupted run leaves only complete entries (plus scratch that the next run
-removes), and a resumed run skips every finished image.
+removes), and a resumed run skips every finished image. Each image group carries ``content_digest``, a digest of
+its keypoints and descriptors: matches.h5 records the digests of the two images each pair was matched from, so
+that a resumed match knows which pairs were matched from features re-extracted since (see ``pairs_to_match``).
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
 import posixpath
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import h5py
@@ -35,6 +38,7 @@ from d2sfm.io.keypoints import opencv_xy_to_colmap_xy
 log = logging.getLogger("d2sfm")
 
 SCRATCH_GROUP = "_d2sfm_incomplete"
+DIGEST_ATTR = "content_digest"  # an image group's identity (see content_digest)
 # hloc reads no file attribute, so this cannot stop its readers; it tells a person who opens the file what it is
 HLOC_NOTE = ("not hloc's conventions although laid out like hloc's: keypoints are COLMAP's (hloc's readers would read "
              "them 0.5 px off) and descriptors are N x D (hloc: D x N); convert with python -m d2sfm.export hloc "
@@ -240,16 +244,81 @@ def list_entries(path: str | os.PathLike) -> list[str]:
 
 
 def check_same_settings(path: Path, stored: dict, settings: dict, ignore: tuple[str, ...] = (),
-                        fix: Callable[[dict, list[str]], str] | None = None) -> None:
-    """Features of other settings (as recorded in the file) must never be mixed with, or taken for, new ones.
-    ``fix(stored, differing keys)``: what the caller's user can do (default: the extract command's remedies)."""
+                        fix: Callable[[dict, list[str]], str] | None = None, what: str = "features extracted") -> None:
+    """Features (or matches: ``what``) of other settings, as recorded in the file, must never be mixed with, or
+    taken for, new ones. ``fix(stored, differing keys)``: what the caller's user can do (default: the extract
+    command's remedies)."""
     settings = json.loads(json.dumps(settings))  # as stored: tuples become lists
     keys = sorted((set(stored) | set(settings)) - set(ignore))
     differing = [key for key in keys if stored.get(key) != settings.get(key)]
     if differing:
         changes = "; ".join(f"{k}: {stored.get(k)!r} there, {settings.get(k)!r} now" for k in differing)
         remedy = fix(stored, differing) if fix else "pass --overwrite to replace them or choose another output file"
-        raise D2sfmError(f"{path}: holds features extracted with other settings ({changes}); {remedy}")
+        raise D2sfmError(f"{path}: holds {what} with other settings ({changes}); {remedy}")
+
+
+def _drop_empty_scratch(handle: h5py.File) -> None:
+    """Remove the scratch parent once nothing is in it: a finished file holds only its images (or pairs), so that a
+    script listing its keys sees no fake entry (costs a small group header per write, under 0.1% of an image's)."""
+    scratch = handle.get(SCRATCH_GROUP)
+    if isinstance(scratch, h5py.Group) and len(scratch) == 0:
+        del handle[SCRATCH_GROUP]
+
+
+def content_digest(keypoints: np.ndarray, descriptors: np.ndarray) -> str:
+    """An image's features as written (arrays in their stored dtypes), in 32 hex digits: what matches.h5 records
+    per pair to know the pair's matches were made from the features the file holds now. Re-extracting with the
+    same settings on the same machine gives the same digest, so a rerun keeps matches that are still right."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (keypoints, descriptors):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array)
+    return digest.hexdigest()
+
+
+def _image_identity(group: h5py.Group) -> str:
+    """The ``content_digest`` of an image group; for a group without one (an hloc file, or an earlier d2sfm's) a
+    digest of its keypoints and the shape of its descriptors, read without the descriptors (100x the bytes)."""
+    stored = group.attrs.get(DIGEST_ATTR)
+    if stored is not None:
+        return stored.decode() if isinstance(stored, bytes) else str(stored)
+    try:
+        keypoints = np.ascontiguousarray(group["keypoints"][()])
+        shape = group["descriptors"].shape if "descriptors" in group else None
+    except DAMAGE:
+        return "unreadable"  # never equal to a recorded identity: the pair is matched again, and reading it says why
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{keypoints.dtype.str}{keypoints.shape}{shape}".encode())
+    digest.update(keypoints)
+    return "keypoints-" + digest.hexdigest()
+
+
+def feature_identities(paths: str | os.PathLike | Sequence[str | os.PathLike], names: Iterable[str]
+                       ) -> dict[str, str]:
+    """The identity (``content_digest``) of each of ``names`` in the first of the features files ``paths`` that
+    holds it, the file the matcher reads it from; names no file holds are left out. Reads attributes only."""
+    wanted: set[str] = set(names)
+    found: dict[str, str] = {}
+    for path in [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(path) for path in paths]:
+        left = sorted(wanted - found.keys())
+        if not left or not path.is_file():
+            continue
+        with open_hdf5(path, "r") as handle:
+            for name in left:
+                try:
+                    group = handle.get(name)
+                except DAMAGE:
+                    continue
+                if isinstance(group, h5py.Group) and "keypoints" in group and not name.startswith(SCRATCH_GROUP):
+                    found[name] = _image_identity(group)
+    return found
+
+
+def keypoint_counts(path: str | os.PathLike) -> dict[str, int]:
+    """The number of keypoints of every image of a features file, from the datasets' shapes (nothing is read)."""
+    with open_hdf5(Path(path), "r") as handle:
+        return {name: int(handle[name]["keypoints"].shape[0]) for name in _entry_names(handle)}
 
 
 class FeatureWriter:
@@ -282,21 +351,25 @@ class FeatureWriter:
         check_same_settings(self.path, stored, self.settings)
 
     def write(self, name: str, features: Features) -> None:
+        keypoints = features.keypoints.astype(np.float32)
+        descriptors = features.descriptors.astype(self.descriptor_dtype, copy=False)
         with open_hdf5(self.path, "a") as handle:
             scratch = f"{SCRATCH_GROUP}/{uuid.uuid4().hex}"
             group = handle.create_group(scratch)
-            group.create_dataset("keypoints", data=features.keypoints.astype(np.float32))
+            group.create_dataset("keypoints", data=keypoints)
             group.create_dataset("scales", data=features.scales.astype(np.float32))
             group.create_dataset("scores", data=features.scores.astype(np.float32))
-            group.create_dataset("descriptors", data=features.descriptors.astype(self.descriptor_dtype, copy=False))
+            group.create_dataset("descriptors", data=descriptors)
             group.create_dataset("image_size", data=np.asarray(features.image_size, dtype=np.int64))
             if features.global_descriptor is not None:
                 group.create_dataset("global_descriptor", data=features.global_descriptor.astype(np.float32))
+            group.attrs[DIGEST_ATTR] = content_digest(keypoints, descriptors)
             if name in handle:
                 del handle[name]
             if posixpath.dirname(name):
                 handle.require_group(posixpath.dirname(name))
             handle.move(scratch, name)
+            _drop_empty_scratch(handle)
         self.done.add(name)
 
     def copy_from(self, shard: str | os.PathLike) -> int:
@@ -365,6 +438,14 @@ def iter_features(path: str | os.PathLike) -> Iterator[tuple[str, Features]]:
 # ---------------------------------------------------------------------------------------------------------------
 # matches.h5: hloc's layout, one group per pair: <name0>/<name1> (slashes inside names become '-'), holding
 # ``matches0`` (N0,) int32, the index of the matched keypoint in image 1 or -1, and ``matching_scores0`` (N0,).
+# d2sfm adds what hloc's readers ignore: the file's match settings (attribute ``settings``, JSON, beside
+# ``d2sfm_format``) and on each pair the identities of the features it was matched from (``features0``,
+# ``features1``: the images' ``content_digest``), so that a rerun neither mixes other settings in nor keeps
+# matches whose keypoint indices point into features extracted since.
+
+MATCHES_FORMAT = "matches-1"
+PAIR_IDENTITY_ATTRS = ("features0", "features1")
+MATCHES_FIX = "pass --overwrite to match every pair again, or choose another output file"
 
 
 def pair_key(name0: str, name1: str) -> str:
@@ -392,48 +473,155 @@ def matched_pairs(path: str | os.PathLike) -> set[str]:
         return pair_keys(handle)
 
 
-class MatchWriter:
-    """Appends pair matches; a pair already present in either order counts as done."""
+def pair_identity(group: h5py.Group) -> tuple[str, str] | None:
+    """The identities of the features a pair was matched from; None where the file does not say (an earlier
+    d2sfm's or another program's matches)."""
+    values = [group.attrs.get(key) for key in PAIR_IDENTITY_ATTRS]
+    if any(value is None for value in values):
+        return None
+    return tuple(value.decode() if isinstance(value, bytes) else str(value) for value in values)
 
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False) -> None:
+
+def pairs_to_match(path: str | os.PathLike, pairs: Sequence[tuple[str, str]],
+                   identities: Mapping[str, str] | None) -> tuple[list[tuple[str, str]], int, int]:
+    """The pairs of ``pairs`` with no current matches in the matches file ``path`` (in either order), and how many
+    of them have matches from other features (re-extracted since) or from features it does not name (an earlier
+    d2sfm's file). ``identities``: each image's features (``feature_identities``); None: any stored pair counts."""
+    if not Path(path).is_file():
+        return list(pairs), 0, 0
+    todo, changed, unrecorded = [], 0, 0
+    with open_hdf5(Path(path), "r") as handle:
+        keys = pair_keys(handle)
+        for name0, name1 in pairs:
+            key = next((k for k in (pair_key(name0, name1), pair_key(name1, name0)) if k in keys), None)
+            if key is None:
+                todo.append((name0, name1))
+                continue
+            if identities is None:
+                continue
+            if name0 not in identities or name1 not in identities:  # no features: matching it says so
+                todo.append((name0, name1))
+                continue
+            try:
+                stored = pair_identity(handle[key])
+            except DAMAGE:
+                todo.append((name0, name1))
+                continue
+            if stored is not None and key != pair_key(name0, name1):
+                stored = stored[::-1]
+            if stored is None:
+                unrecorded += 1
+                todo.append((name0, name1))
+            elif stored != (identities[name0], identities[name1]):
+                changed += 1
+                todo.append((name0, name1))
+    return todo, changed, unrecorded
+
+
+def _features_file_note(handle: h5py.File) -> str | None:
+    """Why an existing file is a features file and not a matches file, or None."""
+    if handle.attrs.get("d2sfm_format") == FORMAT_ATTRS["d2sfm_format"] or "keypoint_convention" in handle.attrs:
+        return "d2sfm features file"
+    if handle.attrs.get("d2sfm_format") == MATCHES_FORMAT:
+        return None
+    first = next(readable_entries(handle), None)  # hloc's features: no attributes, but keypoints in each entry
+    if first is not None and "keypoints" in first[1] and "matches0" not in first[1]:
+        return "features file (its entries hold keypoints)"
+    return None
+
+
+class MatchWriter:
+    """Appends pair matches; a pair already present in either order counts as done (``has``), and ``todo`` says
+    which pairs need matching once the features are known. ``settings``: what the matches depend on besides the
+    features (None: not recorded or checked); a file of other settings is refused, as features.h5 is."""
+
+    def __init__(self, path: str | os.PathLike, settings: dict | None = None, overwrite: bool = False) -> None:
         self.path = Path(path)
+        self.settings = json.loads(json.dumps(settings)) if settings is not None else None
+        if self.path.is_file():  # read-only first: a refused run leaves the file as it was
+            with open_hdf5(self.path, "r") as handle:
+                note = _features_file_note(handle)  # before --overwrite deletes anything
+                if note:
+                    raise D2sfmError(f"{self.path}: is a {note}, not a matches file; writing matches into it would "
+                                     "mix the two: give another output file for the matches (-o matches.h5)")
+                stored = handle.attrs.get("settings")
+                if not overwrite and self.settings is not None and stored is not None:
+                    check_same_settings(self.path, json.loads(stored), self.settings, fix=lambda *_: MATCHES_FIX,
+                                        what="matches made")
         if overwrite and self.path.exists():
             self.path.unlink()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _open_for_append(self.path) as handle:
+            self.done = pair_keys(handle)
+            if self.settings is not None and "settings" not in handle.attrs:
+                if self.done:
+                    log.warning(f"{self.path}: records neither the settings nor the features its {len(self.done)} "
+                                "pairs were matched with (an earlier d2sfm's or another program's file): each pair "
+                                "is matched again when asked for")
+                handle.attrs["settings"] = json.dumps(self.settings, sort_keys=True)
+                handle.attrs["d2sfm_format"] = MATCHES_FORMAT
             if SCRATCH_GROUP in handle:
                 del handle[SCRATCH_GROUP]
-            self.done = pair_keys(handle)
 
     def has(self, name0: str, name1: str) -> bool:
         return pair_key(name0, name1) in self.done or pair_key(name1, name0) in self.done
 
-    def write_many(self, results: list[tuple[str, str, np.ndarray, np.ndarray]]) -> None:
+    def todo(self, pairs: Sequence[tuple[str, str]], identities: Mapping[str, str]) -> list[tuple[str, str]]:
+        """The pairs to match now: absent, or matched from other features than ``identities`` (re-extracted since,
+        or not recorded), these logged with a count."""
+        todo, changed, unrecorded = pairs_to_match(self.path, pairs, identities)
+        if changed:
+            log.info(f"  {self.path}: {changed} pair(s) are matched again: features of their images were extracted "
+                     "again since they were matched")
+        if unrecorded:
+            log.info(f"  {self.path}: {unrecorded} pair(s) are matched again: the file does not record which features "
+                     "they were matched from")
+        return todo
+
+    def write_many(self, results: list[tuple[str, str, np.ndarray, np.ndarray]],
+                   identities: Mapping[str, str] | None = None) -> None:
         """``results``: (name0, name1, matches0 (N0,) int, scores0 (N0,)) each, written in one file session,
-        each pair complete or absent."""
+        each pair complete or absent; ``identities``: the images' features identities (``feature_identities``),
+        recorded with each pair."""
+        identities = identities or {}
+        self._write([(pair_key(name0, name1), matches0, scores0,
+                      (identities.get(name0), identities.get(name1))) for name0, name1, matches0, scores0 in results])
+
+    def _write(self, entries: list[tuple[str, np.ndarray, np.ndarray, tuple | None]]) -> None:
         with open_hdf5(self.path, "a") as handle:
-            for name0, name1, matches0, scores0 in results:
-                key = pair_key(name0, name1)
+            for key, matches0, scores0, identity in entries:
                 scratch = f"{SCRATCH_GROUP}/{uuid.uuid4().hex}"
                 group = handle.create_group(scratch)
                 group.create_dataset("matches0", data=np.asarray(matches0, dtype=np.int32))
                 group.create_dataset("matching_scores0", data=np.asarray(scores0, dtype=np.float16))
+                if identity is not None and None not in identity:
+                    for attr, value in zip(PAIR_IDENTITY_ATTRS, identity):
+                        group.attrs[attr] = value
                 if key in handle:
                     del handle[key]
                 handle.require_group(posixpath.dirname(key))
                 handle.move(scratch, key)
                 self.done.add(key)
-
+            _drop_empty_scratch(handle)
 
     def copy_from(self, shard: str | os.PathLike) -> int:
-        """Write every pair of another matches file that this one lacks (a worker's shard); returns how many."""
+        """Write every pair of another matches file (a worker's shard) that this one lacks or holds from other
+        features; returns how many. A shard of other settings is an error, not a silent mix."""
         with open_hdf5(Path(shard), "r") as source:
-            missing = sorted(pair_keys(source) - self.done)
+            stored = source.attrs.get("settings")
+            if self.settings is not None and stored is not None and json.loads(stored) != self.settings:
+                raise D2sfmError(f"{shard}: holds matches made with other settings than {self.path}; delete it or "
+                                 "pass --overwrite")
+            keys = sorted(pair_keys(source))
+            identities = {key: pair_identity(source[key]) for key in keys}
+        with open_hdf5(self.path, "r") as target:
+            missing = [key for key in keys if key not in self.done or (
+                identities[key] is not None and pair_identity(target[key]) != identities[key])]
         for start in range(0, len(missing), 1000):  # a thousand pairs at a time: memory stays bounded
             with open_hdf5(Path(shard), "r") as source:
-                results = [(*key.split("/"), source[key]["matches0"][()], source[key]["matching_scores0"][()])
+                entries = [(key, source[key]["matches0"][()], source[key]["matching_scores0"][()], identities[key])
                            for key in missing[start:start + 1000]]
-            self.write_many(results)  # keys are in pair_key form already ('/' inside names was replaced)
+            self._write(entries)  # keys are in pair_key form already ('/' inside names was replaced)
         return len(missing)
 
 

@@ -16,7 +16,16 @@ from tqdm import tqdm
 from d2sfm.errors import D2sfmError
 from d2sfm.io.atomic import atomic_path
 from d2sfm.io.features import Features
-from d2sfm.io.h5 import list_entries, open_hdf5, pair_keys, read_features, read_global_descriptors
+from d2sfm.io.h5 import (
+    feature_identities,
+    keypoint_counts,
+    list_entries,
+    open_hdf5,
+    pair_identity,
+    pair_keys,
+    read_features,
+    read_global_descriptors,
+)
 from d2sfm.io.keypoints import colmap_xy_to_opencv_xy
 
 INT16_LIMIT = np.iinfo(np.int16).max
@@ -150,7 +159,68 @@ def export_hloc_features(features_path: Path, output: Path, global_output: Path,
     return len(names), len(with_global), len(model), added
 
 
-def export_hloc_matches(matches_path: Path, output: Path, progress: bool = True) -> int:
+class MatchesCheck:
+    """Whether the pairs of a matches file fit a features file: each pair names two of its images, has one
+    ``matches0`` entry per keypoint of its first image and indices below its second image's keypoint count, and,
+    where the pair records them (d2sfm.match does), was matched from the features the file holds now. Matches that
+    do not fit point at other keypoints: hloc would read them as wrong correspondences, silently."""
+
+    def __init__(self, matches_path: Path, features_path: Path) -> None:
+        self.matches_path, self.features_path = matches_path, features_path
+        self.counts = keypoint_counts(features_path)
+        self.by_key_name: dict[str, str] = {}  # pair_key's form of a name ('/' made '-') -> the name
+        for name in self.counts:
+            self.by_key_name.setdefault(name.replace("/", "-"), name)
+        self.identities = feature_identities(features_path, self.counts)
+        self.fix = (f"match the pairs again from these features (python -m d2sfm.match {features_path} PAIRS -o "
+                    f"{matches_path} --overwrite), or give the features file they were matched from")
+
+    def names(self, key: str) -> tuple[str, str]:
+        first, second = key.split("/")
+        for part in (first, second):
+            if part not in self.by_key_name:
+                raise D2sfmError(f"{self.matches_path}: pair {first} {second} names image {part!r}, which has no "
+                                 f"features in {self.features_path}; {self.fix}")
+        return self.by_key_name[first], self.by_key_name[second]
+
+    def metadata(self, key: str, group: h5py.Group) -> bool:
+        """Checks what needs no data; True when the pair records the features it was matched from (then its
+        indices are these features' own: the matcher made them from them)."""
+        name0, name1 = self.names(key)
+        stored = pair_identity(group)
+        if stored is not None and stored != (self.identities[name0], self.identities[name1]):
+            raise D2sfmError(f"{self.matches_path}: pair {name0} {name1} was matched from other features than "
+                             f"{self.features_path} holds (extracted again since, or another file's); {self.fix}")
+        count = group["matches0"].shape[0] if group["matches0"].ndim == 1 else -1
+        if count != self.counts[name0]:
+            raise D2sfmError(f"{self.matches_path}: pair {name0} {name1} has {count} matches0 entries but "
+                             f"{self.features_path} has {self.counts[name0]} keypoints for {name0}: the matches were "
+                             f"made from other features; {self.fix}")
+        return stored is not None
+
+    def indices(self, key: str, matches0: np.ndarray) -> None:
+        name0, name1 = self.names(key)
+        if len(matches0) and (matches0.max() >= self.counts[name1] or matches0.min() < -1):
+            bad = int(matches0.max() if matches0.max() >= self.counts[name1] else matches0.min())
+            raise D2sfmError(f"{self.matches_path}: pair {name0} {name1} matches keypoint {bad} of {name1}, which has "
+                             f"{self.counts[name1]} keypoints in {self.features_path}: the matches were made from "
+                             f"other features; {self.fix}")
+
+
+def check_matches_fit(matches_path: Path, features_path: Path) -> None:
+    """``MatchesCheck`` on every pair before anything is written: only pairs that do not record their features
+    (an earlier d2sfm's or another program's) have their indices read."""
+    check = MatchesCheck(matches_path, features_path)
+    with open_hdf5(matches_path) as source:
+        for key in sorted(pair_keys(source)):
+            if not check.metadata(key, source[key]):
+                check.indices(key, source[key]["matches0"][()])
+
+
+def export_hloc_matches(matches_path: Path, output: Path, progress: bool = True,
+                        features_path: Path | None = None) -> int:
+    """Write ``output``; with ``features_path`` every pair is checked to fit those features (``MatchesCheck``)."""
+    check = MatchesCheck(matches_path, features_path) if features_path is not None else None
     with open_hdf5(matches_path) as source:
         keys = sorted(pair_keys(source))
         if not keys:
@@ -158,10 +228,11 @@ def export_hloc_matches(matches_path: Path, output: Path, progress: bool = True)
         with atomic_path(output) as scratch, h5py.File(scratch, "w") as handle:
             for key in tqdm(keys, desc="matches", unit="pair", disable=not progress):
                 matches0 = source[key]["matches0"][()]
+                if check is not None:
+                    check.metadata(key, source[key])
+                    check.indices(key, matches0)
                 dtype = np.int16 if len(matches0) == 0 or matches0.max() <= INT16_LIMIT else np.int32
                 group = _group(handle, key)
                 group.create_dataset("matches0", data=matches0.astype(dtype))
                 group.create_dataset("matching_scores0", data=source[key]["matching_scores0"][()].astype(np.float16))
     return len(keys)
-
-

@@ -13,7 +13,15 @@ import numpy as np
 from d2sfm.config import FeatureConfig, MatchConfig, RunConfig
 from d2sfm.features.extraction import feature_settings
 from d2sfm.features.weights import resolve_weights
-from d2sfm.io.h5 import check_same_settings, list_entries, matched_pairs, pair_key, read_settings
+from d2sfm.io.h5 import (
+    check_same_settings,
+    feature_identities,
+    list_entries,
+    matched_pairs,
+    pair_key,
+    pairs_to_match,
+    read_settings,
+)
 from d2sfm.matching.pairs import Pair, read_pairs, write_pairs
 from d2sfm.pipeline.backends import backend_for
 from d2sfm.pipeline.stage_settings import StageSettings
@@ -71,18 +79,25 @@ def extract_missing(features: FeatureConfig, run: RunConfig, image_dir: Path, na
                                     overwrite=overwrite, timings=timings, method=features.method)
 
 
-def unmatched_pairs(pairs: Sequence[Pair], matches_path: Path) -> list[Pair]:
+def unmatched_pairs(pairs: Sequence[Pair], matches_path: Path,
+                    features_path: Path | Sequence[Path] | None = None) -> list[Pair]:
     """The pairs with no matches in ``matches_path`` yet, in either order (a pair list may name (b, a) where
-    matches.h5 holds (a, b))."""
-    matched = matched_pairs(matches_path)
-    return [(a, b) for a, b in pairs if pair_key(a, b) not in matched and pair_key(b, a) not in matched]
+    matches.h5 holds (a, b)). Given ``features_path`` (one features file or several, as matching reads them), also
+    the pairs matched from other features than those files hold now (re-extracted since, or not recorded)."""
+    if features_path is None or not Path(matches_path).is_file():
+        matched = matched_pairs(matches_path)
+        return [(a, b) for a, b in pairs if pair_key(a, b) not in matched and pair_key(b, a) not in matched]
+    identities = feature_identities(features_path, {name for pair in pairs for name in pair})
+    return pairs_to_match(matches_path, pairs, identities)[0]
 
 
-def match_missing(matching: MatchConfig, run: RunConfig, features_path: Path, pairs: Sequence[Pair],
+def match_missing(matching: MatchConfig, run: RunConfig, features_path: Path | Sequence[Path], pairs: Sequence[Pair],
                   matches_path: Path, overwrite: bool = False, announce: bool = True) -> int:
-    """Match the pairs not yet in ``matches_path``; returns the pairs matched now."""
+    """Match the pairs not yet in ``matches_path`` and those matched there from features extracted again since;
+    returns the pairs matched now. A matches file of other match settings is refused (``overwrite``: start it
+    again)."""
     if announce:
-        done = len(pairs) - len(unmatched_pairs(pairs, matches_path))
+        done = len(pairs) - len(unmatched_pairs(pairs, matches_path, features_path))
         log.info(f"  {len(pairs) - done} pair(s) to match, {done} matched earlier")
     return backend_for(run).match(features_path, pairs, matches_path, matching.min_similarity, matching.ratio,
                                   overwrite=overwrite)

@@ -45,3 +45,34 @@ def test_matches_file_resume_and_unknown_names(tmp_path, sacre_coeur_images, wei
     pairs.write_text(f"{names[0]} missing.jpg\n")
     bad = subprocess.run(command, capture_output=True, text=True)
     assert bad.returncode == 2 and "pairs.txt:1: image 'missing.jpg' is not among the images" in bad.stderr
+
+
+def test_an_empty_pair_list_and_a_features_file_as_output_are_refused_in_one_line(tmp_path):
+    """``match`` wrote '0 pairs matched' for an empty pair list, and wrote its matches into features.h5 when -o
+    named it."""
+    from d2sfm.io.features import Features
+    from d2sfm.io.h5 import FeatureWriter, list_entries
+    from tests.in_process import command_in_process
+
+    features = tmp_path / "features.h5"
+    writer = FeatureWriter(features, {"test": 1})
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        writer.write(name, Features(rng.random((20, 2), dtype=np.float32), np.ones(20, np.float32),
+                                    np.ones(20, np.float32), rng.random((20, 512), dtype=np.float32), (32, 32)))
+    empty = tmp_path / "pairs.txt"
+    empty.write_text("# nothing yet\n\na.png a.png\n")
+    run = command_in_process("d2sfm.match", features, empty, "-o", tmp_path / "matches.h5", "--quiet")
+    assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+        f"error: {empty}: holds no pair to match (only blank lines, comments or an image paired with itself); "
+        "list one 'name0 name1' per line"]
+    assert not (tmp_path / "matches.h5").exists()
+
+    pairs = tmp_path / "one.txt"
+    pairs.write_text("a.png b.png\n")
+    before = features.read_bytes()
+    for extra in ((), ("--overwrite",)):
+        run = command_in_process("d2sfm.match", features, pairs, "-o", features, "--quiet", *extra)
+        assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+        assert f"error: {features}: is a d2sfm features file, not a matches file" in run.stderr
+    assert features.read_bytes() == before and list_entries(features) == ["a.png", "b.png"]

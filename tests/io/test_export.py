@@ -106,3 +106,43 @@ def test_hloc_files_read_as_d2sfms(d2sfm_files, tmp_path):
     again = subprocess.run([sys.executable, "-m", "d2sfm.export", "hloc", str(hloc_features), "-o",
                             str(tmp_path / "again")], capture_output=True, text=True)
     assert again.returncode == 2 and "already in hloc's conventions" in again.stderr
+
+
+def test_matches_that_do_not_fit_the_features_are_refused_before_anything_is_written(d2sfm_files, tmp_path):
+    """export hloc passed on matches whose indices point past the features' keypoints (matches made before the
+    features were extracted again): hloc would have read them as correspondences."""
+    from tests.in_process import command_in_process
+
+    features, _ = d2sfm_files
+    output = tmp_path / "hloc"
+    beyond = tmp_path / "beyond.h5"  # no record of its features (an earlier d2sfm's): its indices are checked
+    matches0 = np.full(200, -1)
+    matches0[3] = 250  # b.jpg has 250 keypoints: 0..249
+    MatchWriter(beyond).write_many([(*NAMES, matches0, np.ones(200))])
+    run = command_in_process("d2sfm.export", "hloc", features, beyond, "-o", output, "--quiet")
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert f"error: {beyond}: pair street/a.jpg b.jpg matches keypoint 250 of b.jpg, which has 250" in run.stderr
+    assert "python -m d2sfm.match" in run.stderr and "--overwrite" in run.stderr
+    assert not output.exists() or not any(output.iterdir())
+
+    short = tmp_path / "short.h5"  # one matches0 entry per keypoint of the first image, or other features
+    MatchWriter(short).write_many([(*NAMES, np.full(150, -1), np.ones(150))])
+    run = command_in_process("d2sfm.export", "hloc", features, short, "-o", output, "--quiet")
+    assert run.returncode == 2 and "pair street/a.jpg b.jpg has 150 matches0 entries but" in run.stderr
+
+
+def test_matches_made_from_features_extracted_since_are_refused(d2sfm_files, tmp_path):
+    """Recorded identities catch what the counts cannot: an image extracted again with as many keypoints."""
+    from d2sfm.io.h5 import feature_identities
+    from tests.in_process import command_in_process
+
+    features, _ = d2sfm_files
+    output = tmp_path / "hloc"
+    recorded = tmp_path / "recorded.h5"  # as d2sfm.match writes them: with the features they were made from
+    MatchWriter(recorded).write_many([(*NAMES, np.full(200, -1), np.ones(200))], feature_identities(features, NAMES))
+    assert command_in_process("d2sfm.export", "hloc", features, recorded, "-o", output, "--quiet").returncode == 0
+    writer = FeatureWriter(features, {"test": True})
+    writer.write(NAMES[1], _features(250, 5))  # b.jpg extracted again: as many keypoints, other ones
+    run = command_in_process("d2sfm.export", "hloc", features, recorded, "-o", tmp_path / "again", "--quiet")
+    assert run.returncode == 2 and "pair street/a.jpg b.jpg was matched from other features than" in run.stderr
+    assert not (tmp_path / "again" / "features.h5").exists()

@@ -156,3 +156,49 @@ def test_a_file_another_process_holds_open_is_waited_for_then_named_in_one_line(
         holder.kill()
         holder.wait()
     assert list_entries(path) == ["a.png", "b.png"]
+
+
+def test_finished_files_hold_no_scratch_group_and_an_interrupted_write_is_still_cleaned(tmp_path):
+    """A script listing features.h5's keys saw a fake image, ``_d2sfm_incomplete``, the empty parent of the
+    writers' scratch entries, in every file."""
+    from d2sfm.io.h5 import SCRATCH_GROUP
+
+    features = tmp_path / "features.h5"
+    writer = FeatureWriter(features, {"test": 1})
+    for name in ("a.png", "nested/b.png"):
+        writer.write(name, Features(np.zeros((3, 2), np.float32), np.ones(3, np.float32), np.ones(3, np.float32),
+                                    np.zeros((3, 512), np.float32), (4, 4)))
+    matches = tmp_path / "matches.h5"
+    MatchWriter(matches).write_many([("a.png", "nested/b.png", np.arange(3), np.ones(3))])
+    with h5py.File(features, "r") as handle:
+        assert sorted(handle.keys()) == ["a.png", "nested"]
+    with h5py.File(matches, "r") as handle:
+        assert sorted(handle.keys()) == ["a.png"]
+
+    with h5py.File(features, "a") as handle:  # what a write killed before its move leaves
+        handle.create_group(f"{SCRATCH_GROUP}/killed").create_dataset("keypoints", data=np.zeros((1, 2)))
+    assert list_entries(features) == ["a.png", "nested/b.png"]  # readers pass over it
+    again = FeatureWriter(features, {"test": 1})  # the resumed run removes it and finds the finished images
+    assert sorted(again.done) == ["a.png", "nested/b.png"]
+    again.write("c.png", read_features(features, "a.png"))
+    with h5py.File(features, "r") as handle:
+        assert sorted(handle.keys()) == ["a.png", "c.png", "nested"]
+
+
+def test_each_image_records_a_digest_of_its_features(tmp_path):
+    """What matches.h5 records per pair: equal for the same features written again, different for others."""
+    from d2sfm.io.h5 import feature_identities
+
+    path = tmp_path / "features.h5"
+    writer = FeatureWriter(path, {"test": 1})
+    rng = np.random.default_rng(0)
+    first = Features(rng.random((5, 2), dtype=np.float32), np.ones(5, np.float32), np.ones(5, np.float32),
+                     rng.random((5, 512), dtype=np.float32), (8, 8))
+    writer.write("a.png", first)
+    digest = feature_identities(path, ["a.png", "missing.png"])
+    assert list(digest) == ["a.png"] and len(digest["a.png"]) == 32
+    writer.write("a.png", first)
+    assert feature_identities(path, ["a.png"]) == digest
+    writer.write("a.png", Features(first.keypoints[:4], first.scales[:4], first.scores[:4], first.descriptors[:4],
+                                   (8, 8)))
+    assert feature_identities(path, ["a.png"]) != digest

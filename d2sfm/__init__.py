@@ -1,9 +1,10 @@
 """d2sfm: D2-Net features in a complete COLMAP pipeline.
 
 The Python API (``d2sfm.api``, documented in the README): ``extract``, ``pairs``, ``match``, ``reconstruct``,
-``localize``, ``localize_images``, ``refine``, ``evaluate_poses``, ``evaluate_model`` and ``train``, with the
-configuration dataclasses and presets of ``d2sfm.config`` (``preset("d2-ss")``). They are loaded on first use, so
-that ``import d2sfm`` stays light (no torch, no pycolmap) for commands that read files only.
+``localize``, ``localize_images``, ``refine``, ``evaluate_poses``, ``evaluate_model``, ``train`` and
+``export_hloc``, with the configuration dataclasses and presets of ``d2sfm.config`` (``preset("d2-ss")``). They
+are loaded on first use, so that ``import d2sfm`` stays light (no torch, no pycolmap) for commands that read files
+only.
 """
 
 # The system zlib must be loaded before pycolmap. pycolmap 4.2's extension exports the zlib it links statically;
@@ -28,6 +29,7 @@ _API = {name: "d2sfm.api" for name in ("extract", "pairs", "match", "reconstruct
                                         "refine", "evaluate_poses", "evaluate_model", "ExtractionResult")}
 _API.update({"ReconstructionResult": "d2sfm.pipeline.reconstruct", "keep_freed_memory": "d2sfm.runtime.allocator"})
 _API.update({name: "d2sfm.training.trainer" for name in ("train", "TrainingConfig", "TrainingResult")})
+_API.update({"export_hloc": "d2sfm.io.hloc_export", "HlocExport": "d2sfm.io.hloc_export"})
 _API.update({name: "d2sfm.config" for name in (
     "FeatureConfig", "PairsConfig", "MatchConfig", "RefineConfig", "MappingConfig", "DenseConfig", "RunConfig",
     "ReconstructionConfig", "AachenConfig", "InLocConfig", "ImagesLocalizationConfig", "PRESETS", "ORIGINAL_D2",

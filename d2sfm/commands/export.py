@@ -38,9 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from d2sfm.commands.cli import CommandParser, run_main
-from d2sfm.errors import D2sfmError
-from d2sfm.io.h5 import open_hdf5
-from d2sfm.io.hloc_export import check_matches_fit, export_hloc_features, export_hloc_matches
+from d2sfm.io.hloc_export import export_hloc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,30 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for path in (args.features, args.matches):
-        if path is not None and not path.is_file():
-            raise D2sfmError(f"{path}: no such file; give the features.h5 / matches.h5 of a d2sfm run")
-    with open_hdf5(args.features) as handle:
-        if handle.attrs.get("keypoint_convention") != "colmap":
-            raise D2sfmError(f"{args.features}: is already in hloc's conventions (not written by d2sfm.extract)")
-    if args.model is not None:
-        from d2sfm.io.model_files import check_model_folder
-
-        check_model_folder(args.model)  # before anything is written
-    if args.matches is not None:
-        check_matches_fit(args.matches, args.features)  # stale matches would be hloc's wrong correspondences
-    args.output.mkdir(parents=True, exist_ok=True)
-    images, with_global, aligned, added = export_hloc_features(
-        args.features, args.output / "features.h5", args.output / "global-feats.h5", progress=not args.quiet,
-        model_dir=args.model)
-    print(f"wrote {args.output / 'features.h5'}: {images} images"
-          + (f" ({aligned} with the 2D points of {args.model}, {added} of them without a descriptor)"
+    done = export_hloc(args.features, args.output, matches=args.matches, model=args.model, progress=not args.quiet)
+    print(f"wrote {done.features}: {done.images} images"
+          + (f" ({done.aligned} with the 2D points of {args.model}, {done.added} of them without a descriptor)"
              if args.model is not None else "")
-          + (f"; {args.output / 'global-feats.h5'}: {with_global} global descriptors" if with_global else ""))
-    if args.matches is not None:
-        pairs = export_hloc_matches(args.matches, args.output / "matches.h5", progress=not args.quiet,
-                                    features_path=args.features)
-        print(f"wrote {args.output / 'matches.h5'}: {pairs} pairs")
+          + (f"; {done.global_features}: global descriptors" if done.global_features else ""))
+    if done.matches is not None:
+        print(f"wrote {done.matches}: {done.pairs} pairs")
     return 0
 
 

@@ -5,8 +5,10 @@ tools read them as their own.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -236,3 +238,48 @@ def export_hloc_matches(matches_path: Path, output: Path, progress: bool = True,
                 group.create_dataset("matches0", data=matches0.astype(dtype))
                 group.create_dataset("matching_scores0", data=source[key]["matching_scores0"][()].astype(np.float16))
     return len(keys)
+
+
+@dataclass
+class HlocExport:
+    """What ``export_hloc`` wrote: its files and counts (``aligned``/``added``: images given the model's 2D points,
+    and of those points the ones without a descriptor; ``pairs``: None without matches)."""
+
+    features: Path
+    images: int
+    global_features: Path | None
+    aligned: int
+    added: int
+    matches: Path | None
+    pairs: int | None
+
+
+def export_hloc(features: str | os.PathLike, output: str | os.PathLike, *, matches: str | os.PathLike | None = None,
+                model: str | os.PathLike | None = None, progress: bool = True) -> HlocExport:
+    """A d2sfm features.h5 (and matches.h5) in hloc's conventions under ``output`` (features.h5, global-feats.h5
+    where the file has global descriptors, matches.h5); with ``model``, each image's keypoints are that COLMAP
+    model's 2D points, so that hloc's localizers see the model's tracks. Every input is checked before anything is
+    written (``python -m d2sfm.export hloc`` runs this)."""
+    features, output = Path(features), Path(output)
+    matches = Path(matches) if matches is not None else None
+    for path in (features, matches):
+        if path is not None and not path.is_file():
+            raise D2sfmError(f"{path}: no such file; give the features.h5 / matches.h5 of a d2sfm run")
+    with open_hdf5(features) as handle:
+        if handle.attrs.get("keypoint_convention") != "colmap":
+            raise D2sfmError(f"{features}: is already in hloc's conventions (not written by d2sfm.extract)")
+    if model is not None:
+        from d2sfm.io.model_files import check_model_folder
+
+        check_model_folder(Path(model))
+    if matches is not None:
+        check_matches_fit(matches, features)  # stale matches would be hloc's wrong correspondences
+    output.mkdir(parents=True, exist_ok=True)
+    images, with_global, aligned, added = export_hloc_features(
+        features, output / "features.h5", output / "global-feats.h5", progress=progress,
+        model_dir=Path(model) if model is not None else None)
+    pairs = None
+    if matches is not None:
+        pairs = export_hloc_matches(matches, output / "matches.h5", progress=progress, features_path=features)
+    return HlocExport(output / "features.h5", images, output / "global-feats.h5" if with_global else None, aligned,
+                      added, output / "matches.h5" if matches is not None else None, pairs)

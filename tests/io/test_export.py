@@ -64,6 +64,24 @@ def test_export_writes_hlocs_conventions(d2sfm_files, tmp_path):
         assert list(pair["matches0"][[0, 5, 7]]) == [3, 40, 249]
 
 
+def test_the_python_api_exports_as_the_command_does(d2sfm_files, tmp_path):
+    import d2sfm
+
+    features, matches = d2sfm_files
+    done = d2sfm.export_hloc(features, tmp_path / "api", matches=matches, progress=False)
+    assert (done.images, done.pairs) == (2, 1) and done.global_features == tmp_path / "api" / "global-feats.h5"
+    assert _export(features, matches, tmp_path / "command").returncode == 0
+    for name in ("features.h5", "matches.h5", "global-feats.h5"):
+        with h5py.File(tmp_path / "api" / name, "r") as a, h5py.File(tmp_path / "command" / name, "r") as b:
+            def datasets(handle):
+                found = {}
+                handle.visititems(lambda key, item: found.update({key: item[()]}) if isinstance(item, h5py.Dataset)
+                                  else None)
+                return found
+            ours, theirs = datasets(a), datasets(b)
+            assert ours.keys() == theirs.keys() and all(np.array_equal(ours[k], theirs[k]) for k in ours)
+
+
 def test_large_indices_do_not_wrap(tmp_path):
     """hloc writes matches0 as int16, which wraps above 32,767 keypoints; the export widens where it must."""
     features = tmp_path / "features.h5"

@@ -142,17 +142,27 @@ def localize(benchmark: str, dataset: PathLike, config: AachenConfig | InLocConf
     return protocol.localize(dataset, config, output)
 
 
-def refine(target: PathLike, images: PathLike, *, method: str = "patch", complete_tracks: bool = False,
+def refine(target: PathLike, images: PathLike, *, method: str | None = None, complete_tracks: bool = False,
            weights: str | None = None, device: str = "auto", progress: bool = True):
     """Refine, in place and atomically, the keypoints of a verified COLMAP database (``target`` a database file:
-    tracks aligned before mapping, by ``method``) or the observations of a mapped model (``target`` a model
-    folder: patch alignment and bundle adjustment; ``complete_tracks`` adds each point where its patch is found in
-    covisible images); ``images``: the folder the scene was built from. Returns the refinement's summary.
-    ``python -m d2sfm.refine`` runs this."""
+    tracks aligned before mapping, by ``method``: "patch" by default, or "featuremetric" with ``weights``) or the
+    observations of a mapped model (``target`` a model folder: patch alignment and bundle adjustment;
+    ``complete_tracks`` adds each point where its patch is found in covisible images); ``images``: the folder the
+    scene was built from. An option the target does not use is refused, not ignored. Returns the refinement's
+    summary. ``python -m d2sfm.refine`` runs this."""
     from d2sfm.config import RefineConfig
 
     target, images = Path(target), Path(images)
+    if target.is_dir() and (method is not None or weights is not None):
+        raise D2sfmError("--method and --weights (method, weights) apply to a database; a model folder is refined by "
+                         "patch alignment")
+    if not target.is_dir() and complete_tracks:
+        raise D2sfmError("--complete-tracks (complete_tracks) applies to a model folder, whose 3D points have tracks "
+                         "to complete")
+    method = method or "patch"
     RefineConfig(method=method)  # the method's name checked as every config checks it
+    if method == "patch" and weights is not None:
+        raise D2sfmError("--weights (weights) applies to --method featuremetric; patch alignment reads only the images")
     if not images.is_dir():
         raise D2sfmError(f"{images}: no such image folder; pass the folder the scene was built from")
     if target.is_dir():

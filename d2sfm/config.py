@@ -11,14 +11,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from d2sfm.bounds import out_of_range
+from d2sfm.bounds import check_choice, check_numbers
+from d2sfm.cluster.ray_backend import MAX_RAY_WORKERS
 from d2sfm.errors import D2sfmError
+from d2sfm.features.extraction import MAX_LOADER_WORKERS
 from d2sfm.features.extractor import ExtractionConfig
 from d2sfm.features.gpu_batching import DEFAULT_GPU_MEMORY_GIB
 from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
 from d2sfm.refinement.settings import METHODS as REFINE_METHODS
 from d2sfm.refinement.settings import RefineSettings
 from d2sfm.sfm.defaults import (
+    CAMERA_MODELS,
     CAMERA_MODES,
     D2_ABS_POSE_MIN_INLIER_RATIO,
     D2_ABS_POSE_MIN_INLIERS,
@@ -30,28 +33,6 @@ from d2sfm.sfm.defaults import (
 
 FEATURE_METHODS = ("d2", "sift")
 IMAGES_PAIRS = ("auto", "exhaustive", "retrieval")
-
-
-def check_numbers(config: object, **bounds: dict) -> None:
-    """Each named field of ``config`` within its bounds (d2sfm.bounds, as the command line checks them; None
-    passes where it is the field's "off"): a Python user's bad value is the command line's one-line refusal, before
-    any work, not a traceback or a silent empty result later."""
-    for name, limits in bounds.items():
-        value = getattr(config, name)
-        limits = dict(limits)
-        if limits.pop("optional", False) and value is None:
-            continue
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise D2sfmError(f"{type(config).__name__}.{name} = {value!r} is not a number")
-        wanted = out_of_range(value, **limits)
-        if wanted:
-            raise D2sfmError(f"{type(config).__name__}.{name} = {value!r} is out of range: give {wanted}")
-
-
-def check_choice(config: object, name: str, choices: tuple, optional: bool = False) -> None:
-    value = getattr(config, name)
-    if not (value in choices or (optional and value is None)):
-        raise D2sfmError(f"{type(config).__name__}.{name} = {value!r}: use one of {', '.join(map(str, choices))}")
 
 
 @dataclass(frozen=True)
@@ -147,6 +128,7 @@ class MappingConfig:
 
     def __post_init__(self) -> None:
         check_choice(self, "camera_mode", CAMERA_MODES, optional=True)
+        check_choice(self, "camera_model", CAMERA_MODELS)
         check_choice(self, "refine_intrinsics", INTRINSICS_REFINEMENTS)
         check_choice(self, "mapper", MAPPERS)
         check_numbers(self, abs_pose_min_inliers={"at_least": 1},
@@ -184,9 +166,11 @@ class RunConfig:
     overwrite: bool = False  # redo every stage instead of resuming
 
     def __post_init__(self) -> None:
-        check_numbers(self, ray_workers={"at_least": 1, "optional": True}, ray_cpus_per_worker={"at_least": 1},
-                      ray_batch={"at_least": 1, "optional": True}, batch_size={"at_least": 1, "optional": True},
-                      loader_workers={"at_least": 0, "optional": True}, gpu_memory_gib={"above": 0})
+        check_numbers(self, ray_workers={"at_least": 1, "at_most": MAX_RAY_WORKERS, "optional": True},
+                      ray_cpus_per_worker={"at_least": 1}, ray_batch={"at_least": 1, "optional": True},
+                      batch_size={"at_least": 1, "optional": True},
+                      loader_workers={"at_least": 0, "at_most": MAX_LOADER_WORKERS, "optional": True},
+                      gpu_memory_gib={"above": 0})
 
 
 @dataclass(frozen=True)
@@ -266,6 +250,7 @@ class ImagesLocalizationConfig:
 
     def __post_init__(self) -> None:
         check_choice(self, "pairs", IMAGES_PAIRS)
+        check_choice(self, "camera_model", CAMERA_MODELS)
         check_numbers(self, top_k={"at_least": 1}, ransac_max_error={"above": 0}, min_inliers={"at_least": 4})
 
 

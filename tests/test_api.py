@@ -136,3 +136,9 @@ def test_evaluation_and_refinement_are_functions_of_the_api(tmp_path):
         d2sfm.refine(tmp_path / "database.db", tmp_path / "images", method="bogus")
     with pytest.raises(D2sfmError, match="not a COLMAP model folder"):
         d2sfm.refine(tmp_path / "images", tmp_path / "images")
+    for target, options, named in [(tmp_path / "images", {"weights": "d2_tf"}, "weights"),
+                                   (tmp_path / "images", {"method": "featuremetric"}, "method"),
+                                   (tmp_path / "database.db", {"complete_tracks": True}, "complete_tracks"),
+                                   (tmp_path / "database.db", {"weights": "d2_tf"}, "weights")]:
+        with pytest.raises(D2sfmError, match=named):  # refused, not ignored
+            d2sfm.refine(target, tmp_path / "images", **options)

@@ -10,8 +10,8 @@ REPO = Path(__file__).resolve().parents[1]
 # Lowest first. A module may import its own sub-package and any lower layer; packages on one line are peers that
 # do not import each other.
 LAYERS = [
-    ("errors", "bounds"),
-    ("runtime", "io"),
+    ("errors",),
+    ("bounds", "runtime", "io"),
     ("features", "synthetic"),
     ("matching", "training"),
     ("sfm",),

@@ -35,6 +35,10 @@ REFUSED = [
     (RunConfig, {"loader_workers": -3}, "loader_workers"),
     (RunConfig, {"batch_size": 0}, "batch_size"),
     (RunConfig, {"gpu_memory_gib": float("nan")}, "gpu_memory_gib"),
+    (RunConfig, {"ray_workers": 10**6}, "ray_workers"),
+    (RunConfig, {"loader_workers": 1000}, "loader_workers"),
+    (MappingConfig, {"camera_model": "NOPE"}, "camera_model"),
+    (ImagesLocalizationConfig, {"camera_model": "NOPE"}, "camera_model"),
     (MappingConfig, {"mapper": "bogus"}, "mapper"),
     (MappingConfig, {"camera_mode": "per-photo"}, "camera_mode"),
     (MappingConfig, {"refine_intrinsics": "some"}, "refine_intrinsics"),
@@ -67,6 +71,10 @@ def test_the_defaults_and_the_off_values_are_accepted():
     RunConfig(loader_workers=0, ray_workers=None, batch_size=None)
     InLocConfig(ransac_max_error=None)
     MappingConfig(camera_mode=None)
+    import numpy as np  # numpy's numbers, as a script computes them, are numbers
+
+    PairsConfig(top_k=np.int64(10))
+    MatchConfig(ratio=np.float32(0.9))
 
 
 def test_the_choices_named_without_pycolmap_are_those_the_stages_know():

@@ -33,7 +33,9 @@ class RayBackend:
                                   batch_images=self.batch or DEFAULT_BATCH_IMAGES, progress=self.progress,
                                   gpu_memory_gib=self.gpu_memory_gib)
 
-    def match(self, features: Path, pairs, output: Path, min_similarity=None, ratio=None, overwrite=False) -> int:
+    def match(self, features: Path, pairs, output: Path, min_similarity=None, ratio=None, overwrite=False,
+              keep_unrecorded=False) -> int:
         return match_on_cluster(features, pairs, output, self.address, min_similarity, ratio, overwrite=overwrite,
                                 workers=self.workers, cpus_per_worker=self.cpus_per_worker,
-                                block_pairs=self.batch or DEFAULT_BLOCK_PAIRS, progress=self.progress)
+                                block_pairs=self.batch or DEFAULT_BLOCK_PAIRS, progress=self.progress,
+                                keep_unrecorded=keep_unrecorded)

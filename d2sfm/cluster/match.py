@@ -51,14 +51,15 @@ class MatchingWorker:
 def match_on_cluster(features: Path, pairs: Sequence[Pair], output: Path, address: str,
                      min_similarity: float | None = None, ratio: float | None = None, overwrite: bool = False,
                      workers: int | None = None, cpus_per_worker: int = 1, block_pairs: int = DEFAULT_BLOCK_PAIRS,
-                     progress: bool = True) -> int:
+                     progress: bool = True, keep_unrecorded: bool = False) -> int:
     """Match every pair not yet in ``output`` (or matched there from features extracted again since) with Ray
-    workers, ``block_pairs`` per task; returns pairs matched."""
+    workers, ``block_pairs`` per task; returns pairs matched (``keep_unrecorded``: as ``match_pairs``)."""
     writer = MatchWriter(output, match_settings(min_similarity, ratio), overwrite=overwrite)  # refuses before deleting
     if overwrite:
         discard_shards(output)
     recovered = collect_left_shards(output, writer.copy_from, "pair(s) an interrupted run had matched")
-    todo = sorted(writer.todo(pairs, feature_identities(features, {name for pair in pairs for name in pair})))
+    todo = sorted(writer.todo(pairs, feature_identities(features, {name for pair in pairs for name in pair}),
+                              keep_unrecorded))
     if not todo:
         return recovered
     features_path = str(features.resolve())

@@ -28,6 +28,7 @@ from d2sfm.commands.options import (
     run_config,
 )
 from d2sfm.config import FeatureConfig
+from d2sfm.features.extraction import MAX_LOADER_WORKERS
 from d2sfm.features.extractor import (
     CONV_IMPLEMENTATIONS,
     PRECISIONS,
@@ -41,8 +42,6 @@ from d2sfm.io.images import image_sources
 log = logging.getLogger("d2sfm")
 
 
-# --workers: loader processes each hold a torch import and a prefetch queue; more than this only costs memory.
-MAX_WORKERS = 64
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,9 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "most 80%% of the GPU): the first image of each size is measured alone and batches hold "
                         "what fits; nothing is padded. An image too large alone is listed as failed. With --ray, "
                         "for each worker's GPU")
-    parser.add_argument("--workers", type=number(int, at_least=0, at_most=MAX_WORKERS), default=None,
+    parser.add_argument("--workers", type=number(int, at_least=0, at_most=MAX_LOADER_WORKERS), default=None,
                         help="image loading processes (default 4 on GPU, 1 on CPU; 0 loads in the main process; "
-                        f"at most {MAX_WORKERS})")
+                        f"at most {MAX_LOADER_WORKERS})")
     add_cluster_arguments(parser, "images", DEFAULT_BATCH_IMAGES)
     parser.add_argument("--timings", type=Path, default=None, metavar="FILE",
                         help="write where the time went (start-up, waiting for images, decoding, network, detection, "

@@ -16,8 +16,13 @@ from d2sfm.api import match
 from d2sfm.cluster.match import DEFAULT_BLOCK_PAIRS
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.library_logs import add_verbose_argument, set_library_logs
-from d2sfm.commands.options import add_cluster_arguments, add_device_argument, number, run_config
-from d2sfm.config import MatchConfig
+from d2sfm.commands.options import (
+    add_cluster_arguments,
+    add_device_argument,
+    add_match_arguments,
+    match_config,
+    run_config,
+)
 from d2sfm.errors import D2sfmError
 from d2sfm.io.h5 import list_entries
 from d2sfm.matching.pairs import read_pairs
@@ -35,10 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("pairs", type=Path, help="pair list, one 'name0 name1' per line (names as in features.h5)")
     parser.add_argument("--output", "-o", type=Path, default=Path("matches.h5"), help="default: matches.h5")
     add_device_argument(parser)
-    parser.add_argument("--min-similarity", type=number(float, at_least=-1, at_most=1), default=None,
-                        help="drop matches whose descriptor cosine similarity is below this (e.g. 0.8); default: off")
-    parser.add_argument("--ratio", type=number(float, above=0, at_most=1), default=None,
-                        help="Lowe's ratio test on descriptor distances (e.g. 0.9); off by default")
+    add_match_arguments(parser, prefix="")
     add_cluster_arguments(parser, "pairs", DEFAULT_BLOCK_PAIRS)
     parser.add_argument("--overwrite", action="store_true", help="delete the output first and redo every pair "
                         "(to change --min-similarity or --ratio of an existing output)")
@@ -56,8 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not pairs:  # a pipeline may have no usable pair; a pair list given to match that holds none is a mistake
         raise D2sfmError(f"{args.pairs}: holds no pair to match (only blank lines, comments or an image paired with "
                          "itself); list one 'name0 name1' per line")
-    config = MatchConfig(min_similarity=args.min_similarity, ratio=args.ratio)
-    matched = match(args.features, pairs, args.output, config, run=run_config(args))
+    matched = match(args.features, pairs, args.output, match_config(args), run=run_config(args))
     print(f"wrote {args.output}: {matched} pairs matched, {len(pairs) - matched} already done")
     return 0
 

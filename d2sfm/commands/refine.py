@@ -53,17 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.database is None) == (args.model is None):
         parser.error("give either a database or --model FOLDER")
-    # an option the chosen mode does not use is refused, not silently ignored
-    if args.model is not None and (args.method is not None or args.weights is not None):
-        parser.error("--method and --weights apply to a database; a model (--model) is refined by patch alignment")
-    if args.model is None and args.complete_tracks:
-        parser.error("--complete-tracks applies to a model (--model FOLDER), whose 3D points have tracks to complete")
-    method = args.method or "patch"
-    if args.model is None and method == "patch" and args.weights is not None:
-        parser.error("--weights applies to --method featuremetric; patch alignment reads only the images")
     target = args.model if args.model is not None else args.database
-    summary = refine(target, args.images, method=method, complete_tracks=args.complete_tracks, weights=args.weights,
-                     device=args.device, progress=not args.quiet)
+    summary = refine(target, args.images, method=args.method, complete_tracks=args.complete_tracks,
+                     weights=args.weights, device=args.device, progress=not args.quiet)
     print(f"refined {target}: {summary.describe()}")
     return 0
 

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from d2sfm.commands.cli import CommandParser, run_main
-from d2sfm.commands.extract import MAX_WORKERS
 from d2sfm.commands.options import add_device_argument, add_weights_argument, number
+from d2sfm.features.extraction import MAX_LOADER_WORKERS
 from d2sfm.training.trainer import DATA_KINDS, MIN_CROP, TrainingConfig, train
 
 
@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trainable-layers", type=number(int, at_least=1, at_most=10), default=1,
                         help="train the last N conv layers (default 1: conv4_3 only, as the paper; up to 10)")
     parser.add_argument("--seed", type=int, default=1, help="seeds the pairs and torch (default 1)")
-    parser.add_argument("--workers", type=number(int, at_least=0, at_most=MAX_WORKERS), default=0,
-                        help=f"data loader processes (default 0; at most {MAX_WORKERS})")
+    parser.add_argument("--workers", type=number(int, at_least=0, at_most=MAX_LOADER_WORKERS), default=0,
+                        help=f"data loader processes (default 0; at most {MAX_LOADER_WORKERS})")
     parser.add_argument("--checkpoint-every", type=number(int, at_least=1), default=200,
                         help="also save last.pth every N steps inside an epoch (default 200)")
     homography = parser.add_argument_group("homography pairs")

@@ -483,10 +483,12 @@ def pair_identity(group: h5py.Group) -> tuple[str, str] | None:
 
 
 def pairs_to_match(path: str | os.PathLike, pairs: Sequence[tuple[str, str]],
-                   identities: Mapping[str, str] | None) -> tuple[list[tuple[str, str]], int, int]:
+                   identities: Mapping[str, str] | None,
+                   keep_unrecorded: bool = False) -> tuple[list[tuple[str, str]], int, int]:
     """The pairs of ``pairs`` with no current matches in the matches file ``path`` (in either order), and how many
     of them have matches from other features (re-extracted since) or from features it does not name (an earlier
-    d2sfm's file). ``identities``: each image's features (``feature_identities``); None: any stored pair counts."""
+    d2sfm's file; ``keep_unrecorded``: kept, where the caller's own record vouches for them). ``identities``: each
+    image's features (``feature_identities``); None: any stored pair counts."""
     if not Path(path).is_file():
         return list(pairs), 0, 0
     todo, changed, unrecorded = [], 0, 0
@@ -511,7 +513,8 @@ def pairs_to_match(path: str | os.PathLike, pairs: Sequence[tuple[str, str]],
                 stored = stored[::-1]
             if stored is None:
                 unrecorded += 1
-                todo.append((name0, name1))
+                if not keep_unrecorded:
+                    todo.append((name0, name1))
             elif stored != (identities[name0], identities[name1]):
                 changed += 1
                 todo.append((name0, name1))
@@ -566,14 +569,18 @@ class MatchWriter:
     def has(self, name0: str, name1: str) -> bool:
         return pair_key(name0, name1) in self.done or pair_key(name1, name0) in self.done
 
-    def todo(self, pairs: Sequence[tuple[str, str]], identities: Mapping[str, str]) -> list[tuple[str, str]]:
+    def todo(self, pairs: Sequence[tuple[str, str]], identities: Mapping[str, str],
+             keep_unrecorded: bool = False) -> list[tuple[str, str]]:
         """The pairs to match now: absent, or matched from other features than ``identities`` (re-extracted since,
-        or not recorded), these logged with a count."""
-        todo, changed, unrecorded = pairs_to_match(self.path, pairs, identities)
+        or, unless ``keep_unrecorded``, not recorded: an earlier release's), these logged with a count."""
+        todo, changed, unrecorded = pairs_to_match(self.path, pairs, identities, keep_unrecorded)
         if changed:
             log.info(f"  {self.path}: {changed} pair(s) are matched again: features of their images were extracted "
                      "again since they were matched")
-        if unrecorded:
+        if unrecorded and keep_unrecorded:
+            log.info(f"  {self.path}: {unrecorded} pair(s) of an earlier release record no features; kept, as the "
+                     "run's record vouches for them")
+        elif unrecorded:
             log.info(f"  {self.path}: {unrecorded} pair(s) are matched again: the file does not record which features "
                      "they were matched from")
         return todo

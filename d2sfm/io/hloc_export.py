@@ -280,6 +280,6 @@ def export_hloc(features: str | os.PathLike, output: str | os.PathLike, *, match
         model_dir=Path(model) if model is not None else None)
     pairs = None
     if matches is not None:
-        pairs = export_hloc_matches(matches, output / "matches.h5", progress=progress, features_path=features)
+        pairs = export_hloc_matches(matches, output / "matches.h5", progress=progress)  # checked above
     return HlocExport(output / "features.h5", images, output / "global-feats.h5" if with_global else None, aligned,
                       added, output / "matches.h5" if matches is not None else None, pairs)

@@ -62,16 +62,18 @@ class DescriptorCache:
 def match_pairs(
     features_path: FeatureFiles, pairs: Sequence[Pair], matches_path: str | Path, device: torch.device | str = "cpu",
     min_similarity: float | None = None, ratio: float | None = None, overwrite: bool = False,
-    progress: bool = True, flush_seconds: float = 5.0,
+    progress: bool = True, flush_seconds: float = 5.0, keep_unrecorded: bool = False,
 ) -> int:
     """Match every pair not yet in ``matches_path``, or matched there from features extracted again since; returns
     how many pairs were matched now. ``features_path``: one features file, or several read as one (see
-    DescriptorCache). A matches file of other settings is refused (``overwrite``: start it again)."""
+    DescriptorCache). A matches file of other settings is refused (``overwrite``: start it again);
+    ``keep_unrecorded``: pairs an earlier release matched (no features recorded) are kept, for the pipelines,
+    whose own records vouch for them."""
     device = torch.device(device)
     writer = MatchWriter(matches_path, match_settings(min_similarity, ratio), overwrite=overwrite)
     cache = DescriptorCache(features_path, device)
     identities = cache.identities(sorted({name for pair in pairs for name in pair}))
-    todo = writer.todo(pairs, identities)
+    todo = writer.todo(pairs, identities, keep_unrecorded)
     pending: list = []
     last_flush = time.monotonic()
     for name0, name1 in tqdm(todo, desc="matching", unit="pair", disable=not progress):

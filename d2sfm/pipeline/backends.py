@@ -36,8 +36,8 @@ class Backend(Protocol):
         [(name, error)])."""
 
     def match(self, features: Path, pairs: Sequence[Pair], output: Path, min_similarity: float | None = None,
-              ratio: float | None = None, overwrite: bool = False) -> int:
-        """Every pair not yet in ``output``; returns the pairs matched now."""
+              ratio: float | None = None, overwrite: bool = False, keep_unrecorded: bool = False) -> int:
+        """Every pair not yet in ``output``; returns the pairs matched now (``keep_unrecorded``: match_pairs')."""
 
 
 class LocalBackend:
@@ -64,9 +64,9 @@ class LocalBackend:
             write_timings(timings, clock, extracted, self.device, batches.run_peak_bytes())
         return extracted, failures
 
-    def match(self, features, pairs, output, min_similarity=None, ratio=None, overwrite=False):
+    def match(self, features, pairs, output, min_similarity=None, ratio=None, overwrite=False, keep_unrecorded=False):
         return match_pairs(features, pairs, output, self.device, min_similarity=min_similarity, ratio=ratio,
-                           overwrite=overwrite, progress=self.run.progress)
+                           overwrite=overwrite, progress=self.run.progress, keep_unrecorded=keep_unrecorded)
 
 
 def backend_for(run: RunConfig) -> Backend:

@@ -92,20 +92,27 @@ def unmatched_pairs(pairs: Sequence[Pair], matches_path: Path,
 
 
 def match_missing(matching: MatchConfig, run: RunConfig, features_path: Path | Sequence[Path], pairs: Sequence[Pair],
-                  matches_path: Path, overwrite: bool = False, announce: bool = True) -> int:
+                  matches_path: Path, overwrite: bool = False, announce: bool = True,
+                  keep_unrecorded: bool = False) -> int:
     """Match the pairs not yet in ``matches_path`` and those matched there from features extracted again since;
     returns the pairs matched now. A matches file of other match settings is refused (``overwrite``: start it
-    again)."""
+    again). ``keep_unrecorded``: for the pipelines, whose settings record vouches for the pairs an earlier release
+    matched (one pair added since must not cost matching them all again)."""
     if announce:
-        done = len(pairs) - len(unmatched_pairs(pairs, matches_path, features_path))
+        done = len(pairs) - len(unmatched_pairs(pairs, matches_path))
         log.info(f"  {len(pairs) - done} pair(s) to match, {done} matched earlier")
     return backend_for(run).match(features_path, pairs, matches_path, matching.min_similarity, matching.ratio,
-                                  overwrite=overwrite)
+                                  overwrite=overwrite, keep_unrecorded=keep_unrecorded)
 
 
 def match_settings(matching: MatchConfig) -> dict:
     """What the matches depend on beyond the features (a pipeline's settings record for its ``match`` stage)."""
     return {"min_similarity": matching.min_similarity, "ratio": matching.ratio}
+
+
+# What the localization pipelines of earlier releases matched with (they had no matching options): a folder they
+# wrote has no record of its match stage and is compared with this
+EARLIER_MATCHING = {"min_similarity": None, "ratio": None}
 
 
 def extract_and_match(features: FeatureConfig, matching: MatchConfig, run: RunConfig, folder: RunFolder,
@@ -135,11 +142,11 @@ def extract_and_match(features: FeatureConfig, matching: MatchConfig, run: RunCo
     # pairs.txt lists this run's pairs: other pairs (another pair list, --top-k or query set) are written anew
     folder.stages.run("pairs", pairs_path.is_file() and read_pairs(pairs_path) == [tuple(p) for p in usable],
                       lambda: write_pairs(pairs_path, usable))
-    if "match" in settings.redo:
+    if settings.own_settings_changed("match"):
         matches.unlink(missing_ok=True)  # every pair's matches differ
 
     def match() -> None:
-        match_missing(matching, run, features_path, usable, matches)
+        match_missing(matching, run, features_path, usable, matches, keep_unrecorded=True)
         settings.finished("match")
 
     folder.stages.run("match", not unmatched_pairs(usable, matches), match)

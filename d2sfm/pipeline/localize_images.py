@@ -33,6 +33,7 @@ from d2sfm.localization.poses import Pose, pose_from_rotation_centre, write_pose
 from d2sfm.localization.submission import QueryOutcome, finish_localization
 from d2sfm.matching.pairs import EXHAUSTIVE_UP_TO, Pair, read_pairs, write_pairs
 from d2sfm.pipeline.features import (
+    EARLIER_MATCHING,
     check_extraction_settings,
     extract_missing,
     match_missing,
@@ -146,6 +147,19 @@ def reference_record(reference: Path) -> dict:
                                      default=0)}
 
 
+def reference_photos(config: ImagesLocalizationConfig, reference: Path) -> Path:
+    """The reference scene's photos, which refinement aligns the query keypoints to."""
+    return Path(config.reference_images) if config.reference_images else reference / "images"
+
+
+def check_reference_photos(folder: Path, observed: dict) -> None:
+    """Every photo of the model's observed images must be there for refinement (checked before any work)."""
+    missing = sorted(name for name in observed if not (folder / name).is_file())
+    if missing:
+        raise D2sfmError(f"{folder}: the reference photo {missing[0]} is not there ({len(missing)} missing); give "
+                         "the reference scene's photos with --reference-images, or --no-refine")
+
+
 def query_truth(truth_dir: Path, names: list[str]) -> list[tuple[str, Pose]]:
     """The true cameras of the queries (read before any work: a bad --gt must not cost the localization)."""
     truth = read_truth(truth_dir)
@@ -183,6 +197,11 @@ def localize_images(reference: str | os.PathLike, queries: str | os.PathLike,
     if not names:
         raise D2sfmError(f"{queries}: no photos to localize")
     true_poses = query_truth(Path(gt), names) if gt is not None else None
+    if config.refine:
+        check_reference_photos(reference_photos(config, reference), observed)
+    if output.resolve() == reference.resolve() or output.resolve() == queries.resolve():
+        raise D2sfmError(f"{output}: the output folder must not be the reference scene or the query folder (its "
+                         "features and pairs would be overwritten); choose another --output")
     # the folder is opened (and --overwrite clears it) only once every input is known to be good
     folder = RunFolder(output, overwrite=config.run.overwrite)
     features, pairs_path, matches = folder.path("features.h5"), folder.path("pairs.txt"), folder.path("matches.h5")
@@ -195,7 +214,8 @@ def localize_images(reference: str | os.PathLike, queries: str | os.PathLike,
         "localize": {"camera_model": config.camera_model, "camera_params": config.camera_params,
                      "ransac_max_error": config.ransac_max_error, "min_inliers": config.min_inliers,
                      "thresholds": config.thresholds, "refine": config.refine,
-                     "gt": str(Path(gt).resolve()) if gt is not None else None}}, IMAGES_STAGES)
+                     "gt": str(Path(gt).resolve()) if gt is not None else None}}, IMAGES_STAGES,
+        implicit={"match": EARLIER_MATCHING})
     for stage, stale in (("pairs", pairs_path), ("match", matches), ("refine", folder.path("refined_keypoints.h5"))):
         if stage in settings.redo:
             stale.unlink(missing_ok=True)
@@ -218,7 +238,7 @@ def localize_images(reference: str | os.PathLike, queries: str | os.PathLike,
     if config.run.ray is not None:
         raise D2sfmError("localize images runs in this process; leave out --ray")
     folder.stages.run("match", not unmatched_pairs(pairs, matches), lambda: match_missing(
-        config.matching, config.run, [features, reference_features], pairs, matches))
+        config.matching, config.run, [features, reference_features], pairs, matches, keep_unrecorded=True))
     settings.finished("match")
     by_query: dict[str, list[str]] = {}
     for query, image in pairs:
@@ -260,12 +280,7 @@ def refine_stage(config: ImagesLocalizationConfig, folder: RunFolder, refined: P
                  matches: Path, by_query: dict[str, list[str]]) -> None:
     """The query keypoints matched to observed reference keypoints, aligned to those observations (skipped when
     ``refined`` holds them already)."""
-    reference_images = Path(config.reference_images) if config.reference_images else reference / "images"
-    missing = sorted({image for images in by_query.values() for image in images
-                      if not (reference_images / image).is_file()})
-    if missing:
-        raise D2sfmError(f"{reference_images}: the reference photo {missing[0]} is not there ({len(missing)} "
-                         "missing); give the reference scene's photos with --reference-images, or --no-refine")
+    reference_images = reference_photos(config, reference)
     positions = observed_positions(model, observed)
     query_set = set(by_query)
 

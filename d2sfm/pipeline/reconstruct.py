@@ -21,7 +21,7 @@ from d2sfm.io.images import list_images
 from d2sfm.matching.pairs import EXHAUSTIVE_UP_TO, choose_pairs, read_pairs, write_pairs  # noqa: F401 (re-exported)
 from d2sfm.pipeline.features import check_extraction_settings, extract_missing, match_missing, unmatched_pairs
 from d2sfm.pipeline.known_poses import triangulate_at_known_poses
-from d2sfm.pipeline.stage_settings import StageSettings, digest
+from d2sfm.pipeline.stage_settings import PENDING, StageSettings, digest
 from d2sfm.pipeline.stages import RunFolder, Stages
 from d2sfm.refinement.database_refinement import (
     drop_database_refined_unasked,
@@ -119,7 +119,8 @@ def dense_stage(config: DenseConfig, paths: dict[str, Path], image_dir: Path, st
 PAIR_METHODS = ("auto", "exhaustive", "sequential", "retrieval")
 
 
-RESUME_KEYS = ("failed_images", "verification", "stage_settings", "stage_seconds", "stage_peak_memory_mb")
+RESUME_KEYS = ("failed_images", "verification", "stage_settings", PENDING, "stage_seconds",
+               "stage_peak_memory_mb")
 SETTINGS_ORDER = ("pairs", "match", "database", "mapping")  # a change redoes its stage and every later one
 
 
@@ -285,11 +286,11 @@ def _reconstruct(scene: Path, config: ReconstructionConfig, image_dir: Path, fea
     stages.run("pairs", paths["pairs"].is_file() and "pairs" not in redo, make_pairs)
     finished("pairs")
     pairs = read_pairs(paths["pairs"], known_names=readable)
-    if "match" in redo and settings.changed == "match":  # other features or matching options: all matches differ
+    if settings.own_settings_changed("match"):  # other features or matching options: all matches differ
         paths["matches"].unlink(missing_ok=True)
 
     def match() -> None:
-        match_missing(config.matching, config.run, paths["features"], pairs, paths["matches"])
+        match_missing(config.matching, config.run, paths["features"], pairs, paths["matches"], keep_unrecorded=True)
         finished("match")
 
     stages.run("match", not unmatched_pairs(pairs, paths["matches"]), match)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from d2sfm.errors import D2sfmError
+from d2sfm.errors import D2sfmError, some_names
 from d2sfm.io.atomic import write_text_atomic
 from d2sfm.runtime.allocator import release_freed_memory
 from d2sfm.runtime.run_lock import LOCK_NAME, TEMPORARY
@@ -132,9 +132,8 @@ def _written_by_d2sfm(name: str, known: set[str]) -> bool:
     return any(name.endswith(suffix) and name[:-len(suffix)] in known for suffix in OUTPUT_SIDE_SUFFIXES)
 
 
-def _holding(paths: list[Path], shown: int = 3) -> str:
-    names = [path.name + ("/" if path.is_dir() else "") for path in paths]
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+def _holding(paths: list[Path]) -> str:
+    return some_names([path.name + ("/" if path.is_dir() else "") for path in paths])
 
 
 def clear_run_folder(output: Path, record: str) -> None:
@@ -147,8 +146,8 @@ def clear_run_folder(output: Path, record: str) -> None:
         raise D2sfmError(f"{output}: is a file, not a folder; choose a folder for the output")
     entries = sorted(output.iterdir())
     record_path = output / record
-    if not record_path.is_file():
-        foreign = [path for path in entries if not (path.name == LOCK_NAME or TEMPORARY.match(path.name))]
+    if not record_path.is_file():  # a first run killed before its first stage finished left d2sfm's names only
+        foreign = [path for path in entries if not _written_by_d2sfm(path.name, set(RUN_OUTPUTS))]
         if foreign:
             raise D2sfmError(f"{output}: not a d2sfm output folder (it holds {_holding(foreign)}); choose an empty or "
                              "new folder")

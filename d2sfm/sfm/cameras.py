@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import pycolmap
 
 from d2sfm.errors import D2sfmError
-
-CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")
+from d2sfm.sfm.defaults import CAMERA_MODELS  # noqa: F401 (re-exported: where it was first defined)
 
 
 @dataclass(frozen=True)

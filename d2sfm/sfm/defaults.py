@@ -15,3 +15,4 @@ DEFAULT_MESH_TRIM = 10.0  # COLMAP's: drop the surface where Poisson's sampling 
 MAPPERS = ("incremental", "global")
 CAMERA_MODES = ("auto", "single", "per-image", "per-folder")  # d2sfm.sfm.database
 INTRINSICS_REFINEMENTS = ("colmap", "none", "focal", "all")  # d2sfm.sfm.cameras
+CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV")  # offered

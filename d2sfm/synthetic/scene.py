@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from d2sfm.errors import D2sfmError
+from d2sfm.errors import D2sfmError, some_names
 from d2sfm.io.atomic import atomic_path, replace_folder, scratch_folder, write_text_atomic
 from d2sfm.runtime.run_lock import LOCK_NAME, TEMPORARY
 
@@ -270,10 +270,6 @@ def true_model(planes: Sequence[Plane], poses: Sequence[tuple[np.ndarray, np.nda
     return truth
 
 
-def _holding(names: list[str], shown: int = 3) -> str:
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
 def _shown(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -319,7 +315,7 @@ def prepare_scene(scene_dir: Path, settings: dict, overwrite: bool = False) -> s
         stray = [name for name in images if name not in names]
         if stray:
             raise D2sfmError(f"{scene_dir / 'images'}: holds files this synthetic scene would not write "
-                             f"({_holding(stray)}); choose an empty or new folder for the scene")
+                             f"({some_names(stray)}); choose an empty or new folder for the scene")
     else:
         changes = [f"{'' if key == 'focal' else '--'}{key} {_shown(saved.get(key))} -> {_shown(value)}"
                    for key, value in settings.items() if saved.get(key) != value]
@@ -331,7 +327,7 @@ def prepare_scene(scene_dir: Path, settings: dict, overwrite: bool = False) -> s
         others = [f"images/{name}" for name in images if name not in rendered] + \
             [name for name in entries if name not in ours]
         if others:
-            raise D2sfmError(f"{scene_dir}: holds more than the synthetic scene ({_holding(others)}), made from or "
+            raise D2sfmError(f"{scene_dir}: holds more than the synthetic scene ({some_names(others)}), made from or "
                              "beside the old views; choose an empty or new folder for the scene")
         for name in rendered:
             (scene_dir / "images" / name).unlink(missing_ok=True)

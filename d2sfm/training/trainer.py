@@ -29,8 +29,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from d2sfm.errors import D2sfmError
+from d2sfm.bounds import check_numbers
+from d2sfm.errors import D2sfmError, some_names
 from d2sfm.features.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
+from d2sfm.features.extraction import MAX_LOADER_WORKERS
 from d2sfm.features.network import D2Net
 from d2sfm.features.weights import DEFAULT_WEIGHTS, KNOWN_WEIGHTS, resolve_weights
 from d2sfm.io.atomic import read_text_file, write_text_atomic
@@ -112,18 +114,12 @@ class TrainingResult:
 
 def _check_numbers(config: TrainingConfig) -> None:
     """The command's bounds, for a Python caller too: a bad value is one line naming the option."""
-    rules = [("epochs", config.epochs >= 1, ">= 1"), ("lr", config.lr > 0 and np.isfinite(config.lr), "> 0"),
-             ("batch_size", config.batch_size >= 1, ">= 1"),
-             ("trainable_layers", 1 <= config.trainable_layers <= 10, "from 1 (conv4_3) to 10 (all)"),
-             ("workers", config.workers >= 0, ">= 0"), ("checkpoint_every", config.checkpoint_every >= 1, ">= 1"),
-             ("pairs_per_epoch", config.pairs_per_epoch >= 1, ">= 1"), ("val_pairs", config.val_pairs >= 0, ">= 0"),
-             ("strength", 0 <= config.strength <= 1, "in [0, 1]"),
-             ("night_probability", 0 <= config.night_probability <= 1, "in [0, 1]"),
-             ("pairs_per_scene", config.pairs_per_scene >= 1, ">= 1"),
-             ("max_scale_ratio", config.max_scale_ratio >= 1, ">= 1")]
-    for name, ok, wanted in rules:
-        if not ok:
-            raise D2sfmError(f"--{name.replace('_', '-')} {getattr(config, name)}: out of range, give a value {wanted}")
+    check_numbers(config, epochs={"at_least": 1}, lr={"above": 0}, batch_size={"at_least": 1},
+                  trainable_layers={"at_least": 1, "at_most": 10},  # conv4_3 ... all ten convolutions
+                  workers={"at_least": 0, "at_most": MAX_LOADER_WORKERS}, checkpoint_every={"at_least": 1},
+                  pairs_per_epoch={"at_least": 1}, val_pairs={"at_least": 0}, strength={"at_least": 0, "at_most": 1},
+                  night_probability={"at_least": 0, "at_most": 1}, pairs_per_scene={"at_least": 1},
+                  max_scale_ratio={"at_least": 1})
     if config.data not in DATA_KINDS:
         raise D2sfmError(f"--data {config.data!r}: choose {' or '.join(DATA_KINDS)}")
     if config.crop < MIN_CROP:
@@ -214,10 +210,6 @@ def _option_changes(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
             if old.get(name) != new[name]]
 
 
-def _holding(names: list[str], shown: int = 3) -> str:
-    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
-
-
 def _entries(folder: Path) -> list[str]:
     return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
 
@@ -238,11 +230,11 @@ def check_output(output: Path, overwrite: bool) -> None:
         return
     foreign = [name for name in _entries(output) if not _housekeeping(name)]
     if overwrite and foreign:
-        raise D2sfmError(f"{output}: not a d2sfm output folder (it holds {_holding(foreign)}); choose an empty or "
+        raise D2sfmError(f"{output}: not a d2sfm output folder (it holds {some_names(foreign)}); choose an empty or "
                          "new folder for --output")
     clash = [name for name in foreign if name.rstrip("/") in (LOG, CHECKPOINTS)]
     if clash:
-        raise D2sfmError(f"{output}: holds {_holding(clash)} but no {RECORD}, so not a d2sfm training folder; "
+        raise D2sfmError(f"{output}: holds {some_names(clash)} but no {RECORD}, so not a d2sfm training folder; "
                          "choose an empty or new folder for --output")
 
 
@@ -256,7 +248,7 @@ def _clear_output(output: Path) -> None:
         checkpoints.rmdir()
     kept = [name for name in _entries(output) if not _housekeeping(name)]
     if kept:
-        log.info(f"  kept what training did not write in {output}: {_holding(kept)}")
+        log.info(f"  kept what training did not write in {output}: {some_names(kept)}")
 
 
 def _read_resume(last: Path) -> dict:

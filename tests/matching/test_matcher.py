@@ -97,6 +97,17 @@ def test_a_file_without_records_is_matched_again_with_a_warning(features, tmp_pa
         match_pairs(features, PAIRS, matches, ratio=0.9, progress=False)
 
 
+def test_the_pipelines_keep_an_earlier_release_s_pairs(features, tmp_path, caplog):
+    """A pipeline's own record vouches for the pairs an earlier release matched: one pair added since must not
+    cost matching every old pair again (hours on a large job)."""
+    matches = tmp_path / "matches.h5"
+    MatchWriter(matches).write_many([("a.png", "b.png", np.full(300, 299, np.int32), np.ones(300))])
+    with caplog.at_level(logging.INFO, logger="d2sfm"):
+        assert match_pairs(features, PAIRS, matches, progress=False, keep_unrecorded=True) == 1  # the new pair
+    assert "1 pair(s) of an earlier release record no features; kept" in caplog.text
+    assert (_stored(matches, "a.png/b.png") == 299).all()
+
+
 def test_a_features_file_is_refused_as_the_output_even_with_overwrite(features):
     names = list_entries(features)
     before = features.read_bytes()

@@ -2,6 +2,7 @@
 (triangulation at known poses, with the known K), the others localized against that model and scored against
 their true cameras (metres) at 1 cm/0.1 deg, 5 cm/0.5 deg and 10 cm/1 deg."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import pytest
 
 import d2sfm
+from d2sfm.errors import D2sfmError
 from d2sfm.io.images import list_images
 from d2sfm.refinement.database_refinement import refined_keypoints_record
 
@@ -80,6 +82,14 @@ def test_other_photos_localize_against_a_model_at_the_true_poses(scene, through,
             output=output, gt=truth)
         assert returned["localized"] == len(list_images(queries))
         assert (output / "refined_keypoints.h5").is_file() == refine
+        if refine:  # refused before any work: photos refinement needs, an output that would overwrite the scene
+            before = sorted(path.name for path in output.iterdir())
+            elsewhere = dataclasses.replace(config, reference_images=str(tmp_path / "nowhere"))
+            with pytest.raises(D2sfmError, match="nowhere: the reference photo"):
+                d2sfm.localize_images(reference, queries, elsewhere, output=output)
+            with pytest.raises(D2sfmError, match="must not be the reference scene"):
+                d2sfm.localize_images(reference, queries, config, output=reference)
+            assert sorted(path.name for path in output.iterdir()) == before
     summary = json.loads((output / "summary.json").read_text())
     scores = summary["scores"]
     print(scene, scores["recall_percent"], scores["median_position_error_m"], scores["median_rotation_error_deg"])

@@ -87,3 +87,48 @@ def test_features_of_other_settings_name_the_pipeline_options_that_give_them():
     assert "--overwrite" in remedy
     assert pipeline_remedy({"scales": [0.5, 1.0, 2.0]}, ["scales"]).startswith("rerun without the options")
     assert pipeline_remedy({"scales": [0.75, 1.5]}, ["scales"]) == "pass --overwrite to extract them again"
+
+
+def test_stages_to_redo_stay_recorded_until_they_have_run():
+    """Killed after the first changed stage recorded its new settings: the later stages' old outputs must still be
+    redone by the next run, although their own settings did not change."""
+    order = ("pairs", "match", "localize")
+    state: dict = {}
+    first = StageSettings(state, {"pairs": {"k": 5}, "match": {"r": None}, "localize": {"n": 15}}, order)
+    for stage in order:
+        first.finished(stage)
+    second = StageSettings(state, {"pairs": {"k": 10}, "match": {"r": None}, "localize": {"n": 15}}, order)
+    assert second.redo == set(order)
+    second.finished("pairs")  # ... saved with the next stage's record, then the run is killed
+    third = StageSettings(state, {"pairs": {"k": 10}, "match": {"r": None}, "localize": {"n": 15}}, order)
+    assert third.changed is None and third.redo == {"match", "localize"}
+    third.finished("match")
+    third.finished("localize")
+    assert StageSettings(state, third.current, order).redo == set()
+
+
+def test_an_earlier_release_s_folder_is_compared_with_what_it_ran():
+    """Old folders have no record of a stage: compared with what that release did (no matching options), a rerun
+    with --ratio matches again; a new folder is not said to have changed."""
+    current = {"match": {"min_similarity": None, "ratio": 0.9}}
+    old_folder = {"stage_seconds": {"extract": 1.0}}
+    settings = StageSettings(old_folder, current, ("match",), implicit={"match": {"min_similarity": None,
+                                                                                    "ratio": None}})
+    assert settings.changed == "match" and settings.own_settings_changed("match")
+    fresh = StageSettings({}, current, ("match",), implicit={"match": {"min_similarity": None, "ratio": None}})
+    assert fresh.changed is None and not fresh.own_settings_changed("match")
+    same = StageSettings({"stage_seconds": {}}, {"match": {"min_similarity": None, "ratio": None}}, ("match",),
+                         implicit={"match": {"min_similarity": None, "ratio": None}})
+    assert same.redo == set()
+
+
+def test_an_earlier_stage_s_change_keeps_a_later_stage_s_output_unless_its_own_settings_changed():
+    order = ("pairs", "match")
+    state: dict = {}
+    first = StageSettings(state, {"pairs": {"k": 5}, "match": {"r": None}}, order)
+    first.finished("pairs")
+    first.finished("match")
+    pairs_only = StageSettings(dict(state), {"pairs": {"k": 10}, "match": {"r": None}}, order)
+    assert "match" in pairs_only.redo and not pairs_only.own_settings_changed("match")  # kept pairs keep matches
+    both = StageSettings(dict(state), {"pairs": {"k": 10}, "match": {"r": 0.9}}, order)
+    assert both.changed == "pairs" and both.own_settings_changed("match")  # every match differs

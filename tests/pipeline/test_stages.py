@@ -52,12 +52,18 @@ def test_overwrite_refuses_a_folder_that_d2sfm_did_not_write(tmp_path):
     (scene / "images").mkdir(parents=True)
     (scene / "stats.json").write_text("{}")
     (scene / "features.h5").write_bytes(b"features")
-    with pytest.raises(D2sfmError, match="it holds features.h5, images/, stats.json"):
+    with pytest.raises(D2sfmError, match=r"it holds images/, stats.json\)"):
         RunFolder(scene, overwrite=True)
     assert (scene / "features.h5").is_file()
     empty = tmp_path / "empty"
     empty.mkdir()
     assert RunFolder(empty, overwrite=True).state == {}
+    killed = tmp_path / "killed"  # a first run killed before any stage finished: no record, its outputs only
+    killed.mkdir()
+    (killed / "features.h5").write_bytes(b"half")
+    (killed / "pairs.txt").write_text("a b\n")
+    RunFolder(killed, overwrite=True)
+    assert list(killed.iterdir()) == []
 
 
 def test_overwrite_deletes_what_d2sfm_wrote_and_keeps_the_rest(tmp_path):

@@ -39,7 +39,7 @@ from d2sfm.localization.reference_model import Intrinsics, build_reference_model
 from d2sfm.localization.registration import register_queries, registration_options
 from d2sfm.localization.submission import QueryOutcome, finish_localization, ground_truth_if_present
 from d2sfm.matching.pairs import Pair, read_pairs, unique_pairs
-from d2sfm.pipeline.features import extract_and_match, match_settings
+from d2sfm.pipeline.features import EARLIER_MATCHING, extract_and_match, match_settings
 from d2sfm.pipeline.stage_settings import StageSettings, digest, pairs_digest
 from d2sfm.pipeline.stages import RunFolder
 from d2sfm.refinement.database_refinement import (
@@ -204,7 +204,8 @@ def localize(dataset: str | Path, config: AachenConfig | None = None, output: st
         "database": {"dataset": str(layout.root.resolve()), "pairs": pairs_digest(pairs),
                      "queries": digest("\n".join(query_names))},
         "register": {"min_inliers": config.min_inliers, "min_inlier_ratio": config.min_inlier_ratio,
-                     "refine_query_intrinsics": config.refine_query_intrinsics}}, AACHEN_STAGES)
+                     "refine_query_intrinsics": config.refine_query_intrinsics}}, AACHEN_STAGES,
+        implicit={"match": EARLIER_MATCHING})
     extracted, usable = extract_and_match(config.features, config.matching, config.run, run, layout.images,
                                           names, pairs, settings)
 

@@ -42,7 +42,7 @@ from d2sfm.localization.pose_scores import THRESHOLD_PRESETS
 from d2sfm.localization.poses import Pose
 from d2sfm.localization.submission import QueryOutcome, finish_localization, ground_truth_if_present
 from d2sfm.matching.pairs import Pair, read_pairs
-from d2sfm.pipeline.features import extract_and_match, match_settings
+from d2sfm.pipeline.features import EARLIER_MATCHING, extract_and_match, match_settings
 from d2sfm.pipeline.stage_settings import StageSettings, pairs_digest
 from d2sfm.pipeline.stages import RunFolder
 from d2sfm.refinement.database_refinement import (
@@ -205,7 +205,9 @@ def localize(dataset: str | Path, config: InLocConfig | None = None, output: str
     settings = StageSettings(run.state, {
         "match": match_settings(config.matching),
         "refine": {"pairs": pairs_digest(pairs)},  # the refined file's own record says its method
-        "localize": {"ransac_max_error": config.ransac_max_error, "refined": wanted}}, INLOC_STAGES)
+        "localize": {"ransac_max_error": config.ransac_max_error, "refined": wanted}}, INLOC_STAGES,
+        # a folder of an earlier release recorded how its poses' query keypoints were refined, not as settings
+        implicit={"match": EARLIER_MATCHING, "localize": {"refined": run.state.get("poses_refined", False)}})
     extracted, usable = extract_and_match(config.features, config.matching, config.run, run, layout.images,
                                           names, pairs, settings)
     usable_retrieved = {q: [c for c in cs if c in extracted] for q, cs in retrieved.items() if q in extracted}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.paths import REPO, SACRE_COEUR, WEIGHTS  # noqa: E402
-from d2sfm.io.h5 import list_entries  # noqa: E402
+from d2sfm.io.h5 import list_entries
 from d2sfm.io.images import list_images  # noqa: E402
 from d2sfm.matching.pairs import exhaustive_pairs, write_pairs  # noqa: E402
 

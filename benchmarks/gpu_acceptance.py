@@ -511,7 +511,8 @@ def section_ray(ctx: Context) -> dict:
 def _match_overlap(one: dict, other: dict, pair: tuple[str, str]) -> float:
     """Shared matches / all matches of a pair in two runs, a match named by its two keypoints' positions (rounded
     to 0.01 px): a keypoint that one run has and the other not shifts every later index, not the positions."""
-    from d2sfm.io.h5 import read_keypoints, read_matches
+    from d2sfm.io.h5 import read_keypoints
+    from d2sfm.io.matches_h5 import read_matches
 
     def named(run: dict) -> set:
         matches = read_matches(run["matches"], *pair)[0]

@@ -33,7 +33,8 @@ import pycolmap
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.paths import REPO, WEIGHTS  # noqa: E402
 from d2sfm.evaluation.ground_truth import demo_check  # noqa: E402
-from d2sfm.io.h5 import MatchWriter, list_entries, read_features, read_matches  # noqa: E402
+from d2sfm.io.h5 import list_entries, read_features
+from d2sfm.io.matches_h5 import MatchWriter, read_matches
 from d2sfm.synthetic.scene import render_scene  # noqa: E402
 
 STAGES = ("extract", "pairs", "match", "database", "refine", "mapping", "refine-model")

@@ -26,7 +26,7 @@ import pycolmap
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.paths import REPO, WEIGHTS  # noqa: E402
-from d2sfm.io.h5 import read_keypoints  # noqa: E402
+from d2sfm.io.h5 import read_keypoints
 from d2sfm.refinement.database_refinement import read_database_keypoints
 from d2sfm.refinement.patch_alignment import anchors_and_maps  # noqa: E402
 from d2sfm.refinement.tracks import build_tracks, read_verified_matches  # noqa: E402

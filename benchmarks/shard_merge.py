@@ -22,7 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from d2sfm.io.features import Features  # noqa: E402
-from d2sfm.io.h5 import FeatureWriter, list_entries, read_features  # noqa: E402
+from d2sfm.io.h5 import FeatureWriter, list_entries, read_features
 
 SETTINGS = {"benchmark": "shard_merge"}
 

@@ -35,8 +35,9 @@ from d2sfm.config import InLocConfig
 from d2sfm.errors import D2sfmError
 from d2sfm.features.weights import resolve_weights
 from d2sfm.io.atomic import write_text_atomic
-from d2sfm.io.h5 import read_keypoints, read_matches
+from d2sfm.io.h5 import read_keypoints
 from d2sfm.io.keypoints import colmap_xy_to_pixel_index, from_integer_centres
+from d2sfm.io.matches_h5 import read_matches
 from d2sfm.localization.absolute_pose import estimate_pose
 from d2sfm.localization.pose_scores import THRESHOLD_PRESETS
 from d2sfm.localization.poses import Pose

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from d2sfm.cluster.ray_backend import collect_left_shards, collect_shards, discard_shards, run_sharded
-from d2sfm.io.h5 import MatchWriter, feature_identities
+from d2sfm.io.h5 import feature_identities
+from d2sfm.io.matches_h5 import MatchWriter
 from d2sfm.matching.matcher import match_settings
 from d2sfm.matching.pairs import Pair
 from d2sfm.runtime.device import resolve_device

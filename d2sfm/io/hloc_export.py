@@ -23,12 +23,11 @@ from d2sfm.io.h5 import (
     keypoint_counts,
     list_entries,
     open_hdf5,
-    pair_identity,
-    pair_keys,
     read_features,
     read_global_descriptors,
 )
 from d2sfm.io.keypoints import colmap_xy_to_opencv_xy
+from d2sfm.io.matches_h5 import pair_identity, pair_keys
 
 INT16_LIMIT = np.iinfo(np.int16).max
 HLOC_FEATURE_ATTRS = {"keypoint_convention": "hloc (pixel centres at integers)", "descriptor_layout": "D x N",

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from d2sfm.io.h5 import MatchWriter, feature_identities, list_entries, read_features
+from d2sfm.io.h5 import feature_identities, list_entries, read_features
+from d2sfm.io.matches_h5 import MatchWriter
 from d2sfm.matching.mnn import match_pair
 from d2sfm.matching.pairs import Pair
 

@@ -13,15 +13,8 @@ import numpy as np
 from d2sfm.config import FeatureConfig, MatchConfig, RunConfig
 from d2sfm.features.extraction import feature_settings
 from d2sfm.features.weights import resolve_weights
-from d2sfm.io.h5 import (
-    check_same_settings,
-    feature_identities,
-    list_entries,
-    matched_pairs,
-    pair_key,
-    pairs_to_match,
-    read_settings,
-)
+from d2sfm.io.h5 import check_same_settings, feature_identities, list_entries, read_settings
+from d2sfm.io.matches_h5 import matched_pairs, pair_key, pairs_to_match
 from d2sfm.matching.pairs import Pair, read_pairs, write_pairs
 from d2sfm.pipeline.backends import backend_for
 from d2sfm.pipeline.stage_settings import StageSettings

@@ -25,8 +25,9 @@ import pycolmap
 from d2sfm.config import ImagesLocalizationConfig
 from d2sfm.errors import D2sfmError
 from d2sfm.evaluation.ground_truth import read_truth
-from d2sfm.io.h5 import list_entries, read_global_descriptors, read_keypoints, read_matches
+from d2sfm.io.h5 import list_entries, read_global_descriptors, read_keypoints
 from d2sfm.io.images import list_images
+from d2sfm.io.matches_h5 import read_matches
 from d2sfm.localization.absolute_pose import estimate_pose
 from d2sfm.localization.pose_scores import parse_thresholds
 from d2sfm.localization.poses import Pose, pose_from_rotation_centre, write_poses

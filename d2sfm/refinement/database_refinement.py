@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from d2sfm.errors import D2sfmError
 from d2sfm.io.atomic import atomic_database, atomic_path, copy_database
-from d2sfm.io.h5 import pair_key, read_keypoints, read_matches
+from d2sfm.io.h5 import read_keypoints
 from d2sfm.io.images import gray_image_reader, read_refinement_image
+from d2sfm.io.matches_h5 import pair_key, read_matches
 from d2sfm.refinement.feature_patches import DenseFeatureNet, PatchSettings
 from d2sfm.refinement.keypoint_adjustment import adjust_keypoints
 from d2sfm.refinement.patch_alignment import align_keypoints, edge_affinities

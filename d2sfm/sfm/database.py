@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from d2sfm.errors import D2sfmError
 from d2sfm.io.atomic import remove_sqlite_side_files
-from d2sfm.io.h5 import read_keypoints, read_matches
+from d2sfm.io.h5 import read_keypoints
+from d2sfm.io.matches_h5 import read_matches
 from d2sfm.matching.pairs import Pair
 from d2sfm.sfm.cameras import CAMERA_MODELS, parse_camera_params
 

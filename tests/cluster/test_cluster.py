@@ -18,7 +18,8 @@ import pycolmap
 import pytest
 
 from d2sfm.cluster.ray_backend import shard_folder
-from d2sfm.io.h5 import FeatureWriter, MatchWriter, list_entries, read_features, read_matches, read_settings
+from d2sfm.io.h5 import FeatureWriter, list_entries, read_features, read_settings
+from d2sfm.io.matches_h5 import MatchWriter, read_matches
 from d2sfm.localization.poses import pose_errors, read_poses
 from d2sfm.matching.pairs import exhaustive_pairs, read_pairs, write_pairs
 from d2sfm.synthetic.scene import render_scene

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from d2sfm.io.h5 import read_features, read_matches
+from d2sfm.io.h5 import read_features
+from d2sfm.io.matches_h5 import read_matches
 from d2sfm.matching.mnn import mutual_nearest_neighbours
 
 pytestmark = pytest.mark.integration

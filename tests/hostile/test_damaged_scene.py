@@ -9,7 +9,7 @@ import sqlite3
 
 import h5py
 
-from d2sfm.io.h5 import pair_key
+from d2sfm.io.matches_h5 import pair_key
 from d2sfm.matching.pairs import read_pairs
 
 from .conftest import assert_one_line_error, command, leftovers, reconstruct, snapshot

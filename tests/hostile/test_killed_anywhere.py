@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from d2sfm.io.h5 import list_entries, matched_pairs, read_features, read_matches
+from d2sfm.io.h5 import list_entries, read_features
+from d2sfm.io.matches_h5 import matched_pairs, read_matches
 from d2sfm.matching.pairs import read_pairs
 from d2sfm.sfm.database import verified_pair_inliers
 from d2sfm.sfm.mapping import read_models

@@ -11,7 +11,8 @@ import h5py
 import numpy as np
 import pytest
 
-from d2sfm.io.h5 import list_entries, pair_keys, read_features
+from d2sfm.io.h5 import list_entries, read_features
+from d2sfm.io.matches_h5 import pair_keys
 from tests.in_process import command_in_process
 
 from .conftest import assert_one_line_error, command

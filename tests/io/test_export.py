@@ -9,7 +9,8 @@ import pytest
 
 from d2sfm.errors import D2sfmError
 from d2sfm.io.features import Features
-from d2sfm.io.h5 import FeatureWriter, MatchWriter, read_features, read_keypoints, read_matches
+from d2sfm.io.h5 import FeatureWriter, read_features, read_keypoints
+from d2sfm.io.matches_h5 import MatchWriter, read_matches
 
 NAMES = ("street/a.jpg", "b.jpg")
 

@@ -15,7 +15,8 @@ import pytest
 
 from d2sfm.errors import D2sfmError
 from d2sfm.io.features import Features
-from d2sfm.io.h5 import FeatureWriter, MatchWriter, list_entries, matched_pairs, open_hdf5, read_features, read_matches
+from d2sfm.io.h5 import FeatureWriter, list_entries, open_hdf5, read_features
+from d2sfm.io.matches_h5 import MatchWriter, matched_pairs, read_matches
 
 WRITER = textwrap.dedent("""
     import sys, numpy as np

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from d2sfm.io.h5 import read_keypoints, read_matches
+from d2sfm.io.h5 import read_keypoints
+from d2sfm.io.matches_h5 import read_matches
 from d2sfm.localization.poses import Pose, pose_errors, read_poses
 from d2sfm.localization.reference_model import Intrinsics
 from d2sfm.matching.pairs import read_pairs

@@ -13,7 +13,8 @@ import pytest
 from d2sfm.cluster.match import MatchingWorker
 from d2sfm.errors import D2sfmError
 from d2sfm.io.features import Features
-from d2sfm.io.h5 import FeatureWriter, MatchWriter, list_entries, read_features, read_matches
+from d2sfm.io.h5 import FeatureWriter, list_entries, read_features
+from d2sfm.io.matches_h5 import MatchWriter, read_matches
 from d2sfm.matching.matcher import match_pairs
 from d2sfm.pipeline.features import unmatched_pairs
 

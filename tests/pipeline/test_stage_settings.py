@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from d2sfm.config import FeatureConfig, MatchConfig, RunConfig
-from d2sfm.io.h5 import list_entries, matched_pairs
+from d2sfm.io.h5 import list_entries
+from d2sfm.io.matches_h5 import matched_pairs
 from d2sfm.matching.pairs import read_pairs
 from d2sfm.pipeline.features import extract_and_match, match_settings
 from d2sfm.pipeline.stage_settings import StageSettings

@@ -52,11 +52,12 @@ class StageSettings:
 
     def __init__(self, state: dict, current: dict[str, dict], order: Sequence[str],
                  implicit: dict[str, dict] | None = None) -> None:
-        earlier_run = bool(state)  # implicit settings are an earlier run's, not a new folder's
+        # implicit settings describe a folder an earlier release wrote (a record without settings), not a new one
+        earlier_release = bool(state) and "stage_settings" not in state
         self.recorded: dict = dict(state.get("stage_settings") or {})
         state["stage_settings"] = self.recorded
         self.current = current
-        self.changed = first_changed_stage(self.recorded, current, order, implicit if earlier_run else None)
+        self.changed = first_changed_stage(self.recorded, current, order, implicit if earlier_release else None)
         pending = [stage for stage in state.get(PENDING) or [] if stage in order]
         self.redo = set(order[order.index(self.changed):] if self.changed else ()) | set(pending)
         self.pending = [stage for stage in order if stage in self.redo]

@@ -118,6 +118,9 @@ def test_an_earlier_release_s_folder_is_compared_with_what_it_ran():
     assert settings.changed == "match" and settings.own_settings_changed("match")
     fresh = StageSettings({}, current, ("match",), implicit={"match": {"min_similarity": None, "ratio": None}})
     assert fresh.changed is None and not fresh.own_settings_changed("match")
+    resumed = StageSettings({"stage_seconds": {"extract": 1.0}, "stage_settings": {}}, current, ("match",),
+                            implicit={"match": {"min_similarity": None, "ratio": None}})
+    assert resumed.changed is None  # this release's folder, killed before matching finished: nothing implied
     same = StageSettings({"stage_seconds": {}}, {"match": {"min_similarity": None, "ratio": None}}, ("match",),
                          implicit={"match": {"min_similarity": None, "ratio": None}})
     assert same.redo == set()

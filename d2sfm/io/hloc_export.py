@@ -218,10 +218,8 @@ def check_matches_fit(matches_path: Path, features_path: Path) -> None:
                 check.indices(key, source[key]["matches0"][()])
 
 
-def export_hloc_matches(matches_path: Path, output: Path, progress: bool = True,
-                        features_path: Path | None = None) -> int:
-    """Write ``output``; with ``features_path`` every pair is checked to fit those features (``MatchesCheck``)."""
-    check = MatchesCheck(matches_path, features_path) if features_path is not None else None
+def export_hloc_matches(matches_path: Path, output: Path, progress: bool = True) -> int:
+    """Write ``output`` in hloc's layout (``check_matches_fit`` first: the pairs are not checked here)."""
     with open_hdf5(matches_path) as source:
         keys = sorted(pair_keys(source))
         if not keys:
@@ -229,9 +227,6 @@ def export_hloc_matches(matches_path: Path, output: Path, progress: bool = True,
         with atomic_path(output) as scratch, h5py.File(scratch, "w") as handle:
             for key in tqdm(keys, desc="matches", unit="pair", disable=not progress):
                 matches0 = source[key]["matches0"][()]
-                if check is not None:
-                    check.metadata(key, source[key])
-                    check.indices(key, matches0)
                 dtype = np.int16 if len(matches0) == 0 or matches0.max() <= INT16_LIMIT else np.int32
                 group = _group(handle, key)
                 group.create_dataset("matches0", data=matches0.astype(dtype))
@@ -279,6 +274,6 @@ def export_hloc(features: str | os.PathLike, output: str | os.PathLike, *, match
         model_dir=Path(model) if model is not None else None)
     pairs = None
     if matches is not None:
-        pairs = export_hloc_matches(matches, output / "matches.h5", progress=progress)  # checked above
+        pairs = export_hloc_matches(matches, output / "matches.h5", progress=progress)
     return HlocExport(output / "features.h5", images, output / "global-feats.h5" if with_global else None, aligned,
                       added, output / "matches.h5" if matches is not None else None, pairs)

@@ -11,6 +11,7 @@ refused (``overwrite`` renders the scene again, deleting only what was rendered 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shutil
@@ -68,8 +69,13 @@ def procedural_texture(rng: np.random.Generator, size: int = 1024) -> np.ndarray
     return canvas
 
 
-def courtyard(seed: int = 0) -> list[Plane]:
-    """Ground, three walls and two boxes: enough depth and texture for SfM, simple enough to ray-cast exactly."""
+@functools.lru_cache(maxsize=4)
+def courtyard(seed: int = 0) -> tuple[Plane, ...]:
+    """Ground, three walls and two boxes: enough depth and texture for SfM, simple enough to ray-cast exactly.
+
+    Kept per seed (its ten textures take about a second to make, and a process that renders several scenes, the
+    tests' or a benchmark's, asks for the same one again); the arrays are read-only, so no caller can change the
+    scene another one gets."""
     rng = np.random.default_rng(seed)
     planes = []
 
@@ -86,7 +92,10 @@ def courtyard(seed: int = 0) -> list[Plane]:
         add([x0, y0, 0], [w, 0, 0], [0, 0, h])  # front
         add([x0, y0 + d, 0], [0, -d, 0], [0, 0, h])  # left side
         add([x0 + w, y0, 0], [0, d, 0], [0, 0, h])  # right side
-    return planes
+    for plane in planes:
+        for array in (plane.origin, plane.u_edge, plane.v_edge, plane.texture):
+            array.flags.writeable = False
+    return tuple(planes)
 
 
 def look_at(centre: np.ndarray, target: np.ndarray) -> np.ndarray:

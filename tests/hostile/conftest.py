@@ -18,13 +18,20 @@ from pathlib import Path
 import pytest
 
 from d2sfm.synthetic.scene import render_scene
+from tests.in_process import command_in_process
 
 FAST = ("--single-scale", "--conv", "winograd", "--quiet")
 TEMPORARY = re.compile(r"(\.part($|[.-])|-wal$|-shm$|-journal$)")  # what an interrupted write leaves
 
 
-def command(module: str, *args, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    """``python -m d2sfm.<module> ARGS`` as a user runs it, output captured."""
+def command(module: str, *args, timeout: float = 600, in_process: bool = False,
+            **kwargs) -> subprocess.CompletedProcess:
+    """``python -m d2sfm.<module> ARGS`` as a user runs it, output captured. ``in_process`` runs the command's
+    ``main`` in the test process instead (2-4 s of interpreter start and imports less): for the runs that set a
+    case up or finish it, never for the refusal a case is about, whose stderr must be the whole process's."""
+    if in_process:
+        assert not kwargs, f"{sorted(kwargs)}: a fresh process is needed for these"
+        return command_in_process(f"d2sfm.{module}", *args)
     return subprocess.run([sys.executable, "-m", f"d2sfm.{module}", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, **kwargs)
 
@@ -61,7 +68,7 @@ def finished_scene(tmp_path_factory, weights_path) -> Path:
     """A finished reconstruction of the small courtyard (default pipeline: refinement on); copy it before use."""
     scene = tmp_path_factory.mktemp("hostile") / "courtyard"
     render_scene(scene, count=8, width=320, height=240, focal=256.0)
-    run = reconstruct(scene, weights=weights_path)
+    run = reconstruct(scene, weights=weights_path, in_process=True)
     assert run.returncode == 0, run.stderr
     return scene
 

@@ -13,7 +13,7 @@ from .conftest import assert_one_line_error, leftovers, reconstruct, snapshot
 
 
 def test_other_pairs_are_made_matched_and_mapped(scene, weights_path):
-    run = reconstruct(scene, "--pairs", "sequential", "--overlap", "2", weights=weights_path)
+    run = reconstruct(scene, "--pairs", "sequential", "--overlap", "2", weights=weights_path, in_process=True)
     assert run.returncode == 0, run.stderr
     assert "settings changed since the last run (pairs: pairs 'auto' -> 'sequential'" in run.stdout
     for stage in ("pairs", "database", "mapping"):
@@ -24,14 +24,14 @@ def test_other_pairs_are_made_matched_and_mapped(scene, weights_path):
     assert stats["pairs"] == len(sequential_pairs(names, 2))
     assert stats["stage_settings"]["pairs"]["overlap"] == 2
 
-    again = reconstruct(scene, "--pairs", "sequential", "--overlap", "2", weights=weights_path)
+    again = reconstruct(scene, "--pairs", "sequential", "--overlap", "2", weights=weights_path, in_process=True)
     assert again.returncode == 0 and "settings changed" not in again.stdout
     assert "[mapping] done earlier, skipped" in again.stdout
     assert leftovers(scene) == []
 
 
 def test_another_camera_model_builds_the_database_and_the_model_again(scene, weights_path):
-    run = reconstruct(scene, "--camera-model", "PINHOLE", weights=weights_path)
+    run = reconstruct(scene, "--camera-model", "PINHOLE", weights=weights_path, in_process=True)
     assert run.returncode == 0, run.stderr
     assert "(database: camera_model 'SIMPLE_RADIAL' -> 'PINHOLE')" in run.stdout
     assert "[pairs] done earlier, skipped" in run.stdout and "[match] done earlier, skipped" in run.stdout
@@ -41,7 +41,7 @@ def test_another_camera_model_builds_the_database_and_the_model_again(scene, wei
 
 def test_other_mapper_options_map_again_from_the_same_database(scene, weights_path):
     token = database_token(scene / "database.db")
-    run = reconstruct(scene, "--init-min-tri-angle", "4", weights=weights_path)
+    run = reconstruct(scene, "--init-min-tri-angle", "4", weights=weights_path, in_process=True)
     assert run.returncode == 0, run.stderr
     assert "[database] done earlier, skipped" in run.stdout and "[mapping]\n" in run.stdout
     assert database_token(scene / "database.db") == token  # not built again

@@ -32,7 +32,7 @@ def test_other_features_are_matched_again_not_read_through_the_old_matches(scene
     """A rerun with --features from another extraction used to reuse matches.h5 (an IndexError in refinement)."""
     other = tmp_path / "other.h5"
     extracted = command("extract", scene / "images", "-o", other, "--max-keypoints", "300", "--conv", "winograd",
-                        "--quiet", "--weights", weights_path)
+                        "--quiet", "--weights", weights_path, in_process=True)
     assert extracted.returncode == 0, extracted.stderr
     run = reconstruct(scene, "--features", other, weights=weights_path)
     assert run.returncode == 0, run.stderr
@@ -61,7 +61,7 @@ def test_a_damaged_database_beside_a_finished_model_is_refused_and_nothing_is_de
 def test_a_damaged_database_without_a_model_is_built_again(scene, weights_path):
     shutil.rmtree(scene / "sparse")
     (scene / "database.db").write_bytes(b"")
-    run = reconstruct(scene, weights=weights_path)
+    run = reconstruct(scene, weights=weights_path, in_process=True)
     assert run.returncode == 0, run.stderr
     assert "database.db: an empty file; building it again" in run.stdout and (scene / "sparse" / "0").is_dir()
     assert leftovers(scene) == []

@@ -36,7 +36,7 @@ def completed_scene(finished_scene, tmp_path_factory, weights_path) -> Path:
     copy = tmp_path_factory.mktemp("completed") / "scene"
     shutil.copytree(finished_scene, copy)
     (copy / ".d2sfm.lock").unlink(missing_ok=True)
-    run = reconstruct(copy, "--complete-tracks", weights=weights_path)
+    run = reconstruct(copy, "--complete-tracks", weights=weights_path, in_process=True)
     assert run.returncode == 0, run.stderr
     return copy
 

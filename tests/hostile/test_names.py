@@ -43,7 +43,7 @@ def test_any_name_a_file_system_allows_is_reconstructed_or_skipped_with_its_reas
     stats = json.loads((scene / "stats.json").read_text())
     assert len(stats["failed_images"]) == 2
 
-    again = command("reconstruct", scene, "--demo", *FAST, "--weights", weights_path)
+    again = command("reconstruct", scene, "--demo", *FAST, "--weights", weights_path, in_process=True)
     assert again.returncode == 0 and "[mapping] done earlier, skipped" in again.stdout
 
 

@@ -154,6 +154,7 @@ def align(estimated: dict[str, EstimatedCamera], truth: dict[str, TruthCamera],
     target = np.array([truth[name].centre for name in names])
     options = pycolmap.RANSACOptions()
     options.max_error = threshold
+    options.random_seed = 0  # the same alignment, hence the same scores, however many ran before in the process
     robust = pycolmap.estimate_sim3d_robust(source, target, options)
     if robust is None:
         return None, []

@@ -8,6 +8,11 @@ import pycolmap
 
 from d2sfm.localization.poses import Pose, pose_from_rigid3d
 
+# pycolmap's default (-1) continues one random stream per thread: a query's pose then depended on how many RANSAC
+# runs came before it in the process (a Python session localizing twice got other poses the second time). Each
+# query starts from this seed instead, so the same correspondences give the same pose in any run.
+RANSAC_SEED = 0
+
 
 def estimate_pose(points2D: np.ndarray, points3D: np.ndarray, camera: pycolmap.Camera, max_error: float,
                   refine_focal: bool = False) -> tuple[Pose | None, int]:
@@ -17,6 +22,7 @@ def estimate_pose(points2D: np.ndarray, points3D: np.ndarray, camera: pycolmap.C
         return None, 0
     estimation = pycolmap.AbsolutePoseEstimationOptions()
     estimation.ransac.max_error = max_error
+    estimation.ransac.random_seed = RANSAC_SEED
     estimation.estimate_focal_length = refine_focal
     refinement = pycolmap.AbsolutePoseRefinementOptions()
     refinement.refine_focal_length = refine_focal

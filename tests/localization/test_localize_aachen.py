@@ -29,17 +29,16 @@ from tests.in_process import command_in_process
 pytestmark = pytest.mark.integration
 
 
-def localize(dataset: Path, output: Path, weights: Path, *extra) -> subprocess.CompletedProcess:
-    """Single scale and Winograd convolutions keep CI fast; the command's defaults are multi-scale and exact."""
-    return subprocess.run([sys.executable, "-m", "d2sfm.localize", "aachen", "--dataset", str(dataset), "--output",
-                           str(output), "--weights", str(weights), "--single-scale", "--conv", "winograd", "--quiet",
-                           *map(str, extra)], capture_output=True, text=True)
+def localize(dataset: Path, output: Path, weights: Path, *extra, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Single scale and Winograd convolutions keep CI fast; the command's defaults are multi-scale and exact.
 
-
-def localize_in_process(dataset: Path, output: Path, weights: Path, *extra) -> subprocess.CompletedProcess:
-    """``localize`` through the same main in this process: for refusals before any work (no seconds of imports)."""
-    return command_in_process("d2sfm.localize", "aachen", "--dataset", dataset, "--output", output, "--weights",
-                              weights, "--single-scale", "--conv", "winograd", "--quiet", *extra)
+    The command's main in this process (2-4 s of interpreter start and imports less per run), or with ``fresh`` in
+    a new ``python -m`` process as a user runs it: the module's first run and its first refusal."""
+    args = ("aachen", "--dataset", dataset, "--output", output, "--weights", weights, "--single-scale", "--conv",
+            "winograd", "--quiet", *extra)
+    if not fresh:
+        return command_in_process("d2sfm.localize", *args)
+    return subprocess.run([sys.executable, "-m", "d2sfm.localize", *map(str, args)], capture_output=True, text=True)
 
 
 def summary(output: Path) -> dict:
@@ -59,7 +58,8 @@ def courtyard_aachen(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def courtyard_run(courtyard_aachen, weights_path, tmp_path_factory):
     output = tmp_path_factory.mktemp("run") / "out"
-    first = localize(courtyard_aachen, output, weights_path, "--no-refine")  # the baseline of the refinement test
+    # the baseline of the refinement test
+    first = localize(courtyard_aachen, output, weights_path, "--no-refine", fresh=True)
     assert first.returncode == 0, first.stderr
     return output, first
 
@@ -156,17 +156,17 @@ def test_bad_inputs_give_one_line(courtyard_aachen, weights_path, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(courtyard_aachen, broken)
     (broken / "3D-models" / "aachen_cvpr2018_db.nvm").unlink()
-    run = localize(broken, tmp_path / "out1", weights_path)
+    run = localize(broken, tmp_path / "out1", weights_path, fresh=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1
     assert "aachen_cvpr2018_db.nvm" in run.stderr and "datasets/aachen.md" in run.stderr
 
     shutil.copy(courtyard_aachen / "3D-models" / "aachen_cvpr2018_db.nvm", broken / "3D-models")
     with open(broken / "image_pairs_to_match.txt", "a") as handle:
         handle.write("db/1.jpg db/unknown.jpg\n")
-    run = localize_in_process(broken, tmp_path / "out2", weights_path)
+    run = localize(broken, tmp_path / "out2", weights_path)
     assert run.returncode == 2 and "db/unknown.jpg" in run.stderr and run.stderr.count("\n") == 1
 
-    run = localize_in_process(courtyard_aachen, tmp_path / "out3", weights_path, "--queries", "day")
+    run = localize(courtyard_aachen, tmp_path / "out3", weights_path, "--queries", "day")
     assert run.returncode == 2 and "--pairs" in run.stderr
 
 

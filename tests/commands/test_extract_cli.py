@@ -20,7 +20,11 @@ pytestmark = pytest.mark.integration
 FAST = ["--max-edge", "256", "--quiet"]
 
 
-def run_extract(*args, weights):
+def run_extract(*args, weights, fresh=False):
+    """The command's main in this process (2-4 s of interpreter start and imports less per run), or with ``fresh``
+    in a new ``python -m`` process as a user runs it: each test's first run and first refusal."""
+    if not fresh:
+        return command_in_process("d2sfm.extract", *args, "--weights", weights)
     return subprocess.run([sys.executable, "-m", "d2sfm.extract", *map(str, args), "--weights", str(weights)],
                           capture_output=True, text=True)
 
@@ -44,7 +48,7 @@ def image_folder(tmp_path, sacre_coeur_images):
 def test_extracts_resumes_and_reports_bad_images(tmp_path, image_folder, weights_path):
     output = tmp_path / "features.h5"
     first = run_extract(image_folder, "-o", output, *FAST, "--device", "cpu", "--timings", tmp_path / "timings.json",
-                        weights=weights_path)
+                        weights=weights_path, fresh=True)
     assert first.returncode == 1, first.stderr
     timings = json.loads((tmp_path / "timings.json").read_text())
     seconds = timings["seconds"]
@@ -83,7 +87,7 @@ def test_extracts_resumes_and_reports_bad_images(tmp_path, image_folder, weights
 def test_max_keypoints_keeps_the_best_and_settings_cannot_mix(tmp_path, image_folder, weights_path):
     (image_folder / "broken.jpg").unlink()
     full, capped = tmp_path / "full.h5", tmp_path / "capped.h5"
-    assert run_extract(image_folder, "-o", full, *FAST, weights=weights_path).returncode == 0
+    assert run_extract(image_folder, "-o", full, *FAST, weights=weights_path, fresh=True).returncode == 0
     capped_run = run_extract(image_folder, "-o", capped, "--max-keypoints", "100", *FAST, weights=weights_path)
     assert capped_run.returncode == 0
     name = "gray.png"
@@ -134,7 +138,7 @@ def test_interrupted_run_resumes_without_redoing_work(tmp_path, sacre_coeur_imag
 def test_help_and_bad_folder(tmp_path, weights_path):
     help_run = command_in_process("d2sfm.extract", "--help")
     assert help_run.returncode == 0 and "--max-keypoints" in help_run.stdout and "--multiscale" in help_run.stdout
-    missing = run_extract(tmp_path / "nowhere", weights=weights_path)
+    missing = run_extract(tmp_path / "nowhere", weights=weights_path, fresh=True)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
     assert "nowhere: no such folder or image list" in missing.stderr
     (tmp_path / "empty").mkdir()

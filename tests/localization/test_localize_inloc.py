@@ -22,6 +22,7 @@ from d2sfm.refinement.database_refinement import read_refined_query_keypoints
 from d2sfm.synthetic.scene import camera_poses, courtyard, look_at, render, render_xyz
 from pipelines.inloc import IPHONE7_FOCAL_PER_WIDTH, cutout_pose, read_scan, scan_points
 from pipelines.mini_datasets import PosedImage, write_mini_inloc
+from tests.in_process import command_in_process
 
 pytestmark = pytest.mark.integration
 CUTOUT_SIZE, CUTOUT_FOCAL = (640, 480), 640 / (2 * np.tan(np.radians(30)))  # InLoc's 60 degree cutouts
@@ -60,10 +61,14 @@ def mini_inloc(tmp_path_factory) -> Path:
     return write_mini_inloc(tmp_path_factory.mktemp("inloc"), cutouts, queries)
 
 
-def localize(dataset: Path, output: Path, weights: Path, *extra) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "d2sfm.localize", "inloc", "--dataset", str(dataset), "--output",
-                           str(output), "--weights", str(weights), "--single-scale", "--conv", "winograd", "--quiet",
-                           "--cutout-focal", str(CUTOUT_FOCAL), *map(str, extra)], capture_output=True, text=True)
+def localize(dataset: Path, output: Path, weights: Path, *extra, fresh: bool = False) -> subprocess.CompletedProcess:
+    """The command's main in this process (2-4 s of interpreter start and imports less per run), or with ``fresh``
+    in a new ``python -m`` process as a user runs it: the module's first run and its refusal."""
+    args = ("inloc", "--dataset", dataset, "--output", output, "--weights", weights, "--single-scale", "--conv",
+            "winograd", "--quiet", "--cutout-focal", CUTOUT_FOCAL, *extra)
+    if not fresh:
+        return command_in_process("d2sfm.localize", *args)
+    return subprocess.run([sys.executable, "-m", "d2sfm.localize", *map(str, args)], capture_output=True, text=True)
 
 
 def test_cutout_pose_from_its_scan(mini_inloc):
@@ -81,7 +86,7 @@ def test_cutout_pose_from_its_scan(mini_inloc):
 def plain_run(mini_inloc, weights_path, tmp_path_factory) -> Path:
     """The localization without keypoint refinement: the baseline of the refinement test."""
     output = tmp_path_factory.mktemp("inloc_plain")
-    run = localize(mini_inloc, output, weights_path, "--no-refine")
+    run = localize(mini_inloc, output, weights_path, "--no-refine", fresh=True)
     assert run.returncode == 0, run.stderr
     return output
 
@@ -121,7 +126,7 @@ def test_missing_scan_is_one_line(mini_inloc, weights_path, tmp_path):
     earlier.mkdir()
     (earlier / "state.json").write_text("{}")
     (earlier / "features.h5").write_bytes(b"an earlier run's features")
-    run = localize(broken, earlier, weights_path, "--overwrite")
+    run = localize(broken, earlier, weights_path, "--overwrite", fresh=True)
     assert run.returncode == 2 and run.stderr.count("\n") == 1
     assert "DUC_cutout_005_0_0.jpg.mat" in run.stderr and "datasets/inloc.md" in run.stderr
     assert (earlier / "features.h5").read_bytes() == b"an earlier run's features"

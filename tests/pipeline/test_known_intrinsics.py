@@ -11,6 +11,7 @@ import pytest
 import d2sfm
 from d2sfm.sfm.mapping import read_models
 from d2sfm.synthetic.scene import render_scene
+from tests.in_process import command_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +55,8 @@ def test_known_intrinsics_are_kept_or_refined_as_asked(tmp_path, weights_path):
     assert result.statistics["stage_settings"]["mapping"]["refine_intrinsics"] == "focal"
     assert result.statistics["stage_seconds"].keys() >= {"extract", "mapping"}
 
-    wrong = reconstruct(scene, "--camera-model", "PINHOLE", "--camera-params", "256,256,160", weights=weights_path)
+    wrong = command_in_process("d2sfm.reconstruct", scene, *FAST, "--weights", weights_path, "--camera-model",
+                               "PINHOLE", "--camera-params", "256,256,160")
     assert wrong.returncode != 0
     assert wrong.stderr.strip().count("\n") == 0
     assert "PINHOLE takes 4 parameters (fx, fy, cx, cy), 3 given" in wrong.stderr

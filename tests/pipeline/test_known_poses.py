@@ -11,6 +11,7 @@ import pytest
 
 from d2sfm.evaluation.ground_truth import read_truth
 from d2sfm.synthetic.scene import render_scene
+from tests.in_process import command_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ def test_the_model_keeps_the_known_poses_through_refinement(tmp_path, weights_pa
     assert stats["stage_settings"]["mapping"]["known_poses"]["path"] == str((scene / "ground_truth").resolve())
     assert stats["models"][0]["mean_reprojection_error"] < 1.0  # the right poses and K: points agree
 
-    missing = subprocess.run([sys.executable, "-m", "d2sfm.reconstruct", str(scene), "--known-poses",
-                              str(tmp_path / "none"), "--weights", str(weights_path)], capture_output=True, text=True)
+    missing = command_in_process("d2sfm.reconstruct", scene, "--known-poses", tmp_path / "none", "--weights",
+                                 weights_path)
     assert missing.returncode != 0 and missing.stderr.strip().count("\n") == 0
     assert "no such folder of known poses" in missing.stderr

@@ -23,6 +23,7 @@ import pycolmap
 from tqdm import tqdm
 
 from d2sfm.errors import D2sfmError
+from d2sfm.localization.absolute_pose import RANSAC_SEED
 from d2sfm.sfm.database import read_image_ids
 
 
@@ -88,6 +89,9 @@ def register_queries(database_path: str | os.PathLike, model: pycolmap.Reconstru
         matches = {other: graph.num_correspondences_between_images(image_id, other) for other in database_ids}
         best = max(matches, key=matches.get) if matches and max(matches.values()) > 0 else None
         correspondences = _count_2d3d(reconstruction, graph, image_id, [i for i, n in matches.items() if n > 0])
+        # the pose RANSAC draws from this thread's random stream: seeded per query, a query's pose depends neither on
+        # the queries before it nor on what ran before in the process (a rerun of this stage alone, a Python session)
+        pycolmap.set_random_seed(RANSAC_SEED)
         registered = bool(mapper.register_next_image(options, image_id))
         image = reconstruction.images[image_id]
         results.append(RegistrationResult(

@@ -12,9 +12,12 @@ import subprocess
 
 
 def command_in_process(module: str, *args) -> subprocess.CompletedProcess:
-    """The command's own ``main`` under ``cli.run_main`` (what ``python -m`` runs), in this process: for refusals
-    that happen before any work, where a fresh interpreter would cost 2-4 s of imports per case. Every test file
-    still runs the same refusals through ``command`` at least once, so the ``python -m`` path stays covered.
+    """The command's own ``main`` under ``cli.run_main`` (what ``python -m`` runs), in this process: for the runs
+    of a test that do not need a process of their own, where a fresh interpreter would cost 2-4 s of imports and
+    warm-up each. A test file keeps a fresh ``python -m`` process for its first run and for what only a whole
+    process shows (signals, kills, the libraries' own stderr lines, environment variables): only Python's
+    ``sys.stdout`` and ``sys.stderr`` are captured here, COLMAP's and OpenCV's C++ log lines are not, and an
+    uncaught exception propagates to the test instead of being printed.
     What ``run_main`` changes for the process (the SIGTERM handler, d2sfm's console handler, the library log
     settings it puts in the environment for child processes) is put back."""
     from d2sfm.commands.cli import run_main

@@ -43,8 +43,11 @@ class RegistrationResult:
 
 def registration_options(min_inliers: int = 30, min_inlier_ratio: float = 0.25, max_error: float = 12.0,
                          refine_intrinsics: bool = False) -> pycolmap.IncrementalMapperOptions:
-    """COLMAP's defaults for the mapper's absolute pose step (those of the benchmark's registrator call)."""
+    """COLMAP's defaults for the mapper's absolute pose step (those of the benchmark's registrator call), with a
+    seeded pose RANSAC: reseeded at each query, so a query's pose depends neither on the queries before it nor on
+    what ran before in the process (a rerun of the register stage alone, a Python session)."""
     options = pycolmap.IncrementalMapperOptions()
+    options.random_seed = RANSAC_SEED
     options.abs_pose_min_num_inliers = min_inliers
     options.abs_pose_min_inlier_ratio = min_inlier_ratio
     options.abs_pose_max_error = max_error
@@ -89,9 +92,6 @@ def register_queries(database_path: str | os.PathLike, model: pycolmap.Reconstru
         matches = {other: graph.num_correspondences_between_images(image_id, other) for other in database_ids}
         best = max(matches, key=matches.get) if matches and max(matches.values()) > 0 else None
         correspondences = _count_2d3d(reconstruction, graph, image_id, [i for i, n in matches.items() if n > 0])
-        # the pose RANSAC draws from this thread's random stream: seeded per query, a query's pose depends neither on
-        # the queries before it nor on what ran before in the process (a rerun of this stage alone, a Python session)
-        pycolmap.set_random_seed(RANSAC_SEED)
         registered = bool(mapper.register_next_image(options, image_id))
         image = reconstruction.images[image_id]
         results.append(RegistrationResult(

@@ -35,7 +35,7 @@ log = logging.getLogger("d2sfm")
 RECORD = "synthetic.json"  # the settings a scene folder was rendered with, written before its first view
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plane:
     """A textured rectangle: corner ``origin``, edges ``u_edge`` and ``v_edge`` (world units)."""
 

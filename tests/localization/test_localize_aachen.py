@@ -13,13 +13,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pycolmap
 import pytest
 
 from d2sfm.evaluation.sift_baseline import sift_reconstruction
 from d2sfm.io.images import list_images
+from d2sfm.io.model_files import read_model
 from d2sfm.localization.poses import read_poses
 from d2sfm.localization.reference_model import read_intrinsics, read_nvm_poses
+from d2sfm.localization.registration import register_queries, registration_options
 from d2sfm.matching.pairs import read_pairs
 from d2sfm.sfm.database import read_image_ids
 from d2sfm.synthetic.scene import render_scene
@@ -257,3 +260,23 @@ def test_unreadable_images_are_reported_not_dropped(courtyard_run, courtyard_aac
     failed = {entry["name"]: entry for entry in result["failed"]}
     assert failed[broken_query]["reason"] == "image unreadable" and failed[broken_query]["fallback_image"]
     assert "view_06.jpg" in read_poses(work / "Aachen_eval_[d2sfm].txt")
+
+
+def test_a_query_pose_does_not_depend_on_what_ran_before(courtyard_run):
+    """The register stage on the finished run's database and triangulated model, twice in one process with
+    pycolmap's random stream left elsewhere in between (as other RANSAC runs leave it): the same poses."""
+    output, _ = courtyard_run
+    queries = sorted(name for name in read_image_ids(output / "database.db") if name.startswith("query/"))
+
+    def poses() -> dict:
+        model, results = register_queries(output / "database.db", read_model(output / "sparse-database"), queries,
+                                          registration_options(), progress=False)
+        by_name = {image.name: image for image in model.images.values()}
+        return {r.name: by_name[r.name].cam_from_world().matrix() for r in results if r.registered}
+
+    first = poses()
+    pycolmap.set_random_seed(12345)
+    second = poses()
+    assert len(first) == len(queries) and second.keys() == first.keys()
+    for name, matrix in first.items():
+        np.testing.assert_allclose(second[name], matrix, rtol=0, atol=1e-9, err_msg=name)

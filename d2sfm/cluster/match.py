@@ -18,7 +18,7 @@ from pathlib import Path
 from d2sfm.cluster.ray_backend import collect_left_shards, collect_shards, discard_shards, run_sharded
 from d2sfm.io.h5 import feature_identities
 from d2sfm.io.matches_h5 import MatchWriter
-from d2sfm.matching.matcher import match_settings
+from d2sfm.matching.matcher import matches_file_settings
 from d2sfm.matching.pairs import Pair
 from d2sfm.runtime.device import resolve_device
 
@@ -35,7 +35,7 @@ class MatchingWorker:
         torch.set_num_threads(threads)
         self.device = resolve_device(device)  # the worker shape's (WorkerShape.device)
         self.features, self.min_similarity, self.ratio = Path(features), min_similarity, ratio
-        self.writer = MatchWriter(shard, match_settings(min_similarity, ratio))
+        self.writer = MatchWriter(shard, matches_file_settings(min_similarity, ratio))
 
     def match(self, block: Sequence[Pair]) -> list[tuple[str, None]]:
         from d2sfm.matching.matcher import DescriptorCache
@@ -55,7 +55,8 @@ def match_on_cluster(features: Path, pairs: Sequence[Pair], output: Path, addres
                      progress: bool = True, keep_unrecorded: bool = False) -> int:
     """Match every pair not yet in ``output`` (or matched there from features extracted again since) with Ray
     workers, ``block_pairs`` per task; returns pairs matched (``keep_unrecorded``: as ``match_pairs``)."""
-    writer = MatchWriter(output, match_settings(min_similarity, ratio), overwrite=overwrite)  # refuses before deleting
+    # refuses before deleting
+    writer = MatchWriter(output, matches_file_settings(min_similarity, ratio), overwrite=overwrite)
     if overwrite:
         discard_shards(output)
     recovered = collect_left_shards(output, writer.copy_from, "pair(s) an interrupted run had matched")

@@ -30,7 +30,14 @@ from d2sfm.commands.options import (
     number,
     run_config,
 )
-from d2sfm.config import INLOC_CUTOUT_FOCAL, AachenConfig, ImagesLocalizationConfig, InLocConfig, RefineConfig
+from d2sfm.config import (
+    IMAGES_PAIRS,
+    INLOC_CUTOUT_FOCAL,
+    AachenConfig,
+    ImagesLocalizationConfig,
+    InLocConfig,
+    RefineConfig,
+)
 from d2sfm.sfm.cameras import CAMERA_MODELS
 
 
@@ -132,7 +139,7 @@ def add_images_command(commands) -> None:
     sub.add_argument("--gt", type=Path, default=None,
                      help="true cameras of the queries (Strecha .camera files or a COLMAP model, in the reference "
                      "model's frame): score the poses at --thresholds")
-    sub.add_argument("--pairs", choices=("auto", "exhaustive", "retrieval"), default="auto",
+    sub.add_argument("--pairs", choices=IMAGES_PAIRS, default="auto",
                      help="reference images matched per query: all (exhaustive), the --top-k most similar by global "
                      "descriptor (retrieval), or auto (exhaustive up to 100 reference images)")
     sub.add_argument("--top-k", type=number(int, at_least=1), default=20, help="retrieval: images per query")

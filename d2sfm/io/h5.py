@@ -433,7 +433,3 @@ def read_settings(path: str | os.PathLike) -> dict:
 def iter_features(path: str | os.PathLike) -> Iterator[tuple[str, Features]]:
     for name in list_entries(path):
         yield name, read_features(path, name)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# matches.h5: hloc's layout, one group per pair: <name0>/<name1> (slashes inside names become '-'), holding

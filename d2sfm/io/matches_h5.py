@@ -158,9 +158,6 @@ class MatchWriter:
             if SCRATCH_GROUP in handle:
                 del handle[SCRATCH_GROUP]
 
-    def has(self, name0: str, name1: str) -> bool:
-        return pair_key(name0, name1) in self.done or pair_key(name1, name0) in self.done
-
     def todo(self, pairs: Sequence[tuple[str, str]], identities: Mapping[str, str],
              keep_unrecorded: bool = False) -> list[tuple[str, str]]:
         """The pairs to match now: absent, or matched from other features than ``identities`` (re-extracted since,

@@ -22,7 +22,7 @@ FeatureFiles = str | Path | Sequence[str | Path]
 MATCHER = "mutual nearest neighbours"
 
 
-def match_settings(min_similarity: float | None, ratio: float | None) -> dict:
+def matches_file_settings(min_similarity: float | None, ratio: float | None) -> dict:
     """What matches.h5 records and checks: everything the matches depend on besides the features."""
     return {"matcher": MATCHER, "min_similarity": min_similarity, "ratio": ratio}
 
@@ -71,7 +71,7 @@ def match_pairs(
     ``keep_unrecorded``: pairs an earlier release matched (no features recorded) are kept, for the pipelines,
     whose own records vouch for them."""
     device = torch.device(device)
-    writer = MatchWriter(matches_path, match_settings(min_similarity, ratio), overwrite=overwrite)
+    writer = MatchWriter(matches_path, matches_file_settings(min_similarity, ratio), overwrite=overwrite)
     cache = DescriptorCache(features_path, device)
     identities = cache.identities(sorted({name for pair in pairs for name in pair}))
     todo = writer.todo(pairs, identities, keep_unrecorded)

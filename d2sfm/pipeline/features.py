@@ -99,7 +99,8 @@ def match_missing(matching: MatchConfig, run: RunConfig, features_path: Path | S
 
 
 def match_settings(matching: MatchConfig) -> dict:
-    """What the matches depend on beyond the features (a pipeline's settings record for its ``match`` stage)."""
+    """What the matches depend on beyond the features (a pipeline's settings record for its ``match`` stage; what
+    matches.h5 itself records is ``matching.matcher.matches_file_settings``)."""
     return {"min_similarity": matching.min_similarity, "ratio": matching.ratio}
 
 

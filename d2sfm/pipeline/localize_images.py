@@ -229,7 +229,8 @@ def localize_images(reference: str | os.PathLike, queries: str | os.PathLike,
     check_extraction_settings(config.features, features, config.run.progress)
     done = set(list_entries(features)) if features.is_file() else set()
     folder.stages.run("extract", all(name in done for name in names), extract)
-    extracted = [name for name in names if name in set(list_entries(features))]
+    listed = set(list_entries(features))
+    extracted = [name for name in names if name in listed]
     paired = {query for query, _ in read_pairs(pairs_path)} if pairs_path.is_file() else set()
     # a query added since the pairs were written gets its pairs (the matched ones are not matched again)
     folder.stages.run("pairs", paired >= set(extracted), lambda: write_pairs(pairs_path, query_pairs(

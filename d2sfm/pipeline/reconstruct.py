@@ -19,7 +19,13 @@ from d2sfm.io.atomic import atomic_database, remove_sqlite_side_files
 from d2sfm.io.h5 import list_entries
 from d2sfm.io.images import list_images
 from d2sfm.matching.pairs import EXHAUSTIVE_UP_TO, choose_pairs, read_pairs, write_pairs  # noqa: F401 (re-exported)
-from d2sfm.pipeline.features import check_extraction_settings, extract_missing, match_missing, unmatched_pairs
+from d2sfm.pipeline.features import (
+    check_extraction_settings,
+    extract_missing,
+    match_missing,
+    match_settings,
+    unmatched_pairs,
+)
 from d2sfm.pipeline.known_poses import triangulate_at_known_poses
 from d2sfm.pipeline.stage_settings import PENDING, StageSettings, digest
 from d2sfm.pipeline.stages import RunFolder, Stages
@@ -152,7 +158,7 @@ def stage_settings(config: ReconstructionConfig, features_file: Path | None, cam
         features = {"features": str(features_file.resolve()), "modified_ns": features_file.stat().st_mtime_ns}
     return {
         "pairs": pairs,
-        "match": {**features, "min_similarity": config.matching.min_similarity, "ratio": config.matching.ratio},
+        "match": {**features, **match_settings(config.matching)},
         "database": {"camera_mode": camera_mode, "camera_model": config.mapping.camera_model, **known_intrinsics},
         "mapping": {"mapper": mapping.mapper, "min_model_size": mapping.min_model_size, "text": mapping.text,
                     "abs_pose_min_inliers": mapping.abs_pose_min_inliers,

@@ -89,7 +89,7 @@ def register_queries(database_path: str | os.PathLike, model: pycolmap.Reconstru
         camera = reconstruction.cameras[reconstruction.images[image_id].camera_id]
         if not refine_intrinsics:
             camera.has_prior_focal_length = True
-        matches = {other: graph.num_correspondences_between_images(image_id, other) for other in database_ids}
+        matches = {other: graph.num_matches_between_images(image_id, other) for other in database_ids}
         best = max(matches, key=matches.get) if matches and max(matches.values()) > 0 else None
         correspondences = _count_2d3d(reconstruction, graph, image_id, [i for i, n in matches.items() if n > 0])
         registered = bool(mapper.register_next_image(options, image_id))

@@ -28,7 +28,8 @@ __version__ = "0.1.0"
 _API = {name: "d2sfm.api" for name in ("extract", "pairs", "match", "reconstruct", "localize", "localize_images",
                                         "refine", "evaluate_poses", "evaluate_model", "ExtractionResult")}
 _API.update({"ReconstructionResult": "d2sfm.pipeline.reconstruct", "keep_freed_memory": "d2sfm.runtime.allocator"})
-_API.update({name: "d2sfm.training.trainer" for name in ("train", "TrainingConfig", "TrainingResult")})
+_API.update({name: "d2sfm.training.trainer" for name in ("train", "TrainingResult")})
+_API.update({"TrainingConfig": "d2sfm.training.settings"})
 _API.update({"export_hloc": "d2sfm.io.hloc_export", "HlocExport": "d2sfm.io.hloc_export"})
 _API.update({name: "d2sfm.config" for name in (
     "FeatureConfig", "PairsConfig", "MatchConfig", "RefineConfig", "MappingConfig", "DenseConfig", "RunConfig",

@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from d2sfm.bounds import check_choice, check_numbers
 from d2sfm.cluster.ray_backend import MAX_RAY_WORKERS
 from d2sfm.errors import D2sfmError
-from d2sfm.features.extraction import MAX_LOADER_WORKERS
-from d2sfm.features.extractor import ExtractionConfig
-from d2sfm.features.gpu_batching import DEFAULT_GPU_MEMORY_GIB
-from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
+from d2sfm.features.settings import (
+    DEFAULT_GPU_MEMORY_GIB,
+    MAX_LOADER_WORKERS,
+    MULTI_SCALE,
+    SINGLE_SCALE,
+    ExtractionConfig,
+)
 from d2sfm.refinement.settings import METHODS as REFINE_METHODS
 from d2sfm.refinement.settings import RefineSettings
 from d2sfm.sfm.defaults import (

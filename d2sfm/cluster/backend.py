@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from d2sfm.cluster.extract import DEFAULT_BATCH_IMAGES, extract_on_cluster
-from d2sfm.cluster.match import DEFAULT_BLOCK_PAIRS, match_on_cluster
+from d2sfm.cluster.extract import extract_on_cluster
+from d2sfm.cluster.match import match_on_cluster
+from d2sfm.cluster.ray_backend import DEFAULT_BATCH_IMAGES, DEFAULT_BLOCK_PAIRS
 from d2sfm.errors import D2sfmError
-from d2sfm.features.gpu_batching import DEFAULT_GPU_MEMORY_GIB
+from d2sfm.features.settings import DEFAULT_GPU_MEMORY_GIB
 
 
 class RayBackend:

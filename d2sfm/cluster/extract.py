@@ -16,14 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from d2sfm.cluster.ray_backend import collect_left_shards, collect_shards, discard_shards, run_sharded
-from d2sfm.features.extractor import ExtractionConfig
-from d2sfm.features.gpu_batching import CLUSTER_ADVICE, DEFAULT_GPU_MEMORY_GIB
+from d2sfm.cluster.ray_backend import (
+    DEFAULT_BATCH_IMAGES,
+    collect_left_shards,
+    collect_shards,
+    discard_shards,
+    run_sharded,
+)
+from d2sfm.features.gpu_batching import CLUSTER_ADVICE
+from d2sfm.features.settings import DEFAULT_GPU_MEMORY_GIB, ExtractionConfig
 from d2sfm.io.h5 import FeatureWriter
 from d2sfm.runtime.allocator import keep_freed_memory
 from d2sfm.runtime.device import resolve_device
-
-DEFAULT_BATCH_IMAGES = 8  # enough to amortise scheduling, few enough to balance the workers
 
 
 class ExtractionWorker:

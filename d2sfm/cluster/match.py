@@ -15,14 +15,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from d2sfm.cluster.ray_backend import collect_left_shards, collect_shards, discard_shards, run_sharded
+from d2sfm.cluster.ray_backend import (
+    DEFAULT_BLOCK_PAIRS,
+    collect_left_shards,
+    collect_shards,
+    discard_shards,
+    run_sharded,
+)
 from d2sfm.io.h5 import feature_identities
 from d2sfm.io.matches_h5 import MatchWriter
 from d2sfm.matching.matcher import matches_file_settings
 from d2sfm.matching.pairs import Pair
 from d2sfm.runtime.device import resolve_device
-
-DEFAULT_BLOCK_PAIRS = 256
 
 
 class MatchingWorker:

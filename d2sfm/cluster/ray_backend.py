@@ -21,6 +21,8 @@ LOCAL = "local"
 # --ray-workers: each worker is a process holding the network; past this many the scheduling and the shards (one
 # HDF5 file each) cost more than they gain, on any cluster.
 MAX_RAY_WORKERS = 1024
+DEFAULT_BATCH_IMAGES = 8  # extraction: enough to amortise scheduling, few enough to balance the workers
+DEFAULT_BLOCK_PAIRS = 256  # matching: pairs per task, sorted by image so a worker reads each image once per block
 
 
 def start_ray(address: str):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import _thread
 import argparse
+import ast
 import contextlib
+import importlib.util
 import logging
 import random
 import signal
@@ -12,14 +14,10 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
 
 from d2sfm.commands.library_logs import set_library_logs
 from d2sfm.errors import D2sfmError
 from d2sfm.runtime.allocator import keep_freed_memory
-
-if TYPE_CHECKING:
-    pass
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> None:
@@ -27,6 +25,10 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     errors (a folder that cannot be written, a full disk) into one line and an exit status instead of a traceback.
     COLMAP's and OpenCV's own log lines are silenced first; a command's --verbose turns them back on. d2sfm's own
     log messages go to the console as plain lines."""
+    with contextlib.suppress(ImportError):  # (extraction and matching run without it: a GPU box, a cluster worker)
+        # pycolmap installs glog's signal handlers (a native stack dump on SIGTERM) when it loads: it must load
+        # before ours below, not during the work; it costs a tenth of a second, torch (loaded later) fifteen
+        import pycolmap  # noqa: F401
     set_library_logs(verbose=False)
     show_library_messages()
     keep_freed_memory()  # before the first large allocation: glibc's pad applies from the heap's next growth
@@ -128,3 +130,13 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
 
 
+
+
+def module_doc(name: str) -> str:
+    """A module's docstring, read from its source without importing it: a parser that shows the benchmark
+    protocols' descriptions must not pay for their imports (torch, pycolmap) before it knows the options."""
+    spec = importlib.util.find_spec(name)
+    source = spec.loader.get_source(name) if spec is not None and spec.loader is not None else None
+    if source is None:
+        raise D2sfmError(f"{name}: module not found; reinstall d2sfm (pip install -e .)")
+    return ast.get_docstring(ast.parse(source), clean=False) or ""

@@ -24,7 +24,7 @@ from d2sfm.api import evaluate_model, evaluate_poses
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.options import add_device_argument, number
 from d2sfm.errors import D2sfmError
-from d2sfm.features.extractor import CONV_IMPLEMENTATIONS, PRECISIONS
+from d2sfm.features.settings import CONV_IMPLEMENTATIONS, PRECISIONS
 from d2sfm.io.atomic import write_text_atomic
 from d2sfm.localization.pose_scores import THRESHOLD_PRESETS
 

@@ -14,10 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from d2sfm.api import extract
-from d2sfm.cluster.extract import DEFAULT_BATCH_IMAGES
+from d2sfm.cluster.ray_backend import DEFAULT_BATCH_IMAGES
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.library_logs import add_verbose_argument, set_library_logs
 from d2sfm.commands.options import (
@@ -28,15 +25,15 @@ from d2sfm.commands.options import (
     run_config,
 )
 from d2sfm.config import FeatureConfig
-from d2sfm.features.extraction import MAX_LOADER_WORKERS
-from d2sfm.features.extractor import (
+from d2sfm.features.settings import (
     CONV_IMPLEMENTATIONS,
-    PRECISIONS,
-)
-from d2sfm.features.gpu_batching import (
     DEFAULT_GPU_MEMORY_GIB,
+    MAX_LOADER_WORKERS,
+    MAX_SCALE,
+    MULTI_SCALE,
+    PRECISIONS,
+    PREPROCESSINGS,
 )
-from d2sfm.features.pyramid import MAX_SCALE, MULTI_SCALE
 from d2sfm.io.images import image_sources
 
 log = logging.getLogger("d2sfm")
@@ -72,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="then resize so that width + height is at most this (default 2800)")
     parser.add_argument("--max-keypoints", type=number(int, at_least=0), default=0,
                         help="keep at most this many keypoints per image, the highest-scoring (default: all)")
-    parser.add_argument("--preprocessing", choices=["caffe", "torch"], default="caffe",
+    parser.add_argument("--preprocessing", choices=PREPROCESSINGS, default="caffe",
                         help="input normalisation the weights were trained with (caffe for all official D2-Net "
                         "weights: BGR minus the ImageNet means)")
     parser.add_argument("--no-relu", action="store_true", help="no ReLU after conv4_3 (the original's --no-relu)")
@@ -122,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         float32_descriptors=args.float32_descriptors)
     run = dataclasses.replace(run_config(args), batch_size=args.batch_size, loader_workers=args.workers,
                               gpu_memory_gib=args.gpu_memory)
+    from d2sfm.api import extract  # the work's imports (torch): after the options and the inputs are checked
+
     result = extract(root, args.output, config, names=names, run=run, timings=args.timings)
     return report(args.output, names, result.extracted, result.failures)
 
@@ -136,5 +135,4 @@ def report(output: Path, names: Sequence[str], extracted: int, failures: list[tu
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     run_main(main)

@@ -13,8 +13,11 @@ OPENCV_SILENT, OPENCV_INFO = 0, 4  # cv::utils::logging::LogLevel, the same numb
 
 
 def set_library_logs(verbose: bool) -> None:
-    """In this process, and (through the environment) in the processes it starts: image loaders, Ray workers."""
+    """In this process, and (through the environment) in the processes it starts: image loaders, Ray workers.
+    pycolmap is not imported for this (a command's --help must not wait for it): glog reads GLOG_minloglevel when
+    pycolmap loads, and where it is loaded already its level is set here."""
     import os
+    import sys
 
     import cv2
 
@@ -24,11 +27,9 @@ def set_library_logs(verbose: bool) -> None:
     # OpenCV 5 has the setter in cv2.utils.logging only, OpenCV 4 at the top level only
     opencv_logging = getattr(cv2.utils, "logging", cv2)
     opencv_logging.setLogLevel(OPENCV_INFO if verbose else OPENCV_SILENT)
-    try:
-        import pycolmap
-    except ImportError:  # extraction and matching run without it (a GPU box, a cluster worker): no COLMAP lines
-        return
-    pycolmap.logging.minloglevel = COLMAP_ALL if verbose else COLMAP_FATAL_ONLY
+    pycolmap = sys.modules.get("pycolmap")
+    if pycolmap is not None:
+        pycolmap.logging.minloglevel = COLMAP_ALL if verbose else COLMAP_FATAL_ONLY
 
 
 def add_verbose_argument(parser) -> None:

@@ -13,10 +13,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from d2sfm.api import localize, localize_images
-from d2sfm.commands.cli import CommandParser, run_main
+from d2sfm.commands.cli import CommandParser, module_doc, run_main
 from d2sfm.commands.library_logs import set_library_logs
 from d2sfm.commands.options import (
     add_device_argument,
@@ -38,13 +35,7 @@ from d2sfm.config import (
     InLocConfig,
     RefineConfig,
 )
-from d2sfm.sfm.cameras import CAMERA_MODELS
-
-
-def _benchmarks():
-    from pipelines import aachen, inloc
-
-    return {"aachen": aachen, "inloc": inloc}
+from d2sfm.sfm.defaults import CAMERA_MODELS
 
 
 def add_aachen_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,15 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     summary = __doc__.split("\n\n")[0].replace("``", "")
     parser = CommandParser(prog="python -m d2sfm.localize", description=summary)
     commands = parser.add_subparsers(dest="benchmark", required=True)
-    for name, module in _benchmarks().items():
-        sub = commands.add_parser(name, help=module.__doc__.split("\n")[0],
-                                  description=module.__doc__.replace("``", ""),
+    for name, add_arguments in BENCHMARK_ARGUMENTS.items():  # the protocols, one module each in pipelines/
+        doc = module_doc(f"pipelines.{name}")
+        sub = commands.add_parser(name, help=doc.split("\n")[0], description=doc.replace("``", ""),
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         sub.add_argument("--dataset", type=Path, required=True,
                          help=f"the dataset folder (layout: datasets/{name}.md)")
         sub.add_argument("--output", type=Path, default=None,
                          help=f"working and result folder (default outputs/{name}...)")
-        BENCHMARK_ARGUMENTS[name](sub)
+        add_arguments(sub)
         add_weights_argument(sub)
         add_device_argument(sub)
         add_feature_arguments(sub)
@@ -126,10 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_images_command(commands) -> None:
-    from d2sfm.pipeline import localize_images
-
     sub = commands.add_parser("images", help="register new photos against any d2sfm reconstruction",
-                              description=localize_images.__doc__.replace("``", ""),
+                              description=module_doc("d2sfm.pipeline.localize_images").replace("``", ""),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub.add_argument("--reference", type=Path, required=True,
                      help="a scene folder reconstructed by d2sfm (features.h5, sparse/0); read, never written")
@@ -178,13 +167,16 @@ def images_config(args: argparse.Namespace) -> ImagesLocalizationConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_library_logs(args.verbose)
-    if args.benchmark == "images":
-        localize_images(args.reference, args.queries, images_config(args), output=args.output, gt=args.gt)
-        return 0
-    localize(args.benchmark, args.dataset, localization_config(args), output=args.output)
+    images = args.benchmark == "images"
+    config = images_config(args) if images else localization_config(args)
+    from d2sfm.api import localize, localize_images  # the work's imports (torch, pycolmap): after the options
+
+    if images:
+        localize_images(args.reference, args.queries, config, output=args.output, gt=args.gt)
+    else:
+        localize(args.benchmark, args.dataset, config, output=args.output)
     return 0
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     run_main(main)

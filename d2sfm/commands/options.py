@@ -11,8 +11,7 @@ from d2sfm.bounds import out_of_range
 from d2sfm.cluster.ray_backend import LOCAL, MAX_RAY_WORKERS
 from d2sfm.commands.library_logs import add_verbose_argument
 from d2sfm.config import FEATURE_METHODS, FeatureConfig, MatchConfig, RunConfig
-from d2sfm.features.extractor import CONV_IMPLEMENTATIONS, PRECISIONS
-from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
+from d2sfm.features.settings import CONV_IMPLEMENTATIONS, MULTI_SCALE, PRECISIONS, SINGLE_SCALE
 from d2sfm.refinement.settings import METHODS
 
 

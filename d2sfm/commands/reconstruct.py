@@ -14,8 +14,6 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.library_logs import set_library_logs
 from d2sfm.commands.options import (
@@ -39,17 +37,15 @@ from d2sfm.config import (
     RefineConfig,
 )
 from d2sfm.errors import D2sfmError
-from d2sfm.pipeline.reconstruct import EXHAUSTIVE_UP_TO, reconstruct_scene
-from d2sfm.sfm.cameras import INTRINSICS_REFINEMENT
-from d2sfm.sfm.database import (
+from d2sfm.matching.pairs import EXHAUSTIVE_UP_TO
+from d2sfm.sfm.defaults import (
     CAMERA_MODELS,
     CAMERA_MODES,
-)
-from d2sfm.sfm.dense import DEFAULT_MESH_TRIM
-from d2sfm.sfm.mapping import (
     D2_ABS_POSE_MIN_INLIER_RATIO,
     D2_ABS_POSE_MIN_INLIERS,
     D2_INIT_MIN_TRI_ANGLE,
+    DEFAULT_MESH_TRIM,
+    INTRINSICS_REFINEMENTS,
     MAPPERS,
 )
 
@@ -81,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overlap", type=number(int, at_least=1), default=10,
                         help="sequential: next N images (default 10)")
     add_match_arguments(parser)
-    parser.add_argument("--camera-mode", choices=list(CAMERA_MODES), default=None,
+    parser.add_argument("--camera-mode", choices=CAMERA_MODES, default=None,
                         help="auto (COLMAP's default: per camera and size), single, per-image, per-folder "
                         "(default: auto; single with --demo, whose images come from one camera)")
     parser.add_argument("--camera-model", choices=CAMERA_MODELS, default="SIMPLE_RADIAL",
@@ -95,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="triangulate at these poses instead of mapping (a folder of Strecha .camera files or a "
                         "COLMAP model; photos matched by name): the model in their frame, the intrinsics as the "
                         "database holds them")
-    parser.add_argument("--refine-intrinsics", choices=list(INTRINSICS_REFINEMENT), default="colmap",
+    parser.add_argument("--refine-intrinsics", choices=INTRINSICS_REFINEMENTS, default="colmap",
                         help="camera parameters bundle adjustment may change: none (a known calibration), focal, "
                         "all, or colmap (default, COLMAP's: focal and distortion, principal point held)")
     add_refine_argument(parser, "the keypoints of each track (before mapping), then each 3D point's observations "
@@ -158,11 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mesh and not args.dense:
         raise D2sfmError("--mesh meshes the dense points: add --dense")
     set_library_logs(args.verbose)
-    reconstruct_scene(args.scene, reconstruction_config(args), images=args.images, features=args.features,
-                      demo=args.demo)
+    config = reconstruction_config(args)
+    from d2sfm.pipeline.reconstruct import reconstruct_scene  # the work's imports (torch, pycolmap): after the options
+
+    reconstruct_scene(args.scene, config, images=args.images, features=args.features, demo=args.demo)
     return 0
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     run_main(main)

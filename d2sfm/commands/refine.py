@@ -20,12 +20,9 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from d2sfm.api import refine
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.options import add_complete_tracks_argument, add_device_argument, add_weights_argument
-from d2sfm.refinement.database_refinement import METHODS
+from d2sfm.refinement.settings import METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.database is None) == (args.model is None):
         parser.error("give either a database or --model FOLDER")
     target = args.model if args.model is not None else args.database
+    from d2sfm.api import refine  # the work's imports (torch, pycolmap): after the options
+
     summary = refine(target, args.images, method=args.method, complete_tracks=args.complete_tracks,
                      weights=args.weights, device=args.device, progress=not args.quiet)
     print(f"refined {target}: {summary.describe()}")
@@ -61,5 +60,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     run_main(main)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.options import add_device_argument, add_weights_argument, number
-from d2sfm.features.extraction import MAX_LOADER_WORKERS
-from d2sfm.training.trainer import DATA_KINDS, MIN_CROP, TrainingConfig, train
+from d2sfm.features.settings import MAX_LOADER_WORKERS
+from d2sfm.training.settings import DATA_KINDS, MIN_CROP, TrainingConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +81,10 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    train(config_from_args(build_parser().parse_args(argv)))
+    config = config_from_args(build_parser().parse_args(argv))
+    from d2sfm.training.trainer import train  # the work's imports (torch): after the options
+
+    train(config)
     return 0
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.options import number
 from d2sfm.errors import D2sfmError
-from d2sfm.viz.viewer import find_model, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import viser  # noqa: F401
     except ImportError:
         raise D2sfmError('the viewer needs viser: pip install -e ".[viewer]" (or pip install viser)') from None
+    from d2sfm.viz.viewer import find_model, serve  # pycolmap and scipy: after the options
+
     model_dir = find_model(args.scene)
     image_dir = args.images or (args.scene / "images" if (args.scene / "images").is_dir() else
                                 model_dir.parent.parent / "images")

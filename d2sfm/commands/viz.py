@@ -12,14 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from d2sfm.commands.cli import CommandParser, run_main
 from d2sfm.commands.options import add_device_argument, add_weights_argument, number
-from d2sfm.features.pyramid import MULTI_SCALE, SINGLE_SCALE
+from d2sfm.features.settings import MULTI_SCALE, SINGLE_SCALE
 from d2sfm.runtime.device import resolve_device
-from d2sfm.viz.drawing import draw_keypoints, draw_matches, write_png
-from d2sfm.viz.model_picture import write_model_picture
 
 COMMANDS = ("pair", "model")
 
@@ -56,10 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def draw_pair(args: argparse.Namespace) -> None:
+    import torch
+
     from d2sfm.features.extractor import D2Extractor, ExtractionConfig
     from d2sfm.features.weights import resolve_weights
     from d2sfm.io.images import read_image_bgr
     from d2sfm.matching.mnn import mutual_nearest_neighbours
+    from d2sfm.viz.drawing import draw_keypoints, draw_matches, write_png
 
     images = [read_image_bgr(args.image0), read_image_bgr(args.image1)]
     config = ExtractionConfig(scales=MULTI_SCALE if args.multiscale else SINGLE_SCALE, max_edge=args.max_edge)
@@ -83,11 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "pair":
         draw_pair(args)
     else:
+        from d2sfm.viz.model_picture import write_model_picture  # pycolmap: after the options
+
         path = write_model_picture(args.model, args.output, args.database, height=args.height)
         print(f"wrote {path}")
     return 0
 
 
 if __name__ == "__main__":
-    torch.set_grad_enabled(False)
     run_main(main)

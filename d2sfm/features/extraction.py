@@ -43,8 +43,6 @@ from d2sfm.runtime.orphans import end_with_this_process
 from d2sfm.runtime.stage_clock import StageClock, timed
 
 log = logging.getLogger("d2sfm")
-# Image decoding processes at most: each holds a torch import and a prefetch queue; more only costs memory.
-MAX_LOADER_WORKERS = 64
 
 # The stages --timings reports (the backbone's, NETWORK_STAGE, is timed by the extractor).
 STARTUP_STAGE = "start-up (weights, model, device)"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,62 +32,28 @@ from d2sfm.errors import D2sfmError
 from d2sfm.features.checkpoint import load_model
 from d2sfm.features.network import (
     CAFFE_BGR_MEAN,
-    PREPROCESSINGS,
     TORCH_RGB_MEAN,
     TORCH_RGB_STD,
     onednn_layers,
     winograd_layers,
 )
-from d2sfm.features.pyramid import MAX_SCALE, MULTI_SCALE, SINGLE_SCALE, PyramidLevel, extract_pyramid
+from d2sfm.features.pyramid import PyramidLevel, extract_pyramid
+from d2sfm.features.settings import (  # noqa: F401  (ExtractionConfig and its choices: where callers have long found them)
+    CONV_IMPLEMENTATIONS,
+    MULTI_SCALE,
+    PRECISIONS,
+    SINGLE_SCALE,
+    ExtractionConfig,
+)
 from d2sfm.io.features import Features  # noqa: F401  (where callers have long found it)
 from d2sfm.io.keypoints import network_ij_to_colmap_xy
 from d2sfm.runtime.device import full_float32_cudnn
 from d2sfm.runtime.stage_clock import StageClock, timed
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile modes; reduce-overhead adds CUDA graphs
 MAP_LAYOUTS = ("contiguous", "channels_last")
 DESCRIPTOR_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float16): torch.float16}
 NETWORK_STAGE = "network"  # the backbone's time, under an extractor's clock
-CONV_IMPLEMENTATIONS = ("exact", "winograd")
-
-
-@dataclass
-class ExtractionConfig:
-    """Everything that changes the features; stored beside them so a resumed run cannot mix settings."""
-
-    scales: tuple[float, ...] = SINGLE_SCALE
-    max_edge: int = 1600
-    max_sum_edges: int = 2800
-    preprocessing: str = "caffe"
-    use_relu: bool = True
-    max_keypoints: int = 0  # 0: keep all
-    precision: str = "fp32"
-    conv: str = "exact"
-    geometric_centres: bool = False  # True: correct the original's 2-px-per-level keypoint offset (pyramid.py)
-
-    def __post_init__(self) -> None:
-        self.scales = tuple(float(s) for s in self.scales)
-        if not self.scales or any(not 0 < s <= MAX_SCALE for s in self.scales):
-            raise D2sfmError(f"scales must be numbers above 0 and at most {MAX_SCALE:g} (scale s costs about s*s the "
-                             f"memory of scale 1), got {self.scales}")
-        if self.max_keypoints < 0:
-            raise D2sfmError(f"max_keypoints must be >= 0 (0 keeps them all), got {self.max_keypoints}")
-        if self.preprocessing not in PREPROCESSINGS:
-            raise D2sfmError(f"preprocessing must be one of {PREPROCESSINGS}, got {self.preprocessing!r}")
-        if self.precision not in PRECISIONS:
-            raise D2sfmError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.conv not in CONV_IMPLEMENTATIONS:
-            raise D2sfmError(f"conv must be one of {CONV_IMPLEMENTATIONS}, got {self.conv!r}")
-        if self.max_edge < 16 or self.max_sum_edges < 32:
-            raise D2sfmError("max_edge must be >= 16 and max_sum_edges >= 32")
-
-    @classmethod
-    def multiscale(cls, **kwargs) -> ExtractionConfig:
-        return cls(scales=MULTI_SCALE, **kwargs)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from typing import TypeVar
 import torch
 
 from d2sfm.errors import D2sfmError
+from d2sfm.features.settings import DEFAULT_GPU_MEMORY_GIB
 
 GIB = 2**30
-DEFAULT_GPU_MEMORY_GIB = 6.0  # leaves room under 8 GiB for cuDNN's choices and the allocator's rounding
 DEVICE_SHARE = 0.8  # never plan for more than this share of the GPU's memory
 
 Item = TypeVar("Item")

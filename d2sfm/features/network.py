@@ -33,7 +33,6 @@ NUM_CHANNELS = 512
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 TORCH_RGB_MEAN = (0.485, 0.456, 0.406)
 TORCH_RGB_STD = (0.229, 0.224, 0.225)
-PREPROCESSINGS = ("caffe", "torch")
 
 
 def _build_vgg_layers() -> nn.Sequential:

@@ -17,13 +17,8 @@ import torch.nn.functional as F
 
 from d2sfm.features.detect import EDGE_THRESHOLD, LevelDetections, detect_level
 from d2sfm.features.network import backbone_gflop
+from d2sfm.features.settings import MULTI_SCALE, SINGLE_SCALE  # noqa: F401  (where callers have long found them)
 from d2sfm.io.keypoints import level_cell_to_image_ij
-
-SINGLE_SCALE = (1.0,)
-MULTI_SCALE = (0.5, 1.0, 2.0)
-# The original D2-Net's pyramid is 0.5, 1, 2; scale s costs about s*s the memory of scale 1, so a 1600-px photo at
-# scale 4 already needs tens of GiB, and larger scales only run out of memory.
-MAX_SCALE = 4.0
 
 
 @dataclass

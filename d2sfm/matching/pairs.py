@@ -16,7 +16,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from d2sfm.errors import D2sfmError
 from d2sfm.io.atomic import read_text_file, write_text_atomic
@@ -55,6 +54,8 @@ def retrieval_pairs(names: Sequence[str], global_descriptors: np.ndarray, top_k:
     """Each image with its ``top_k`` most similar images by cosine of their global descriptors."""
     if len(names) != len(global_descriptors):
         raise ValueError("one global descriptor per name is needed")
+    import torch  # here, not at the top: the command lines read EXHAUSTIVE_UP_TO and the pair lists without it
+
     k = min(top_k, len(names) - 1)
     if k <= 0:
         return []

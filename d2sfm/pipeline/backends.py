@@ -20,8 +20,8 @@ from d2sfm.features.extraction import (
     make_extractor,
     write_timings,
 )
-from d2sfm.features.extractor import ExtractionConfig
 from d2sfm.features.gpu_batching import MemoryBoundedBatches
+from d2sfm.features.settings import ExtractionConfig
 from d2sfm.matching.matcher import match_pairs
 from d2sfm.matching.pairs import Pair
 from d2sfm.runtime.device import resolve_device

@@ -19,23 +19,11 @@ import torch.nn.functional as F
 from d2sfm.features.checkpoint import load_model
 from d2sfm.features.extractor import normalise, resize_for_network
 from d2sfm.io.keypoints import colmap_xy_to_network_ij, image_to_feature_map_ij
+from d2sfm.refinement.settings import PatchSettings
 from d2sfm.runtime.device import full_float32_cudnn
 
 # VGG16 layer: (layers up to and including its ReLU, stride-2 poolings before it)
 DENSE_LAYERS = {"conv1_2": (4, 0), "conv2_2": (9, 1)}
-
-
-@dataclass
-class PatchSettings:
-    layer: str = "conv2_2"
-    size: int = 8  # patch side in feature pixels; displacements stay within it
-    max_edge: int = 1600
-    max_sum_edges: int = 2800
-    preprocessing: str = "caffe"
-
-    def as_dict(self) -> dict:
-        return {"layer": self.layer, "size": self.size, "max_edge": self.max_edge,
-                "max_sum_edges": self.max_sum_edges, "preprocessing": self.preprocessing}
 
 
 @dataclass

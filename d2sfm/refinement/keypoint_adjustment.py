@@ -15,18 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from d2sfm.refinement.settings import AdjustmentSettings
+
 # Padded track sizes: a track is solved in the smallest bucket that holds it. Larger tracks are left as they are
 # (on real scenes they are chains merged through a few wrong matches, not one 3D point).
 TRACK_BUCKETS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 # Upper bound on the floats of one batch's normal equations, keeping memory flat on huge scenes.
 BATCH_FLOATS = 1 << 24
-
-
-@dataclass
-class AdjustmentSettings:
-    iterations: int = 25
-    robust_scale: float = 0.25  # Cauchy scale on the feature distance (features are unit vectors)
-    initial_damping: float = 1e-3
 
 
 @dataclass

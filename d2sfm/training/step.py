@@ -9,10 +9,9 @@ from d2sfm.features.extractor import normalise
 from d2sfm.features.network import D2Net
 from d2sfm.io.keypoints import feature_map_to_image_ij
 from d2sfm.training.correspondences import depth_correspondences, homography_correspondences
-from d2sfm.training.loss import MARGIN, MIN_CORRESPONDENCES, SAFE_RADIUS, cells_inside, grid_positions, pair_loss
+from d2sfm.training.loss import MARGIN, SAFE_RADIUS, cells_inside, grid_positions, pair_loss
+from d2sfm.training.settings import MIN_CORRESPONDENCES, SCALING_STEPS
 from d2sfm.training.soft_detection import soft_detection_scores
-
-SCALING_STEPS = 3  # the training network's three stride-2 pools: output stride 8
 
 
 def correspondences(batch: dict, index: int, positions1: torch.Tensor,

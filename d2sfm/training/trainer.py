@@ -32,8 +32,8 @@ from tqdm import tqdm
 from d2sfm.bounds import check_numbers
 from d2sfm.errors import D2sfmError, some_names
 from d2sfm.features.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
-from d2sfm.features.extraction import MAX_LOADER_WORKERS
 from d2sfm.features.network import D2Net
+from d2sfm.features.settings import MAX_LOADER_WORKERS
 from d2sfm.features.weights import DEFAULT_WEIGHTS, KNOWN_WEIGHTS, resolve_weights
 from d2sfm.io.atomic import read_text_file, write_text_atomic
 from d2sfm.io.images import list_images
@@ -41,19 +41,21 @@ from d2sfm.runtime.device import resolve_device
 from d2sfm.runtime.orphans import end_with_this_process
 from d2sfm.runtime.run_lock import LOCK_NAME, TEMPORARY, folder_lock
 from d2sfm.training.data import HomographyPairs, MegaDepthPairs
-from d2sfm.training.loss import MIN_CORRESPONDENCES
-from d2sfm.training.step import SCALING_STEPS, batch_loss
+from d2sfm.training.settings import (  # noqa: F401  (TrainingConfig: where callers have long found it)
+    DATA_KINDS,
+    MIN_CORRESPONDENCES,
+    MIN_CROP,
+    SCALING_STEPS,
+    TrainingConfig,
+)
+from d2sfm.training.step import batch_loss
 
 log = logging.getLogger("d2sfm")
 
-DATA_KINDS = ("homography", "megadepth")
 RECORD = "train.json"  # the options, written before any work: what makes a folder a training output
 LOG = "log.jsonl"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_NAMES = ("last.pth", "best.pth")
-# A pair needs MIN_CORRESPONDENCES cells with a correspondence on the stride-8 map: a smaller crop has fewer cells
-# than that, so no pair could ever give a loss and the run would train nothing.
-MIN_CROP = 8 * int(np.ceil(np.sqrt(MIN_CORRESPONDENCES)))
 PATH_OPTIONS = ("images", "val_images", "dataset", "scene_info", "train_scenes", "val_scenes")
 # The options that change what a run computes, for both kinds of data and for each; a resumed run must have those
 # its checkpoint was trained with. The others (epochs, workers, device, checkpoint_every, progress) may differ: more
@@ -62,41 +64,6 @@ RESULT_OPTIONS = ("data", "weights", "lr", "batch_size", "trainable_layers", "se
 DATA_OPTIONS = {"homography": ("images", "val_images", "pairs_per_epoch", "val_pairs", "strength", "night_probability"),
                 "megadepth": ("dataset", "scene_info", "train_scenes", "val_scenes", "pairs_per_scene",
                               "max_scale_ratio")}
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Every option of ``python -m d2sfm.train`` (same names, ``--batch-size`` is ``batch_size``)."""
-
-    data: str  # "homography": pairs made from ``images``; "megadepth": ``dataset`` in the D2-Net format
-    output: str | os.PathLike = "outputs/train"  # train.json, log.jsonl, checkpoints/; a rerun resumes
-    epochs: int = 10
-    lr: float = 1e-3  # Adam's learning rate
-    batch_size: int = 1  # pairs per step
-    trainable_layers: int = 1  # the last N conv layers train: 1 is conv4_3 only (the paper), up to 10
-    seed: int = 1  # seeds the pairs and torch
-    workers: int = 0  # data loader processes
-    checkpoint_every: int = 200  # also save last.pth every N steps inside an epoch
-    # homography pairs
-    images: str | os.PathLike | None = None  # folder of training photos
-    val_images: str | os.PathLike | None = None  # folder of validation photos (None: the training photos)
-    pairs_per_epoch: int = 1000
-    val_pairs: int = 100  # 0: no validation
-    strength: float = 0.6  # homography strength in [0, 1]
-    night_probability: float = 0.3  # share of pairs whose second image is night-like
-    crop: int = 256  # crop size in pixels (both kinds)
-    # MegaDepth
-    dataset: str | os.PathLike | None = None  # root: image and depth paths are relative to it
-    scene_info: str | os.PathLike | None = None  # default dataset/scene_info
-    train_scenes: str | os.PathLike | None = None  # file listing the training scenes (None: all)
-    val_scenes: str | os.PathLike | None = None  # file listing the validation scenes (None: no validation)
-    pairs_per_scene: int = 100
-    max_scale_ratio: float = 1.5
-    # where and how; nothing here changes the result
-    weights: str | os.PathLike | None = None  # starting weights: a path or a known name (None: $D2SFM_WEIGHTS or d2_tf)
-    device: str = "auto"
-    overwrite: bool = False  # start over instead of resuming (deletes only what training wrote in output)
-    progress: bool = True  # progress bars
 
 
 @dataclass

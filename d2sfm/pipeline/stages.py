@@ -15,7 +15,7 @@ from pathlib import Path
 from d2sfm.errors import D2sfmError, some_names
 from d2sfm.io.atomic import write_text_atomic
 from d2sfm.runtime.allocator import release_freed_memory
-from d2sfm.runtime.run_lock import LOCK_NAME, TEMPORARY
+from d2sfm.runtime.run_lock import is_housekeeping
 
 log = logging.getLogger("d2sfm")
 
@@ -127,7 +127,7 @@ WRITTEN_KEY = "written_outputs"  # the record's list of the names a pipeline ask
 
 def _written_by_d2sfm(name: str, known: set[str]) -> bool:
     """Whether an entry of a run folder is d2sfm's: a known output, its lock, or what a write of one leaves."""
-    if name in known or name == LOCK_NAME or TEMPORARY.match(name):
+    if name in known or is_housekeeping(name):
         return True
     return any(name.endswith(suffix) and name[:-len(suffix)] in known for suffix in OUTPUT_SIDE_SUFFIXES)
 

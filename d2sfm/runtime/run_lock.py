@@ -28,6 +28,12 @@ log = logging.getLogger("d2sfm")
 _HELD: set[int] = set()  # descriptors of the locks this process holds (see close_inherited_locks)
 
 
+def is_housekeeping(name: str) -> bool:
+    """Whether a folder entry is d2sfm's lock or the temporary file of a killed write: never a user's file, so
+    listings that decide what a folder holds leave it out (a trailing "/" of a folder's name is ignored)."""
+    return name == LOCK_NAME or bool(TEMPORARY.match(name.rstrip("/")))
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike) -> Iterator[list[Path]]:
     """Hold ``folder`` for this process; a second run there is a one-line error instead of two runs renaming each

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from d2sfm.errors import D2sfmError, some_names
 from d2sfm.io.atomic import atomic_path, replace_folder, scratch_folder, write_text_atomic
-from d2sfm.runtime.run_lock import LOCK_NAME, TEMPORARY
+from d2sfm.runtime.run_lock import is_housekeeping
 
 if TYPE_CHECKING:  # imported where used: rendering the views alone needs no pycolmap
     import pycolmap
@@ -303,7 +303,7 @@ def _scene_names(scene_dir: Path) -> tuple[list[str], list[str]]:
         if not folder.is_dir():
             return []
         return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
-                      if p.name != LOCK_NAME and not TEMPORARY.match(p.name))
+                      if not is_housekeeping(p.name))
     return listed(scene_dir), listed(scene_dir / "images")
 
 

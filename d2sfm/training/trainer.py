@@ -39,7 +39,7 @@ from d2sfm.io.atomic import read_text_file, write_text_atomic
 from d2sfm.io.images import list_images
 from d2sfm.runtime.device import resolve_device
 from d2sfm.runtime.orphans import end_with_this_process
-from d2sfm.runtime.run_lock import LOCK_NAME, TEMPORARY, folder_lock
+from d2sfm.runtime.run_lock import folder_lock, is_housekeeping
 from d2sfm.training.data import HomographyPairs, MegaDepthPairs
 from d2sfm.training.settings import (  # noqa: F401  (TrainingConfig: where callers have long found it)
     DATA_KINDS,
@@ -181,11 +181,6 @@ def _entries(folder: Path) -> list[str]:
     return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
 
 
-def _housekeeping(name: str) -> bool:
-    """d2sfm's lock and the temporary files of a killed write: never a user's (see d2sfm.runtime.run_lock)."""
-    return name == LOCK_NAME or bool(TEMPORARY.match(name.rstrip("/")))
-
-
 def check_output(output: Path, overwrite: bool) -> None:
     """Refuse, before anything is written or deleted, an output that training would damage: a file, or (to be
     overwritten, or holding a log or checkpoints) a folder that no training run has recorded as its own."""
@@ -195,7 +190,7 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise D2sfmError(f"{output}: is a file, not a folder; choose a folder for --output")
     if (output / RECORD).is_file() or (output / CHECKPOINTS / "last.pth").is_file():
         return
-    foreign = [name for name in _entries(output) if not _housekeeping(name)]
+    foreign = [name for name in _entries(output) if not is_housekeeping(name)]
     if overwrite and foreign:
         raise D2sfmError(f"{output}: not a d2sfm output folder (it holds {some_names(foreign)}); choose an empty or "
                          "new folder for --output")
@@ -213,7 +208,7 @@ def _clear_output(output: Path) -> None:
     checkpoints = output / CHECKPOINTS
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         checkpoints.rmdir()
-    kept = [name for name in _entries(output) if not _housekeeping(name)]
+    kept = [name for name in _entries(output) if not is_housekeeping(name)]
     if kept:
         log.info(f"  kept what training did not write in {output}: {some_names(kept)}")
 

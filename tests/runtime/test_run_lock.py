@@ -4,11 +4,13 @@ import fcntl
 import os
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from d2sfm.io.atomic import atomic_path
 from d2sfm.runtime.orphans import end_with_this_process
-from d2sfm.runtime.run_lock import LOCK_NAME, folder_lock
+from d2sfm.runtime.run_lock import LOCK_NAME, folder_lock, is_housekeeping
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and flock semantics of Linux")
@@ -29,3 +31,14 @@ def test_a_forked_helper_leaves_the_folder_lock_to_its_parent(tmp_path):
     finally:
         os.kill(child, 9)
         os.waitpid(child, 0)
+
+
+def test_housekeeping_is_the_lock_and_killed_writes_only(tmp_path):
+    """What the listings of scene, training and run folders leave out: d2sfm's lock and the scratch names its atomic
+    writes use (with SQLite's side files), never a user's file that merely looks alike."""
+    with atomic_path(tmp_path / "features.h5") as scratch:
+        scratch_name = Path(scratch).name
+        assert is_housekeeping(scratch_name) and is_housekeeping(scratch_name + "-wal")
+    assert is_housekeeping(LOCK_NAME) and is_housekeeping(scratch_name + "/")  # a scratch folder, listed with "/"
+    for name in ("features.h5", "IMG_0001.part", "notes.part.txt", ".hidden", "images/", LOCK_NAME + ".bak"):
+        assert not is_housekeeping(name), name

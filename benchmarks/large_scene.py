@@ -2,6 +2,7 @@
 the synthetic courtyard, then a run killed with SIGKILL during extraction and again during matching.
 
     python benchmarks/large_scene.py --counts 250 500 1000 --kill-count 1000
+    python benchmarks/large_scene.py --counts 250 500 --compare-mappers
 
 Renders ``max(counts)`` views once (``d2sfm.synthetic`` layout 'rings', small images) and makes each smaller scene
 from evenly spaced views of it, so every scene is the same courtyard seen from the same arcs, more or less densely.
@@ -10,7 +11,9 @@ of the whole command, the registered images and the camera errors against the re
 memory grow with the number of images. The kill test then runs the command on a fresh copy of the
 ``--kill-count`` scene, kills it halfway through extraction (by the clean run's stage times), reruns it, kills it
 halfway through matching, and reruns it to the end: each rerun must start from exactly the images and pairs the
-killed run had written, and the final features and matches must equal the clean run's.
+killed run had written, and the final features and matches must equal the clean run's. ``--compare-mappers`` maps
+each scene again with ``--mapper global`` from a copy of the clean run's folder (features, matches, database and
+refined keypoints are reused: mapping and the model refinement run again) and prints both mappers side by side.
 """
 
 from __future__ import annotations
@@ -148,6 +151,43 @@ def kill_test(clean: Path, scene: Path, options: list[str]) -> list[str]:
     return report
 
 
+def measure_global(scene: Path, options: list[str], truth: Path, keep: bool) -> dict:
+    """The clean run's folder copied and mapped again with --mapper global: the stage records make the rerun redo
+    mapping and the model refinement only."""
+    copy = scene.with_name(scene.name + "_global")
+    if not keep:
+        shutil.rmtree(copy, ignore_errors=True)
+    if not copy.is_dir():
+        shutil.copytree(scene, copy, ignore=shutil.ignore_patterns("measured.json"))
+    print(f"== {copy.name}: --mapper global", file=sys.stderr)
+    return measure(copy, [*options, "--mapper", "global"], truth)
+
+
+def print_mapper_table(rows: list[dict]) -> None:
+    """Incremental against global mapping of the same database, per scene, with the ratios."""
+    print("\nThe same databases mapped by each mapper (`--mapper incremental`, the default, against `--mapper global`; "
+          "the model refinement runs on each mapper's model):\n")
+    header = ["images", "mapper", "mapping s / MiB", "refine-model s / MiB", "registered", "3D points",
+              "median / max rotation error (deg)", "median / max position error (% of scene)"]
+    print("| " + " | ".join(header) + " |")
+    print("|---:|---|" + "---:|" * (len(header) - 2))
+    for row in rows:
+        for mapper, result in (("incremental", row), ("global", row["global"])):
+            stats, check = result["stats"], result["check"]
+            cells = [row["count"], mapper]
+            cells += [f"{stats['stage_seconds'][s]:.0f} / {stats['stage_peak_memory_mb'][s]:.0f}"
+                      for s in ("mapping", "refine-model")]
+            cells += [check["registered"], stats["models"][0]["points3D"]]
+            cells += [f"{check['median_rotation_error_deg']:.3f} / {check['max_rotation_error_deg']:.3f}",
+                      f"{100 * check['median_position_error_rel']:.3f} / {100 * check['max_position_error_rel']:.3f}"]
+            print("| " + " | ".join(str(c) for c in cells) + " |")
+    for row in rows:
+        incremental, global_ = row["stats"]["stage_seconds"], row["global"]["stats"]["stage_seconds"]
+        both = [times["mapping"] + times["refine-model"] for times in (incremental, global_)]
+        print(f"\n{row['count']} images: global mapping takes {global_['mapping'] / incremental['mapping']:.2f}x the "
+              f"incremental mapper's time, mapping and model refinement together {both[1] / both[0]:.2f}x.")
+
+
 def growth(rows: list[dict], key) -> str:
     first, last = rows[0], rows[-1]
     return f"{key(last) / key(first):.2f}x"
@@ -162,6 +202,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--weights", default=str(WEIGHTS))
+    parser.add_argument("--compare-mappers", action="store_true",
+                        help="also map every scene with --mapper global (from a copy of the clean run) and compare")
     parser.add_argument("--keep", action="store_true",
                         help="reuse the scenes an earlier run measured (their measured.json) instead of starting over")
     args = parser.parse_args()
@@ -176,6 +218,8 @@ def main() -> None:
             shutil.rmtree(scene, ignore_errors=True)
         print(f"== {count} images", file=sys.stderr)
         rows.append({"count": count, **measure(subset_scene(full, count, scene), options, full / "ground_truth")})
+        if args.compare_mappers:
+            rows[-1]["global"] = measure_global(scene, options, full / "ground_truth", args.keep)
     print(f"`python -m d2sfm.reconstruct SCENE {' '.join(options)}` on views of {args.width}x{args.height} px "
           "(single-scale D2, retrieval pairs, top 20 per image); peak memory is the resident memory of the "
           "command's process during each stage (the image loader process is not included).\n")
@@ -202,6 +246,8 @@ def main() -> None:
               + "; peak memory " + ", ".join(
                   f"{stage} {growth(rows, lambda r, s=stage: r['stats']['stage_peak_memory_mb'][s])}"
                   for stage in STAGES) + ".")
+    if args.compare_mappers:
+        print_mapper_table(rows)
     if args.kill_count:
         clean = args.work / f"scene_{args.kill_count}"
         killed = args.work / f"killed_{args.kill_count}"

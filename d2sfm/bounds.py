@@ -1,5 +1,5 @@
 """The one range check of every number a user gives, on the command line (``commands.options.number``) or in a
-config dataclass (``d2sfm.config``, ``training.trainer.TrainingConfig``), so that both refuse the same values with
+config dataclass (``d2sfm.config``, ``training.settings.TrainingConfig``), so that both refuse the same values with
 the same words."""
 
 from __future__ import annotations

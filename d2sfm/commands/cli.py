@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from d2sfm.commands.library_logs import set_library_logs
 from d2sfm.errors import D2sfmError
@@ -27,7 +27,7 @@ def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | 
     log messages go to the console as plain lines."""
     with contextlib.suppress(ImportError):  # (extraction and matching run without it: a GPU box, a cluster worker)
         # pycolmap installs glog's signal handlers (a native stack dump on SIGTERM) when it loads: it must load
-        # before ours below, not during the work; it costs a tenth of a second, torch (loaded later) fifteen
+        # before ours below, not during the work; it costs a tenth of a second, torch (loaded later) 1.5-3 s
         import pycolmap  # noqa: F401
     set_library_logs(verbose=False)
     show_library_messages()
@@ -130,8 +130,6 @@ class CommandParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message}; see {self.prog} --help\n")
 
 
-
-
 def module_doc(name: str) -> str:
     """A module's docstring, read from its source without importing it: a parser that shows the benchmark
     protocols' descriptions must not pay for their imports (torch, pycolmap) before it knows the options."""
@@ -140,3 +138,15 @@ def module_doc(name: str) -> str:
     if source is None:
         raise D2sfmError(f"{name}: module not found; reinstall d2sfm (pip install -e .)")
     return ast.get_docstring(ast.parse(source), clean=False) or ""
+
+
+@contextlib.contextmanager
+def loading_the_work() -> Iterator[None]:
+    """Around a command's import of the modules that do its work (torch, pycolmap), made after its options are
+    checked: a library that cannot be loaded there is an installation problem, said in one line as such, not a
+    folder or disk error for the user to fix (which is how ``run_main`` reads any other OSError)."""
+    try:
+        yield
+    except (ImportError, OSError) as error:
+        raise D2sfmError(f"d2sfm's libraries could not be loaded ({error}); reinstall them in this environment: "
+                         'python -m pip install -e "." (README, "Set up")') from error

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from d2sfm.cluster.ray_backend import DEFAULT_BATCH_IMAGES
-from d2sfm.commands.cli import CommandParser, run_main
+from d2sfm.commands.cli import CommandParser, loading_the_work, run_main
 from d2sfm.commands.library_logs import add_verbose_argument, set_library_logs
 from d2sfm.commands.options import (
     add_cluster_arguments,
@@ -119,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         float32_descriptors=args.float32_descriptors)
     run = dataclasses.replace(run_config(args), batch_size=args.batch_size, loader_workers=args.workers,
                               gpu_memory_gib=args.gpu_memory)
-    from d2sfm.api import extract  # the work's imports (torch): after the options and the inputs are checked
+    with loading_the_work():  # the work's imports (torch): after the options and the inputs are checked
+        from d2sfm.api import extract
 
     result = extract(root, args.output, config, names=names, run=run, timings=args.timings)
     return report(args.output, names, result.extracted, result.failures)

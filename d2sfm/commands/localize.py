@@ -13,7 +13,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from d2sfm.commands.cli import CommandParser, module_doc, run_main
+from d2sfm.commands.cli import CommandParser, loading_the_work, module_doc, run_main
 from d2sfm.commands.library_logs import set_library_logs
 from d2sfm.commands.options import (
     add_device_argument,
@@ -169,7 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_library_logs(args.verbose)
     images = args.benchmark == "images"
     config = images_config(args) if images else localization_config(args)
-    from d2sfm.api import localize, localize_images  # the work's imports (torch, pycolmap): after the options
+    with loading_the_work():  # the work's imports (torch, pycolmap): after the options
+        from d2sfm.api import localize, localize_images
 
     if images:
         localize_images(args.reference, args.queries, config, output=args.output, gt=args.gt)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from d2sfm.cluster.ray_backend import DEFAULT_BLOCK_PAIRS
-from d2sfm.commands.cli import CommandParser, run_main
+from d2sfm.commands.cli import CommandParser, loading_the_work, run_main
 from d2sfm.commands.library_logs import add_verbose_argument, set_library_logs
 from d2sfm.commands.options import (
     add_cluster_arguments,
@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not pairs:  # a pipeline may have no usable pair; a pair list given to match that holds none is a mistake
         raise D2sfmError(f"{args.pairs}: holds no pair to match (only blank lines, comments or an image paired with "
                          "itself); list one 'name0 name1' per line")
-    from d2sfm.api import match  # the work's imports (torch): after the options and the inputs are checked
+    with loading_the_work():  # the work's imports (torch): after the options and the inputs are checked
+        from d2sfm.api import match
 
     matched = match(args.features, pairs, args.output, match_config(args), run=run_config(args))
     print(f"wrote {args.output}: {matched} pairs matched, {len(pairs) - matched} already done")

@@ -14,7 +14,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from d2sfm.commands.cli import CommandParser, run_main
+from d2sfm.commands.cli import CommandParser, loading_the_work, run_main
 from d2sfm.commands.library_logs import set_library_logs
 from d2sfm.commands.options import (
     add_complete_tracks_argument,
@@ -155,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise D2sfmError("--mesh meshes the dense points: add --dense")
     set_library_logs(args.verbose)
     config = reconstruction_config(args)
-    from d2sfm.pipeline.reconstruct import reconstruct_scene  # the work's imports (torch, pycolmap): after the options
+    with loading_the_work():  # the work's imports (torch, pycolmap): after the options
+        from d2sfm.pipeline.reconstruct import reconstruct_scene
 
     reconstruct_scene(args.scene, config, images=args.images, features=args.features, demo=args.demo)
     return 0

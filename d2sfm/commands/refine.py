@@ -20,7 +20,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from d2sfm.commands.cli import CommandParser, run_main
+from d2sfm.commands.cli import CommandParser, loading_the_work, run_main
 from d2sfm.commands.options import add_complete_tracks_argument, add_device_argument, add_weights_argument
 from d2sfm.refinement.settings import METHODS
 
@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (args.database is None) == (args.model is None):
         parser.error("give either a database or --model FOLDER")
     target = args.model if args.model is not None else args.database
-    from d2sfm.api import refine  # the work's imports (torch, pycolmap): after the options
+    with loading_the_work():  # the work's imports (torch, pycolmap): after the options
+        from d2sfm.api import refine
 
     summary = refine(target, args.images, method=args.method, complete_tracks=args.complete_tracks,
                      weights=args.weights, device=args.device, progress=not args.quiet)

@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from d2sfm.commands.cli import CommandParser, run_main
+from d2sfm.commands.cli import CommandParser, loading_the_work, run_main
 from d2sfm.commands.options import add_device_argument, add_weights_argument, number
 from d2sfm.features.settings import MAX_LOADER_WORKERS
 from d2sfm.training.settings import DATA_KINDS, MIN_CROP, TrainingConfig
@@ -82,7 +82,8 @@ def config_from_args(args: argparse.Namespace) -> TrainingConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_args(build_parser().parse_args(argv))
-    from d2sfm.training.trainer import train  # the work's imports (torch): after the options
+    with loading_the_work():  # the work's imports (torch): after the options
+        from d2sfm.training.trainer import train
 
     train(config)
     return 0

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from d2sfm.commands.cli import CommandParser, run_main
+from d2sfm.commands.cli import CommandParser, loading_the_work, run_main
 from d2sfm.commands.options import number
 from d2sfm.errors import D2sfmError
 
@@ -39,7 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import viser  # noqa: F401
     except ImportError:
         raise D2sfmError('the viewer needs viser: pip install -e ".[viewer]" (or pip install viser)') from None
-    from d2sfm.viz.viewer import find_model, serve  # pycolmap and scipy: after the options
+    with loading_the_work():  # pycolmap and scipy: after the options
+        from d2sfm.viz.viewer import find_model, serve
 
     model_dir = find_model(args.scene)
     image_dir = args.images or (args.scene / "images" if (args.scene / "images").is_dir() else

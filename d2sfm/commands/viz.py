@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from d2sfm.commands.cli import CommandParser, run_main
+from d2sfm.commands.cli import CommandParser, loading_the_work, run_main
 from d2sfm.commands.options import add_device_argument, add_weights_argument, number
 from d2sfm.features.settings import MULTI_SCALE, SINGLE_SCALE
 from d2sfm.runtime.device import resolve_device
@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "pair":
         draw_pair(args)
     else:
-        from d2sfm.viz.model_picture import write_model_picture  # pycolmap: after the options
+        with loading_the_work():  # pycolmap: after the options
+            from d2sfm.viz.model_picture import write_model_picture
 
         path = write_model_picture(args.model, args.output, args.database, height=args.height)
         print(f"wrote {path}")

@@ -38,10 +38,8 @@ from d2sfm.features.network import (
     winograd_layers,
 )
 from d2sfm.features.pyramid import PyramidLevel, extract_pyramid
-from d2sfm.features.settings import (  # noqa: F401  (ExtractionConfig and its choices: where callers have long found them)
-    CONV_IMPLEMENTATIONS,
+from d2sfm.features.settings import (  # noqa: F401  (where callers have long found them)
     MULTI_SCALE,
-    PRECISIONS,
     SINGLE_SCALE,
     ExtractionConfig,
 )

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 
 from d2sfm.io.keypoints import image_to_feature_map_ij
-from d2sfm.training.settings import MIN_CORRESPONDENCES  # noqa: F401  (where callers have long found it)
 
 MARGIN = 1.0
 SAFE_RADIUS = 4  # feature cells

@@ -41,7 +41,7 @@ from d2sfm.runtime.device import resolve_device
 from d2sfm.runtime.orphans import end_with_this_process
 from d2sfm.runtime.run_lock import folder_lock, is_housekeeping
 from d2sfm.training.data import HomographyPairs, MegaDepthPairs
-from d2sfm.training.settings import (  # noqa: F401  (TrainingConfig: where callers have long found it)
+from d2sfm.training.settings import (
     DATA_KINDS,
     MIN_CORRESPONDENCES,
     MIN_CROP,

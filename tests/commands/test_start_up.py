@@ -6,10 +6,14 @@ as a user does, ``python -m d2sfm.X`` in a fresh interpreter, with Python's own 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[2]
 
 HEAVY = {"torch", "torchvision", "scipy", "ray", "viser", "matplotlib"}
 
@@ -57,3 +61,24 @@ def test_answers_without_the_works_imports(case, tmp_path):
         assert run.returncode == 0 and "usage:" in run.stdout, run.stdout[-500:] + "\n".join(messages)
     else:
         assert run.returncode == status and len(messages) == 1 and messages[0].startswith("error:"), messages
+
+
+def test_a_library_that_cannot_load_is_one_line_naming_it(tmp_path):
+    """The work's imports now run inside run_main, whose OSError is a folder or disk to fix: a torch that cannot be
+    loaded (a broken CUDA library is an OSError) must instead say the installation is at fault, in one line."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise OSError('libtorch_cuda.so: cannot open shared object file')\n"
+        "sys.meta_path.insert(0, Block())\n")
+    run = subprocess.run([sys.executable, "-m", "d2sfm.reconstruct", "scene", "--demo"], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])})
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stderr[-2000:]
+    assert lines[0].startswith("error: d2sfm's libraries could not be loaded") and "libtorch_cuda.so" in lines[0]
+    assert "reinstall" in lines[0] and not (tmp_path / "scene").exists()  # refused before any work

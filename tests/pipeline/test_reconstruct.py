@@ -17,6 +17,7 @@ from d2sfm.io.h5 import read_keypoints
 from d2sfm.refinement.database_refinement import is_refined, read_database_keypoints
 from d2sfm.refinement.model_refinement import model_refinement_record
 from d2sfm.refinement.tracks import read_verified_matches
+from d2sfm.sfm.database import read_only
 from d2sfm.sfm.mapping import (
     D2_ABS_POSE_MIN_INLIERS,
     RETRY_BELOW_TRIANGULATED,
@@ -89,9 +90,14 @@ def test_synthetic_scene_cameras_are_recovered(small_scene, demo_run, weights_pa
 
     # The other mapper on a copy without the models: the verified, refined database is reused, mapping is not.
     shutil.copytree(small_scene, small_scene.with_name("global"), ignore=shutil.ignore_patterns("sparse"))
+    database = small_scene.with_name("global") / "database.db"
+    geometries_before = _two_view_geometries(database)
     global_run = reconstruct(small_scene.with_name("global"), "--demo", "--mapper", "global", weights=weights_path)
     assert global_run.returncode == 0, global_run.stderr
     assert "[mapping] done earlier" not in global_run.stdout and "[refine] done earlier, skipped" in global_run.stdout
+    # the rendered photos have no focal length: the global mapper calibrates the view graph, on a copy
+    assert "without a known focal length: calibrating the view graph first" in global_run.stdout
+    assert _two_view_geometries(database) == geometries_before
     global_check = json.loads((small_scene.with_name("global") / "stats.json").read_text())["demo_check"]
     print("global mapper:", global_check)
     # The global mapper's result depends on the verified matches, which RANSAC draws at random: it places all 8
@@ -382,3 +388,10 @@ def test_failed_mapping_says_why(tmp_path, weights_path):
     assert not COLMAP_LOG_LINE.search(run.stdout + run.stderr), run.stderr  # no "E2026... sfm.cc:310] ..." lines
     verbose = reconstruct(scene, "--single-scale", "--verbose", weights=weights_path, fresh=True)
     assert verbose.returncode == 2 and COLMAP_LOG_LINE.search(verbose.stdout + verbose.stderr)
+
+
+def _two_view_geometries(database) -> list[tuple]:
+    """The verified pairs as verification wrote them (configuration, inliers, F, E)."""
+    with read_only(database) as connection:
+        return connection.execute("SELECT pair_id, config, rows, data, F, E FROM two_view_geometries "
+                                  "ORDER BY pair_id").fetchall()

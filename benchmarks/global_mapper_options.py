@@ -5,7 +5,8 @@ photos have known cameras, each option set maps the same database and is scored 
     python benchmarks/global_mapper_options.py outputs/large_scene/scene_250 \\
         --truth outputs/large_scene/render_500/ground_truth
 
-The global mapper's defaults are COLMAP's, chosen for SIFT. It confirms no pose by 2D-3D RANSAC, so d2sfm drops an
+The global mapper's defaults are COLMAP's, chosen for SIFT; the last row is what d2sfm runs where a camera has no
+known focal length (``d2sfm.sfm.mapping.calibrated_view_graph``). It confirms no pose by 2D-3D RANSAC, so d2sfm drops an
 image seen by fewer than 30 of its 3D points (``d2sfm.sfm.mapping.drop_weak_images``); the columns give the images
 the mapper placed, those kept after that rule, the 3D points, the time and the camera errors of the kept images.
 """
@@ -23,7 +24,7 @@ import pycolmap
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from d2sfm.evaluation.ground_truth import demo_check  # noqa: E402
 from d2sfm.sfm.cameras import INTRINSICS_REFINEMENT, apply_to_bundle_adjustment  # noqa: E402
-from d2sfm.sfm.mapping import GLOBAL_MIN_IMAGE_POINTS, drop_weak_images  # noqa: E402
+from d2sfm.sfm.mapping import GLOBAL_MIN_IMAGE_POINTS, calibrated_view_graph, drop_weak_images  # noqa: E402
 
 # Each set changes GlobalMapperOptions fields (pycolmap.GlobalPipelineOptions().mapper) from COLMAP's defaults.
 OPTION_SETS = {
@@ -33,18 +34,24 @@ OPTION_SETS = {
     "triangulation angle 0.5 deg": {"min_tri_angle_deg": 0.5},
     "2-view tracks, gates x2": {"track_min_num_views_per_track": 2, "max_normalized_reproj_error": 0.02,
                                 "max_angular_reproj_error_deg": 2.0},
+    # what d2sfm runs: COLMAP's options on a copy of the database whose view graph is calibrated first
+    "view graph calibrated first (d2sfm)": {"calibrate": True},
 }
 
 
 def map_once(database: Path, images: Path, changes: dict, seed: int) -> tuple[pycolmap.Reconstruction | None, float]:
+    """The best model of one global mapping run, and its time (the calibration's included)."""
     options = pycolmap.GlobalPipelineOptions()
     options.random_seed = seed
     for key, value in changes.items():
-        setattr(options.mapper, key, value)
+        if key != "calibrate":
+            setattr(options.mapper, key, value)
     apply_to_bundle_adjustment(options.mapper.bundle_adjustment, INTRINSICS_REFINEMENT["colmap"])
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        models = pycolmap.global_mapping(database, images, scratch, options)
+        if changes.get("calibrate"):
+            database = calibrated_view_graph(database, Path(scratch) / "calibrated", seed)
+        models = pycolmap.global_mapping(database, images, Path(scratch) / "models", options)
     seconds = time.perf_counter() - start
     best = max(models.values(), key=lambda m: (m.num_reg_images(), m.num_points3D()), default=None)
     return best, seconds

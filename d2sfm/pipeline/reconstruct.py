@@ -153,6 +153,9 @@ def stage_settings(config: ReconstructionConfig, features_file: Path | None, cam
     known_poses = {"known_poses": known_poses_record(Path(mapping.known_poses))} if mapping.known_poses else {}
     # the model stage refines what mapping wrote: another choice maps again
     completion = {"complete_tracks": True} if config.refine.enabled and config.refine.complete_tracks else {}
+    # the global mapper calibrates the view graph first (run_mapping): a model it mapped before that, from pairs
+    # decomposed at a guessed focal length, is mapped again
+    calibration = {"view_graph_calibration": True} if config.mapping.mapper == "global" else {}
     features = {"features": "scene"}
     if features_file is not None:  # the user's file: another file, or the same one written again, is other features
         features = {"features": str(features_file.resolve()), "modified_ns": features_file.stat().st_mtime_ns}
@@ -164,7 +167,7 @@ def stage_settings(config: ReconstructionConfig, features_file: Path | None, cam
                     "abs_pose_min_inliers": mapping.abs_pose_min_inliers,
                     "abs_pose_min_inlier_ratio": mapping.abs_pose_min_inlier_ratio,
                     "init_min_tri_angle": mapping.init_min_tri_angle, "mapper_attempts": mapping.attempts,
-                    **refined_intrinsics, **known_poses, **completion},
+                    **refined_intrinsics, **known_poses, **completion, **calibration},
     }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.gpu_acceptance import BLOCK, COLMAP_SECTIONS, MAIN_SECTIONS
+from tests.import_blocker import blocking_environment
 
 pytestmark = pytest.mark.integration
 
@@ -29,17 +30,8 @@ def run(arguments: list[str], env: dict | None = None) -> subprocess.CompletedPr
 @pytest.fixture(scope="module")
 def two_calls(tmp_path_factory, shared):
     folder = tmp_path_factory.mktemp("gpu_acceptance")
-    blocker = folder / "no_pycolmap"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import importlib.abc, sys\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name.split('.')[0] == 'pycolmap':\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
-        "sys.meta_path.insert(0, Block())\n")
     first = run(["--smoke", "--output", str(folder / "first")],
-                {"PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])})
+                blocking_environment(folder / "no_pycolmap", ("pycolmap",)))
     assert first.returncode == 0, first.stderr[-3000:]
     second = run(["--smoke", "--output", str(folder / "second"), "--previous", str(folder / "first")])
     assert second.returncode == 0, second.stderr[-3000:]

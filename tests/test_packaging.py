@@ -115,21 +115,13 @@ def test_extraction_and_matching_run_without_pycolmap(tmp_path, weights_path):
     """A GPU box or a cluster worker may have torch and no pycolmap (the lent GPU machines have none, and
     benchmarks/gpu_acceptance.py extracts and matches there): the extract and match commands, their Python API and
     the patch alignment must not import it. pycolmap and Ray are made unimportable in a fresh interpreter."""
-    import os
     import subprocess
 
     import cv2
     import numpy as np
 
-    blocker = tmp_path / "block"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import importlib.abc, sys\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name.split('.')[0] in ('pycolmap', 'ray'):\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
-        "sys.meta_path.insert(0, Block())\n")
+    from tests.import_blocker import blocking_environment
+
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)
@@ -137,7 +129,7 @@ def test_extraction_and_matching_run_without_pycolmap(tmp_path, weights_path):
     for index in range(2):
         cv2.imwrite(str(photos / f"{index}.png"), np.roll(texture, 3 * index, axis=1))
     (tmp_path / "pairs.txt").write_text("0.png 1.png\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
+    env = blocking_environment(tmp_path / "block", ("pycolmap", "ray"))
     commands = [
         [sys.executable, "-c", "import pycolmap"],  # the blocker works
         [sys.executable, "-m", "d2sfm.extract", str(photos), "-o", "features.h5", "--weights", str(weights_path),

@@ -6,14 +6,12 @@ as a user does, ``python -m d2sfm.X`` in a fresh interpreter, with Python's own 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.import_blocker import blocking_environment
 
 HEAVY = {"torch", "torchvision", "scipy", "ray", "viser", "matplotlib"}
 
@@ -66,19 +64,11 @@ def test_answers_without_the_works_imports(case, tmp_path):
 def test_a_library_that_cannot_load_is_one_line_naming_it(tmp_path):
     """The work's imports now run inside run_main, whose OSError is a folder or disk to fix: a torch that cannot be
     loaded (a broken CUDA library is an OSError) must instead say the installation is at fault, in one line."""
-    blocker = tmp_path / "block"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import importlib.abc, sys\n"
-        "class Block(importlib.abc.MetaPathFinder):\n"
-        "    def find_spec(self, name, path, target=None):\n"
-        "        if name.split('.')[0] == 'torch':\n"
-        "            raise OSError('libtorch_cuda.so: cannot open shared object file')\n"
-        "sys.meta_path.insert(0, Block())\n")
     run = subprocess.run([sys.executable, "-m", "d2sfm.reconstruct", "scene", "--demo"], capture_output=True,
                          text=True, cwd=tmp_path, timeout=120,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])})
+                         env=blocking_environment(tmp_path / "block", ("torch",), error="OSError"))
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 2 and len(lines) == 1, run.stderr[-2000:]
-    assert lines[0].startswith("error: d2sfm's libraries could not be loaded") and "libtorch_cuda.so" in lines[0]
+    assert lines[0].startswith("error: d2sfm's libraries could not be loaded")
+    assert "torch: cannot open shared object file" in lines[0]
     assert "reinstall" in lines[0] and not (tmp_path / "scene").exists()  # refused before any work

@@ -207,9 +207,9 @@ def calibrated_view_graph(database_path: str | os.PathLike, folder: Path, seed: 
     verification estimates (an essential matrix) only between cameras with a known focal length; a camera without
     one (no EXIF, no --camera-params) leaves its pairs with a fundamental matrix, decomposed at COLMAP's guessed
     focal (1.2x the larger side). On 250 rendered views of the courtyard whose true focal is 0.8x, the global
-    mapper then kept 135-138 images, placed 7-8 degrees wrong (median). So where a camera has no prior focal,
+    mapper then kept 135-142 images, placed 4.6-8.6 degrees wrong (median). So where a camera has no prior focal,
     pycolmap's view-graph calibration first estimates the focal lengths from the fundamental matrices and
-    upgrades the pairs it can to calibrated relative poses: 239-247 images, 0.9-1.3 degrees (docs/benchmarks.md,
+    upgrades the pairs it can to calibrated relative poses: 239-247 images, 0.8-1.3 degrees (docs/benchmarks.md,
     "Incremental or global mapping"). It rewrites the two-view geometries and cameras, so it runs on a copy in
     ``folder``: database.db stays what verification wrote."""
     with pycolmap.Database.open(database_path) as database:

@@ -24,6 +24,7 @@ from d2sfm.errors import D2sfmError
 from d2sfm.evaluation.sift_baseline import sift_reconstruction
 from d2sfm.io.atomic import write_text_atomic
 from d2sfm.io.images import list_images
+from d2sfm.matching.pairs import EXHAUSTIVE_UP_TO
 from d2sfm.sfm.dense import cuda_problem, run_dense
 from d2sfm.sfm.mapping import model_statistics
 
@@ -91,8 +92,6 @@ def run_sift(images: Path, names: Sequence[str], match_list: Path | None, folder
 
 def sift_pairs(match_list: Path | None, output: Path, count: int) -> Path | None:
     """The scene's list, else (above the exhaustive limit) the pairs the D2 run chose, else None: exhaustive."""
-    from d2sfm.pipeline.reconstruct import EXHAUSTIVE_UP_TO
-
     if match_list or count <= EXHAUSTIVE_UP_TO:
         return match_list
     chosen = [output / kind / "pairs.txt" for kind in ("d2-ms", "d2-ss") if (output / kind / "pairs.txt").is_file()]

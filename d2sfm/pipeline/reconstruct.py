@@ -18,7 +18,7 @@ from d2sfm.features.weights import resolve_weights
 from d2sfm.io.atomic import atomic_database, remove_sqlite_side_files
 from d2sfm.io.h5 import list_entries
 from d2sfm.io.images import list_images
-from d2sfm.matching.pairs import EXHAUSTIVE_UP_TO, choose_pairs, read_pairs, write_pairs  # noqa: F401 (re-exported)
+from d2sfm.matching.pairs import choose_pairs, read_pairs, write_pairs
 from d2sfm.pipeline.features import (
     check_extraction_settings,
     extract_missing,
